@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# The local Kubernetes control plane for Barge's demo, tests and benchmarks:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback.
+#
+#   hack/cluster.sh up       build (cached) and start; a second `up` reuses the running cluster
+#   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
+#   hack/cluster.sh status   say what runs
+#   hack/cluster.sh env      print `export KUBECONFIG=…` lines (eval "$(hack/cluster.sh env)")
+#
+# Environment: BARGE_CLUSTER_DIR (state; default .barge/cluster in the repo),
+# BARGE_CACHE (built binaries), KCM_QPS / KCM_BURST (controller-manager client limits),
+# BARGE_MOTO=0 to skip the moto server.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+alive() { # alive <component>: its recorded pid is running
+  local f="$state/pids/$1"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+gen_certs() {
+  local d="$state/pki"; mkdir -p "$d"; cd "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+    -subj "/CN=barge-local-ca" 2>/dev/null
+  cat > san.cnf <<CNF
+[req]
+distinguished_name = dn
+[dn]
+[ext]
+subjectAltName = IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+CNF
+  openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
+    -subj "/CN=kube-apiserver" 2>/dev/null
+  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile san.cnf -extensions ext -out apiserver.crt 2>/dev/null
+  local who
+  for who in admin:system:masters kube-controller-manager:system:masters kube-scheduler: kwok:system:masters; do
+    local name=${who%%:*} org=${who#*:} subj
+    # The controller-manager runs every controller under one identity here (no per-controller
+    # service accounts), so it gets the admin group, as kwokctl's binary runtime does.
+    case $name in
+      admin|kwok) subj="/O=$org/CN=barge-$name" ;;
+      kube-controller-manager) subj="/O=$org/CN=system:$name" ;;
+      *) subj="/CN=system:$name" ;;
+    esac
+    openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" 2>/dev/null
+    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.cnf -extensions client -out "$name.crt" 2>/dev/null
+  done
+  openssl genrsa -out sa.key 2048 2>/dev/null
+  openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  cd - >/dev/null
+}
+
+write_kubeconfig() { # write_kubeconfig <user> <file>
+  local pki="$state/pki"
+  cat > "$2" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: barge-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: $pki/$1.crt
+    client-key: $pki/$1.key
+contexts:
+- name: barge-local
+  context: {cluster: barge-local, user: $1}
+current-context: barge-local
+KC
+}
+
+start() { # start <component> <command…>: run in the background with its own log
+  local name=$1; shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name"
+}
+
+check_alive() { # every component started so far still runs
+  local f
+  for f in "$state"/pids/*; do
+    [ -e "$f" ] || continue
+    alive "$(basename "$f")" || die "$(basename "$f") exited; last lines of its log:
+$(tail -5 "$state/logs/$(basename "$f").log")"
+  done
+}
+
+wait_for() { # wait_for <what> <seconds> <command…>
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "$what not ready after ${secs}s; see $state/logs/"
+    check_alive
+    sleep 0.3
+  done
+}
+
+up() {
+  if alive kube-apiserver; then
+    log "already running (state in $state)"
+    env_lines; return
+  fi
+  [ -d "$state" ] && down_quiet
+  "$repo/hack/cluster/build.sh" all
+  eval "$("$repo/hack/cluster/build.sh" paths)"
+  mkdir -p "$state"/{pids,logs,etcd}
+  ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); APISERVER_PORT=$(free_port)
+  KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port); MOTO_PORT=$(free_port)
+  declare -p ETCD_PORT APISERVER_PORT MOTO_PORT KWOK_PORT | sed 's/^declare -- //' >"$state/ports.env"
+  echo "BIN_DIR=$K8S_BIN" >>"$state/ports.env"
+  gen_certs
+  local pki="$state/pki"
+  write_kubeconfig admin "$state/kubeconfig"
+  write_kubeconfig kube-controller-manager "$state/kcm.kubeconfig"
+  write_kubeconfig kube-scheduler "$state/scheduler.kubeconfig"
+  write_kubeconfig kwok "$state/kwok.kubeconfig"
+
+  log "starting etcd on 127.0.0.1:$ETCD_PORT"
+  start etcd "$ETCD_BIN/etcd" --name barge --data-dir "$state/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "barge=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --quota-backend-bytes=8589934592 \
+    --log-level=warn
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
+    --cert-dir "$pki" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC \
+    --endpoint-reconciler-type none --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+    --v=1
+  wait_for kube-apiserver 90 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz"
+
+  log "starting kube-controller-manager and kube-scheduler"
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$state/kcm.kubeconfig" \
+    --authentication-kubeconfig "$state/kcm.kubeconfig" --authorization-kubeconfig "$state/kcm.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --use-service-account-credentials=false --controllers '*,-nodeipam' \
+    --kube-api-qps "${KCM_QPS:-20}" --kube-api-burst "${KCM_BURST:-30}" --v=1
+  start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$state/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$state/scheduler.kubeconfig" --authorization-kubeconfig "$state/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false \
+    --kube-api-qps "${SCHED_QPS:-200}" --kube-api-burst "${SCHED_BURST:-400}" --v=1
+
+  log "starting kwok"
+  start kwok "$KWOK_BIN/kwok" --kubeconfig "$state/kwok.kubeconfig" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --config "$repo/hack/cluster/kwok-stages.yaml" --server-address "127.0.0.1:$KWOK_PORT" \
+    --node-lease-duration-seconds=40 --cidr 10.128.0.1/9 --node-ip 10.127.0.1
+  wait_for kwok 30 curl -sf "http://127.0.0.1:$KWOK_PORT/healthz"
+
+  if [ "${BARGE_MOTO:-1}" != 0 ]; then
+    log "starting moto (EC2 emulator) on 127.0.0.1:$MOTO_PORT"
+    start moto "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+    wait_for moto 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
+  fi
+  export KUBECONFIG="$state/kubeconfig"
+  wait_for "default service account" 60 "$K8S_BIN/kubectl" get serviceaccount default -n default
+  log "ready"
+  env_lines
+}
+
+env_lines() {
+  [ -f "$state/ports.env" ] || die "no cluster: run hack/cluster.sh up"
+  # shellcheck disable=SC1091
+  source "$state/ports.env"
+  echo "export KUBECONFIG=$state/kubeconfig"
+  echo "export PATH=$BIN_DIR:\$PATH"
+  if alive moto; then
+    echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
+    echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"
+  fi
+}
+
+status() {
+  [ -d "$state/pids" ] || { echo "not running"; return 1; }
+  local c rc=0
+  for c in "${components[@]}"; do
+    [ -f "$state/pids/$c" ] || continue
+    if alive "$c"; then echo "$c: running (pid $(cat "$state/pids/$c"))"; else echo "$c: stopped"; rc=1; fi
+  done
+  return $rc
+}
+
+down_quiet() {
+  local c pid
+  for c in kwok moto kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [ -f "$state/pids/$c" ] || continue
+    pid=$(cat "$state/pids/$c")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down_quiet; log "stopped" ;;
+  status) status ;;
+  env) env_lines ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,220 @@
+//! BatchJob: one unit of work with a start and an end, submitted to a JobQueue, like an
+//! AWS Batch job.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// A job's place in its life, with AWS Batch's names.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobPhase {
+    /// Accepted by the API server, not yet seen by Barge.
+    #[default]
+    Submitted,
+    /// Waiting for dependencies.
+    Pending,
+    /// Waiting for room on a compute environment.
+    Runnable,
+    /// Its pod is bound to a node and the container is starting.
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobPhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobPhase::Succeeded | JobPhase::Failed)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// vCPUs the container needs, e.g. 1 or 0.5.
+    #[serde(default = "default_vcpus")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("vcpus must be greater than 0"))]
+    pub vcpus: f64,
+    /// Memory as a Kubernetes quantity, e.g. 2Gi or 512Mi.
+    #[serde(default = "default_memory")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("memory must be a positive quantity such as 2Gi or 512Mi"))]
+    pub memory: String,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+fn default_vcpus() -> f64 {
+    1.0
+}
+fn default_memory() -> String {
+    "2Gi".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    #[x_kube(validation = Rule::new("size(self) > 0").message("container.image is required, e.g. busybox:1.36"))]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeout {
+    /// Longest an attempt may run before it is stopped.
+    #[x_kube(validation = Rule::new("self >= 60").message("timeout.attemptDurationSeconds must be at least 60"))]
+    pub attempt_duration_seconds: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStrategy {
+    /// How many times the job may run in all (1 means no retry).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10").message("retryStrategy.attempts must be between 1 and 10"))]
+    pub attempts: u32,
+}
+
+/// A batch job: a container that runs to completion, queued on a JobQueue.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "barge.dev",
+    version = "v1alpha1",
+    kind = "BatchJob",
+    namespaced,
+    shortname = "bj",
+    category = "barge",
+    status = "BatchJobStatus",
+    printcolumn = r#"{"name":"Queue","type":"string","jsonPath":".spec.jobQueue"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.statusReason"}"#,
+    printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.attemptCount","priority":1}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.container) != has(self.podTemplate)").message("set exactly one of container or podTemplate"))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJobSpec {
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobQueue is immutable"))]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("jobQueue is required"))]
+    pub job_queue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// A full pod template, for what `container` cannot say. Its first container is the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: Option<PodTemplateSpec>,
+    /// Within a queue, higher runs first.
+    #[serde(default)]
+    pub scheduling_priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_strategy: Option<RetryStrategy>,
+}
+
+fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "x-kubernetes-validations": [{
+            "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+            "message": "podTemplate.spec.containers needs at least one container"
+        }]
+    })
+}
+
+/// One run of the job: one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub pod_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJobStatus {
+    #[serde(default)]
+    pub phase: JobPhase,
+    /// Why the job is in its phase, in words: for a waiting job, what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the job last became RUNNABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runnable_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// The compute environment that admitted the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Attempts so far, finished ones and the current one.
+    #[serde(default)]
+    pub attempt_count: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Longest pod-name prefix taken from the job name: 63 (a label-safe length) minus the
+/// uid and attempt suffix.
+const POD_NAME_PREFIX_MAX: usize = 44;
+
+/// The pod that runs `attempt` of a job. Deterministic, so that every scheduling pass and
+/// every restart of Barge names the same pod and never starts a second copy.
+pub fn pod_name(job_name: &str, job_uid: &str, attempt: u32) -> String {
+    let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{prefix}-{uid}-{attempt}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_are_stable_and_fit_a_label() {
+        let long = "a".repeat(250);
+        let name = pod_name(&long, "0f1e2d3c-aaaa-bbbb", 9);
+        assert_eq!(name, pod_name(&long, "0f1e2d3c-aaaa-bbbb", 9));
+        assert!(name.len() <= 63, "{name}");
+        assert_eq!(pod_name("etl-", "12345678-9", 0), "etl-12345678-0");
+    }
+}

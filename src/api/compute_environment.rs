@@ -1,0 +1,135 @@
+//! ComputeEnvironment: a group of nodes Barge scales for its queues, like an AWS Batch
+//! managed compute environment.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, State};
+
+/// Where a compute environment's nodes come from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Simulated nodes (kwok): for the demo, tests and trying Barge without a cloud.
+    #[default]
+    Local,
+    /// EC2 instances launched with aws-sdk-ec2.
+    Ec2,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CapacityType {
+    #[default]
+    OnDemand,
+    Spot,
+}
+
+/// How instance types are chosen, with AWS Batch's names.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AllocationStrategy {
+    /// One instance type: the cheapest that fits the demand.
+    #[default]
+    BestFit,
+    /// Several instance types may be mixed to fit the demand.
+    BestFitProgressive,
+    SpotCapacityOptimized,
+    SpotPriceCapacityOptimized,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct NodeTaint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// NoSchedule, PreferNoSchedule or NoExecute.
+    #[schemars(extend("enum" = ["NoSchedule", "PreferNoSchedule", "NoExecute"]))]
+    pub effect: String,
+}
+
+/// A node group Barge scales between `minvCpus` and `maxvCpus` to run its queues' jobs.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "barge.dev",
+    version = "v1alpha1",
+    kind = "ComputeEnvironment",
+    shortname = "ce",
+    category = "barge",
+    status = "ComputeEnvironmentStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.state"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Desired vCPUs","type":"integer","jsonPath":".status.desiredvCpus"}"#,
+    printcolumn = r#"{"name":"Max vCPUs","type":"integer","jsonPath":".spec.maxvCpus"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodes"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.minvCpus <= self.maxvCpus").message("minvCpus must not be greater than maxvCpus"))]
+#[x_kube(validation = Rule::new("self.provider == oldSelf.provider").message("provider is immutable: create a new compute environment instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeEnvironmentSpec {
+    /// DISABLED stops new jobs from being placed here; running jobs finish.
+    #[serde(default)]
+    pub state: State,
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default)]
+    pub capacity_type: CapacityType,
+    #[serde(default)]
+    pub allocation_strategy: AllocationStrategy,
+    /// Instance types (`m6i.large`) or families (`c6i`) nodes may be.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("instanceTypes needs at least one type or family, such as m6i.large or c6i"))]
+    #[schemars(length(max = 50))]
+    pub instance_types: Vec<String>,
+    /// vCPUs kept running even with no work.
+    #[serde(default, rename = "minvCpus")]
+    pub min_vcpus: u32,
+    /// Upper bound on the vCPUs of all nodes together.
+    #[serde(rename = "maxvCpus")]
+    #[x_kube(validation = Rule::new("self > 0").message("maxvCpus must be at least 1"))]
+    pub max_vcpus: u32,
+    /// How long a node must be idle before it is removed.
+    #[serde(default = "default_scale_down_delay")]
+    pub scale_down_delay_seconds: u32,
+    /// Labels put on every node (and used by nothing else: Barge pins pods with its own label).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
+    /// Taints put on every node; Barge's pods tolerate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_taints: Vec<NodeTaint>,
+}
+
+fn default_scale_down_delay() -> u32 {
+    300
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeEnvironmentStatus {
+    /// vCPUs of the nodes Barge wants: running plus launching.
+    #[serde(default, rename = "desiredvCpus")]
+    pub desired_vcpus: u32,
+    /// Nodes that belong to this compute environment.
+    #[serde(default)]
+    pub nodes: u32,
+    #[serde(default)]
+    pub ready_nodes: u32,
+    #[serde(default, rename = "totalvCpus")]
+    pub total_vcpus: u32,
+    /// vCPUs requested by Barge pods placed on these nodes.
+    #[serde(default, rename = "allocatedvCpus")]
+    pub allocated_vcpus: f64,
+    /// On-demand price of the nodes per hour, in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_hour: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,114 @@
+//! JobQueue: where jobs wait, with a priority and an ordered list of compute
+//! environments, like an AWS Batch job queue.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, State};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeEnvironmentOrder {
+    /// Lower orders are tried first.
+    pub order: u32,
+    pub compute_environment: String,
+}
+
+/// A label selector (the Kubernetes `matchLabels` / `matchExpressions` form).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    #[schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"]))]
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+/// A queue of BatchJobs, admitted in priority order onto its compute environments.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "barge.dev",
+    version = "v1alpha1",
+    kind = "JobQueue",
+    shortname = "jq",
+    category = "barge",
+    status = "JobQueueStatus",
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.state"}"#,
+    printcolumn = r#"{"name":"Runnable","type":"integer","jsonPath":".status.jobs.runnable"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.jobs.running"}"#,
+    printcolumn = r#"{"name":"Blocked","type":"string","jsonPath":".status.conditions[?(@.type==\"Blocked\")].message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueSpec {
+    /// Queues with a higher priority are served first when they share compute.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("priority must be between 0 and 1000"))]
+    pub priority: i32,
+    /// DISABLED queues accept jobs but admit none.
+    #[serde(default)]
+    pub state: State,
+    #[x_kube(validation = Rule::new("size(self) > 0").message("computeEnvironmentOrder needs at least one compute environment"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.order == b.order))").message("each computeEnvironmentOrder entry needs a distinct order"))]
+    #[schemars(length(max = 10))]
+    pub compute_environment_order: Vec<ComputeEnvironmentOrder>,
+    /// Namespaces whose jobs this queue accepts; empty means every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCounts {
+    pub submitted: u32,
+    pub pending: u32,
+    pub runnable: u32,
+    pub starting: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobQueueStatus {
+    #[serde(default)]
+    pub jobs: JobCounts,
+    /// When the job that has waited longest became RUNNABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_runnable_since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

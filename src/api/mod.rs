@@ -1,0 +1,99 @@
+//! The three custom resources of `barge.dev/v1alpha1`, one file each, and the shared
+//! condition type their statuses carry.
+
+pub mod batch_job;
+pub mod compute_environment;
+pub mod job_queue;
+
+pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
+pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
+pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
+
+use chrono::{DateTime, Utc};
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group every Barge resource lives in.
+pub const GROUP: &str = "barge.dev";
+/// Label put on every node and pod Barge creates, naming the compute environment.
+pub const LABEL_COMPUTE_ENVIRONMENT: &str = "barge.dev/compute-environment";
+/// Label on Barge pods naming the job they run.
+pub const LABEL_JOB_NAME: &str = "barge.dev/job-name";
+/// Label on Barge pods carrying the job's uid (names can be reused, uids cannot).
+pub const LABEL_JOB_UID: &str = "barge.dev/job-uid";
+/// Label on Barge pods carrying the attempt number, from 0.
+pub const LABEL_ATTEMPT: &str = "barge.dev/attempt";
+/// Label on Barge pods naming the queue that admitted them.
+pub const LABEL_JOB_QUEUE: &str = "barge.dev/job-queue";
+/// Label on nodes naming the instance type they simulate or run on.
+pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+/// Label on nodes: `on-demand` or `spot`.
+pub const LABEL_CAPACITY_TYPE: &str = "barge.dev/capacity-type";
+
+/// ENABLED or DISABLED, as on AWS Batch queues and compute environments.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+/// A status condition in the Kubernetes convention.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+        Condition {
+            type_: type_.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Utc::now(),
+            observed_generation: None,
+        }
+    }
+
+    pub fn generation(mut self, generation: Option<i64>) -> Self {
+        self.observed_generation = generation;
+        self
+    }
+}
+
+/// Sets `new` in `conditions`, keeping the old `lastTransitionTime` when the status did not
+/// change, so that repeated reconciles do not churn the object.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time;
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The CRDs as one YAML stream, as `barge crd` prints and `crds/` holds.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in [ComputeEnvironment::crd(), JobQueue::crd(), BatchJob::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serialises to YAML"));
+    }
+    out
+}

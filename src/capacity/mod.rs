@@ -1,0 +1,248 @@
+//! Pure capacity planning for a compute environment: which instances to add for the
+//! jobs waiting on it (bin-packing onto allowed types within `maxvCpus`) and which idle
+//! nodes to remove. No I/O: providers carry the plans out.
+
+pub mod catalog;
+
+use crate::resources::Res;
+pub use catalog::InstanceType;
+
+/// Demand items beyond this are left to the next pass: packing stays fast and a burst of
+/// submissions is met in a few rounds rather than one huge launch.
+pub const MAX_ITEMS_PER_PLAN: usize = 5_000;
+
+/// How instance types may be combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// One instance type for the whole launch: the cheapest in total.
+    SingleType,
+    /// Each new instance may be a different type: cheapest per packed vCPU first.
+    Mixed,
+}
+
+/// What a compute environment has now.
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    /// vCPUs of every node, ready or launching.
+    pub total_vcpus: u32,
+    pub min_vcpus: u32,
+    pub max_vcpus: u32,
+}
+
+/// Instances to launch: the packed demand per instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleUp {
+    pub launch: Vec<&'static InstanceType>,
+    /// Demand items that could not be placed within `maxvCpus`.
+    pub unplaced: usize,
+}
+
+impl ScaleUp {
+    pub fn vcpus(&self) -> u32 {
+        self.launch.iter().map(|t| t.vcpus).sum()
+    }
+}
+
+struct Bin {
+    ty: &'static InstanceType,
+    free: Res,
+}
+
+/// Packs `demand` (requests of jobs that found no room) onto new instances of `types`,
+/// first-fit decreasing, never taking the fleet above `maxvCpus`; then tops the fleet up
+/// to `minvCpus` with the cheapest instances.
+pub fn plan_scale_up(
+    demand: &[Res],
+    types: &[&'static InstanceType],
+    strategy: Strategy,
+    fleet: &Fleet,
+) -> ScaleUp {
+    let mut items: Vec<Res> = demand.iter().take(MAX_ITEMS_PER_PLAN).copied().collect();
+    items.sort_by(|a, b| b.cmp(a));
+    let headroom = fleet.max_vcpus.saturating_sub(fleet.total_vcpus);
+    let mut plan = match strategy {
+        Strategy::SingleType => best_single_type(&items, types, headroom),
+        Strategy::Mixed => pack_mixed(&items, types, headroom),
+    };
+    plan.unplaced += demand.len().saturating_sub(MAX_ITEMS_PER_PLAN);
+    // minvCpus: keep at least this much running even when idle.
+    let mut total = fleet.total_vcpus + plan.vcpus();
+    if total < fleet.min_vcpus {
+        let mut by_price: Vec<_> = types.to_vec();
+        by_price.sort_by(|a, b| a.price.total_cmp(&b.price));
+        while total < fleet.min_vcpus {
+            let Some(t) = by_price.iter().find(|t| total + t.vcpus <= fleet.max_vcpus) else { break };
+            plan.launch.push(t);
+            total += t.vcpus;
+        }
+    }
+    plan
+}
+
+fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
+    let mut best: Option<(f64, ScaleUp)> = None;
+    for &t in types {
+        let plan = pack_mixed(items, &[t], headroom);
+        // Fewest unplaced first, then the cheapest launch.
+        let cost = plan.launch.len() as f64 * t.price;
+        let better = match &best {
+            None => true,
+            Some((c, p)) => plan.unplaced < p.unplaced || (plan.unplaced == p.unplaced && cost < *c),
+        };
+        if better {
+            best = Some((cost, plan));
+        }
+    }
+    best.map(|(_, p)| p).unwrap_or(ScaleUp { launch: vec![], unplaced: items.len() })
+}
+
+/// First-fit decreasing; a new bin takes the type with the lowest price per vCPU it
+/// would actually hold when filled from the remaining items.
+fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
+    let mut bins: Vec<Bin> = Vec::new();
+    let mut placed = vec![false; items.len()];
+    let mut used_vcpus = 0u32;
+    let mut unplaced = 0;
+    for i in 0..items.len() {
+        if placed[i] {
+            continue;
+        }
+        let item = items[i];
+        if let Some(bin) = bins.iter_mut().find(|b| b.free.fits(&item)) {
+            bin.free -= item;
+            placed[i] = true;
+            continue;
+        }
+        let mut choice: Option<(f64, &'static InstanceType)> = None;
+        for &t in types {
+            if !t.allocatable().fits(&item) || used_vcpus + t.vcpus > headroom {
+                continue;
+            }
+            let filled = simulate_fill(t.allocatable(), items, &placed, i);
+            let per_vcpu = t.price / (filled.max(1) as f64);
+            if choice.is_none_or(|(c, ct)| per_vcpu < c || (per_vcpu == c && t.vcpus < ct.vcpus)) {
+                choice = Some((per_vcpu, t));
+            }
+        }
+        match choice {
+            Some((_, t)) => {
+                used_vcpus += t.vcpus;
+                bins.push(Bin { ty: t, free: t.allocatable() - item });
+                placed[i] = true;
+            }
+            None => unplaced += 1,
+        }
+    }
+    ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), unplaced }
+}
+
+/// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`.
+fn simulate_fill(mut free: Res, items: &[Res], placed: &[bool], from: usize) -> u64 {
+    let mut held = 0;
+    for (j, it) in items.iter().enumerate().skip(from) {
+        if !placed[j] && free.fits(it) {
+            free -= *it;
+            held += it.millicpu;
+            if free.millicpu == 0 {
+                break;
+            }
+        }
+    }
+    held
+}
+
+/// A node as scale-down sees it.
+#[derive(Clone, Debug)]
+pub struct NodeUse {
+    pub name: String,
+    pub vcpus: u32,
+    /// Seconds since the node last ran a Barge pod; `None` while it runs one.
+    pub idle_seconds: Option<u64>,
+}
+
+/// Nodes to remove: idle longer than `delay`, longest idle first, never taking the fleet
+/// below `minvCpus`.
+pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) -> Vec<String> {
+    let mut total: u32 = nodes.iter().map(|n| n.vcpus).sum();
+    let mut idle: Vec<&NodeUse> =
+        nodes.iter().filter(|n| n.idle_seconds.is_some_and(|s| s >= delay_seconds)).collect();
+    idle.sort_by(|a, b| b.idle_seconds.cmp(&a.idle_seconds).then(a.name.cmp(&b.name)));
+    let mut out = Vec::new();
+    for n in idle {
+        if total.saturating_sub(n.vcpus) >= min_vcpus {
+            total -= n.vcpus;
+            out.push(n.name.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catalog::{lookup, resolve};
+    use super::*;
+
+    fn cpu(vcpus: u64) -> Res {
+        Res::new(vcpus * 1000, 1024, 0)
+    }
+
+    fn fleet(total: u32, min: u32, max: u32) -> Fleet {
+        Fleet { total_vcpus: total, min_vcpus: min, max_vcpus: max }
+    }
+
+    #[test]
+    fn fifty_one_vcpu_jobs_fill_the_fleet_without_passing_max() {
+        let (types, _) = resolve(&["m6i".into()]);
+        let demand = vec![cpu(1); 50];
+        let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 32));
+        assert!(plan.vcpus() <= 32, "{}", plan.vcpus());
+        assert!(plan.unplaced > 0);
+    }
+
+    #[test]
+    fn a_job_sized_to_the_nominal_shape_needs_the_next_size_up() {
+        let (types, _) = resolve(&["m6i".into()]);
+        // 2 vCPU, 8 GiB: exactly an m6i.large on paper, more than its allocatable.
+        let demand = vec![Res::new(2000, 8192, 0)];
+        let plan = plan_scale_up(&demand, &types, Strategy::SingleType, &fleet(0, 0, 64));
+        assert_eq!(plan.launch, vec![lookup("m6i.xlarge").unwrap()]);
+    }
+
+    #[test]
+    fn single_type_uses_one_type_and_the_cheapest_total() {
+        let (types, _) = resolve(&["c6i".into(), "m6i".into()]);
+        let demand = vec![cpu(1); 10];
+        let plan = plan_scale_up(&demand, &types, Strategy::SingleType, &fleet(0, 0, 256));
+        let first = plan.launch[0].name;
+        assert!(plan.launch.iter().all(|t| t.name == first));
+        assert!(first.starts_with("c6i"), "c6i is cheaper per vCPU: {first}");
+        assert_eq!(plan.unplaced, 0);
+    }
+
+    #[test]
+    fn scale_up_tops_the_fleet_up_to_min_vcpus() {
+        let (types, _) = resolve(&["m6i.large".into()]);
+        let plan = plan_scale_up(&[], &types, Strategy::Mixed, &fleet(0, 4, 16));
+        assert_eq!(plan.vcpus(), 4);
+    }
+
+    #[test]
+    fn nothing_fits_when_a_job_exceeds_every_type() {
+        let (types, _) = resolve(&["m6i.large".into()]);
+        let plan = plan_scale_up(&[cpu(4)], &types, Strategy::Mixed, &fleet(0, 0, 64));
+        assert!(plan.launch.is_empty());
+        assert_eq!(plan.unplaced, 1);
+    }
+
+    #[test]
+    fn scale_down_keeps_min_vcpus_and_busy_nodes() {
+        let nodes = vec![
+            NodeUse { name: "a".into(), vcpus: 4, idle_seconds: Some(600) },
+            NodeUse { name: "b".into(), vcpus: 4, idle_seconds: Some(900) },
+            NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None },
+            NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10) },
+        ];
+        assert_eq!(plan_scale_down(&nodes, 8, 300), vec!["b".to_string(), "a".to_string()]);
+        assert_eq!(plan_scale_down(&nodes, 12, 300), vec!["b".to_string()]);
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", barge::api::crds_yaml());
+}

@@ -1,0 +1,333 @@
+//! Pure scheduling decisions: which RUNNABLE jobs are admitted onto which compute
+//! environment in this pass, why every other job waits, and the demand each compute
+//! environment should scale for. Plain data in, decisions out; no I/O.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::resources::{Res, fmt_vcpus};
+
+/// A job waiting for admission.
+#[derive(Clone, Debug)]
+pub struct PendingJob {
+    pub name: String,
+    pub queue: String,
+    /// False when the queue's namespace selector does not match the job's namespace.
+    pub namespace_allowed: bool,
+    pub scheduling_priority: i32,
+    /// Submission time, milliseconds since the epoch.
+    pub submitted_ms: i64,
+    pub request: Res,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueInfo {
+    pub name: String,
+    pub priority: i32,
+    pub enabled: bool,
+    /// Compute environment names, in the order they are tried.
+    pub compute_environments: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Allocatable minus the requests of Barge pods placed on it.
+    pub free: Res,
+    /// Launching nodes are counted as coming capacity, not admitted onto.
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct CeInfo {
+    pub name: String,
+    pub enabled: bool,
+    pub max_vcpus: u32,
+    /// vCPUs of all nodes, ready or launching.
+    pub total_vcpus: u32,
+    /// Allocatable of each instance type the environment may launch.
+    pub shapes: Vec<Res>,
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// Everything a pass decides on.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub jobs: Vec<PendingJob>,
+    pub queues: Vec<QueueInfo>,
+    pub compute_environments: Vec<CeInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Index into `Snapshot::jobs`.
+    pub job: usize,
+    pub compute_environment: String,
+    pub node: String,
+}
+
+/// Why a job is still waiting, in words a user understands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    QueueNotFound { queue: String },
+    QueueDisabled { queue: String },
+    NamespaceNotAllowed { queue: String },
+    NoComputeEnvironment { queue: String, missing: Vec<String> },
+    ComputeEnvironmentsDisabled { queue: String, disabled: Vec<String> },
+    DoesNotFit { queue: String, request: Res, largest: String },
+    ScalingUp { compute_environment: String },
+    NodesLaunching { compute_environment: String },
+    AtMaxCapacity { compute_environment: String, max_vcpus: u32, behind_others: bool },
+}
+
+impl Waiting {
+    /// The AWS-style reason prefix that marks a job that can never run as it stands.
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, Waiting::DoesNotFit { .. })
+    }
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waiting::QueueNotFound { queue } => write!(
+                f,
+                "Job queue {queue} does not exist; the job will wait until it is created"
+            ),
+            Waiting::QueueDisabled { queue } => {
+                write!(f, "Job queue {queue} is DISABLED and admits no jobs")
+            }
+            Waiting::NamespaceNotAllowed { queue } => write!(
+                f,
+                "Job queue {queue} does not accept jobs from this namespace (see its namespaceSelector)"
+            ),
+            Waiting::NoComputeEnvironment { queue, missing } => write!(
+                f,
+                "None of job queue {queue}'s compute environments exist ({})",
+                missing.join(", ")
+            ),
+            Waiting::ComputeEnvironmentsDisabled { queue, disabled } => write!(
+                f,
+                "Every compute environment of job queue {queue} is DISABLED ({})",
+                disabled.join(", ")
+            ),
+            Waiting::DoesNotFit { queue, request, largest } => write!(
+                f,
+                "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs {request}, more than any \
+                 compute environment of job queue {queue} can provide ({largest})"
+            ),
+            Waiting::ScalingUp { compute_environment } => write!(
+                f,
+                "Waiting for compute environment {compute_environment} to scale up"
+            ),
+            Waiting::NodesLaunching { compute_environment } => write!(
+                f,
+                "Waiting for new nodes of compute environment {compute_environment} to become ready"
+            ),
+            Waiting::AtMaxCapacity { compute_environment, max_vcpus, behind_others } => {
+                if *behind_others {
+                    write!(
+                        f,
+                        "Waiting behind earlier or higher-priority jobs: compute environment \
+                         {compute_environment} is at maxvCpus ({max_vcpus})"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "Waiting for capacity: compute environment {compute_environment} is at \
+                         maxvCpus ({max_vcpus})"
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// What a pass decided.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub admitted: Vec<Admission>,
+    /// Index into `Snapshot::jobs` and why that job waits.
+    pub waiting: Vec<(usize, Waiting)>,
+    /// Requests of the jobs each compute environment should grow for.
+    pub demand: HashMap<String, Vec<Res>>,
+    /// Per queue, why its first waiting job (in order) cannot run.
+    pub blocked_queues: HashMap<String, Waiting>,
+}
+
+/// Working state of one compute environment during a pass.
+struct CeState<'a> {
+    info: &'a CeInfo,
+    free: Vec<Res>,
+    /// Upper bound of any ready node's free resources: a quick "no node can take this".
+    max_free: Res,
+    launching_free: Vec<Res>,
+    projected_vcpus: u64,
+    largest_shape: Res,
+    waiting_for_capacity: usize,
+}
+
+impl<'a> CeState<'a> {
+    fn new(info: &'a CeInfo) -> Self {
+        let ready: Vec<&NodeInfo> = info.nodes.iter().filter(|n| n.ready).collect();
+        let free: Vec<Res> = ready.iter().map(|n| n.free).collect();
+        let max_free = free.iter().fold(Res::ZERO, |m, r| m.max(*r));
+        CeState {
+            info,
+            free,
+            max_free,
+            launching_free: info.nodes.iter().filter(|n| !n.ready).map(|n| n.free).collect(),
+            projected_vcpus: info.total_vcpus as u64 * 1000,
+            largest_shape: info.shapes.iter().fold(Res::ZERO, |m, r| m.max(*r)),
+            waiting_for_capacity: 0,
+        }
+    }
+
+    /// Whether the job could ever run here: some instance type holds it and it is
+    /// within `maxvCpus`.
+    fn could_ever_fit(&self, r: &Res) -> bool {
+        let fits_type = self.info.shapes.iter().any(|s| s.fits(r))
+            || self.info.nodes.iter().any(|n| n.free.fits(r));
+        fits_type && r.millicpu <= self.info.max_vcpus as u64 * 1000
+    }
+
+    /// Best fit onto a ready node: the one with least free CPU that holds the job.
+    fn place(&mut self, r: &Res) -> Option<usize> {
+        if !self.max_free.fits(r) {
+            return None;
+        }
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.fits(r))
+            .min_by_key(|(i, f)| (f.millicpu, *i))
+            .map(|(i, _)| i)?;
+        self.free[best] -= *r;
+        self.max_free = self.free.iter().fold(Res::ZERO, |m, f| m.max(*f));
+        Some(best)
+    }
+}
+
+/// Orders the waiting jobs and admits all that fit, in queue priority order, then
+/// scheduling priority, then submission time. Jobs that cannot be placed become demand
+/// for the first compute environment (in queue order) that could grow to hold them.
+pub fn plan(snapshot: &Snapshot) -> Plan {
+    let mut plan = Plan::default();
+    let queues: HashMap<&str, &QueueInfo> =
+        snapshot.queues.iter().map(|q| (q.name.as_str(), q)).collect();
+    let mut ces: HashMap<&str, CeState> = snapshot
+        .compute_environments
+        .iter()
+        .map(|c| (c.name.as_str(), CeState::new(c)))
+        .collect();
+
+    let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
+    let queue_priority = |i: usize| queues.get(snapshot.jobs[i].queue.as_str()).map_or(i32::MIN, |q| q.priority);
+    order.sort_by(|&a, &b| {
+        let (ja, jb) = (&snapshot.jobs[a], &snapshot.jobs[b]);
+        queue_priority(b)
+            .cmp(&queue_priority(a))
+            .then_with(|| ja.queue.cmp(&jb.queue))
+            .then_with(|| jb.scheduling_priority.cmp(&ja.scheduling_priority))
+            .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
+            .then_with(|| ja.name.cmp(&jb.name))
+    });
+
+    for i in order {
+        let job = &snapshot.jobs[i];
+        let verdict = decide(job, queues.get(job.queue.as_str()).copied(), &mut ces, &mut plan.demand);
+        match verdict {
+            Ok(adm) => plan.admitted.push(Admission { job: i, ..adm }),
+            Err(why) => {
+                plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
+                plan.waiting.push((i, why));
+            }
+        }
+    }
+    plan
+}
+
+fn decide<'a>(
+    job: &PendingJob,
+    queue: Option<&'a QueueInfo>,
+    ces: &mut HashMap<&'a str, CeState<'a>>,
+    demand: &mut HashMap<String, Vec<Res>>,
+) -> Result<Admission, Waiting> {
+    let qname = job.queue.clone();
+    let Some(queue) = queue else { return Err(Waiting::QueueNotFound { queue: qname }) };
+    if !queue.enabled {
+        return Err(Waiting::QueueDisabled { queue: qname });
+    }
+    if !job.namespace_allowed {
+        return Err(Waiting::NamespaceNotAllowed { queue: qname });
+    }
+    let missing: Vec<String> =
+        queue.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
+    if missing.len() == queue.compute_environments.len() {
+        return Err(Waiting::NoComputeEnvironment { queue: qname, missing });
+    }
+    let usable: Vec<&str> = queue
+        .compute_environments
+        .iter()
+        .map(String::as_str)
+        .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
+        .collect();
+    if usable.is_empty() {
+        let disabled = queue.compute_environments.iter().filter(|c| !missing.contains(c)).cloned().collect();
+        return Err(Waiting::ComputeEnvironmentsDisabled { queue: qname, disabled });
+    }
+    let r = job.request;
+    // Admit onto the first environment with a ready node that holds the job.
+    for name in &usable {
+        let ce = ces.get_mut(name).expect("usable environments exist");
+        if let Some(node) = ce.place(&r) {
+            let node = ce.info.nodes.iter().filter(|n| n.ready).nth(node).expect("index from place");
+            return Ok(Admission { job: 0, compute_environment: name.to_string(), node: node.name.clone() });
+        }
+    }
+    // Otherwise wait on launching nodes, or become demand where there is headroom.
+    let fitting: Vec<&str> = usable.iter().copied().filter(|n| ces[n].could_ever_fit(&r)).collect();
+    if fitting.is_empty() {
+        let largest = usable
+            .iter()
+            .map(|n| {
+                let c = &ces[n];
+                format!(
+                    "largest in {n}: {} vCPU, {} memory, {} GPU; maxvCpus {}",
+                    fmt_vcpus(c.largest_shape.millicpu),
+                    crate::resources::fmt_mib(c.largest_shape.memory_mib),
+                    c.largest_shape.gpus,
+                    c.info.max_vcpus
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Waiting::DoesNotFit { queue: qname, request: r, largest });
+    }
+    for name in &fitting {
+        let ce = ces.get_mut(name).expect("fitting environments exist");
+        if let Some(slot) = ce.launching_free.iter_mut().find(|f| f.fits(&r)) {
+            *slot -= r;
+            return Err(Waiting::NodesLaunching { compute_environment: name.to_string() });
+        }
+    }
+    for name in &fitting {
+        let ce = ces.get_mut(name).expect("fitting environments exist");
+        if ce.projected_vcpus + r.millicpu <= ce.info.max_vcpus as u64 * 1000 {
+            ce.projected_vcpus += r.millicpu;
+            demand.entry(name.to_string()).or_default().push(r);
+            return Err(Waiting::ScalingUp { compute_environment: name.to_string() });
+        }
+    }
+    let first = ces.get_mut(fitting[0]).expect("fitting environments exist");
+    first.waiting_for_capacity += 1;
+    Err(Waiting::AtMaxCapacity {
+        compute_environment: fitting[0].to_string(),
+        max_vcpus: first.info.max_vcpus,
+        behind_others: first.waiting_for_capacity > 1,
+    })
+}
+
+#[cfg(test)]
+mod tests;
