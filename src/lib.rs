@@ -5,5 +5,39 @@
 
 pub mod api;
 pub mod capacity;
+pub mod controller;
+pub mod provider;
 pub mod resources;
 pub mod scheduler;
+
+/// The field manager Barge writes every object and status under (server-side apply).
+pub const FIELD_MANAGER: &str = "barge";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the job is invalid: {0}")]
+    InvalidJob(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("node provider: {0}")]
+    Provider(String),
+    #[error("serialisation: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short, stable name for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::InvalidJob(_) => "invalid_job",
+            Error::Finalizer(_) => "finalizer",
+            Error::Provider(_) => "provider",
+            Error::Json(_) => "json",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,3 +1,67 @@
-fn main() {
-    print!("{}", barge::api::crds_yaml());
+//! The `barge` command: the operator (`barge run`) and its tools.
+
+use clap::{Parser, Subcommand};
+use kube::Client;
+use tracing_subscriber::EnvFilter;
+
+use barge::controller::{self, Options};
+use barge::provider::Providers;
+use barge::provider::local::LocalProvider;
+
+#[derive(Parser)]
+#[command(
+    name = "barge",
+    version,
+    about = "AWS Batch-style job queues and compute environments for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster in KUBECONFIG (or in-cluster config).
+    Run {
+        /// Enable the local provider (simulated kwok nodes).
+        #[arg(long, env = "BARGE_LOCAL_PROVIDER", default_value_t = true, action = clap::ArgAction::Set)]
+        local_provider: bool,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "BARGE_LOG_JSON")]
+        log_json: bool,
+        /// Name of this operator instance in events.
+        #[arg(long, env = "POD_NAME", default_value = "barge")]
+        instance: String,
+    },
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => print!("{}", barge::api::crds_yaml()),
+        Command::Run {
+            local_provider,
+            log_json,
+            instance,
+        } => {
+            let filter = EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+            let logs = tracing_subscriber::fmt().with_env_filter(filter);
+            if log_json {
+                logs.json().init()
+            } else {
+                logs.init()
+            }
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting Barge");
+            let client = Client::try_default().await?;
+            let providers = Providers {
+                local: local_provider.then(|| Box::new(LocalProvider::new(client.clone())) as _),
+                ec2: None,
+            };
+            controller::run(client, providers, Options { instance }).await?;
+        }
+    }
+    Ok(())
 }

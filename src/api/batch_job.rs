@@ -33,7 +33,7 @@ impl JobPhase {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     /// vCPUs the container needs, e.g. 1 or 0.5.
@@ -46,6 +46,16 @@ pub struct Resources {
     pub memory: String,
     #[serde(default)]
     pub gpus: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            vcpus: default_vcpus(),
+            memory: default_memory(),
+            gpus: 0,
+        }
+    }
 }
 
 fn default_vcpus() -> f64 {
@@ -132,13 +142,25 @@ pub struct BatchJobSpec {
 }
 
 fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // Structural just enough to require a container; the rest is the Pod API's to check.
     schemars::json_schema!({
         "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-        "x-kubernetes-validations": [{
-            "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
-            "message": "podTemplate.spec.containers needs at least one container"
-        }]
+        "required": ["spec"],
+        "properties": {
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "required": ["containers"],
+                "properties": {
+                    "containers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                    }
+                }
+            }
+        }
     })
 }
 

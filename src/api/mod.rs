@@ -6,7 +6,9 @@ pub mod compute_environment;
 pub mod job_queue;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
-pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
+pub use compute_environment::{
+    ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus,
+};
 pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
 
 use chrono::{DateTime, Utc};

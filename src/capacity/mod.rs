@@ -71,7 +71,9 @@ pub fn plan_scale_up(
         let mut by_price: Vec<_> = types.to_vec();
         by_price.sort_by(|a, b| a.price.total_cmp(&b.price));
         while total < fleet.min_vcpus {
-            let Some(t) = by_price.iter().find(|t| total + t.vcpus <= fleet.max_vcpus) else { break };
+            let Some(t) = by_price.iter().find(|t| total + t.vcpus <= fleet.max_vcpus) else {
+                break;
+            };
             plan.launch.push(t);
             total += t.vcpus;
         }
@@ -87,13 +89,18 @@ fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u3
         let cost = plan.launch.len() as f64 * t.price;
         let better = match &best {
             None => true,
-            Some((c, p)) => plan.unplaced < p.unplaced || (plan.unplaced == p.unplaced && cost < *c),
+            Some((c, p)) => {
+                plan.unplaced < p.unplaced || (plan.unplaced == p.unplaced && cost < *c)
+            }
         };
         if better {
             best = Some((cost, plan));
         }
     }
-    best.map(|(_, p)| p).unwrap_or(ScaleUp { launch: vec![], unplaced: items.len() })
+    best.map(|(_, p)| p).unwrap_or(ScaleUp {
+        launch: vec![],
+        unplaced: items.len(),
+    })
 }
 
 /// First-fit decreasing; a new bin takes the type with the lowest price per vCPU it
@@ -127,13 +134,19 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
         match choice {
             Some((_, t)) => {
                 used_vcpus += t.vcpus;
-                bins.push(Bin { ty: t, free: t.allocatable() - item });
+                bins.push(Bin {
+                    ty: t,
+                    free: t.allocatable() - item,
+                });
                 placed[i] = true;
             }
             None => unplaced += 1,
         }
     }
-    ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), unplaced }
+    ScaleUp {
+        launch: bins.into_iter().map(|b| b.ty).collect(),
+        unplaced,
+    }
 }
 
 /// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`.
@@ -164,9 +177,15 @@ pub struct NodeUse {
 /// below `minvCpus`.
 pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) -> Vec<String> {
     let mut total: u32 = nodes.iter().map(|n| n.vcpus).sum();
-    let mut idle: Vec<&NodeUse> =
-        nodes.iter().filter(|n| n.idle_seconds.is_some_and(|s| s >= delay_seconds)).collect();
-    idle.sort_by(|a, b| b.idle_seconds.cmp(&a.idle_seconds).then(a.name.cmp(&b.name)));
+    let mut idle: Vec<&NodeUse> = nodes
+        .iter()
+        .filter(|n| n.idle_seconds.is_some_and(|s| s >= delay_seconds))
+        .collect();
+    idle.sort_by(|a, b| {
+        b.idle_seconds
+            .cmp(&a.idle_seconds)
+            .then(a.name.cmp(&b.name))
+    });
     let mut out = Vec::new();
     for n in idle {
         if total.saturating_sub(n.vcpus) >= min_vcpus {
@@ -187,7 +206,11 @@ mod tests {
     }
 
     fn fleet(total: u32, min: u32, max: u32) -> Fleet {
-        Fleet { total_vcpus: total, min_vcpus: min, max_vcpus: max }
+        Fleet {
+            total_vcpus: total,
+            min_vcpus: min,
+            max_vcpus: max,
+        }
     }
 
     #[test]
@@ -237,12 +260,31 @@ mod tests {
     #[test]
     fn scale_down_keeps_min_vcpus_and_busy_nodes() {
         let nodes = vec![
-            NodeUse { name: "a".into(), vcpus: 4, idle_seconds: Some(600) },
-            NodeUse { name: "b".into(), vcpus: 4, idle_seconds: Some(900) },
-            NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None },
-            NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10) },
+            NodeUse {
+                name: "a".into(),
+                vcpus: 4,
+                idle_seconds: Some(600),
+            },
+            NodeUse {
+                name: "b".into(),
+                vcpus: 4,
+                idle_seconds: Some(900),
+            },
+            NodeUse {
+                name: "c".into(),
+                vcpus: 4,
+                idle_seconds: None,
+            },
+            NodeUse {
+                name: "d".into(),
+                vcpus: 4,
+                idle_seconds: Some(10),
+            },
         ];
-        assert_eq!(plan_scale_down(&nodes, 8, 300), vec!["b".to_string(), "a".to_string()]);
+        assert_eq!(
+            plan_scale_down(&nodes, 8, 300),
+            vec!["b".to_string(), "a".to_string()]
+        );
         assert_eq!(plan_scale_down(&nodes, 12, 300), vec!["b".to_string()]);
     }
 }

@@ -19,7 +19,9 @@ pub async fn client() -> Client {
         "KUBECONFIG is not set: run the integration tests with `make test` or after \
          `eval \"$(hack/cluster.sh env)\"`"
     );
-    let mut config = Config::infer().await.expect("a kubeconfig for the local cluster");
+    let mut config = Config::infer()
+        .await
+        .expect("a kubeconfig for the local cluster");
     config.read_timeout = Some(Duration::from_secs(60));
     Client::try_from(config).expect("a client")
 }
@@ -28,19 +30,31 @@ pub async fn client() -> Client {
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", suffix());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     name
 }
 
 pub fn suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{:x}{}", nanos % 0xfffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Creates a kwok-managed node with the given capacity and labels.
-pub async fn kwok_node(client: &Client, name: &str, cpu: &str, memory: &str, labels: BTreeMap<String, String>) -> Node {
+pub async fn kwok_node(
+    client: &Client,
+    name: &str,
+    cpu: &str,
+    memory: &str,
+    labels: BTreeMap<String, String>,
+) -> Node {
     let node: Node = serde_json::from_value(json!({
         "metadata": {
             "name": name,
@@ -54,11 +68,16 @@ pub async fn kwok_node(client: &Client, name: &str, cpu: &str, memory: &str, lab
         }
     }))
     .unwrap();
-    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap()
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap()
 }
 
 pub async fn delete_node(client: &Client, name: &str) {
-    let _ = Api::<Node>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    let _ = Api::<Node>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what` after `timeout`.
@@ -72,7 +91,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

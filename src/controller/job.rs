@@ -1,0 +1,390 @@
+//! BatchJob lifecycle: turns what happened to the job's current pod, and the scheduling
+//! pass's verdict, into phase, attempts and reasons; applies retries and timeouts. It is
+//! the only writer of BatchJob status, and never admits a job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, instrument, warn};
+
+use super::{Shared, Verdict};
+use crate::api::batch_job::{Attempt, BatchJob, BatchJobStatus, JobPhase, pod_name};
+use crate::{Error, FIELD_MANAGER, Result};
+
+/// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
+pub const TIMEOUT_REASON: &str = "Job attempt duration exceeded timeout";
+
+/// What Barge needs to know of a pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub node: Option<String>,
+    pub phase: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// Why kube-scheduler has not placed it, if it says.
+    pub unschedulable: Option<String>,
+}
+
+impl PodFacts {
+    pub fn of(pod: &Pod) -> PodFacts {
+        let status = pod.status.clone().unwrap_or_default();
+        let main = status
+            .container_statuses
+            .as_ref()
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.state.clone());
+        let ts = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+            DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond())
+        };
+        let running_since = main
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.as_ref());
+        let term = main.as_ref().and_then(|s| s.terminated.as_ref());
+        let unschedulable = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .and_then(|c| c.message.clone());
+        PodFacts {
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
+            started_at: running_since
+                .or(term.and_then(|t| t.started_at.as_ref()))
+                .and_then(ts),
+            finished_at: term.and_then(|t| t.finished_at.as_ref()).and_then(ts),
+            exit_code: term.map(|t| t.exit_code),
+            reason: term
+                .and_then(|t| t.reason.clone())
+                .or(status.reason.clone()),
+            unschedulable,
+        }
+    }
+}
+
+/// The attempt the job is on: finished attempts are never reopened.
+pub fn current_attempt(status: &BatchJobStatus) -> u32 {
+    status
+        .attempts
+        .iter()
+        .filter(|a| a.stopped_at.is_some())
+        .count() as u32
+}
+
+/// What the job's status should become. Pure: everything it needs is passed in.
+pub fn next_status(
+    job: &BatchJob,
+    pod: Option<&PodFacts>,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> BatchJobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    if s.phase.is_finished() {
+        return s;
+    }
+    s.created_at.get_or_insert_with(|| {
+        job.meta()
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond()))
+            .unwrap_or(now)
+    });
+    s.observed_generation = job.meta().generation;
+    let attempt = current_attempt(&s) as usize;
+    let max_attempts = job
+        .spec
+        .retry_strategy
+        .as_ref()
+        .map_or(1, |r| r.attempts.max(1));
+    let pod_name = pod_name(
+        &job.name_any(),
+        job.uid().as_deref().unwrap_or(""),
+        attempt as u32,
+    );
+
+    let Some(pod) = pod else {
+        if s.attempts.len() > attempt {
+            // The attempt had started and its pod is gone without Barge stopping it.
+            let node = s.attempts[attempt]
+                .node_name
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            return finish_attempt(
+                s,
+                max_attempts,
+                None,
+                format!("Host {node} terminated"),
+                now,
+                true,
+            );
+        }
+        runnable(&mut s, now);
+        s.status_reason = Some(match verdict {
+            Some(Verdict::Waiting(why)) => why.clone(),
+            Some(Verdict::Admitted {
+                compute_environment,
+            }) => {
+                format!("Admitted to compute environment {compute_environment}; creating its pod")
+            }
+            None => "Waiting for the scheduler".into(),
+        });
+        return s;
+    };
+
+    if pod.node.is_some() && s.attempts.len() == attempt {
+        s.attempts.push(Attempt {
+            pod_name: pod_name.clone(),
+            node_name: pod.node.clone(),
+            ..Default::default()
+        });
+        s.attempt_count = s.attempts.len() as u32;
+    }
+    match (pod.phase.as_str(), &pod.node) {
+        ("Pending", None) => {
+            runnable(&mut s, now);
+            s.status_reason = Some(match &pod.unschedulable {
+                Some(msg) => format!("Pod {pod_name} is not placed yet: {msg}"),
+                None => format!("Pod {pod_name} is waiting for kube-scheduler to place it"),
+            });
+        }
+        ("Pending", Some(node)) => {
+            s.phase = JobPhase::Starting;
+            s.node_name = Some(node.clone());
+            s.status_reason = Some(format!("Container is starting on node {node}"));
+        }
+        ("Running", node) => {
+            s.phase = JobPhase::Running;
+            s.node_name = node.clone();
+            let started = pod.started_at.unwrap_or(now);
+            s.started_at.get_or_insert(started);
+            s.attempts[attempt].started_at.get_or_insert(started);
+            s.status_reason = Some(format!(
+                "Running on node {}",
+                node.as_deref().unwrap_or("?")
+            ));
+            if let Some(limit) = job
+                .spec
+                .timeout
+                .as_ref()
+                .map(|t| t.attempt_duration_seconds)
+                && (now - started).num_seconds() >= limit as i64
+            {
+                return finish_attempt(s, max_attempts, None, TIMEOUT_REASON.into(), now, false);
+            }
+        }
+        ("Succeeded", _) => {
+            let a = ensure_attempt(&mut s, attempt, &pod_name, pod);
+            a.exit_code = Some(pod.exit_code.unwrap_or(0));
+            a.reason = pod.reason.clone();
+            a.stopped_at = Some(pod.finished_at.unwrap_or(now));
+            a.started_at = a.started_at.or(pod.started_at);
+            s.started_at = s.started_at.or(pod.started_at);
+            s.phase = JobPhase::Succeeded;
+            s.stopped_at = Some(pod.finished_at.unwrap_or(now));
+            s.status_reason = Some("Essential container in task exited".into());
+        }
+        ("Failed", _) => {
+            ensure_attempt(&mut s, attempt, &pod_name, pod);
+            let code = pod.exit_code;
+            let why = match (code, &pod.reason) {
+                (Some(c), Some(r)) => {
+                    format!("Essential container in task exited with code {c} ({r})")
+                }
+                (Some(c), None) => format!("Essential container in task exited with code {c}"),
+                (None, Some(r)) => format!("Pod failed: {r}"),
+                (None, None) => "Pod failed".into(),
+            };
+            let stopped = pod.finished_at.unwrap_or(now);
+            return finish_attempt(s, max_attempts, code, why, stopped, true);
+        }
+        _ => {}
+    }
+    s
+}
+
+fn runnable(s: &mut BatchJobStatus, now: DateTime<Utc>) {
+    if s.phase != JobPhase::Runnable {
+        s.phase = JobPhase::Runnable;
+        s.runnable_at = Some(now);
+        s.node_name = None;
+    }
+}
+
+fn ensure_attempt<'a>(
+    s: &'a mut BatchJobStatus,
+    attempt: usize,
+    pod_name: &str,
+    pod: &PodFacts,
+) -> &'a mut Attempt {
+    if s.attempts.len() == attempt {
+        s.attempts.push(Attempt {
+            pod_name: pod_name.into(),
+            node_name: pod.node.clone(),
+            ..Default::default()
+        });
+        s.attempt_count = s.attempts.len() as u32;
+    }
+    &mut s.attempts[attempt]
+}
+
+/// Closes the current attempt; retries while attempts remain and the failure allows it.
+fn finish_attempt(
+    mut s: BatchJobStatus,
+    max_attempts: u32,
+    exit_code: Option<i32>,
+    reason: String,
+    at: DateTime<Utc>,
+    retryable: bool,
+) -> BatchJobStatus {
+    let attempt = current_attempt(&s) as usize;
+    if let Some(a) = s.attempts.get_mut(attempt) {
+        a.exit_code = exit_code;
+        a.reason = Some(reason.clone());
+        a.stopped_at = Some(at);
+    }
+    let done = current_attempt(&s);
+    if retryable && done < max_attempts {
+        s.phase = JobPhase::Runnable;
+        s.runnable_at = Some(at);
+        s.node_name = None;
+        s.status_reason = Some(format!(
+            "Attempt {done} of {max_attempts} failed ({reason}); retrying"
+        ));
+    } else {
+        s.phase = JobPhase::Failed;
+        s.stopped_at = Some(at);
+        s.status_reason = Some(reason);
+    }
+    s
+}
+
+#[instrument(skip_all, fields(job = %job.name_any(), ns = job.namespace().unwrap_or_default()))]
+pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
+    if !ctx.ready() {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let ns = job.namespace().unwrap_or_default();
+    let old = job.status.clone().unwrap_or_default();
+    let attempt = current_attempt(&old);
+    let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
+    let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
+    let facts = pod.as_deref().map(PodFacts::of);
+    let verdict = ctx.verdict(&job);
+    let now = Utc::now();
+    let new = next_status(&job, facts.as_ref(), verdict.as_ref(), now);
+
+    // An attempt closed by its timeout: stop its pod.
+    if let Some(a) = new.attempts.get(attempt as usize)
+        && a.reason.as_deref() == Some(TIMEOUT_REASON)
+        && pod.is_some()
+    {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        match pods.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if new != old {
+        write_status(&ctx, &job, &new).await?;
+        publish_transition(&ctx, &job, &old, &new).await;
+    }
+    // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
+    let deadline = job
+        .spec
+        .timeout
+        .as_ref()
+        .zip(new.attempts.get(attempt as usize))
+        .and_then(|(t, a)| {
+            let started = a.started_at?;
+            let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
+            Some(Duration::from_secs(left.max(1) as u64))
+        });
+    Ok(match (new.phase.is_finished(), deadline) {
+        (true, _) => Action::await_change(),
+        (false, Some(d)) => Action::requeue(d),
+        (false, None) => Action::await_change(),
+    })
+}
+
+async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
+    let api: Api<BatchJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "barge.dev/v1alpha1",
+        "kind": "BatchJob",
+        "status": status,
+    });
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .or_else(|e| match e {
+        // Deleted meanwhile: nothing left to report on.
+        kube::Error::Api(ref r) if r.code == 404 => Ok(()),
+        e => Err(Error::Kube(e)),
+    })
+}
+
+async fn publish_transition(
+    ctx: &Shared,
+    job: &BatchJob,
+    old: &BatchJobStatus,
+    new: &BatchJobStatus,
+) {
+    let misconfigured = |s: &BatchJobStatus| {
+        s.status_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("MISCONFIGURATION:"))
+    };
+    let (type_, reason) = if misconfigured(new) && !misconfigured(old) {
+        (EventType::Warning, "Misconfiguration")
+    } else if old.phase == new.phase && new.attempts.len() == old.attempts.len() {
+        return;
+    } else {
+        match new.phase {
+            JobPhase::Failed => (EventType::Warning, "Failed"),
+            JobPhase::Runnable if current_attempt(new) > current_attempt(old) => {
+                (EventType::Warning, "AttemptFailed")
+            }
+            JobPhase::Runnable => (EventType::Normal, "Runnable"),
+            JobPhase::Starting => (EventType::Normal, "Starting"),
+            JobPhase::Running => (EventType::Normal, "Running"),
+            JobPhase::Succeeded => (EventType::Normal, "Succeeded"),
+            _ => return,
+        }
+    };
+    let note = new.status_reason.clone();
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note,
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
+        debug!(error = %e, "could not publish event");
+    }
+}
+
+pub fn error_policy(job: Arc<BatchJob>, err: &Error, _ctx: Arc<Shared>) -> Action {
+    warn!(job = %job.name_any(), error = %err, kind = err.kind(), "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests;

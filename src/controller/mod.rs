@@ -1,0 +1,314 @@
+//! The I/O shells around the pure core. One reflector per kind feeds every loop:
+//! the BatchJob lifecycle controller, the scheduling pass, the ComputeEnvironment
+//! capacity controller and the JobQueue status loop. Nothing lists in a loop.
+
+pub mod capacity;
+pub mod job;
+pub mod pod;
+pub mod queue;
+pub mod scheduling;
+
+use std::collections::HashMap;
+use std::future::ready;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::api::{
+    BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID,
+};
+use crate::provider::Providers;
+use crate::resources::Res;
+
+/// Events a slow subscriber may fall behind by before the watch waits for it.
+const SUBSCRIBER_BUFFER: usize = 4096;
+/// Parallel reconciles of the job controller: status writes are independent.
+const JOB_CONCURRENCY: u16 = 64;
+
+/// What the scheduling pass decided for a job it saw waiting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Waiting(String),
+    Admitted { compute_environment: String },
+}
+
+/// State shared by every loop: the stores (the in-memory truth) and the hand-offs
+/// from the scheduling pass to the job and capacity controllers.
+pub struct Shared {
+    pub client: Client,
+    pub jobs: Store<BatchJob>,
+    pub queues: Store<JobQueue>,
+    pub compute_environments: Store<ComputeEnvironment>,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub recorder: Recorder,
+    pub providers: Providers,
+    /// Rings when something the scheduling pass reads has changed.
+    pub schedule_now: Arc<Notify>,
+    /// Latest verdict per job uid.
+    verdicts: Mutex<HashMap<String, Verdict>>,
+    /// Requests of jobs each compute environment should grow for.
+    pub demand: Mutex<HashMap<String, Vec<Res>>>,
+    /// Per queue, why its first waiting job cannot run.
+    pub blocked: Mutex<HashMap<String, String>>,
+    /// When each node was last seen without a Barge pod (scale-down clock).
+    pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
+        let uid = job.uid()?;
+        self.verdicts
+            .lock()
+            .expect("verdicts lock")
+            .get(&uid)
+            .cloned()
+    }
+}
+
+/// Options of the `run` command.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Identifies this operator in events.
+    pub instance: String,
+}
+
+/// Watches a kind into a shared store; the returned future drives the watch.
+fn shared_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: Arc<Notify>,
+) -> (
+    Store<K>,
+    reflector::ReflectHandle<K>,
+    impl std::future::Future<Output = ()>,
+)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let subscriber = writer
+        .subscribe()
+        .expect("shared stores hand out subscribers");
+    let drive = watcher(api, config)
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(move |ev| {
+            if let Err(e) = ev {
+                warn!(error = %e, "watch error; retrying with backoff");
+            }
+            wake.notify_one();
+            ready(())
+        });
+    (store, subscriber, drive)
+}
+
+/// Watches a kind into a store nobody subscribes to.
+fn plain_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: Arc<Notify>,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let drive = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |ev| {
+            if let Err(e) = ev {
+                warn!(error = %e, "watch error; retrying with backoff");
+            }
+            wake.notify_one();
+            ready(())
+        });
+    (store, drive)
+}
+
+/// Runs every loop of the operator until one of them ends (they do not, short of a signal).
+pub async fn run(client: Client, providers: Providers, options: Options) -> crate::Result<()> {
+    let wake = Arc::new(Notify::new());
+    let (jobs, job_events, drive_jobs) = shared_watch(
+        Api::<BatchJob>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+    );
+    let (ces, ce_events, drive_ces) = shared_watch(
+        Api::<ComputeEnvironment>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+    );
+    let (pods, pod_events, drive_pods) = shared_watch(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_JOB_UID),
+        wake.clone(),
+    );
+    let (queues, drive_queues) = plain_watch(
+        Api::<JobQueue>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+    );
+    let (nodes, drive_nodes) = plain_watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_COMPUTE_ENVIRONMENT),
+        wake.clone(),
+    );
+    let (ns_store, ns_writer) = reflector::store();
+    let drive_namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(ns_writer)
+    .for_each(|_| ready(()));
+
+    let reporter = Reporter {
+        controller: "barge".into(),
+        instance: Some(options.instance.clone()),
+    };
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        jobs: jobs.clone(),
+        queues,
+        compute_environments: ces.clone(),
+        pods,
+        nodes,
+        namespaces: ns_store,
+        recorder: Recorder::new(client.clone(), reporter),
+        providers,
+        schedule_now: wake.clone(),
+        verdicts: Mutex::default(),
+        demand: Mutex::default(),
+        blocked: Mutex::default(),
+        idle_since: Mutex::default(),
+        ready: AtomicBool::new(false),
+    });
+
+    let (verdict_tx, verdict_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
+    let (capacity_tx, capacity_rx) = mpsc::unbounded::<ObjectRef<ComputeEnvironment>>();
+
+    let job_controller = Controller::for_shared_stream(job_events, jobs)
+        .owns_shared_stream(pod_events)
+        .reconcile_on(verdict_rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY))
+        .run(job::reconcile, job::error_policy, shared.clone())
+        .for_each(|_| ready(()));
+    let ce_controller = Controller::for_shared_stream(ce_events, ces)
+        .reconcile_on(capacity_rx)
+        .run(capacity::reconcile, capacity::error_policy, shared.clone())
+        .for_each(|_| ready(()));
+
+    let readiness = {
+        let s = shared.clone();
+        async move {
+            let _ = tokio::join!(
+                s.jobs.wait_until_ready(),
+                s.queues.wait_until_ready(),
+                s.compute_environments.wait_until_ready(),
+                s.pods.wait_until_ready(),
+                s.nodes.wait_until_ready(),
+                s.namespaces.wait_until_ready(),
+            );
+            s.ready.store(true, Ordering::Release);
+            s.schedule_now.notify_one();
+            info!(
+                jobs = s.jobs.len(),
+                pods = s.pods.len(),
+                "caches synced; scheduling"
+            );
+            futures::future::pending::<()>().await
+        }
+    };
+
+    info!("Barge is running");
+    tokio::select! {
+        _ = drive_jobs => {}, _ = drive_ces => {}, _ = drive_pods => {},
+        _ = drive_queues => {}, _ = drive_nodes => {}, _ = drive_namespaces => {},
+        _ = job_controller => {}, _ = ce_controller => {},
+        _ = scheduling::run(shared.clone(), verdict_tx, capacity_tx) => {},
+        _ = queue::run(shared.clone()) => {},
+        _ = readiness => {},
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+}
+
+/// A stream that never ends and yields nothing (for controllers with no extra trigger).
+pub fn never<T>() -> impl Stream<Item = T> {
+    futures::stream::pending()
+}
+
+/// The node's allocatable resources, if it says.
+pub fn node_allocatable(node: &Node) -> Res {
+    let Some(a) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else {
+        return Res::ZERO;
+    };
+    let get = |k: &str| a.get(k).map(|q| q.0.clone());
+    Res::new(
+        get("cpu")
+            .and_then(|q| crate::resources::parse_millicpu(&q).ok())
+            .unwrap_or(0),
+        get("memory")
+            .and_then(|q| crate::resources::parse_mib(&q).ok())
+            .unwrap_or(0),
+        get(pod::GPU_RESOURCE)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// vCPUs of the node's capacity (what the instance is sold as).
+pub fn node_vcpus(node: &Node) -> u32 {
+    node.status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("cpu"))
+        .and_then(|q| crate::resources::parse_millicpu(&q.0).ok())
+        .map_or(0, |m| (m / 1000) as u32)
+}
+
+pub fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn node_is_cordoned(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+        || node.meta().deletion_timestamp.is_some()
+}
+
+pub fn node_compute_environment(node: &Node) -> Option<&str> {
+    node.labels()
+        .get(LABEL_COMPUTE_ENVIRONMENT)
+        .map(String::as_str)
+}

@@ -1,0 +1,285 @@
+//! Builds the pod for one attempt of a BatchJob: the job's container (or pod template),
+//! pinned to the compute environment's nodes, owned by the job, named deterministically.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::batch_job::pod_name;
+use crate::api::compute_environment::ComputeEnvironment;
+use crate::api::{
+    BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE,
+    LABEL_JOB_UID,
+};
+use crate::resources::{Res, parse_mib, parse_millicpu};
+use crate::{Error, Result};
+
+/// Job annotations with this prefix are copied to its pods (the local test bed reads
+/// `sim.barge.dev/duration` and friends from there).
+pub const COPIED_ANNOTATION_PREFIX: &str = "sim.barge.dev/";
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// The resources one attempt of the job requests.
+pub fn job_request(job: &BatchJob) -> Result<Res> {
+    if let Some(c) = &job.spec.container {
+        let millicpu = (c.resources.vcpus * 1000.0).ceil() as u64;
+        let mib = parse_mib(&c.resources.memory).map_err(|e| Error::InvalidJob(e.to_string()))?;
+        return Ok(Res::new(millicpu, mib, c.resources.gpus));
+    }
+    let spec = job
+        .spec
+        .pod_template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .ok_or_else(|| Error::InvalidJob("set container or podTemplate.spec".into()))?;
+    let mut total = Res::ZERO;
+    for c in &spec.containers {
+        let Some(req) = c.resources.as_ref().and_then(|r| r.requests.as_ref()) else {
+            continue;
+        };
+        let q = |k: &str| req.get(k).map(|q| q.0.clone());
+        let bad = |e: crate::resources::QuantityError| Error::InvalidJob(e.to_string());
+        total += Res::new(
+            q("cpu")
+                .map(|s| parse_millicpu(&s))
+                .transpose()
+                .map_err(bad)?
+                .unwrap_or(0),
+            q("memory")
+                .map(|s| parse_mib(&s))
+                .transpose()
+                .map_err(bad)?
+                .unwrap_or(0),
+            q(GPU_RESOURCE).and_then(|s| s.parse().ok()).unwrap_or(0),
+        );
+    }
+    Ok(total)
+}
+
+/// The pod for `attempt` of `job`, to run on `ce`'s nodes.
+pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Result<Pod> {
+    let name = job.name_any();
+    let uid = job
+        .uid()
+        .ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
+    let template = job.spec.pod_template.clone().unwrap_or_default();
+    let mut meta = template.metadata.unwrap_or_default();
+    let mut spec = match (&job.spec.container, template.spec) {
+        (Some(c), _) => container_pod_spec(c, job_request(job)?),
+        (None, Some(spec)) => spec,
+        (None, None) => {
+            return Err(Error::InvalidJob(
+                "set container or podTemplate.spec".into(),
+            ));
+        }
+    };
+
+    let mut labels = meta.labels.take().unwrap_or_default();
+    labels.insert(LABEL_JOB_NAME.into(), label_safe(&name));
+    labels.insert(LABEL_JOB_UID.into(), uid.clone());
+    labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    labels.insert(LABEL_JOB_QUEUE.into(), label_safe(&job.spec.job_queue));
+    labels.insert(LABEL_COMPUTE_ENVIRONMENT.into(), ce.name_any());
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    for (k, v) in job.annotations() {
+        if k.starts_with(COPIED_ANNOTATION_PREFIX) {
+            annotations.insert(k.clone(), v.clone());
+        }
+    }
+
+    spec.restart_policy = Some("Never".into());
+    spec.node_selector
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_COMPUTE_ENVIRONMENT.into(), ce.name_any());
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for t in &ce.spec.node_taints {
+        tolerations.push(Toleration {
+            key: Some(t.key.clone()),
+            operator: Some(if t.value.is_some() { "Equal" } else { "Exists" }.into()),
+            value: t.value.clone(),
+            effect: Some(t.effect.clone()),
+            ..Default::default()
+        });
+    }
+    let mut env = vec![
+        env_var("BARGE_JOB_NAME", &name),
+        env_var("BARGE_JOB_QUEUE", &job.spec.job_queue),
+        env_var("BARGE_JOB_ATTEMPT", &attempt.to_string()),
+        env_var("BARGE_COMPUTE_ENVIRONMENT", &ce.name_any()),
+    ];
+    if let Some(main) = spec.containers.first_mut() {
+        env.extend(main.env.take().unwrap_or_default());
+        main.env = Some(env);
+    }
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&name, &uid, attempt)),
+            namespace: job.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![
+                job.controller_owner_ref(&())
+                    .expect("a job from the API has a uid"),
+            ]),
+            ..meta
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) -> PodSpec {
+    let mut amounts = BTreeMap::from([
+        (
+            "cpu".to_string(),
+            Quantity(format!("{}m", request.millicpu)),
+        ),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Mi", request.memory_mib)),
+        ),
+    ]);
+    if request.gpus > 0 {
+        amounts.insert(GPU_RESOURCE.into(), Quantity(request.gpus.to_string()));
+    }
+    PodSpec {
+        containers: vec![Container {
+            name: "main".into(),
+            image: Some(c.image.clone()),
+            command: (!c.command.is_empty()).then(|| c.command.clone()),
+            args: (!c.args.is_empty()).then(|| c.args.clone()),
+            env: Some(c.env.iter().map(|e| env_var(&e.name, &e.value)).collect()),
+            resources: Some(ResourceRequirements {
+                requests: Some(amounts.clone()),
+                limits: Some(amounts),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Label values are at most 63 characters.
+fn label_safe(s: &str) -> String {
+    let v: String = s.chars().take(63).collect();
+    v.trim_end_matches(['-', '.', '_']).to_string()
+}
+
+/// The owner of a pod, if it is a Barge pod: (job uid, attempt).
+pub fn pod_job(pod: &Pod) -> Option<(&str, u32)> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let uid = labels.get(LABEL_JOB_UID)?;
+    let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    Some((uid.as_str(), attempt))
+}
+
+/// A pod that still holds its node's resources.
+pub fn pod_is_active(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// What a pod requests, summed over its containers.
+pub fn pod_request(pod: &Pod) -> Res {
+    let mut total = Res::ZERO;
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let Some(req) = c.resources.as_ref().and_then(|r| r.requests.as_ref()) else {
+            continue;
+        };
+        total += Res::new(
+            req.get("cpu")
+                .and_then(|q| parse_millicpu(&q.0).ok())
+                .unwrap_or(0),
+            req.get("memory")
+                .and_then(|q| parse_mib(&q.0).ok())
+                .unwrap_or(0),
+            req.get(GPU_RESOURCE)
+                .and_then(|q| q.0.parse().ok())
+                .unwrap_or(0),
+        );
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::batch_job::{BatchJobSpec, ContainerSpec};
+    use crate::api::compute_environment::{ComputeEnvironmentSpec, NodeTaint};
+
+    fn job() -> BatchJob {
+        let mut j = BatchJob::new(
+            "etl",
+            BatchJobSpec {
+                job_queue: "q".into(),
+                container: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                pod_template: None,
+                scheduling_priority: 0,
+                timeout: None,
+                retry_strategy: None,
+            },
+        );
+        j.metadata.namespace = Some("ns".into());
+        j.metadata.uid = Some("abcdef12-3456".into());
+        j.metadata.annotations = Some(BTreeMap::from([
+            ("sim.barge.dev/duration".into(), "3s".into()),
+            ("other".into(), "x".into()),
+        ]));
+        j
+    }
+
+    fn ce() -> ComputeEnvironment {
+        let spec: ComputeEnvironmentSpec = serde_json::from_value(serde_json::json!({
+            "instanceTypes": ["m6i"], "maxvCpus": 16,
+            "nodeTaints": [{"key": "batch", "effect": "NoSchedule"}]
+        }))
+        .unwrap();
+        ComputeEnvironment::new("ce-a", spec)
+    }
+
+    #[test]
+    fn the_pod_is_pinned_owned_and_named_for_its_attempt() {
+        let pod = build_pod(&job(), &ce(), 2).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-2"));
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.node_selector.unwrap()[LABEL_COMPUTE_ENVIRONMENT],
+            "ce-a"
+        );
+        assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
+        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(annotations["sim.barge.dev/duration"], "3s");
+        assert!(!annotations.contains_key("other"));
+        let env = spec.containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "BARGE_JOB_ATTEMPT" && e.value.as_deref() == Some("2"))
+        );
+        assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
+    }
+
+    #[test]
+    fn the_default_request_is_one_vcpu_and_two_gibibytes() {
+        assert_eq!(job_request(&job()).unwrap(), Res::new(1000, 2048, 0));
+    }
+}

@@ -1,0 +1,133 @@
+//! JobQueue status: job counts per phase, the oldest RUNNABLE job, and whether the
+//! queue is blocked and why, aggregated from the job store on a short tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::Resource;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use serde_json::json;
+use tracing::warn;
+
+use super::Shared;
+use crate::FIELD_MANAGER;
+use crate::api::batch_job::JobPhase;
+use crate::api::job_queue::JobCounts;
+use crate::api::{Condition, JobQueue, JobQueueStatus, State, set_condition};
+
+/// Queue statuses are aggregates: refreshing them this often is plenty.
+const INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Tally {
+    counts: JobCounts,
+    oldest_runnable: Option<DateTime<Utc>>,
+}
+
+pub async fn run(ctx: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(INTERVAL).await;
+        if !ctx.ready() {
+            continue;
+        }
+        let mut tallies: HashMap<String, Tally> = HashMap::new();
+        for job in ctx.jobs.state() {
+            let t = tallies.entry(job.spec.job_queue.clone()).or_default();
+            let status = job.status.as_ref();
+            let c = &mut t.counts;
+            match status.map(|s| s.phase).unwrap_or_default() {
+                JobPhase::Submitted => c.submitted += 1,
+                JobPhase::Pending => c.pending += 1,
+                JobPhase::Runnable => {
+                    c.runnable += 1;
+                    let since = status.and_then(|s| s.runnable_at);
+                    t.oldest_runnable = match (t.oldest_runnable, since) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                JobPhase::Starting => c.starting += 1,
+                JobPhase::Running => c.running += 1,
+                JobPhase::Succeeded => c.succeeded += 1,
+                JobPhase::Failed => c.failed += 1,
+            }
+        }
+        let blocked = ctx.blocked.lock().expect("blocked lock").clone();
+        for queue in ctx.queues.state() {
+            let tally = tallies.remove(&queue.name_any()).unwrap_or_default();
+            let status = status_for(&queue, tally, blocked.get(&queue.name_any()));
+            if queue.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let was_blocked = is_blocked(queue.status.as_ref());
+            if let Err(e) = write_status(&ctx, &queue, &status).await {
+                warn!(queue = %queue.name_any(), error = %e, "status update failed");
+                continue;
+            }
+            if is_blocked(Some(&status)) && !was_blocked {
+                let note = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Blocked")
+                    .map(|c| c.message.clone());
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "Blocked".into(),
+                    note,
+                    action: "Schedule".into(),
+                    secondary: None,
+                };
+                let _ = ctx.recorder.publish(&ev, &queue.object_ref(&())).await;
+            }
+        }
+    }
+}
+
+fn is_blocked(s: Option<&JobQueueStatus>) -> bool {
+    s.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Blocked" && c.status == "True")
+    })
+}
+
+fn status_for(queue: &JobQueue, tally: Tally, head_waits: Option<&String>) -> JobQueueStatus {
+    let mut s = queue.status.clone().unwrap_or_default();
+    s.jobs = tally.counts;
+    s.oldest_runnable_since = tally.oldest_runnable;
+    s.observed_generation = queue.metadata.generation;
+    let g = queue.metadata.generation;
+    let blocked = if queue.spec.state == State::Disabled {
+        Condition::new(
+            "Blocked",
+            true,
+            "QueueDisabled",
+            "The queue is DISABLED: it admits no jobs",
+        )
+    } else if s.jobs.runnable > 0
+        && s.jobs.starting + s.jobs.running == 0
+        && let Some(why) = head_waits
+    {
+        Condition::new("Blocked", true, "HeadJobWaiting", why.clone())
+    } else {
+        Condition::new("Blocked", false, "NotBlocked", "")
+    };
+    set_condition(&mut s.conditions, blocked.generation(g));
+    s
+}
+
+async fn write_status(ctx: &Shared, queue: &JobQueue, status: &JobQueueStatus) -> kube::Result<()> {
+    let api: Api<JobQueue> = Api::all(ctx.client.clone());
+    let patch = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "status": status});
+    api.patch_status(
+        &queue.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The scheduling pass: one task that takes a snapshot of the stores, asks the pure
+//! planner what to admit, creates the admitted pods with bounded concurrency, and hands
+//! the "why waiting" verdicts to the job controller and the demand to the capacity
+//! controller.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc::UnboundedSender;
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::pod::{build_pod, job_request, pod_is_active, pod_request};
+use super::{
+    Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready,
+    node_vcpus,
+};
+use crate::api::batch_job::{JobPhase, pod_name};
+use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
+use crate::capacity::catalog;
+use crate::resources::Res;
+use crate::scheduler::{self, CeInfo, NodeInfo, PendingJob, QueueInfo, Snapshot};
+
+/// A pass runs at least this often, to notice time passing (and lost wake-ups).
+const TICK: Duration = Duration::from_secs(2);
+/// After a wake-up, wait this long for more changes so that a burst makes one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Concurrent pod creations: enough to keep the API server busy, few enough not to flood it.
+const CREATE_CONCURRENCY: usize = 64;
+/// An admitted pod not yet seen in the pod store is forgotten after this long.
+const INFLIGHT_TTL: Duration = Duration::from_secs(30);
+
+struct Inflight {
+    compute_environment: String,
+    request: Res,
+    since: Instant,
+}
+
+pub async fn run(
+    ctx: Arc<Shared>,
+    verdicts: UnboundedSender<ObjectRef<BatchJob>>,
+    capacity: UnboundedSender<ObjectRef<ComputeEnvironment>>,
+) {
+    let mut inflight: HashMap<String, Inflight> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = ctx.schedule_now.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if !ctx.ready() {
+            continue;
+        }
+        let started = Instant::now();
+        let (admitted, waiting) = pass(&ctx, &mut inflight, &verdicts, &capacity).await;
+        if admitted > 0 {
+            info!(
+                admitted,
+                waiting,
+                took_ms = started.elapsed().as_millis() as u64,
+                "scheduling pass"
+            );
+        } else {
+            debug!(
+                waiting,
+                took_ms = started.elapsed().as_millis() as u64,
+                "scheduling pass"
+            );
+        }
+    }
+}
+
+/// One pass; returns (admitted, waiting).
+async fn pass(
+    ctx: &Shared,
+    inflight: &mut HashMap<String, Inflight>,
+    verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>,
+    capacity_tx: &UnboundedSender<ObjectRef<ComputeEnvironment>>,
+) -> (usize, usize) {
+    let ces = ctx.compute_environments.state();
+    let mut ce_infos: Vec<CeInfo> = ces
+        .iter()
+        .map(|ce| {
+            let (types, _) = catalog::resolve(&ce.spec.instance_types);
+            CeInfo {
+                name: ce.name_any(),
+                enabled: ce.spec.state == State::Enabled && ce.meta().deletion_timestamp.is_none(),
+                max_vcpus: ce.spec.max_vcpus,
+                total_vcpus: 0,
+                shapes: types.iter().map(|t| t.allocatable()).collect(),
+                nodes: Vec::new(),
+            }
+        })
+        .collect();
+    let ce_index: HashMap<String, usize> = ce_infos
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    let mut node_slot: HashMap<String, (usize, usize)> = HashMap::new();
+    for node in ctx.nodes.state() {
+        let Some(&ci) = node_compute_environment(&node).and_then(|c| ce_index.get(c)) else {
+            continue;
+        };
+        let ce = &mut ce_infos[ci];
+        ce.total_vcpus += node_vcpus(&node);
+        if node_is_cordoned(&node) {
+            continue;
+        }
+        node_slot.insert(node.name_any(), (ci, ce.nodes.len()));
+        ce.nodes.push(NodeInfo {
+            name: node.name_any(),
+            free: node_allocatable(&node),
+            ready: node_is_ready(&node),
+        });
+    }
+
+    // Resources held by Barge pods: on their node when bound, else against their environment.
+    let mut present: HashSet<String> = HashSet::new();
+    let mut unbound: Vec<(usize, Res)> = Vec::new();
+    for p in ctx.pods.state() {
+        let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+        inflight.remove(&key);
+        present.insert(key);
+        if !pod_is_active(&p) {
+            continue;
+        }
+        let request = pod_request(&p);
+        match p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+            Some(node) => {
+                if let Some(&(ci, ni)) = node_slot.get(node) {
+                    ce_infos[ci].nodes[ni].free -= request;
+                }
+            }
+            None => {
+                if let Some(&ci) = p
+                    .labels()
+                    .get(LABEL_COMPUTE_ENVIRONMENT)
+                    .and_then(|c| ce_index.get(c))
+                {
+                    unbound.push((ci, request));
+                }
+            }
+        }
+    }
+    inflight.retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
+    for f in inflight.values() {
+        if let Some(&ci) = ce_index.get(&f.compute_environment) {
+            unbound.push((ci, f.request));
+        }
+    }
+    for (ci, request) in unbound {
+        // kube-scheduler will place it somewhere that fits: hold room on the first such node.
+        if let Some(n) = ce_infos[ci]
+            .nodes
+            .iter_mut()
+            .find(|n| n.free.fits(&request))
+        {
+            n.free -= request;
+        }
+    }
+
+    let queues: Vec<QueueInfo> = ctx
+        .queues
+        .state()
+        .iter()
+        .map(|q| {
+            let mut order = q.spec.compute_environment_order.clone();
+            order.sort_by_key(|o| o.order);
+            QueueInfo {
+                name: q.name_any(),
+                priority: q.spec.priority,
+                enabled: q.spec.state == State::Enabled,
+                compute_environments: order.into_iter().map(|o| o.compute_environment).collect(),
+            }
+        })
+        .collect();
+    let selectors: HashMap<String, _> = ctx
+        .queues
+        .state()
+        .iter()
+        .map(|q| (q.name_any(), q.spec.namespace_selector.clone()))
+        .collect();
+    let namespace_labels: HashMap<String, _> = ctx
+        .namespaces
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect();
+
+    let mut pending_jobs: Vec<Arc<BatchJob>> = Vec::new();
+    let mut snapshot_jobs: Vec<PendingJob> = Vec::new();
+    let mut new_verdicts: HashMap<String, Verdict> = HashMap::new();
+    for job in ctx.jobs.state() {
+        let status = job.status.clone().unwrap_or_default();
+        if status.phase.is_finished()
+            || status.phase == JobPhase::Pending
+            || job.meta().deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let ns = job.namespace().unwrap_or_default();
+        let attempt = super::job::current_attempt(&status);
+        let key = format!(
+            "{ns}/{}",
+            pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt)
+        );
+        if present.contains(&key) || inflight.contains_key(&key) {
+            continue;
+        }
+        let request = match job_request(&job) {
+            Ok(r) => r,
+            Err(e) => {
+                new_verdicts.insert(
+                    job.uid().unwrap_or_default(),
+                    Verdict::Waiting(format!("Invalid job: {e}")),
+                );
+                continue;
+            }
+        };
+        let namespace_allowed = match selectors.get(&job.spec.job_queue) {
+            Some(Some(sel)) => namespace_labels.get(&ns).is_some_and(|l| sel.matches(l)),
+            _ => true,
+        };
+        snapshot_jobs.push(PendingJob {
+            name: format!("{ns}/{}", job.name_any()),
+            queue: job.spec.job_queue.clone(),
+            namespace_allowed,
+            scheduling_priority: job.spec.scheduling_priority,
+            submitted_ms: job
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_millisecond()),
+            request,
+        });
+        pending_jobs.push(job);
+    }
+
+    let snapshot = Snapshot {
+        jobs: snapshot_jobs,
+        queues,
+        compute_environments: ce_infos,
+    };
+    let plan = scheduler::plan(&snapshot);
+
+    // Create the admitted pods.
+    let ce_by_name: HashMap<String, Arc<ComputeEnvironment>> =
+        ces.iter().map(|c| (c.name_any(), c.clone())).collect();
+    let mut creations = Vec::new();
+    for adm in &plan.admitted {
+        let job = &pending_jobs[adm.job];
+        let ce = &ce_by_name[&adm.compute_environment];
+        let attempt = super::job::current_attempt(&job.status.clone().unwrap_or_default());
+        let uid = job.uid().unwrap_or_default();
+        match build_pod(job, ce, attempt) {
+            Ok(pod) => {
+                let key = format!("{}/{}", job.namespace().unwrap_or_default(), pod.name_any());
+                inflight.insert(
+                    key,
+                    Inflight {
+                        compute_environment: adm.compute_environment.clone(),
+                        request: snapshot.jobs[adm.job].request,
+                        since: Instant::now(),
+                    },
+                );
+                new_verdicts.insert(
+                    uid.clone(),
+                    Verdict::Admitted {
+                        compute_environment: adm.compute_environment.clone(),
+                    },
+                );
+                creations.push((uid, pod));
+            }
+            Err(e) => {
+                new_verdicts.insert(uid, Verdict::Waiting(format!("Invalid job: {e}")));
+            }
+        }
+    }
+    let failures: Vec<(String, String, String)> = stream::iter(creations)
+        .map(|(uid, pod)| async move {
+            let api: Api<Pod> =
+                Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(_) => None,
+                // Created by an earlier pass or an earlier run of Barge: the name is the attempt.
+                Err(kube::Error::Api(e)) if e.code == 409 => None,
+                Err(e) => {
+                    warn!(pod = %pod.name_any(), error = %e, "creating pod failed");
+                    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                    Some((
+                        uid,
+                        key,
+                        format!("Could not create pod {}: {e}; will retry", pod.name_any()),
+                    ))
+                }
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    for (uid, key, why) in failures {
+        inflight.remove(&key);
+        new_verdicts.insert(uid, Verdict::Waiting(why));
+    }
+    for (i, why) in &plan.waiting {
+        new_verdicts.insert(
+            pending_jobs[*i].uid().unwrap_or_default(),
+            Verdict::Waiting(why.to_string()),
+        );
+    }
+
+    // Hand the verdicts that changed to the job controller.
+    let by_uid: HashMap<String, &Arc<BatchJob>> = pending_jobs
+        .iter()
+        .map(|j| (j.uid().unwrap_or_default(), j))
+        .collect();
+    {
+        let mut old = ctx.verdicts.lock().expect("verdicts lock");
+        for (uid, v) in &new_verdicts {
+            if old.get(uid) != Some(v)
+                && let Some(job) = by_uid.get(uid)
+            {
+                let _ = verdict_tx.unbounded_send(ObjectRef::from_obj(job.as_ref()));
+            }
+        }
+        *old = new_verdicts;
+    }
+
+    // Hand the demand to the capacity controller.
+    {
+        let mut demand = ctx.demand.lock().expect("demand lock");
+        for ce in ces.iter() {
+            let name = ce.name_any();
+            let had = demand.get(&name).map_or(0, Vec::len);
+            let has = plan.demand.get(&name).map_or(0, Vec::len);
+            if had != has || has > 0 {
+                let _ = capacity_tx.unbounded_send(ObjectRef::from_obj(ce.as_ref()));
+            }
+        }
+        *demand = plan.demand.clone();
+    }
+    *ctx.blocked.lock().expect("blocked lock") = plan
+        .blocked_queues
+        .iter()
+        .map(|(q, w)| (q.clone(), w.to_string()))
+        .collect();
+    (plan.admitted.len(), plan.waiting.len())
+}
