@@ -99,16 +99,19 @@ impl fmt::Display for Res {
 }
 
 pub fn fmt_vcpus(millicpu: u64) -> String {
-    if millicpu % 1000 == 0 {
+    if millicpu.is_multiple_of(1000) {
         (millicpu / 1000).to_string()
     } else {
-        format!("{}", millicpu as f64 / 1000.0)
+        let s = format!("{:.2}", millicpu as f64 / 1000.0);
+        s.trim_end_matches('0').to_string()
     }
 }
 
 pub fn fmt_mib(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{}Gi", mib / 1024)
+    } else if mib >= 1024 {
+        format!("{:.1}Gi", mib as f64 / 1024.0)
     } else {
         format!("{mib}Mi")
     }

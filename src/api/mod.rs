@@ -90,12 +90,47 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     }
 }
 
+/// The API server knows `int32`/`int64` but not Rust's `uint32`/`uint64` formats (kubectl
+/// warns on each); unsigned fields become `int64` with a minimum of 0.
+fn drop_unsigned_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let unsigned = map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"));
+            if unsigned {
+                map.insert("format".into(), "int64".into());
+                map.entry("minimum").or_insert(0.into());
+            }
+            map.values_mut().for_each(drop_unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
+        _ => {}
+    }
+}
+
 /// The CRDs as one YAML stream, as `barge crd` prints and `crds/` holds.
 pub fn crds_yaml() -> String {
     let mut out = String::new();
     for crd in [ComputeEnvironment::crd(), JobQueue::crd(), BatchJob::crd()] {
+        let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
+        drop_unsigned_formats(&mut value);
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serialises to YAML"));
+        out.push_str(&serde_yaml::to_string(&value).expect("a CRD serialises to YAML"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_crds_match_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/barge.dev.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::crds_yaml(),
+            "crds/ is stale: run `make crds` and commit the result"
+        );
+    }
 }

@@ -173,27 +173,36 @@ pub struct NodeUse {
     pub idle_seconds: Option<u64>,
 }
 
-/// Nodes to remove: idle longer than `delay`, longest idle first, never taking the fleet
-/// below `minvCpus`.
+/// Nodes to remove: those idle longer than `delay`, except the smallest set of them
+/// that keeps the fleet at `minvCpus` (busy and recently idle nodes count first).
 pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) -> Vec<String> {
-    let mut total: u32 = nodes.iter().map(|n| n.vcpus).sum();
-    let mut idle: Vec<&NodeUse> = nodes
+    let past_delay = |n: &NodeUse| n.idle_seconds.is_some_and(|s| s >= delay_seconds);
+    let kept: u32 = nodes
         .iter()
-        .filter(|n| n.idle_seconds.is_some_and(|s| s >= delay_seconds))
-        .collect();
-    idle.sort_by(|a, b| {
+        .filter(|n| !past_delay(n))
+        .map(|n| n.vcpus)
+        .sum();
+    let mut eligible: Vec<&NodeUse> = nodes.iter().filter(|n| past_delay(n)).collect();
+    // Longest idle first to go; the order also makes the choice deterministic.
+    eligible.sort_by(|a, b| {
         b.idle_seconds
             .cmp(&a.idle_seconds)
             .then(a.name.cmp(&b.name))
     });
-    let mut out = Vec::new();
-    for n in idle {
-        if total.saturating_sub(n.vcpus) >= min_vcpus {
-            total -= n.vcpus;
-            out.push(n.name.clone());
-        }
+    let mut need = min_vcpus.saturating_sub(kept);
+    while need > 0 && !eligible.is_empty() {
+        // Keep the smallest node that covers what is missing, else the largest and go on.
+        let pick = eligible
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.vcpus >= need)
+            .min_by_key(|(i, n)| (n.vcpus, std::cmp::Reverse(*i)))
+            .or_else(|| eligible.iter().enumerate().max_by_key(|(_, n)| n.vcpus))
+            .map(|(i, _)| i)
+            .expect("eligible is not empty");
+        need = need.saturating_sub(eligible.remove(pick).vcpus);
     }
-    out
+    eligible.into_iter().map(|n| n.name.clone()).collect()
 }
 
 #[cfg(test)]

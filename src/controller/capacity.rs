@@ -93,7 +93,9 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
             })
             .collect()
     };
-    let total_vcpus: u32 = node_use.iter().map(|n| n.vcpus).sum();
+    let coming = ctx.launching(&name);
+    let total_vcpus: u32 =
+        node_use.iter().map(|n| n.vcpus).sum::<u32>() + coming.iter().map(|l| l.vcpus).sum::<u32>();
     let provider = ctx.providers.get(ce.spec.provider);
     let mut message = None;
     let mut launched = Vec::new();
@@ -125,6 +127,17 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
             match provider.launch(ce, ty).await {
                 Ok(node) => {
                     launched_vcpus += ty.vcpus;
+                    ctx.launching
+                        .lock()
+                        .expect("launching lock")
+                        .entry(name.clone())
+                        .or_default()
+                        .push(super::Launching {
+                            node: node.clone(),
+                            vcpus: ty.vcpus,
+                            allocatable: ty.allocatable(),
+                            since: Instant::now(),
+                        });
                     launched.push(format!("{node} ({})", ty.name));
                 }
                 Err(e) => {

@@ -62,6 +62,8 @@ pub struct Shared {
     pub demand: Mutex<HashMap<String, Vec<Res>>>,
     /// Per queue, why its first waiting job cannot run.
     pub blocked: Mutex<HashMap<String, String>>,
+    /// Nodes launched but not yet seen in the node store, per compute environment.
+    pub launching: Mutex<HashMap<String, Vec<Launching>>>,
     /// When each node was last seen without a Barge pod (scale-down clock).
     pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
     ready: AtomicBool,
@@ -79,6 +81,33 @@ impl Shared {
             .expect("verdicts lock")
             .get(&uid)
             .cloned()
+    }
+}
+
+/// A node the capacity pass launched that the node store has not shown yet; counted as
+/// coming capacity so that the same demand is not launched for twice.
+#[derive(Clone, Debug)]
+pub struct Launching {
+    pub node: String,
+    pub vcpus: u32,
+    pub allocatable: Res,
+    pub since: std::time::Instant,
+}
+
+/// A launched node that has not shown up for this long is no longer counted as coming.
+pub const LAUNCH_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Shared {
+    /// Launching nodes of `ce` still missing from the node store (pruning the rest).
+    pub fn launching(&self, ce: &str) -> Vec<Launching> {
+        let mut all = self.launching.lock().expect("launching lock");
+        let Some(list) = all.get_mut(ce) else {
+            return Vec::new();
+        };
+        list.retain(|l| {
+            l.since.elapsed() < LAUNCH_TTL && self.nodes.get(&ObjectRef::new(&l.node)).is_none()
+        });
+        list.clone()
     }
 }
 
@@ -200,6 +229,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         demand: Mutex::default(),
         blocked: Mutex::default(),
         idle_since: Mutex::default(),
+        launching: Mutex::default(),
         ready: AtomicBool::new(false),
     });
 

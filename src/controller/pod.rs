@@ -222,7 +222,7 @@ pub fn pod_request(pod: &Pod) -> Res {
 mod tests {
     use super::*;
     use crate::api::batch_job::{BatchJobSpec, ContainerSpec};
-    use crate::api::compute_environment::{ComputeEnvironmentSpec, NodeTaint};
+    use crate::api::compute_environment::ComputeEnvironmentSpec;
 
     fn job() -> BatchJob {
         let mut j = BatchJob::new(

@@ -119,6 +119,17 @@ async fn pass(
         });
     }
 
+    for ce in ce_infos.iter_mut() {
+        for l in ctx.launching(&ce.name) {
+            ce.total_vcpus += l.vcpus;
+            ce.nodes.push(NodeInfo {
+                name: l.node,
+                free: l.allocatable,
+                ready: false,
+            });
+        }
+    }
+
     // Resources held by Barge pods: on their node when bound, else against their environment.
     let mut present: HashSet<String> = HashSet::new();
     let mut unbound: Vec<(usize, Res)> = Vec::new();

@@ -379,13 +379,17 @@ fn decide<'a>(
             .iter()
             .map(|n| {
                 let c = &ces[n];
-                format!(
-                    "largest in {n}: {} vCPU, {} memory, {} GPU; maxvCpus {}",
-                    fmt_vcpus(c.largest_shape.millicpu),
-                    crate::resources::fmt_mib(c.largest_shape.memory_mib),
-                    c.largest_shape.gpus,
-                    c.info.max_vcpus
-                )
+                if r.millicpu > c.info.max_vcpus as u64 * 1000 {
+                    format!("{n} has maxvCpus {}", c.info.max_vcpus)
+                } else {
+                    let l = c.largest_shape;
+                    format!(
+                        "the largest node of {n} offers {} vCPU, {} memory, {} GPU",
+                        fmt_vcpus(l.millicpu),
+                        crate::resources::fmt_mib(l.memory_mib),
+                        l.gpus
+                    )
+                }
             })
             .collect::<Vec<_>>()
             .join("; ");

@@ -98,3 +98,99 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Installs (or updates) Barge's CRDs by server-side apply and waits until they serve.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for doc in barge::api::crds_yaml()
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+    {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(doc).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("barge-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        eventually("CRD established", Duration::from_secs(30), || async {
+            let c = api.get(&name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// Where operator logs go (kept after the run, for reading a failure).
+pub fn log_path(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.log"))
+}
+
+/// Starts `barge run` as a child process that dies with the test process.
+pub fn spawn_operator(log: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(log))
+        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_barge"));
+    cmd.arg("run")
+        .env("RUST_LOG", "info,barge=debug")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("barge binary starts")
+}
+
+/// One operator for every test of this binary, started on a thread that lives as long
+/// as the process (the child is killed when the process exits).
+pub async fn shared_operator(client: &Client) {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    install_crds(client).await;
+    STARTED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = spawn_operator("shared");
+            tx.send(()).unwrap();
+            // Lives until the operator exits (it should not before the tests end).
+            let status = child.wait();
+            eprintln!("shared operator exited: {status:?}; see {}", log_path("shared").display());
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+    });
+}
+
+/// Server-side applies any object given as JSON.
+pub async fn apply<K>(api: &Api<K>, obj: serde_json::Value) -> kube::Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::api::{Patch, PatchParams};
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("barge-tests").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+}

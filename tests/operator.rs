@@ -1,0 +1,390 @@
+//! The operator core on the real control plane: jobs run to their end, queues admit by
+//! priority, misfits are explained, compute environments scale up and back down, and bad
+//! manifests are refused with clear messages.
+
+mod common;
+
+use std::time::Duration;
+
+use barge::api::batch_job::JobPhase;
+use barge::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT};
+use common::*;
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Env {
+    client: Client,
+    ns: String,
+    jobs: Api<BatchJob>,
+    ces: Api<ComputeEnvironment>,
+    queues: Api<JobQueue>,
+    tag: String,
+}
+
+async fn env(prefix: &str) -> Env {
+    let client = client().await;
+    shared_operator(&client).await;
+    let ns = namespace(&client, prefix).await;
+    Env {
+        jobs: Api::namespaced(client.clone(), &ns),
+        ces: Api::all(client.clone()),
+        queues: Api::all(client.clone()),
+        tag: format!("{prefix}-{}", suffix()),
+        client,
+        ns,
+    }
+}
+
+impl Env {
+    async fn ce(&self, name: &str, spec: Value) -> String {
+        let name = format!("{}-{name}", self.tag);
+        apply(&self.ces, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": name}, "spec": spec})).await.unwrap();
+        name
+    }
+
+    async fn queue(&self, name: &str, priority: i32, state: &str, ces: &[&str]) -> String {
+        let name = format!("{}-{name}", self.tag);
+        let order: Vec<Value> = ces
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"order": i + 1, "computeEnvironment": c}))
+            .collect();
+        apply(&self.queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
+            "spec": {"priority": priority, "state": state, "computeEnvironmentOrder": order}})).await.unwrap();
+        name
+    }
+
+    async fn job(
+        &self,
+        name: &str,
+        queue: &str,
+        vcpus: f64,
+        annotations: Value,
+        extra: Value,
+    ) -> BatchJob {
+        let mut spec = json!({"jobQueue": queue, "container": {"image": "busybox", "resources": {"vcpus": vcpus, "memory": "1Gi"}}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        apply(
+            &self.jobs,
+            json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": name, "annotations": annotations}, "spec": spec}),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn wait_phase(&self, name: &str, phase: JobPhase) -> BatchJob {
+        let what = format!("job {name} to be {phase:?}");
+        eventually(&what, WAIT, || async {
+            let j = self.jobs.get(name).await.ok()?;
+            (j.status.as_ref()?.phase == phase).then_some(j)
+        })
+        .await
+    }
+
+    async fn nodes_of(&self, ce: &str) -> Vec<Node> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .list(&ListParams::default().labels(&format!("{LABEL_COMPUTE_ENVIRONMENT}={ce}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn cleanup(&self, ces: &[&str]) {
+        for ce in ces {
+            let _ = self.ces.delete(ce, &DeleteParams::default()).await;
+        }
+    }
+}
+
+fn vcpus_of(nodes: &[Node]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            n.status.as_ref().unwrap().capacity.as_ref().unwrap()["cpu"]
+                .0
+                .trim_end_matches('m')
+                .parse::<u64>()
+                .unwrap()
+        })
+        .map(|m| if m >= 1000 { m / 1000 } else { m })
+        .sum()
+}
+
+fn runs(secs: u32) -> Value {
+    json!({"sim.barge.dev/duration": format!("{secs}s")})
+}
+
+#[tokio::test]
+async fn jobs_run_to_succeeded_and_failed_with_exit_codes_attempts_and_timestamps() {
+    let e = env("life").await;
+    let ce = e
+        .ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8}))
+        .await;
+    let q = e.queue("q", 10, "ENABLED", &[&ce]).await;
+    e.job("ok", &q, 1.0, runs(2), json!({})).await;
+    e.job(
+        "bad",
+        &q,
+        1.0,
+        json!({"sim.barge.dev/duration": "1s", "sim.barge.dev/exit-code": "3"}),
+        json!({"retryStrategy": {"attempts": 2}}),
+    )
+    .await;
+
+    let ok = e.wait_phase("ok", JobPhase::Succeeded).await;
+    let s = ok.status.unwrap();
+    assert_eq!(s.attempts.len(), 1);
+    let a = &s.attempts[0];
+    assert_eq!(a.exit_code, Some(0));
+    assert!(
+        a.node_name.as_deref().is_some_and(|n| n.starts_with(&ce)),
+        "{a:?}"
+    );
+    let (started, stopped) = (s.started_at.unwrap(), s.stopped_at.unwrap());
+    assert!(stopped > started && s.created_at.unwrap() <= started);
+    assert!(
+        (stopped - started).num_milliseconds() >= 1500,
+        "ran about 2 s"
+    );
+
+    let bad = e.wait_phase("bad", JobPhase::Failed).await;
+    let s = bad.status.unwrap();
+    assert_eq!(s.attempts.len(), 2, "{:?}", s.attempts);
+    assert!(s.attempts.iter().all(|a| a.exit_code == Some(3)));
+    assert_ne!(s.attempts[0].pod_name, s.attempts[1].pod_name);
+    assert_eq!(
+        s.status_reason.as_deref(),
+        Some("Essential container in task exited with code 3 (Error)")
+    );
+
+    let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
+    let evs = events
+        .list(&ListParams::default().fields("involvedObject.name=ok"))
+        .await
+        .unwrap();
+    assert!(
+        evs.items
+            .iter()
+            .any(|ev| ev.reason.as_deref() == Some("Succeeded")),
+        "a Succeeded event"
+    );
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn a_high_priority_queue_runs_before_an_older_low_priority_job_and_a_disabled_queue_admits_nothing()
+ {
+    let e = env("prio").await;
+    // Room for one 1.5 vCPU job at a time: a single m6i.large (1.93 allocatable vCPUs).
+    let ce = e
+        .ce(
+            "ce",
+            json!({"instanceTypes": ["m6i.large"], "minvCpus": 2, "maxvCpus": 2}),
+        )
+        .await;
+    let hi = e.queue("hi", 100, "ENABLED", &[&ce]).await;
+    let lo = e.queue("lo", 1, "ENABLED", &[&ce]).await;
+    let off = e.queue("off", 500, "DISABLED", &[&ce]).await;
+
+    e.job("blocker", &lo, 1.5, runs(4), json!({})).await;
+    e.wait_phase("blocker", JobPhase::Running).await;
+    e.job("old-low", &lo, 1.5, runs(1), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    e.job("new-high", &hi, 1.5, runs(1), json!({})).await;
+    e.job("parked", &off, 0.5, runs(1), json!({})).await;
+
+    let high = e.wait_phase("new-high", JobPhase::Succeeded).await;
+    let low = e.wait_phase("old-low", JobPhase::Succeeded).await;
+    let (h, l) = (high.status.unwrap(), low.status.unwrap());
+    assert!(
+        h.started_at.unwrap() < l.started_at.unwrap(),
+        "high {:?} before low {:?}",
+        h.started_at,
+        l.started_at
+    );
+    assert!(
+        h.stopped_at.unwrap() <= l.started_at.unwrap(),
+        "one at a time"
+    );
+
+    let parked = e.jobs.get("parked").await.unwrap().status.unwrap();
+    assert_eq!(parked.phase, JobPhase::Runnable);
+    assert_eq!(
+        parked.status_reason.unwrap(),
+        format!("Job queue {off} is DISABLED and admits no jobs")
+    );
+    let qs = eventually("queue status", WAIT, || async {
+        e.queues.get(&off).await.ok()?.status
+    })
+    .await;
+    let blocked = qs.conditions.iter().find(|c| c.type_ == "Blocked").unwrap();
+    assert_eq!(
+        (blocked.status.as_str(), blocked.reason.as_str()),
+        ("True", "QueueDisabled")
+    );
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn a_job_too_large_for_every_compute_environment_says_so_with_a_warning_event() {
+    let e = env("huge").await;
+    let ce = e
+        .ce(
+            "ce",
+            json!({"instanceTypes": ["c6i.large", "c6i.xlarge"], "maxvCpus": 64}),
+        )
+        .await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job("huge", &q, 8.0, json!({}), json!({})).await;
+    let job = eventually("misconfiguration reason", WAIT, || async {
+        let j = e.jobs.get("huge").await.ok()?;
+        j.status
+            .as_ref()?
+            .status_reason
+            .as_deref()?
+            .starts_with("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")
+            .then_some(j)
+    })
+    .await;
+    let s = job.status.unwrap();
+    assert_eq!(s.phase, JobPhase::Runnable);
+    assert!(
+        s.status_reason
+            .unwrap()
+            .contains(&format!("the largest node of {ce} offers 3.92 vCPU"))
+    );
+    let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
+    eventually("a Misconfiguration warning", WAIT, || async {
+        let evs = events
+            .list(&ListParams::default().fields("involvedObject.name=huge"))
+            .await
+            .ok()?;
+        evs.items
+            .iter()
+            .any(|ev| {
+                ev.reason.as_deref() == Some("Misconfiguration")
+                    && ev.type_.as_deref() == Some("Warning")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        e.nodes_of(&ce).await.is_empty(),
+        "nothing launched for a job that can never fit"
+    );
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn fifty_jobs_scale_the_environment_up_within_max_vcpus_and_back_down_to_min() {
+    let e = env("scale").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "minvCpus": 2, "maxvCpus": 16, "scaleDownDelaySeconds": 3})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    for i in 0..50 {
+        e.job(&format!("j{i}"), &q, 1.0, runs(2), json!({})).await;
+    }
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    eventually(
+        "all 50 jobs SUCCEEDED",
+        Duration::from_secs(180),
+        || async {
+            let nodes = e.nodes_of(&ce).await;
+            peak.fetch_max(vcpus_of(&nodes), std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                vcpus_of(&nodes) <= 16,
+                "never beyond maxvCpus: {} vCPUs",
+                vcpus_of(&nodes)
+            );
+            let jobs = e.jobs.list(&ListParams::default()).await.ok()?;
+            jobs.items
+                .iter()
+                .all(|j| {
+                    j.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == JobPhase::Succeeded)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let peak = peak.into_inner();
+    assert!(peak > 2, "scaled up beyond minvCpus (peak {peak})");
+    // Idle nodes go; what stays is the smallest node that keeps minvCpus.
+    eventually("back to minvCpus", WAIT, || async {
+        let nodes = e.nodes_of(&ce).await;
+        (nodes.len() == 1 && vcpus_of(&nodes) >= 2).then_some(())
+    })
+    .await;
+    let status = e.ces.get(&ce).await.unwrap().status.unwrap();
+    assert!(status.total_vcpus <= 16);
+
+    // Deleting the environment removes its nodes before the object goes.
+    e.ces.delete(&ce, &DeleteParams::default()).await.unwrap();
+    eventually("nodes removed with the environment", WAIT, || async {
+        (e.nodes_of(&ce).await.is_empty() && e.ces.get_opt(&ce).await.ok()?.is_none()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
+    let e = env("invalid").await;
+    let err = |r: kube::Result<_>| match r {
+        Err(kube::Error::Api(s)) => s.message.clone(),
+        other => panic!("expected the API server to refuse it, got {other:?}"),
+    };
+    let bad_ce = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": format!("{}-bad", e.tag)},
+        "spec": {"instanceTypes": ["m6i"], "minvCpus": 32, "maxvCpus": 8}});
+    assert!(
+        err(apply(&e.ces, bad_ce).await.map(|_| ()))
+            .contains("minvCpus must not be greater than maxvCpus")
+    );
+
+    let no_image = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "noimg"},
+        "spec": {"jobQueue": "q", "container": {"image": ""}}});
+    assert!(
+        err(apply(&e.jobs, no_image).await.map(|_| ())).contains("container.image is required")
+    );
+
+    let both = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "both"},
+        "spec": {"jobQueue": "q", "container": {"image": "busybox"}, "podTemplate": {"spec": {"containers": [{"name": "a", "image": "b"}]}}}});
+    assert!(
+        err(apply(&e.jobs, both).await.map(|_| ()))
+            .contains("set exactly one of container or podTemplate")
+    );
+
+    let tiny_timeout = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "tiny"},
+        "spec": {"jobQueue": "q", "container": {"image": "busybox"}, "timeout": {"attemptDurationSeconds": 5}}});
+    assert!(err(apply(&e.jobs, tiny_timeout).await.map(|_| ())).contains("at least 60"));
+
+    // An unknown queue is not an error at submission (GitOps may create it later) but says so.
+    let ghost = format!("{}-ghost", e.tag);
+    e.job("orphan", &ghost, 1.0, json!({}), json!({})).await;
+    let reason = eventually("unknown queue reason", WAIT, || async {
+        e.jobs.get("orphan").await.ok()?.status?.status_reason
+    })
+    .await;
+    assert_eq!(
+        reason,
+        format!("Job queue {ghost} does not exist; the job will wait until it is created")
+    );
+
+    let mut moved = e.jobs.get("orphan").await.unwrap();
+    moved.spec.job_queue = "elsewhere".into();
+    moved.status = None;
+    let r = e
+        .jobs
+        .replace("orphan", &PostParams::default(), &moved)
+        .await;
+    assert!(err(r.map(|_| ())).contains("jobQueue is immutable"));
+    let _ = e.jobs.delete("orphan", &DeleteParams::default()).await;
+    let _ = ResourceExt::name_any(&moved);
+}
