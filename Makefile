@@ -24,7 +24,7 @@ unit:
 
 integration:
 	$(CARGO) build --tests --bin barge
-	hack/with-cluster.sh $(CARGO) test --tests --test '*' -- --test-threads=4
+	hack/with-cluster.sh $(CARGO) test --test '*' -- --test-threads=4
 
 ## Regenerate crds/ from the Rust types.
 crds:

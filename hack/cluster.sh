@@ -13,7 +13,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto barge)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -207,7 +207,7 @@ status() {
 
 down_quiet() {
   local c pid
-  for c in kwok moto kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for c in barge kwok moto kube-scheduler kube-controller-manager kube-apiserver etcd; do
     [ -f "$state/pids/$c" ] || continue
     pid=$(cat "$state/pids/$c")
     kill "$pid" 2>/dev/null || true

@@ -171,7 +171,10 @@ pub async fn shared_operator(client: &Client) {
             tx.send(()).unwrap();
             // Lives until the operator exits (it should not before the tests end).
             let status = child.wait();
-            eprintln!("shared operator exited: {status:?}; see {}", log_path("shared").display());
+            eprintln!(
+                "shared operator exited: {status:?}; see {}",
+                log_path("shared").display()
+            );
             loop {
                 std::thread::park();
             }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make demo`: a local control plane, Barge with simulated nodes, ~200 jobs on two queues,
+# progress until they are done, a summary. The cluster stays up to explore afterwards.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+NS=barge-demo
+JOBS=${DEMO_JOBS:-200}
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "Building barge"
+cargo build --quiet --bin barge
+
+say "Starting the local control plane (first run builds it from Go modules: ~15 min)"
+eval "$(hack/cluster.sh up)"
+state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
+
+say "Installing the CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/batchjobs.barge.dev crd/jobqueues.barge.dev \
+  crd/computeenvironments.barge.dev >/dev/null
+
+say "Starting the operator (local provider); log: $state/logs/barge.log"
+if [ -f "$state/pids/barge" ] && kill -0 "$(cat "$state/pids/barge")" 2>/dev/null; then
+  kill "$(cat "$state/pids/barge")"; sleep 1
+fi
+RUST_LOG=info target/debug/barge run >"$state/logs/barge.log" 2>&1 &
+echo $! >"$state/pids/barge"
+
+say "Applying examples/: a compute environment (max 64 vCPUs), queues 'urgent' and 'bulk'"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -f examples/compute-environment.yaml -f examples/job-queues.yaml
+kubectl delete batchjobs --all -n "$NS" --wait=false >/dev/null 2>&1 || true
+
+say "Submitting $JOBS jobs of mixed size and duration, and one that can never fit"
+{
+  for i in $(seq 1 "$JOBS"); do
+    queue=bulk; [ $((i % 4)) -eq 0 ] && queue=urgent
+    vcpus=$(( (i % 3) + 1 )); secs=$(( (i % 7) + 2 )); code=0
+    [ $((i % 50)) -eq 0 ] && code=1  # a few fail, to show failure reasons
+    cat <<JOB
+---
+apiVersion: barge.dev/v1alpha1
+kind: BatchJob
+metadata:
+  name: job-$i
+  annotations: {sim.barge.dev/duration: "${secs}s", sim.barge.dev/exit-code: "$code"}
+spec:
+  jobQueue: $queue
+  container: {image: busybox:1.36, command: [sh, -c, "work $i"], resources: {vcpus: $vcpus, memory: ${vcpus}Gi}}
+JOB
+  done
+} | kubectl apply -n "$NS" --server-side -f - >/dev/null
+kubectl apply -n "$NS" -f examples/too-large-job.yaml >/dev/null
+
+say "Progress (Ctrl-C stops watching; the cluster keeps running)"
+start=$SECONDS; peak_nodes=0
+phases() { kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
+while :; do
+  line=$(phases)
+  nodes=$(kubectl get nodes -l barge.dev/compute-environment=demo-ondemand --no-headers 2>/dev/null | wc -l)
+  vcpus=$(kubectl get ce demo-ondemand -o jsonpath='{.status.totalvCpus}' 2>/dev/null)
+  [ "$nodes" -gt "$peak_nodes" ] && peak_nodes=$nodes
+  printf '[%3ss] %-75s nodes=%-3s vCPUs=%s/64\n' $((SECONDS - start)) "$line" "$nodes" "${vcpus:-0}"
+  finished=$(kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cE 'SUCCEEDED|FAILED' || true)
+  [ "$finished" -ge "$JOBS" ] && break
+  [ $((SECONDS - start)) -gt 900 ] && { echo "demo: jobs not finished after 15 minutes; see $state/logs/barge.log"; exit 1; }
+  sleep 3
+done
+
+say "Summary"
+echo "$JOBS jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes: $(phases)"
+echo
+echo "Why the too-large job waits:"
+kubectl get bj too-large -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason}{"\n"}'
+echo "A failed job:"
+kubectl get bj job-50 -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason} (attempts: {.status.attemptCount}){"\n"}'
+echo
+kubectl get ce,jq
+echo
+echo "Idle nodes are removed 20 s after their last job (scaleDownDelaySeconds)."
+echo "Explore:   eval \"\$(hack/cluster.sh env)\"; kubectl get bj,jq,ce -A; kubectl describe bj too-large -n $NS"
+echo "Stop:      make demo-down"
