@@ -41,13 +41,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", barge::api::crds_yaml()),
-        Command::Run {
-            local_provider,
-            log_json,
-            instance,
-        } => {
-            let filter = EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+        Command::Run { local_provider, log_json, instance } => {
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
             let logs = tracing_subscriber::fmt().with_env_filter(filter);
             if log_json {
                 logs.json().init()

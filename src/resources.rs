@@ -13,25 +13,15 @@ pub struct Res {
 }
 
 impl Res {
-    pub const ZERO: Res = Res {
-        millicpu: 0,
-        memory_mib: 0,
-        gpus: 0,
-    };
+    pub const ZERO: Res = Res { millicpu: 0, memory_mib: 0, gpus: 0 };
 
     pub fn new(millicpu: u64, memory_mib: u64, gpus: u32) -> Self {
-        Res {
-            millicpu,
-            memory_mib,
-            gpus,
-        }
+        Res { millicpu, memory_mib, gpus }
     }
 
     /// Whether `other` fits inside `self`.
     pub fn fits(&self, other: &Res) -> bool {
-        other.millicpu <= self.millicpu
-            && other.memory_mib <= self.memory_mib
-            && other.gpus <= self.gpus
+        other.millicpu <= self.millicpu && other.memory_mib <= self.memory_mib && other.gpus <= self.gpus
     }
 
     pub fn vcpus(&self) -> f64 {
@@ -85,12 +75,7 @@ impl SubAssign for Res {
 
 impl fmt::Display for Res {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} vCPU, {}",
-            fmt_vcpus(self.millicpu),
-            fmt_mib(self.memory_mib)
-        )?;
+        write!(f, "{} vCPU, {}", fmt_vcpus(self.millicpu), fmt_mib(self.memory_mib))?;
         if self.gpus > 0 {
             write!(f, ", {} GPU", self.gpus)?;
         }
@@ -142,10 +127,7 @@ fn parse_scaled(q: &str, unit: f64) -> Result<u64, QuantityError> {
         "Ti" => 1024.0_f64.powi(4),
         _ => {
             // exponent form: 1e3
-            if let Some(exp) = suffix
-                .strip_prefix('e')
-                .or_else(|| suffix.strip_prefix('E'))
-            {
+            if let Some(exp) = suffix.strip_prefix('e').or_else(|| suffix.strip_prefix('E')) {
                 10f64.powi(exp.parse::<i32>().map_err(|_| err())?)
             } else {
                 return Err(err());

@@ -48,24 +48,19 @@ impl Env {
 
     async fn queue(&self, name: &str, priority: i32, state: &str, ces: &[&str]) -> String {
         let name = format!("{}-{name}", self.tag);
-        let order: Vec<Value> = ces
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"order": i + 1, "computeEnvironment": c}))
-            .collect();
-        apply(&self.queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
-            "spec": {"priority": priority, "state": state, "computeEnvironmentOrder": order}})).await.unwrap();
+        let order: Vec<Value> =
+            ces.iter().enumerate().map(|(i, c)| json!({"order": i + 1, "computeEnvironment": c})).collect();
+        apply(
+            &self.queues,
+            json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
+            "spec": {"priority": priority, "state": state, "computeEnvironmentOrder": order}}),
+        )
+        .await
+        .unwrap();
         name
     }
 
-    async fn job(
-        &self,
-        name: &str,
-        queue: &str,
-        vcpus: f64,
-        annotations: Value,
-        extra: Value,
-    ) -> BatchJob {
+    async fn job(&self, name: &str, queue: &str, vcpus: f64, annotations: Value, extra: Value) -> BatchJob {
         let mut spec = json!({"jobQueue": queue, "container": {"image": "busybox", "resources": {"vcpus": vcpus, "memory": "1Gi"}}});
         if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
             s.extend(e.clone());
@@ -125,9 +120,7 @@ fn runs(secs: u32) -> Value {
 #[tokio::test]
 async fn jobs_run_to_succeeded_and_failed_with_exit_codes_attempts_and_timestamps() {
     let e = env("life").await;
-    let ce = e
-        .ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8}))
-        .await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8})).await;
     let q = e.queue("q", 10, "ENABLED", &[&ce]).await;
     e.job("ok", &q, 1.0, runs(2), json!({})).await;
     e.job(
@@ -144,52 +137,29 @@ async fn jobs_run_to_succeeded_and_failed_with_exit_codes_attempts_and_timestamp
     assert_eq!(s.attempts.len(), 1);
     let a = &s.attempts[0];
     assert_eq!(a.exit_code, Some(0));
-    assert!(
-        a.node_name.as_deref().is_some_and(|n| n.starts_with(&ce)),
-        "{a:?}"
-    );
+    assert!(a.node_name.as_deref().is_some_and(|n| n.starts_with(&ce)), "{a:?}");
     let (started, stopped) = (s.started_at.unwrap(), s.stopped_at.unwrap());
     assert!(stopped > started && s.created_at.unwrap() <= started);
-    assert!(
-        (stopped - started).num_milliseconds() >= 1500,
-        "ran about 2 s"
-    );
+    assert!((stopped - started).num_milliseconds() >= 1500, "ran about 2 s");
 
     let bad = e.wait_phase("bad", JobPhase::Failed).await;
     let s = bad.status.unwrap();
     assert_eq!(s.attempts.len(), 2, "{:?}", s.attempts);
     assert!(s.attempts.iter().all(|a| a.exit_code == Some(3)));
     assert_ne!(s.attempts[0].pod_name, s.attempts[1].pod_name);
-    assert_eq!(
-        s.status_reason.as_deref(),
-        Some("Essential container in task exited with code 3 (Error)")
-    );
+    assert_eq!(s.status_reason.as_deref(), Some("Essential container in task exited with code 3 (Error)"));
 
     let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
-    let evs = events
-        .list(&ListParams::default().fields("involvedObject.name=ok"))
-        .await
-        .unwrap();
-    assert!(
-        evs.items
-            .iter()
-            .any(|ev| ev.reason.as_deref() == Some("Succeeded")),
-        "a Succeeded event"
-    );
+    let evs = events.list(&ListParams::default().fields("involvedObject.name=ok")).await.unwrap();
+    assert!(evs.items.iter().any(|ev| ev.reason.as_deref() == Some("Succeeded")), "a Succeeded event");
     e.cleanup(&[&ce]).await;
 }
 
 #[tokio::test]
-async fn a_high_priority_queue_runs_before_an_older_low_priority_job_and_a_disabled_queue_admits_nothing()
- {
+async fn a_high_priority_queue_runs_before_an_older_low_priority_job_and_a_disabled_queue_admits_nothing() {
     let e = env("prio").await;
     // Room for one 1.5 vCPU job at a time: a single m6i.large (1.93 allocatable vCPUs).
-    let ce = e
-        .ce(
-            "ce",
-            json!({"instanceTypes": ["m6i.large"], "minvCpus": 2, "maxvCpus": 2}),
-        )
-        .await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i.large"], "minvCpus": 2, "maxvCpus": 2})).await;
     let hi = e.queue("hi", 100, "ENABLED", &[&ce]).await;
     let lo = e.queue("lo", 1, "ENABLED", &[&ce]).await;
     let off = e.queue("off", 500, "DISABLED", &[&ce]).await;
@@ -210,38 +180,21 @@ async fn a_high_priority_queue_runs_before_an_older_low_priority_job_and_a_disab
         h.started_at,
         l.started_at
     );
-    assert!(
-        h.stopped_at.unwrap() <= l.started_at.unwrap(),
-        "one at a time"
-    );
+    assert!(h.stopped_at.unwrap() <= l.started_at.unwrap(), "one at a time");
 
     let parked = e.jobs.get("parked").await.unwrap().status.unwrap();
     assert_eq!(parked.phase, JobPhase::Runnable);
-    assert_eq!(
-        parked.status_reason.unwrap(),
-        format!("Job queue {off} is DISABLED and admits no jobs")
-    );
-    let qs = eventually("queue status", WAIT, || async {
-        e.queues.get(&off).await.ok()?.status
-    })
-    .await;
+    assert_eq!(parked.status_reason.unwrap(), format!("Job queue {off} is DISABLED and admits no jobs"));
+    let qs = eventually("queue status", WAIT, || async { e.queues.get(&off).await.ok()?.status }).await;
     let blocked = qs.conditions.iter().find(|c| c.type_ == "Blocked").unwrap();
-    assert_eq!(
-        (blocked.status.as_str(), blocked.reason.as_str()),
-        ("True", "QueueDisabled")
-    );
+    assert_eq!((blocked.status.as_str(), blocked.reason.as_str()), ("True", "QueueDisabled"));
     e.cleanup(&[&ce]).await;
 }
 
 #[tokio::test]
 async fn a_job_too_large_for_every_compute_environment_says_so_with_a_warning_event() {
     let e = env("huge").await;
-    let ce = e
-        .ce(
-            "ce",
-            json!({"instanceTypes": ["c6i.large", "c6i.xlarge"], "maxvCpus": 64}),
-        )
-        .await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["c6i.large", "c6i.xlarge"], "maxvCpus": 64})).await;
     let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
     e.job("huge", &q, 8.0, json!({}), json!({})).await;
     let job = eventually("misconfiguration reason", WAIT, || async {
@@ -256,64 +209,46 @@ async fn a_job_too_large_for_every_compute_environment_says_so_with_a_warning_ev
     .await;
     let s = job.status.unwrap();
     assert_eq!(s.phase, JobPhase::Runnable);
-    assert!(
-        s.status_reason
-            .unwrap()
-            .contains(&format!("the largest node of {ce} offers 3.92 vCPU"))
-    );
+    assert!(s.status_reason.unwrap().contains(&format!("the largest node of {ce} offers 3.92 vCPU")));
     let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
     eventually("a Misconfiguration warning", WAIT, || async {
-        let evs = events
-            .list(&ListParams::default().fields("involvedObject.name=huge"))
-            .await
-            .ok()?;
+        let evs = events.list(&ListParams::default().fields("involvedObject.name=huge")).await.ok()?;
         evs.items
             .iter()
             .any(|ev| {
-                ev.reason.as_deref() == Some("Misconfiguration")
-                    && ev.type_.as_deref() == Some("Warning")
+                ev.reason.as_deref() == Some("Misconfiguration") && ev.type_.as_deref() == Some("Warning")
             })
             .then_some(())
     })
     .await;
-    assert!(
-        e.nodes_of(&ce).await.is_empty(),
-        "nothing launched for a job that can never fit"
-    );
+    assert!(e.nodes_of(&ce).await.is_empty(), "nothing launched for a job that can never fit");
     e.cleanup(&[&ce]).await;
 }
 
 #[tokio::test]
 async fn fifty_jobs_scale_the_environment_up_within_max_vcpus_and_back_down_to_min() {
     let e = env("scale").await;
-    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "minvCpus": 2, "maxvCpus": 16, "scaleDownDelaySeconds": 3})).await;
+    let ce = e
+        .ce(
+            "ce",
+            json!({"instanceTypes": ["m6i"], "minvCpus": 2, "maxvCpus": 16, "scaleDownDelaySeconds": 3}),
+        )
+        .await;
     let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
     for i in 0..50 {
         e.job(&format!("j{i}"), &q, 1.0, runs(2), json!({})).await;
     }
     let peak = std::sync::atomic::AtomicU64::new(0);
-    eventually(
-        "all 50 jobs SUCCEEDED",
-        Duration::from_secs(180),
-        || async {
-            let nodes = e.nodes_of(&ce).await;
-            peak.fetch_max(vcpus_of(&nodes), std::sync::atomic::Ordering::Relaxed);
-            assert!(
-                vcpus_of(&nodes) <= 16,
-                "never beyond maxvCpus: {} vCPUs",
-                vcpus_of(&nodes)
-            );
-            let jobs = e.jobs.list(&ListParams::default()).await.ok()?;
-            jobs.items
-                .iter()
-                .all(|j| {
-                    j.status
-                        .as_ref()
-                        .is_some_and(|s| s.phase == JobPhase::Succeeded)
-                })
-                .then_some(())
-        },
-    )
+    eventually("all 50 jobs SUCCEEDED", Duration::from_secs(180), || async {
+        let nodes = e.nodes_of(&ce).await;
+        peak.fetch_max(vcpus_of(&nodes), std::sync::atomic::Ordering::Relaxed);
+        assert!(vcpus_of(&nodes) <= 16, "never beyond maxvCpus: {} vCPUs", vcpus_of(&nodes));
+        let jobs = e.jobs.list(&ListParams::default()).await.ok()?;
+        jobs.items
+            .iter()
+            .all(|j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded))
+            .then_some(())
+    })
     .await;
     let peak = peak.into_inner();
     assert!(peak > 2, "scaled up beyond minvCpus (peak {peak})");
@@ -344,21 +279,17 @@ async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
     let bad_ce = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": format!("{}-bad", e.tag)},
         "spec": {"instanceTypes": ["m6i"], "minvCpus": 32, "maxvCpus": 8}});
     assert!(
-        err(apply(&e.ces, bad_ce).await.map(|_| ()))
-            .contains("minvCpus must not be greater than maxvCpus")
+        err(apply(&e.ces, bad_ce).await.map(|_| ())).contains("minvCpus must not be greater than maxvCpus")
     );
 
     let no_image = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "noimg"},
         "spec": {"jobQueue": "q", "container": {"image": ""}}});
-    assert!(
-        err(apply(&e.jobs, no_image).await.map(|_| ())).contains("container.image is required")
-    );
+    assert!(err(apply(&e.jobs, no_image).await.map(|_| ())).contains("container.image is required"));
 
     let both = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "both"},
         "spec": {"jobQueue": "q", "container": {"image": "busybox"}, "podTemplate": {"spec": {"containers": [{"name": "a", "image": "b"}]}}}});
     assert!(
-        err(apply(&e.jobs, both).await.map(|_| ()))
-            .contains("set exactly one of container or podTemplate")
+        err(apply(&e.jobs, both).await.map(|_| ())).contains("set exactly one of container or podTemplate")
     );
 
     let tiny_timeout = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "tiny"},
@@ -372,19 +303,180 @@ async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
         e.jobs.get("orphan").await.ok()?.status?.status_reason
     })
     .await;
-    assert_eq!(
-        reason,
-        format!("Job queue {ghost} does not exist; the job will wait until it is created")
-    );
+    assert_eq!(reason, format!("Job queue {ghost} does not exist; the job will wait until it is created"));
 
     let mut moved = e.jobs.get("orphan").await.unwrap();
     moved.spec.job_queue = "elsewhere".into();
     moved.status = None;
-    let r = e
-        .jobs
-        .replace("orphan", &PostParams::default(), &moved)
-        .await;
+    let r = e.jobs.replace("orphan", &PostParams::default(), &moved).await;
     assert!(err(r.map(|_| ())).contains("jobQueue is immutable"));
     let _ = e.jobs.delete("orphan", &DeleteParams::default()).await;
     let _ = ResourceExt::name_any(&moved);
+}
+
+async fn patch_spec(e: &Env, name: &str, spec: Value) {
+    use kube::api::{Patch, PatchParams};
+    e.jobs.patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec}))).await.unwrap();
+}
+
+#[tokio::test]
+async fn dependencies_wait_for_success_fail_with_their_dependency_and_refuse_cycles() {
+    let e = env("deps").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 16})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job("first", &q, 1.0, runs(3), json!({})).await;
+    e.job("then", &q, 1.0, runs(1), json!({"dependsOn": [{"jobName": "first"}]})).await;
+    e.job(
+        "broken",
+        &q,
+        1.0,
+        json!({"sim.barge.dev/duration": "1s", "sim.barge.dev/exit-code": "1"}),
+        json!({}),
+    )
+    .await;
+    e.job("after-broken", &q, 1.0, runs(1), json!({"dependsOn": [{"jobName": "broken"}]})).await;
+    e.job("ping", &q, 1.0, runs(1), json!({"dependsOn": [{"jobName": "pong"}]})).await;
+    e.job("pong", &q, 1.0, runs(1), json!({"dependsOn": [{"jobName": "ping"}]})).await;
+
+    let waiting = e.wait_phase("then", JobPhase::Pending).await;
+    assert!(waiting.status.unwrap().status_reason.unwrap().starts_with("Waiting for dependencies: first ("));
+    let first = e.wait_phase("first", JobPhase::Succeeded).await.status.unwrap();
+    let then = e.wait_phase("then", JobPhase::Succeeded).await.status.unwrap();
+    assert!(then.started_at.unwrap() >= first.stopped_at.unwrap(), "runs only after its dependency");
+
+    let dependent = e.wait_phase("after-broken", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(dependent.status_reason.as_deref(), Some("Dependent job broken failed"));
+    assert!(dependent.attempts.is_empty(), "never ran");
+    let ping = e.wait_phase("ping", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(ping.status_reason.as_deref(), Some("Dependency cycle: ping -> pong -> ping"));
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn retry_rules_exit_on_a_matching_code_and_retry_a_lost_host() {
+    let e = env("retry").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 16})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job(
+        "exits",
+        &q,
+        1.0,
+        json!({"sim.barge.dev/duration": "1s", "sim.barge.dev/exit-code": "2"}),
+        json!({"retryStrategy": {"attempts": 3, "evaluateOnExit": [{"onExitCode": "2", "action": "EXIT"}]}}),
+    )
+    .await;
+    e.job("survivor", &q, 1.0, json!({}),
+        json!({"retryStrategy": {"attempts": 2, "evaluateOnExit": [{"onStatusReason": "Host *", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}]}})).await;
+
+    let exits = e.wait_phase("exits", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(exits.attempts.len(), 1, "EXIT on code 2 stops retrying");
+
+    // The pod vanishing under a running job is a lost host.
+    let running = e.wait_phase("survivor", JobPhase::Running).await.status.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    pods.delete(
+        &running.attempts[0].pod_name,
+        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let retried = eventually("second attempt running", WAIT, || async {
+        let s = e.jobs.get("survivor").await.ok()?.status?;
+        (s.attempts.len() == 2 && s.phase == JobPhase::Running).then_some(s)
+    })
+    .await;
+    let lost = retried.attempts[0].reason.clone().unwrap();
+    assert!(lost.starts_with("Host ") && lost.ends_with(" terminated"), "{lost}");
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn cancel_before_start_and_terminate_while_running_fail_the_job_with_the_reason() {
+    let e = env("stop").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 16})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    let parked = e.queue("parked", 1, "DISABLED", &[&ce]).await;
+    e.job("never-starts", &parked, 1.0, runs(1), json!({})).await;
+    e.job("forever", &q, 1.0, json!({}), json!({"retryStrategy": {"attempts": 3}})).await;
+
+    e.wait_phase("never-starts", JobPhase::Runnable).await;
+    patch_spec(&e, "never-starts", json!({"cancel": {"reason": "not needed any more"}})).await;
+    let cancelled = e.wait_phase("never-starts", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(cancelled.status_reason.as_deref(), Some("Cancelled: not needed any more"));
+    assert!(cancelled.attempts.is_empty());
+
+    let running = e.wait_phase("forever", JobPhase::Running).await.status.unwrap();
+    patch_spec(&e, "forever", json!({"cancel": {"reason": "too late"}})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        e.jobs.get("forever").await.unwrap().status.unwrap().phase,
+        JobPhase::Running,
+        "cancel spares a started job"
+    );
+    patch_spec(&e, "forever", json!({"terminate": {"reason": "wrong input"}})).await;
+    let terminated = e.wait_phase("forever", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(terminated.status_reason.as_deref(), Some("Terminated: wrong input"));
+    assert_eq!(terminated.attempts.len(), 1, "a terminated job is not retried");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    let pod = running.attempts[0].pod_name.clone();
+    eventually("the running pod is gone", WAIT, || async {
+        pods.get_opt(&pod).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn an_attempt_over_its_timeout_is_stopped_and_not_retried() {
+    let e = env("timeout").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 16})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job(
+        "slow",
+        &q,
+        1.0,
+        json!({}),
+        json!({"timeout": {"attemptDurationSeconds": 60}, "retryStrategy": {"attempts": 2}}),
+    )
+    .await;
+    let running = e.wait_phase("slow", JobPhase::Running).await.status.unwrap();
+    let failed = eventually("timed out", Duration::from_secs(120), || async {
+        let s = e.jobs.get("slow").await.ok()?.status?;
+        (s.phase == JobPhase::Failed).then_some(s)
+    })
+    .await;
+    assert_eq!(failed.status_reason.as_deref(), Some("Job attempt duration exceeded timeout"));
+    assert_eq!(failed.attempts.len(), 1);
+    let ran = failed.stopped_at.unwrap() - running.started_at.unwrap();
+    assert!(ran.num_seconds() >= 59 && ran.num_seconds() < 75, "stopped after about 60 s: {ran}");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    let pod = failed.attempts[0].pod_name.clone();
+    eventually("the pod is stopped", WAIT, || async {
+        pods.get_opt(&pod).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn a_job_runnable_past_a_time_limit_action_is_cancelled_with_the_aws_reason() {
+    let e = env("limit").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i.large"], "maxvCpus": 4})).await;
+    let q = format!("{}-q", e.tag);
+    apply(&e.queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": q},
+        "spec": {"computeEnvironmentOrder": [{"order": 1, "computeEnvironment": ce}],
+                 "jobStateTimeLimitActions": [{"reason": "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT*", "state": "RUNNABLE", "maxTimeSeconds": 10, "action": "CANCEL"}]}}))
+    .await
+    .unwrap();
+    e.job("too-big", &q, 16.0, json!({}), json!({})).await;
+    let failed = e.wait_phase("too-big", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(
+        failed.status_reason.as_deref(),
+        Some(
+            "Canceled by JobStateTimeLimit action due to reason: MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT*"
+        )
+    );
+    let waited = failed.stopped_at.unwrap() - failed.runnable_at.unwrap();
+    assert!(waited.num_seconds() >= 10, "{waited}");
+    e.cleanup(&[&ce]).await;
 }

@@ -27,8 +27,11 @@ async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
     let jobs: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
-    apply(&ces, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": tag},
-        "spec": {"instanceTypes": ["m6i.xlarge"], "maxvCpus": 8, "scaleDownDelaySeconds": 5}}))
+    apply(
+        &ces,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": tag},
+        "spec": {"instanceTypes": ["m6i.xlarge"], "maxvCpus": 8, "scaleDownDelaySeconds": 5}}),
+    )
     .await
     .unwrap();
     apply(
@@ -52,11 +55,8 @@ async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
     // Kill it once some jobs have finished and others have not.
     eventually("some jobs finished", Duration::from_secs(90), || async {
         let list = jobs.list(&ListParams::default()).await.ok()?;
-        let done = list
-            .items
-            .iter()
-            .filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-            .count();
+        let done =
+            list.items.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
         (3..JOBS).contains(&done).then_some(())
     })
     .await;
@@ -69,40 +69,20 @@ async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
         let list = jobs.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
-            .all(|j| {
-                j.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == JobPhase::Succeeded)
-            })
+            .all(|j| j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Succeeded))
             .then_some(list)
     })
     .await;
-    let all_pods = pods
-        .list(&ListParams::default().labels(LABEL_JOB_UID))
-        .await
-        .unwrap();
+    let all_pods = pods.list(&ListParams::default().labels(LABEL_JOB_UID)).await.unwrap();
     let mut per_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in &all_pods.items {
-        per_job
-            .entry(p.labels()[LABEL_JOB_UID].clone())
-            .or_default()
-            .push(p.name_any());
+        per_job.entry(p.labels()[LABEL_JOB_UID].clone()).or_default().push(p.name_any());
     }
     for job in &list.items {
         let s = job.status.as_ref().unwrap();
-        assert_eq!(
-            s.attempts.len(),
-            1,
-            "{} ran once: {:?}",
-            job.name_any(),
-            s.attempts
-        );
+        assert_eq!(s.attempts.len(), 1, "{} ran once: {:?}", job.name_any(), s.attempts);
         let names = &per_job[&job.uid().unwrap()];
-        assert_eq!(
-            names,
-            &vec![s.attempts[0].pod_name.clone()],
-            "one pod per job, the attempt's"
-        );
+        assert_eq!(names, &vec![s.attempts[0].pod_name.clone()], "one pod per job, the attempt's");
         assert!(names[0].ends_with("-0"));
     }
     let _ = ces.delete(&tag, &DeleteParams::default()).await;

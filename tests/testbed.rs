@@ -28,10 +28,8 @@ async fn kwok_node_becomes_ready_with_the_capacity_it_was_given() {
     let name = format!("tb-ready-{}", suffix());
     kwok_node(&client, &name, "4", "16Gi", BTreeMap::new()).await;
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = eventually("node Ready", WAIT, || async {
-        nodes.get(&name).await.ok().filter(node_is_ready)
-    })
-    .await;
+    let node =
+        eventually("node Ready", WAIT, || async { nodes.get(&name).await.ok().filter(node_is_ready) }).await;
     let alloc = node.status.unwrap().allocatable.unwrap();
     assert_eq!(alloc["cpu"].0, "4");
     delete_node(&client, &name).await;
@@ -54,37 +52,18 @@ async fn kwok_pods_run_for_their_duration_and_exit_with_their_code() {
     let client = client().await;
     let ns = namespace(&client, "tb-pods").await;
     let node = format!("tb-pods-{}", suffix());
-    kwok_node(
-        &client,
-        &node,
-        "8",
-        "32Gi",
-        BTreeMap::from([("testbed".into(), node.clone())]),
-    )
-    .await;
+    kwok_node(&client, &node, "8", "32Gi", BTreeMap::from([("testbed".into(), node.clone())])).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &sim_pod("ok", &node, json!({"sim.barge.dev/duration": "2s"})))
+        .await
+        .unwrap();
     pods.create(
         &PostParams::default(),
-        &sim_pod("ok", &node, json!({"sim.barge.dev/duration": "2s"})),
+        &sim_pod("fails", &node, json!({"sim.barge.dev/duration": "2s", "sim.barge.dev/exit-code": "3"})),
     )
     .await
     .unwrap();
-    pods.create(
-        &PostParams::default(),
-        &sim_pod(
-            "fails",
-            &node,
-            json!({"sim.barge.dev/duration": "2s", "sim.barge.dev/exit-code": "3"}),
-        ),
-    )
-    .await
-    .unwrap();
-    pods.create(
-        &PostParams::default(),
-        &sim_pod("forever", &node, json!({})),
-    )
-    .await
-    .unwrap();
+    pods.create(&PostParams::default(), &sim_pod("forever", &node, json!({}))).await.unwrap();
 
     // kube-scheduler binds it and kwok starts it.
     let running = eventually("pod ok Running", WAIT, || async {
@@ -94,31 +73,14 @@ async fn kwok_pods_run_for_their_duration_and_exit_with_their_code() {
             .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
     })
     .await;
-    assert_eq!(
-        running.spec.unwrap().node_name.as_deref(),
-        Some(node.as_str())
-    );
+    assert_eq!(running.spec.unwrap().node_name.as_deref(), Some(node.as_str()));
 
-    let phase_of = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default()
-    };
+    let phase_of = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let done = eventually("pod ok Succeeded", WAIT, || async {
-        pods.get("ok")
-            .await
-            .ok()
-            .filter(|p| phase_of(p) == "Succeeded")
+        pods.get("ok").await.ok().filter(|p| phase_of(p) == "Succeeded")
     })
     .await;
-    let started = done
-        .status
-        .as_ref()
-        .unwrap()
-        .container_statuses
-        .as_ref()
-        .unwrap()[0]
+    let started = done.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
         .state
         .as_ref()
         .unwrap()
@@ -126,23 +88,16 @@ async fn kwok_pods_run_for_their_duration_and_exit_with_their_code() {
         .clone()
         .unwrap();
     assert_eq!(started.exit_code, 0);
-    let ran_ms = started.finished_at.unwrap().0.as_millisecond()
-        - started.started_at.unwrap().0.as_millisecond();
+    let ran_ms =
+        started.finished_at.unwrap().0.as_millisecond() - started.started_at.unwrap().0.as_millisecond();
     assert!(ran_ms >= 1500, "ran for {ran_ms} ms, expected about 2 s");
 
     let failed = eventually("pod fails Failed", WAIT, || async {
-        pods.get("fails")
-            .await
-            .ok()
-            .filter(|p| phase_of(p) == "Failed")
+        pods.get("fails").await.ok().filter(|p| phase_of(p) == "Failed")
     })
     .await;
-    let term = failed.status.unwrap().container_statuses.unwrap()[0]
-        .state
-        .clone()
-        .unwrap()
-        .terminated
-        .unwrap();
+    let term =
+        failed.status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
     assert_eq!(term.exit_code, 3);
     assert_eq!(term.reason.as_deref(), Some("Error"));
 
@@ -156,14 +111,7 @@ async fn batch_v1_job_completes_under_the_controller_manager() {
     let client = client().await;
     let ns = namespace(&client, "tb-job").await;
     let node = format!("tb-job-{}", suffix());
-    kwok_node(
-        &client,
-        &node,
-        "8",
-        "32Gi",
-        BTreeMap::from([("testbed".into(), node.clone())]),
-    )
-    .await;
+    kwok_node(&client, &node, "8", "32Gi", BTreeMap::from([("testbed".into(), node.clone())])).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let job: Job = serde_json::from_value(json!({
         "metadata": {"name": "baseline"},
@@ -191,8 +139,8 @@ async fn batch_v1_job_completes_under_the_controller_manager() {
 
 #[tokio::test]
 async fn ec2_instances_run_describe_and_terminate_against_moto() {
-    let endpoint = std::env::var("BARGE_MOTO_URL")
-        .expect("BARGE_MOTO_URL: the moto server `make test` starts");
+    let endpoint =
+        std::env::var("BARGE_MOTO_URL").expect("BARGE_MOTO_URL: the moto server `make test` starts");
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
@@ -216,12 +164,7 @@ async fn ec2_instances_run_describe_and_terminate_against_moto() {
         .tag_specifications(
             aws_sdk_ec2::types::TagSpecification::builder()
                 .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key("barge.dev/test")
-                        .value(&tag)
-                        .build(),
-                )
+                .tags(aws_sdk_ec2::types::Tag::builder().key("barge.dev/test").value(&tag).build())
                 .build(),
         )
         .send()
@@ -231,43 +174,17 @@ async fn ec2_instances_run_describe_and_terminate_against_moto() {
 
     let described = ec2
         .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:barge.dev/test")
-                .values(&tag)
-                .build(),
-        )
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:barge.dev/test").values(&tag).build())
         .send()
         .await
         .unwrap();
-    let found: Vec<_> = described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .collect();
+    let found: Vec<_> = described.reservations().iter().flat_map(|r| r.instances()).collect();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].instance_id(), Some(id.as_str()));
     assert_eq!(found[0].instance_type(), Some(&InstanceType::M6iLarge));
 
-    ec2.terminate_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .unwrap();
-    let after = ec2
-        .describe_instances()
-        .instance_ids(&id)
-        .send()
-        .await
-        .unwrap();
-    let state = after.reservations()[0].instances()[0]
-        .state()
-        .unwrap()
-        .name()
-        .unwrap()
-        .clone();
-    assert!(
-        matches!(state.as_str(), "shutting-down" | "terminated"),
-        "{state:?}"
-    );
+    ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    let after = ec2.describe_instances().instance_ids(&id).send().await.unwrap();
+    let state = after.reservations()[0].instances()[0].state().unwrap().name().unwrap().clone();
+    assert!(matches!(state.as_str(), "shutting-down" | "terminated"), "{state:?}");
 }

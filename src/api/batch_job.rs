@@ -50,11 +50,7 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources {
-            vcpus: default_vcpus(),
-            memory: default_memory(),
-            gpus: 0,
-        }
+        Resources { vcpus: default_vcpus(), memory: default_memory(), gpus: 0 }
     }
 }
 
@@ -101,10 +97,99 @@ pub struct RetryStrategy {
     /// How many times the job may run in all (1 means no retry).
     #[x_kube(validation = Rule::new("self >= 1 && self <= 10").message("retryStrategy.attempts must be between 1 and 10"))]
     pub attempts: u32,
+    /// Rules deciding, after a failed attempt, whether to retry; the first match wins and
+    /// no match means retry while attempts remain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub evaluate_on_exit: Vec<EvaluateOnExit>,
+}
+
+impl Default for RetryStrategy {
+    fn default() -> Self {
+        RetryStrategy { attempts: 1, evaluate_on_exit: Vec::new() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RetryAction {
+    Retry,
+    Exit,
+}
+
+/// One retry rule. Each pattern may end in `*` to match a prefix; all given must match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.onExitCode) || has(self.onReason) || has(self.onStatusReason)").message("an evaluateOnExit rule needs onExitCode, onReason or onStatusReason"))]
+pub struct EvaluateOnExit {
+    /// The container's exit code, e.g. "137" or "1*".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exit_code: Option<String>,
+    /// The container's termination reason, e.g. "OOMKilled".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_reason: Option<String>,
+    /// The attempt's status reason, e.g. "Host *".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_status_reason: Option<String>,
+    pub action: RetryAction,
+}
+
+/// AWS Batch's glob: a trailing `*` matches any rest; otherwise the whole text must match.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => text.starts_with(prefix),
+        None => pattern == text,
+    }
+}
+
+impl RetryStrategy {
+    /// Whether a failed attempt should be retried, before counting attempts left.
+    pub fn wants_retry(&self, exit_code: Option<i32>, reason: Option<&str>, status_reason: &str) -> bool {
+        let code = exit_code.map(|c| c.to_string());
+        for rule in &self.evaluate_on_exit {
+            let ok = |p: &Option<String>, v: Option<&str>| {
+                p.as_ref().is_none_or(|p| v.is_some_and(|v| glob_matches(p, v)))
+            };
+            if ok(&rule.on_exit_code, code.as_deref())
+                && ok(&rule.on_reason, reason)
+                && ok(&rule.on_status_reason, Some(status_reason))
+            {
+                return rule.action == RetryAction::Retry;
+            }
+        }
+        true
+    }
+}
+
+/// A user's request to stop the job, as AWS Batch's CancelJob / TerminateJob.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRequest {
+    /// Recorded as the job's status reason.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("a reason is required to cancel or terminate a job"))]
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DependencyType {
+    /// Array to array of the same size: child i waits for child i (arrays: planned).
+    NToN,
+    /// This array's children run one after another (arrays: planned).
+    Sequential,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// A BatchJob in the same namespace that must succeed first.
+    pub job_name: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<DependencyType>,
 }
 
 /// A batch job: a container that runs to completion, queued on a JobQueue.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "barge.dev",
     version = "v1alpha1",
@@ -139,6 +224,16 @@ pub struct BatchJobSpec {
     pub timeout: Option<Timeout>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_strategy: Option<RetryStrategy>,
+    /// Jobs that must succeed before this one becomes RUNNABLE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub depends_on: Vec<Dependency>,
+    /// Set to cancel the job if it has not started (started jobs run on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<StopRequest>,
+    /// Set to stop the job whatever its phase, killing a running attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminate: Option<StopRequest>,
 }
 
 fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

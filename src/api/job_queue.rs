@@ -39,9 +39,7 @@ pub struct LabelSelectorRequirement {
 
 impl LabelSelector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|e| {
                 let value = labels.get(&e.key);
                 match e.operator.as_str() {
@@ -87,6 +85,36 @@ pub struct JobQueueSpec {
     /// Namespaces whose jobs this queue accepts; empty means every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Cancel jobs that stay RUNNABLE too long for a given reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub job_state_time_limit_actions: Vec<JobStateTimeLimitAction>,
+}
+
+/// As AWS Batch: after `maxTimeSeconds` RUNNABLE with a status reason matching `reason`
+/// (a trailing `*` matches a prefix), the job is cancelled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStateTimeLimitAction {
+    /// e.g. "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT*" or "CAPACITY:*".
+    pub reason: String,
+    /// Only RUNNABLE is supported, as in AWS Batch.
+    #[serde(default = "runnable")]
+    #[x_kube(validation = Rule::new("self == 'RUNNABLE'").message("state must be RUNNABLE"))]
+    pub state: String,
+    #[x_kube(validation = Rule::new("self >= 10 && self <= 86400").message("maxTimeSeconds must be between 10 and 86400"))]
+    pub max_time_seconds: u32,
+    /// Only CANCEL is supported, as in AWS Batch.
+    #[serde(default = "cancel")]
+    #[x_kube(validation = Rule::new("self == 'CANCEL'").message("action must be CANCEL"))]
+    pub action: String,
+}
+
+fn runnable() -> String {
+    "RUNNABLE".into()
+}
+fn cancel() -> String {
+    "CANCEL".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

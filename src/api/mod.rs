@@ -6,9 +6,7 @@ pub mod compute_environment;
 pub mod job_queue;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
-pub use compute_environment::{
-    ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus,
-};
+pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
 pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
 
 use chrono::{DateTime, Utc};
@@ -95,10 +93,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 fn drop_unsigned_formats(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
-            let unsigned = map
-                .get("format")
-                .and_then(|f| f.as_str())
-                .is_some_and(|f| f.starts_with("uint"));
+            let unsigned = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint"));
             if unsigned {
                 map.insert("format".into(), "int64".into());
                 map.entry("minimum").or_insert(0.into());
@@ -128,9 +123,6 @@ mod tests {
     fn committed_crds_match_the_code() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/barge.dev.yaml");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == super::crds_yaml(),
-            "crds/ is stale: run `make crds` and commit the result"
-        );
+        assert!(committed == super::crds_yaml(), "crds/ is stale: run `make crds` and commit the result");
     }
 }

@@ -36,11 +36,7 @@ impl InstanceType {
         cpu_reserve += 5 * cores.saturating_sub(2).min(2);
         cpu_reserve += (cores.saturating_sub(4) * 25).div_ceil(10);
         let memory_reserve = 255 + 11 * MAX_PODS as u64 + 100;
-        Res::new(
-            cores * 1000 - cpu_reserve,
-            self.memory_mib.saturating_sub(memory_reserve),
-            self.gpus,
-        )
+        Res::new(cores * 1000 - cpu_reserve, self.memory_mib.saturating_sub(memory_reserve), self.gpus)
     }
 }
 
@@ -48,13 +44,7 @@ impl InstanceType {
 pub const MAX_PODS: u32 = 110;
 
 const fn it(name: &'static str, vcpus: u32, gib: u64, gpus: u32, price: f64) -> InstanceType {
-    InstanceType {
-        name,
-        vcpus,
-        memory_mib: gib * 1024,
-        gpus,
-        price,
-    }
+    InstanceType { name, vcpus, memory_mib: gib * 1024, gpus, price }
 }
 
 /// Shapes and prices as published for us-east-1 (Linux, on-demand).
@@ -108,11 +98,7 @@ pub fn resolve(names: &[String]) -> (Vec<&'static InstanceType>, Vec<String>) {
     let mut unknown = Vec::new();
     for name in names {
         let before = found.len();
-        let families: Vec<&str> = if name == "optimal" {
-            OPTIMAL.to_vec()
-        } else {
-            vec![name.as_str()]
-        };
+        let families: Vec<&str> = if name == "optimal" { OPTIMAL.to_vec() } else { vec![name.as_str()] };
         for t in CATALOG {
             if (t.name == name || families.contains(&t.family())) && !found.contains(&t) {
                 found.push(t);
@@ -136,11 +122,7 @@ mod tests {
     #[test]
     fn families_and_optimal_expand_to_their_types() {
         let (types, unknown) = resolve(&["c6i".into(), "m6i.large".into(), "x99.huge".into()]);
-        assert!(
-            types
-                .iter()
-                .all(|t| t.family() == "c6i" || t.name == "m6i.large")
-        );
+        assert!(types.iter().all(|t| t.family() == "c6i" || t.name == "m6i.large"));
         assert_eq!(types.len(), 10);
         assert_eq!(unknown, vec!["x99.huge".to_string()]);
         let (optimal, _) = resolve(&["optimal".into()]);

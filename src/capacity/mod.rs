@@ -89,18 +89,13 @@ fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u3
         let cost = plan.launch.len() as f64 * t.price;
         let better = match &best {
             None => true,
-            Some((c, p)) => {
-                plan.unplaced < p.unplaced || (plan.unplaced == p.unplaced && cost < *c)
-            }
+            Some((c, p)) => plan.unplaced < p.unplaced || (plan.unplaced == p.unplaced && cost < *c),
         };
         if better {
             best = Some((cost, plan));
         }
     }
-    best.map(|(_, p)| p).unwrap_or(ScaleUp {
-        launch: vec![],
-        unplaced: items.len(),
-    })
+    best.map(|(_, p)| p).unwrap_or(ScaleUp { launch: vec![], unplaced: items.len() })
 }
 
 /// First-fit decreasing; a new bin takes the type with the lowest price per vCPU it
@@ -134,19 +129,13 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
         match choice {
             Some((_, t)) => {
                 used_vcpus += t.vcpus;
-                bins.push(Bin {
-                    ty: t,
-                    free: t.allocatable() - item,
-                });
+                bins.push(Bin { ty: t, free: t.allocatable() - item });
                 placed[i] = true;
             }
             None => unplaced += 1,
         }
     }
-    ScaleUp {
-        launch: bins.into_iter().map(|b| b.ty).collect(),
-        unplaced,
-    }
+    ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), unplaced }
 }
 
 /// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`.
@@ -177,18 +166,10 @@ pub struct NodeUse {
 /// that keeps the fleet at `minvCpus` (busy and recently idle nodes count first).
 pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) -> Vec<String> {
     let past_delay = |n: &NodeUse| n.idle_seconds.is_some_and(|s| s >= delay_seconds);
-    let kept: u32 = nodes
-        .iter()
-        .filter(|n| !past_delay(n))
-        .map(|n| n.vcpus)
-        .sum();
+    let kept: u32 = nodes.iter().filter(|n| !past_delay(n)).map(|n| n.vcpus).sum();
     let mut eligible: Vec<&NodeUse> = nodes.iter().filter(|n| past_delay(n)).collect();
     // Longest idle first to go; the order also makes the choice deterministic.
-    eligible.sort_by(|a, b| {
-        b.idle_seconds
-            .cmp(&a.idle_seconds)
-            .then(a.name.cmp(&b.name))
-    });
+    eligible.sort_by(|a, b| b.idle_seconds.cmp(&a.idle_seconds).then(a.name.cmp(&b.name)));
     let mut need = min_vcpus.saturating_sub(kept);
     while need > 0 && !eligible.is_empty() {
         // Keep the smallest node that covers what is missing, else the largest and go on.
@@ -215,11 +196,7 @@ mod tests {
     }
 
     fn fleet(total: u32, min: u32, max: u32) -> Fleet {
-        Fleet {
-            total_vcpus: total,
-            min_vcpus: min,
-            max_vcpus: max,
-        }
+        Fleet { total_vcpus: total, min_vcpus: min, max_vcpus: max }
     }
 
     #[test]
@@ -269,31 +246,12 @@ mod tests {
     #[test]
     fn scale_down_keeps_min_vcpus_and_busy_nodes() {
         let nodes = vec![
-            NodeUse {
-                name: "a".into(),
-                vcpus: 4,
-                idle_seconds: Some(600),
-            },
-            NodeUse {
-                name: "b".into(),
-                vcpus: 4,
-                idle_seconds: Some(900),
-            },
-            NodeUse {
-                name: "c".into(),
-                vcpus: 4,
-                idle_seconds: None,
-            },
-            NodeUse {
-                name: "d".into(),
-                vcpus: 4,
-                idle_seconds: Some(10),
-            },
+            NodeUse { name: "a".into(), vcpus: 4, idle_seconds: Some(600) },
+            NodeUse { name: "b".into(), vcpus: 4, idle_seconds: Some(900) },
+            NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None },
+            NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10) },
         ];
-        assert_eq!(
-            plan_scale_down(&nodes, 8, 300),
-            vec!["b".to_string(), "a".to_string()]
-        );
+        assert_eq!(plan_scale_down(&nodes, 8, 300), vec!["b".to_string(), "a".to_string()]);
         assert_eq!(plan_scale_down(&nodes, 12, 300), vec!["b".to_string()]);
     }
 }

@@ -19,8 +19,7 @@ use super::pod::{pod_is_active, pod_request};
 use super::{Shared, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus};
 use crate::api::compute_environment::AllocationStrategy;
 use crate::api::{
-    ComputeEnvironment, ComputeEnvironmentStatus, Condition, LABEL_COMPUTE_ENVIRONMENT, State,
-    set_condition,
+    ComputeEnvironment, ComputeEnvironmentStatus, Condition, LABEL_COMPUTE_ENVIRONMENT, State, set_condition,
 };
 use crate::capacity::{self, Fleet, NodeUse, Strategy, catalog};
 use crate::{Error, FIELD_MANAGER, Result};
@@ -47,11 +46,7 @@ pub async fn reconcile(ce: Arc<ComputeEnvironment>, ctx: Arc<Shared>) -> Result<
 
 fn nodes_of(ctx: &Shared, ce: &ComputeEnvironment) -> Vec<Arc<Node>> {
     let name = ce.name_any();
-    ctx.nodes
-        .state()
-        .into_iter()
-        .filter(|n| node_compute_environment(n) == Some(name.as_str()))
-        .collect()
+    ctx.nodes.state().into_iter().filter(|n| node_compute_environment(n) == Some(name.as_str())).collect()
 }
 
 async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
@@ -80,16 +75,9 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
                     idle.remove(&node);
                     None
                 } else {
-                    Some(
-                        now.duration_since(*idle.entry(node.clone()).or_insert(now))
-                            .as_secs(),
-                    )
+                    Some(now.duration_since(*idle.entry(node.clone()).or_insert(now)).as_secs())
                 };
-                NodeUse {
-                    name: node,
-                    vcpus: node_vcpus(n),
-                    idle_seconds,
-                }
+                NodeUse { name: node, vcpus: node_vcpus(n), idle_seconds }
             })
             .collect()
     };
@@ -103,41 +91,38 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
 
     if let Some(provider) = provider {
         // Scale up for the demand (and to minvCpus); nothing new while DISABLED.
-        let demand = if ce.spec.state == State::Enabled {
-            ctx.demand
-                .lock()
-                .expect("demand lock")
-                .get(&name)
-                .cloned()
-                .unwrap_or_default()
+        let mut demand = if ce.spec.state == State::Enabled {
+            ctx.demand.lock().expect("demand lock").get(&name).cloned().unwrap_or_default()
         } else {
             Vec::new()
         };
+        // Nodes launched for earlier demand will take some of it: plan only for the rest.
+        let mut coming_free: Vec<_> = coming.iter().map(|l| l.allocatable).collect();
+        demand.retain(|r| match coming_free.iter_mut().find(|f| f.fits(r)) {
+            Some(f) => {
+                *f -= *r;
+                false
+            }
+            None => true,
+        });
         let strategy = match ce.spec.allocation_strategy {
             AllocationStrategy::BestFit => Strategy::SingleType,
             _ => Strategy::Mixed,
         };
-        let fleet = Fleet {
-            total_vcpus,
-            min_vcpus: ce.spec.min_vcpus,
-            max_vcpus: ce.spec.max_vcpus,
-        };
+        let fleet = Fleet { total_vcpus, min_vcpus: ce.spec.min_vcpus, max_vcpus: ce.spec.max_vcpus };
         let plan = capacity::plan_scale_up(&demand, &types, strategy, &fleet);
         for ty in &plan.launch {
             match provider.launch(ce, ty).await {
                 Ok(node) => {
                     launched_vcpus += ty.vcpus;
-                    ctx.launching
-                        .lock()
-                        .expect("launching lock")
-                        .entry(name.clone())
-                        .or_default()
-                        .push(super::Launching {
+                    ctx.launching.lock().expect("launching lock").entry(name.clone()).or_default().push(
+                        super::Launching {
                             node: node.clone(),
                             vcpus: ty.vcpus,
                             allocatable: ty.allocatable(),
                             since: Instant::now(),
-                        });
+                        },
+                    );
                     launched.push(format!("{node} ({})", ty.name));
                 }
                 Err(e) => {
@@ -149,14 +134,8 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         }
         if !launched.is_empty() {
             info!(nodes = ?launched, "scaled up");
-            publish(
-                ctx,
-                ce,
-                EventType::Normal,
-                "ScaledUp",
-                format!("Launched {}", launched.join(", ")),
-            )
-            .await;
+            publish(ctx, ce, EventType::Normal, "ScaledUp", format!("Launched {}", launched.join(", ")))
+                .await;
         }
 
         // Scale down: cordon idle nodes first; remove them on a later pass if still idle.
@@ -166,19 +145,10 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         for node in nodes.iter().filter(|n| remove.contains(&n.name_any())) {
             if !node_is_cordoned(node) {
                 let cordon = json!({"spec": {"unschedulable": true}});
-                nodes_api
-                    .patch(
-                        &node.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&cordon),
-                    )
-                    .await?;
+                nodes_api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&cordon)).await?;
             } else {
                 provider.terminate(node).await?;
-                ctx.idle_since
-                    .lock()
-                    .expect("idle lock")
-                    .remove(&node.name_any());
+                ctx.idle_since.lock().expect("idle lock").remove(&node.name_any());
                 info!(node = %node.name_any(), "scaled down");
                 publish(
                     ctx,
@@ -191,19 +161,10 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
             }
         }
         // A cordoned node that got work again (or is needed for minvCpus) is released.
-        for node in nodes
-            .iter()
-            .filter(|n| node_is_cordoned(n) && !remove.contains(&n.name_any()))
-        {
+        for node in nodes.iter().filter(|n| node_is_cordoned(n) && !remove.contains(&n.name_any())) {
             if node.meta().deletion_timestamp.is_none() {
                 let uncordon = json!({"spec": {"unschedulable": false}});
-                nodes_api
-                    .patch(
-                        &node.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&uncordon),
-                    )
-                    .await?;
+                nodes_api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&uncordon)).await?;
             }
         }
     } else {
@@ -213,10 +174,7 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         ));
     }
     if !unknown.is_empty() {
-        message = Some(format!(
-            "Unknown instance types ignored: {}",
-            unknown.join(", ")
-        ));
+        message = Some(format!("Unknown instance types ignored: {}", unknown.join(", ")));
     }
     if types.is_empty() {
         message = Some("None of instanceTypes is a known instance type or family".into());
@@ -247,11 +205,7 @@ fn status_for(
             n.labels()
                 .get(crate::api::LABEL_INSTANCE_TYPE)
                 .and_then(|t| {
-                    types
-                        .iter()
-                        .find(|x| x.name == t)
-                        .or(catalog::lookup(t).as_ref())
-                        .map(|t| t.price)
+                    types.iter().find(|x| x.name == t).or(catalog::lookup(t).as_ref()).map(|t| t.price)
                 })
                 .unwrap_or(0.0)
         };
@@ -263,25 +217,16 @@ fn status_for(
         Some(if at_max {
             format!("At maxvCpus ({})", ce.spec.max_vcpus)
         } else {
-            format!(
-                "{} of at most {} vCPUs running",
-                total_vcpus, ce.spec.max_vcpus
-            )
+            format!("{} of at most {} vCPUs running", total_vcpus, ce.spec.max_vcpus)
         })
     });
     let ready = ce.spec.state == State::Enabled && message.is_none();
     let (reason, msg) = if ce.spec.state == State::Disabled {
-        (
-            "Disabled",
-            "The compute environment is DISABLED".to_string(),
-        )
+        ("Disabled", "The compute environment is DISABLED".to_string())
     } else if let Some(m) = &message {
         ("ProviderProblem", m.clone())
     } else {
-        (
-            "Valid",
-            "The compute environment is ready to run jobs".to_string(),
-        )
+        ("Valid", "The compute environment is ready to run jobs".to_string())
     };
     set_condition(
         &mut s.conditions,
@@ -292,11 +237,7 @@ fn status_for(
         Condition::new(
             "AtMaxCapacity",
             at_max,
-            if at_max {
-                "MaxvCpusReached"
-            } else {
-                "BelowMaxvCpus"
-            },
+            if at_max { "MaxvCpusReached" } else { "BelowMaxvCpus" },
             format!("{total_vcpus} of maxvCpus {}", ce.spec.max_vcpus),
         )
         .generation(ce.meta().generation),
@@ -304,23 +245,14 @@ fn status_for(
     s
 }
 
-async fn write_status(
-    ctx: &Shared,
-    ce: &ComputeEnvironment,
-    status: ComputeEnvironmentStatus,
-) -> Result<()> {
+async fn write_status(ctx: &Shared, ce: &ComputeEnvironment, status: ComputeEnvironmentStatus) -> Result<()> {
     if ce.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<ComputeEnvironment> = Api::all(ctx.client.clone());
-    let patch =
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "status": status});
-    api.patch_status(
-        &ce.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let patch = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "status": status});
+    api.patch_status(&ce.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 
@@ -328,14 +260,7 @@ async fn write_status(
 async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     let nodes = nodes_of(ctx, ce);
     if nodes.is_empty() {
-        publish(
-            ctx,
-            ce,
-            EventType::Normal,
-            "Deleted",
-            "All nodes removed".into(),
-        )
-        .await;
+        publish(ctx, ce, EventType::Normal, "Deleted", "All nodes removed".into()).await;
         return Ok(Action::await_change());
     }
     let Some(provider) = ctx.providers.get(ce.spec.provider) else {
@@ -347,26 +272,12 @@ async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     for node in &nodes {
         provider.terminate(node).await?;
     }
-    Err(Error::Provider(format!(
-        "waiting for {} nodes to go away",
-        nodes.len()
-    )))
+    Err(Error::Provider(format!("waiting for {} nodes to go away", nodes.len())))
 }
 
-async fn publish(
-    ctx: &Shared,
-    ce: &ComputeEnvironment,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Scale".into(),
-        secondary: None,
-    };
+async fn publish(ctx: &Shared, ce: &ComputeEnvironment, type_: EventType, reason: &str, note: String) {
+    let ev =
+        Event { type_, reason: reason.into(), note: Some(note), action: "Scale".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &ce.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{debug, instrument, warn};
 
 use super::{Shared, Verdict};
-use crate::api::batch_job::{Attempt, BatchJob, BatchJobStatus, JobPhase, pod_name};
+use crate::api::batch_job::{Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, pod_name};
 use crate::{Error, FIELD_MANAGER, Result};
 
 /// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
@@ -38,18 +38,12 @@ pub struct PodFacts {
 impl PodFacts {
     pub fn of(pod: &Pod) -> PodFacts {
         let status = pod.status.clone().unwrap_or_default();
-        let main = status
-            .container_statuses
-            .as_ref()
-            .and_then(|cs| cs.first())
-            .and_then(|c| c.state.clone());
+        let main = status.container_statuses.as_ref().and_then(|cs| cs.first()).and_then(|c| c.state.clone());
         let ts = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
             DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond())
         };
-        let running_since = main
-            .as_ref()
-            .and_then(|s| s.running.as_ref())
-            .and_then(|r| r.started_at.as_ref());
+        let running_since =
+            main.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref());
         let term = main.as_ref().and_then(|s| s.terminated.as_ref());
         let unschedulable = status
             .conditions
@@ -60,14 +54,10 @@ impl PodFacts {
         PodFacts {
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
-            started_at: running_since
-                .or(term.and_then(|t| t.started_at.as_ref()))
-                .and_then(ts),
+            started_at: running_since.or(term.and_then(|t| t.started_at.as_ref())).and_then(ts),
             finished_at: term.and_then(|t| t.finished_at.as_ref()).and_then(ts),
             exit_code: term.map(|t| t.exit_code),
-            reason: term
-                .and_then(|t| t.reason.clone())
-                .or(status.reason.clone()),
+            reason: term.and_then(|t| t.reason.clone()).or(status.reason.clone()),
             unschedulable,
         }
     }
@@ -75,16 +65,21 @@ impl PodFacts {
 
 /// The attempt the job is on: finished attempts are never reopened.
 pub fn current_attempt(status: &BatchJobStatus) -> u32 {
-    status
-        .attempts
-        .iter()
-        .filter(|a| a.stopped_at.is_some())
-        .count() as u32
+    status.attempts.iter().filter(|a| a.stopped_at.is_some()).count() as u32
 }
 
 /// What the job's status should become. Pure: everything it needs is passed in.
+/// Where the job's dependencies stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deps {
+    Met,
+    Waiting(String),
+    Failed(String),
+}
+
 pub fn next_status(
     job: &BatchJob,
+    deps: &Deps,
     pod: Option<&PodFacts>,
     verdict: Option<&Verdict>,
     now: DateTime<Utc>,
@@ -102,39 +97,47 @@ pub fn next_status(
     });
     s.observed_generation = job.meta().generation;
     let attempt = current_attempt(&s) as usize;
-    let max_attempts = job
-        .spec
-        .retry_strategy
-        .as_ref()
-        .map_or(1, |r| r.attempts.max(1));
-    let pod_name = pod_name(
-        &job.name_any(),
-        job.uid().as_deref().unwrap_or(""),
-        attempt as u32,
-    );
+    let retry = job.spec.retry_strategy.clone().unwrap_or_default();
+    let pod_name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt as u32);
+    let started = pod.is_some_and(|p| p.node.is_some()) || s.attempts.len() > attempt;
+
+    // The user's stop requests come first. Cancel only stops a job that has not started.
+    if let Some(t) = &job.spec.terminate {
+        return stop(s, attempt, format!("Terminated: {}", t.reason), now);
+    }
+    if let Some(c) = &job.spec.cancel
+        && !started
+    {
+        return stop(s, attempt, format!("Cancelled: {}", c.reason), now);
+    }
+    // Dependencies gate a job that has never been admitted.
+    if s.attempts.is_empty() && pod.is_none() && matches!(s.phase, JobPhase::Submitted | JobPhase::Pending) {
+        match deps {
+            Deps::Waiting(why) => {
+                s.phase = JobPhase::Pending;
+                s.status_reason = Some(why.clone());
+                return s;
+            }
+            Deps::Failed(why) => {
+                s.phase = JobPhase::Failed;
+                s.stopped_at = Some(now);
+                s.status_reason = Some(why.clone());
+                return s;
+            }
+            Deps::Met => {}
+        }
+    }
 
     let Some(pod) = pod else {
         if s.attempts.len() > attempt {
             // The attempt had started and its pod is gone without Barge stopping it.
-            let node = s.attempts[attempt]
-                .node_name
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            return finish_attempt(
-                s,
-                max_attempts,
-                None,
-                format!("Host {node} terminated"),
-                now,
-                true,
-            );
+            let node = s.attempts[attempt].node_name.clone().unwrap_or_else(|| "unknown".into());
+            return finish_attempt(s, &retry, None, None, format!("Host {node} terminated"), now, true);
         }
         runnable(&mut s, now);
         s.status_reason = Some(match verdict {
             Some(Verdict::Waiting(why)) => why.clone(),
-            Some(Verdict::Admitted {
-                compute_environment,
-            }) => {
+            Some(Verdict::Admitted { compute_environment }) => {
                 format!("Admitted to compute environment {compute_environment}; creating its pod")
             }
             None => "Waiting for the scheduler".into(),
@@ -169,18 +172,11 @@ pub fn next_status(
             let started = pod.started_at.unwrap_or(now);
             s.started_at.get_or_insert(started);
             s.attempts[attempt].started_at.get_or_insert(started);
-            s.status_reason = Some(format!(
-                "Running on node {}",
-                node.as_deref().unwrap_or("?")
-            ));
-            if let Some(limit) = job
-                .spec
-                .timeout
-                .as_ref()
-                .map(|t| t.attempt_duration_seconds)
+            s.status_reason = Some(format!("Running on node {}", node.as_deref().unwrap_or("?")));
+            if let Some(limit) = job.spec.timeout.as_ref().map(|t| t.attempt_duration_seconds)
                 && (now - started).num_seconds() >= limit as i64
             {
-                return finish_attempt(s, max_attempts, None, TIMEOUT_REASON.into(), now, false);
+                return finish_attempt(s, &retry, None, None, TIMEOUT_REASON.into(), now, false);
             }
         }
         ("Succeeded", _) => {
@@ -206,10 +202,22 @@ pub fn next_status(
                 (None, None) => "Pod failed".into(),
             };
             let stopped = pod.finished_at.unwrap_or(now);
-            return finish_attempt(s, max_attempts, code, why, stopped, true);
+            return finish_attempt(s, &retry, code, pod.reason.as_deref(), why, stopped, true);
         }
         _ => {}
     }
+    s
+}
+
+/// Ends the job on a user's request, closing the current attempt if it had begun.
+fn stop(mut s: BatchJobStatus, attempt: usize, reason: String, now: DateTime<Utc>) -> BatchJobStatus {
+    if let Some(a) = s.attempts.get_mut(attempt) {
+        a.stopped_at.get_or_insert(now);
+        a.reason.get_or_insert_with(|| reason.clone());
+    }
+    s.phase = JobPhase::Failed;
+    s.stopped_at = Some(now);
+    s.status_reason = Some(reason);
     s
 }
 
@@ -241,12 +249,15 @@ fn ensure_attempt<'a>(
 /// Closes the current attempt; retries while attempts remain and the failure allows it.
 fn finish_attempt(
     mut s: BatchJobStatus,
-    max_attempts: u32,
+    retry: &RetryStrategy,
     exit_code: Option<i32>,
+    container_reason: Option<&str>,
     reason: String,
     at: DateTime<Utc>,
     retryable: bool,
 ) -> BatchJobStatus {
+    let max_attempts = retry.attempts.max(1);
+    let retryable = retryable && retry.wants_retry(exit_code, container_reason, &reason);
     let attempt = current_attempt(&s) as usize;
     if let Some(a) = s.attempts.get_mut(attempt) {
         a.exit_code = exit_code;
@@ -258,9 +269,7 @@ fn finish_attempt(
         s.phase = JobPhase::Runnable;
         s.runnable_at = Some(at);
         s.node_name = None;
-        s.status_reason = Some(format!(
-            "Attempt {done} of {max_attempts} failed ({reason}); retrying"
-        ));
+        s.status_reason = Some(format!("Attempt {done} of {max_attempts} failed ({reason}); retrying"));
     } else {
         s.phase = JobPhase::Failed;
         s.stopped_at = Some(at);
@@ -282,12 +291,20 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let facts = pod.as_deref().map(PodFacts::of);
     let verdict = ctx.verdict(&job);
     let now = Utc::now();
-    let new = next_status(&job, facts.as_ref(), verdict.as_ref(), now);
+    let (deps, deps_recheck) = dependencies(&ctx, &job, now);
+    let mut new = next_status(&job, &deps, facts.as_ref(), verdict.as_ref(), now);
+    let limit_recheck = apply_time_limit(&ctx, &job, &mut new, now);
 
-    // An attempt closed by its timeout: stop its pod.
-    if let Some(a) = new.attempts.get(attempt as usize)
-        && a.reason.as_deref() == Some(TIMEOUT_REASON)
-        && pod.is_some()
+    if new != old {
+        write_status(&ctx, &job, &new).await?;
+        publish_transition(&ctx, &job, &old, &new).await;
+    }
+    // A job that ended (timeout, terminate, cancel) while its pod still runs: stop the pod,
+    // after the status says so, so the scheduling pass never sees a gap to fill.
+    if new.phase == JobPhase::Failed
+        && let Some(p) = &pod
+        && super::pod::pod_is_active(p)
+        && p.metadata.deletion_timestamp.is_none()
     {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         match pods.delete(&name, &DeleteParams::default()).await {
@@ -296,61 +313,148 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
             Err(e) => return Err(e.into()),
         }
     }
-    if new != old {
-        write_status(&ctx, &job, &new).await?;
-        publish_transition(&ctx, &job, &old, &new).await;
-    }
     // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
-    let deadline = job
-        .spec
-        .timeout
-        .as_ref()
-        .zip(new.attempts.get(attempt as usize))
-        .and_then(|(t, a)| {
-            let started = a.started_at?;
-            let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
-            Some(Duration::from_secs(left.max(1) as u64))
-        });
-    Ok(match (new.phase.is_finished(), deadline) {
+    let deadline = job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
+        let started = a.started_at?;
+        let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
+        Some(Duration::from_secs(left.max(1) as u64))
+    });
+    // The job changed: the scheduling pass may have something to do.
+    ctx.schedule_now.notify_one();
+    let wake = [deadline, deps_recheck, limit_recheck].into_iter().flatten().min();
+    Ok(match (new.phase.is_finished(), wake) {
         (true, _) => Action::await_change(),
         (false, Some(d)) => Action::requeue(d),
         (false, None) => Action::await_change(),
     })
 }
 
+/// A dependency may be created a moment after its dependent (one `kubectl apply` of
+/// several files); only after this long is a missing one an error.
+const MISSING_DEPENDENCY_GRACE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Where the job's dependencies stand, from the job store; and when to look again.
+fn dependencies(ctx: &Shared, job: &BatchJob, now: DateTime<Utc>) -> (Deps, Option<Duration>) {
+    if job.spec.depends_on.is_empty() {
+        return (Deps::Met, None);
+    }
+    let ns = job.namespace().unwrap_or_default();
+    if let Some(cycle) = find_cycle(ctx, &ns, &job.name_any()) {
+        return (Deps::Failed(format!("Dependency cycle: {}", cycle.join(" -> "))), None);
+    }
+    let age = job.meta().creation_timestamp.as_ref().map_or(chrono::Duration::zero(), |t| {
+        now - DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond()).unwrap_or(now)
+    });
+    let mut waiting = Vec::new();
+    let mut recheck = None;
+    for d in &job.spec.depends_on {
+        match ctx.jobs.get(&ObjectRef::new(&d.job_name).within(&ns)) {
+            None if age < MISSING_DEPENDENCY_GRACE => {
+                waiting.push(format!("{} (does not exist yet)", d.job_name));
+                recheck = Some(Duration::from_secs(5));
+            }
+            None => return (Deps::Failed(format!("Dependency {} does not exist", d.job_name)), None),
+            Some(dep) => match dep.status.as_ref().map(|s| s.phase).unwrap_or_default() {
+                JobPhase::Succeeded => {}
+                JobPhase::Failed => {
+                    return (Deps::Failed(format!("Dependent job {} failed", d.job_name)), None);
+                }
+                phase => waiting.push(format!("{} ({phase:?})", d.job_name).to_uppercase_phase()),
+            },
+        }
+    }
+    if waiting.is_empty() {
+        (Deps::Met, None)
+    } else {
+        (Deps::Waiting(format!("Waiting for dependencies: {}", waiting.join(", "))), recheck)
+    }
+}
+
+trait UppercasePhase {
+    fn to_uppercase_phase(self) -> String;
+}
+impl UppercasePhase for String {
+    /// "job (Running)" -> "job (RUNNING)": phases are shown as the API spells them.
+    fn to_uppercase_phase(self) -> String {
+        match self.rsplit_once(" (") {
+            Some((name, phase)) => format!("{name} ({}", phase.to_uppercase()),
+            None => self,
+        }
+    }
+}
+
+/// Follows `dependsOn` from `start`; returns the path back to it if there is one.
+fn find_cycle(ctx: &Shared, ns: &str, start: &str) -> Option<Vec<String>> {
+    let mut stack = vec![(start.to_string(), vec![start.to_string()])];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((name, path)) = stack.pop() {
+        let Some(job) = ctx.jobs.get(&ObjectRef::new(&name).within(ns)) else { continue };
+        for d in &job.spec.depends_on {
+            let mut next = path.clone();
+            next.push(d.job_name.clone());
+            if d.job_name == start {
+                return Some(next);
+            }
+            if seen.insert(d.job_name.clone()) && next.len() <= 64 {
+                stack.push((d.job_name.clone(), next));
+            }
+        }
+    }
+    None
+}
+
+/// The queue's jobStateTimeLimitActions: cancel a job RUNNABLE too long for a matching
+/// reason. Returns when to look again.
+fn apply_time_limit(
+    ctx: &Shared,
+    job: &BatchJob,
+    s: &mut BatchJobStatus,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    if s.phase != JobPhase::Runnable {
+        return None;
+    }
+    let queue = ctx.queues.get(&ObjectRef::new(&job.spec.job_queue))?;
+    let reason = s.status_reason.clone().unwrap_or_default();
+    let since = s.runnable_at?;
+    let mut recheck = None;
+    for action in &queue.spec.job_state_time_limit_actions {
+        if !crate::api::batch_job::glob_matches(&action.reason, &reason) {
+            continue;
+        }
+        let left = action.max_time_seconds as i64 - (now - since).num_seconds();
+        if left <= 0 {
+            s.phase = JobPhase::Failed;
+            s.stopped_at = Some(now);
+            s.status_reason =
+                Some(format!("Canceled by JobStateTimeLimit action due to reason: {}", action.reason));
+            return None;
+        }
+        recheck = Some(Duration::from_secs(left as u64));
+    }
+    recheck.or(Some(Duration::from_secs(30)).filter(|_| !queue.spec.job_state_time_limit_actions.is_empty()))
+}
+
 async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
-    let api: Api<BatchJob> =
-        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": "barge.dev/v1alpha1",
         "kind": "BatchJob",
         "status": status,
     });
-    api.patch_status(
-        &job.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .or_else(|e| match e {
-        // Deleted meanwhile: nothing left to report on.
-        kube::Error::Api(ref r) if r.code == 404 => Ok(()),
-        e => Err(Error::Kube(e)),
-    })
+    api.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+        .or_else(|e| match e {
+            // Deleted meanwhile: nothing left to report on.
+            kube::Error::Api(ref r) if r.code == 404 => Ok(()),
+            e => Err(Error::Kube(e)),
+        })
 }
 
-async fn publish_transition(
-    ctx: &Shared,
-    job: &BatchJob,
-    old: &BatchJobStatus,
-    new: &BatchJobStatus,
-) {
-    let misconfigured = |s: &BatchJobStatus| {
-        s.status_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("MISCONFIGURATION:"))
-    };
+async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, new: &BatchJobStatus) {
+    let misconfigured =
+        |s: &BatchJobStatus| s.status_reason.as_deref().is_some_and(|r| r.starts_with("MISCONFIGURATION:"));
     let (type_, reason) = if misconfigured(new) && !misconfigured(old) {
         (EventType::Warning, "Misconfiguration")
     } else if old.phase == new.phase && new.attempts.len() == old.attempts.len() {
@@ -369,13 +473,7 @@ async fn publish_transition(
         }
     };
     let note = new.status_reason.clone();
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note,
-        action: "Reconcile".into(),
-        secondary: None,
-    };
+    let ev = Event { type_, reason: reason.into(), note, action: "Reconcile".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
         debug!(error = %e, "could not publish event");
     }

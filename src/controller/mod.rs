@@ -13,8 +13,8 @@ use std::future::ready;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
@@ -24,14 +24,10 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::api::{
-    BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID,
-};
+use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID};
 use crate::provider::Providers;
 use crate::resources::Res;
 
-/// Events a slow subscriber may fall behind by before the watch waits for it.
-const SUBSCRIBER_BUFFER: usize = 4096;
 /// Parallel reconciles of the job controller: status writes are independent.
 const JOB_CONCURRENCY: u16 = 64;
 
@@ -76,11 +72,7 @@ impl Shared {
 
     pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
         let uid = job.uid()?;
-        self.verdicts
-            .lock()
-            .expect("verdicts lock")
-            .get(&uid)
-            .cloned()
+        self.verdicts.lock().expect("verdicts lock").get(&uid).cloned()
     }
 }
 
@@ -104,9 +96,7 @@ impl Shared {
         let Some(list) = all.get_mut(ce) else {
             return Vec::new();
         };
-        list.retain(|l| {
-            l.since.elapsed() < LAUNCH_TTL && self.nodes.get(&ObjectRef::new(&l.node)).is_none()
-        });
+        list.retain(|l| l.since.elapsed() < LAUNCH_TTL && self.nodes.get(&ObjectRef::new(&l.node)).is_none());
         list.clone()
     }
 }
@@ -118,102 +108,72 @@ pub struct Options {
     pub instance: String,
 }
 
-/// Watches a kind into a shared store; the returned future drives the watch.
-fn shared_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    wake: Arc<Notify>,
-) -> (
-    Store<K>,
-    reflector::ReflectHandle<K>,
-    impl std::future::Future<Output = ()>,
-)
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (store, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-    let subscriber = writer
-        .subscribe()
-        .expect("shared stores hand out subscribers");
-    let drive = watcher(api, config)
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(move |ev| {
-            if let Err(e) = ev {
-                warn!(error = %e, "watch error; retrying with backoff");
-            }
-            wake.notify_one();
-            ready(())
-        });
-    (store, subscriber, drive)
-}
-
-/// Watches a kind into a store nobody subscribes to.
+/// Watches a kind into a store; every event rings `wake` and is handed to `on_event`.
 fn plain_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     wake: Arc<Notify>,
+    on_event: impl Fn(&K) + Send + 'static,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let drive = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .for_each(move |ev| {
-            if let Err(e) = ev {
-                warn!(error = %e, "watch error; retrying with backoff");
+    let drive = watcher(api, config).default_backoff().reflect(writer).for_each(move |ev| {
+        match ev {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj) | watcher::Event::InitApply(obj)) => {
+                on_event(&obj)
             }
-            wake.notify_one();
-            ready(())
-        });
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
+        }
+        wake.notify_one();
+        ready(())
+    });
     (store, drive)
 }
 
 /// Runs every loop of the operator until one of them ends (they do not, short of a signal).
 pub async fn run(client: Client, providers: Providers, options: Options) -> crate::Result<()> {
     let wake = Arc::new(Notify::new());
-    let (jobs, job_events, drive_jobs) = shared_watch(
-        Api::<BatchJob>::all(client.clone()),
-        watcher::Config::default(),
-        wake.clone(),
-    );
-    let (ces, ce_events, drive_ces) = shared_watch(
-        Api::<ComputeEnvironment>::all(client.clone()),
-        watcher::Config::default(),
-        wake.clone(),
-    );
-    let (pods, pod_events, drive_pods) = shared_watch(
+    // Each controller owns the watch of its kind; its store is the one every loop reads.
+    let job_controller = Controller::new(Api::<BatchJob>::all(client.clone()), watcher::Config::default());
+    let ce_controller =
+        Controller::new(Api::<ComputeEnvironment>::all(client.clone()), watcher::Config::default());
+    let (jobs, ces) = (job_controller.store(), ce_controller.store());
+
+    // Pod changes reach the job controller through an unbounded channel, so that a busy
+    // controller never holds up the pod watch (and with it every store reader).
+    let (pod_tx, pod_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
+    let (pods, drive_pods) = plain_watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(LABEL_JOB_UID),
         wake.clone(),
+        move |pod: &Pod| {
+            let owner =
+                pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BatchJob");
+            if let (Some(o), Some(ns)) = (owner, pod.namespace()) {
+                let _ = pod_tx.unbounded_send(ObjectRef::new(&o.name).within(&ns));
+            }
+        },
     );
-    let (queues, drive_queues) = plain_watch(
-        Api::<JobQueue>::all(client.clone()),
-        watcher::Config::default(),
-        wake.clone(),
-    );
+    let (queues, drive_queues) =
+        plain_watch(Api::<JobQueue>::all(client.clone()), watcher::Config::default(), wake.clone(), |_| {});
     let (nodes, drive_nodes) = plain_watch(
         Api::<Node>::all(client.clone()),
         watcher::Config::default().labels(LABEL_COMPUTE_ENVIRONMENT),
         wake.clone(),
+        |_| {},
     );
     let (ns_store, ns_writer) = reflector::store();
-    let drive_namespaces = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(ns_writer)
-    .for_each(|_| ready(()));
+    let drive_namespaces =
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(ns_writer)
+            .for_each(|_| ready(()));
 
-    let reporter = Reporter {
-        controller: "barge".into(),
-        instance: Some(options.instance.clone()),
-    };
+    let reporter = Reporter { controller: "barge".into(), instance: Some(options.instance.clone()) };
     let shared = Arc::new(Shared {
         client: client.clone(),
         jobs: jobs.clone(),
@@ -236,13 +196,12 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     let (verdict_tx, verdict_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
     let (capacity_tx, capacity_rx) = mpsc::unbounded::<ObjectRef<ComputeEnvironment>>();
 
-    let job_controller = Controller::for_shared_stream(job_events, jobs)
-        .owns_shared_stream(pod_events)
-        .reconcile_on(verdict_rx)
+    let job_controller = job_controller
+        .reconcile_on(futures::stream::select(pod_rx, verdict_rx))
         .with_config(kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY))
         .run(job::reconcile, job::error_policy, shared.clone())
         .for_each(|_| ready(()));
-    let ce_controller = Controller::for_shared_stream(ce_events, ces)
+    let ce_controller = ce_controller
         .reconcile_on(capacity_rx)
         .run(capacity::reconcile, capacity::error_policy, shared.clone())
         .for_each(|_| ready(()));
@@ -260,18 +219,14 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
             );
             s.ready.store(true, Ordering::Release);
             s.schedule_now.notify_one();
-            info!(
-                jobs = s.jobs.len(),
-                pods = s.pods.len(),
-                "caches synced; scheduling"
-            );
+            info!(jobs = s.jobs.len(), pods = s.pods.len(), "caches synced; scheduling");
             futures::future::pending::<()>().await
         }
     };
 
     info!("Barge is running");
     tokio::select! {
-        _ = drive_jobs => {}, _ = drive_ces => {}, _ = drive_pods => {},
+        _ = drive_pods => {},
         _ = drive_queues => {}, _ = drive_nodes => {}, _ = drive_namespaces => {},
         _ = job_controller => {}, _ = ce_controller => {},
         _ = scheduling::run(shared.clone(), verdict_tx, capacity_tx) => {},
@@ -283,14 +238,9 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-}
-
-/// A stream that never ends and yields nothing (for controllers with no extra trigger).
-pub fn never<T>() -> impl Stream<Item = T> {
-    futures::stream::pending()
 }
 
 /// The node's allocatable resources, if it says.
@@ -300,15 +250,9 @@ pub fn node_allocatable(node: &Node) -> Res {
     };
     let get = |k: &str| a.get(k).map(|q| q.0.clone());
     Res::new(
-        get("cpu")
-            .and_then(|q| crate::resources::parse_millicpu(&q).ok())
-            .unwrap_or(0),
-        get("memory")
-            .and_then(|q| crate::resources::parse_mib(&q).ok())
-            .unwrap_or(0),
-        get(pod::GPU_RESOURCE)
-            .and_then(|q| q.parse().ok())
-            .unwrap_or(0),
+        get("cpu").and_then(|q| crate::resources::parse_millicpu(&q).ok()).unwrap_or(0),
+        get("memory").and_then(|q| crate::resources::parse_mib(&q).ok()).unwrap_or(0),
+        get(pod::GPU_RESOURCE).and_then(|q| q.parse().ok()).unwrap_or(0),
     )
 }
 
@@ -330,15 +274,10 @@ pub fn node_is_ready(node: &Node) -> bool {
 }
 
 pub fn node_is_cordoned(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
         || node.meta().deletion_timestamp.is_some()
 }
 
 pub fn node_compute_environment(node: &Node) -> Option<&str> {
-    node.labels()
-        .get(LABEL_COMPUTE_ENVIRONMENT)
-        .map(String::as_str)
+    node.labels().get(LABEL_COMPUTE_ENVIRONMENT).map(String::as_str)
 }

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -13,8 +11,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::batch_job::pod_name;
 use crate::api::compute_environment::ComputeEnvironment;
 use crate::api::{
-    BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE,
-    LABEL_JOB_UID,
+    BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
 };
 use crate::resources::{Res, parse_mib, parse_millicpu};
 use crate::{Error, Result};
@@ -45,16 +42,8 @@ pub fn job_request(job: &BatchJob) -> Result<Res> {
         let q = |k: &str| req.get(k).map(|q| q.0.clone());
         let bad = |e: crate::resources::QuantityError| Error::InvalidJob(e.to_string());
         total += Res::new(
-            q("cpu")
-                .map(|s| parse_millicpu(&s))
-                .transpose()
-                .map_err(bad)?
-                .unwrap_or(0),
-            q("memory")
-                .map(|s| parse_mib(&s))
-                .transpose()
-                .map_err(bad)?
-                .unwrap_or(0),
+            q("cpu").map(|s| parse_millicpu(&s)).transpose().map_err(bad)?.unwrap_or(0),
+            q("memory").map(|s| parse_mib(&s)).transpose().map_err(bad)?.unwrap_or(0),
             q(GPU_RESOURCE).and_then(|s| s.parse().ok()).unwrap_or(0),
         );
     }
@@ -64,18 +53,14 @@ pub fn job_request(job: &BatchJob) -> Result<Res> {
 /// The pod for `attempt` of `job`, to run on `ce`'s nodes.
 pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Result<Pod> {
     let name = job.name_any();
-    let uid = job
-        .uid()
-        .ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
+    let uid = job.uid().ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
     let template = job.spec.pod_template.clone().unwrap_or_default();
     let mut meta = template.metadata.unwrap_or_default();
     let mut spec = match (&job.spec.container, template.spec) {
         (Some(c), _) => container_pod_spec(c, job_request(job)?),
         (None, Some(spec)) => spec,
         (None, None) => {
-            return Err(Error::InvalidJob(
-                "set container or podTemplate.spec".into(),
-            ));
+            return Err(Error::InvalidJob("set container or podTemplate.spec".into()));
         }
     };
 
@@ -124,8 +109,7 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Resul
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references: Some(vec![
-                job.controller_owner_ref(&())
-                    .expect("a job from the API has a uid"),
+                job.controller_owner_ref(&()).expect("a job from the API has a uid"),
             ]),
             ..meta
         },
@@ -136,14 +120,8 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Resul
 
 fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) -> PodSpec {
     let mut amounts = BTreeMap::from([
-        (
-            "cpu".to_string(),
-            Quantity(format!("{}m", request.millicpu)),
-        ),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Mi", request.memory_mib)),
-        ),
+        ("cpu".to_string(), Quantity(format!("{}m", request.millicpu))),
+        ("memory".to_string(), Quantity(format!("{}Mi", request.memory_mib))),
     ]);
     if request.gpus > 0 {
         amounts.insert(GPU_RESOURCE.into(), Quantity(request.gpus.to_string()));
@@ -167,11 +145,7 @@ fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) ->
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
 
 /// Label values are at most 63 characters.
@@ -190,10 +164,7 @@ pub fn pod_job(pod: &Pod) -> Option<(&str, u32)> {
 
 /// A pod that still holds its node's resources.
 pub fn pod_is_active(pod: &Pod) -> bool {
-    !matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// What a pod requests, summed over its containers.
@@ -204,15 +175,9 @@ pub fn pod_request(pod: &Pod) -> Res {
             continue;
         };
         total += Res::new(
-            req.get("cpu")
-                .and_then(|q| parse_millicpu(&q.0).ok())
-                .unwrap_or(0),
-            req.get("memory")
-                .and_then(|q| parse_mib(&q.0).ok())
-                .unwrap_or(0),
-            req.get(GPU_RESOURCE)
-                .and_then(|q| q.0.parse().ok())
-                .unwrap_or(0),
+            req.get("cpu").and_then(|q| parse_millicpu(&q.0).ok()).unwrap_or(0),
+            req.get("memory").and_then(|q| parse_mib(&q.0).ok()).unwrap_or(0),
+            req.get(GPU_RESOURCE).and_then(|q| q.0.parse().ok()).unwrap_or(0),
         );
     }
     total
@@ -229,14 +194,9 @@ mod tests {
             "etl",
             BatchJobSpec {
                 job_queue: "q".into(),
-                container: Some(ContainerSpec {
-                    image: "busybox".into(),
-                    ..Default::default()
-                }),
+                container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
                 pod_template: None,
-                scheduling_priority: 0,
-                timeout: None,
-                retry_strategy: None,
+                ..Default::default()
             },
         );
         j.metadata.namespace = Some("ns".into());
@@ -262,19 +222,13 @@ mod tests {
         let pod = build_pod(&job(), &ce(), 2).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-2"));
         let spec = pod.spec.unwrap();
-        assert_eq!(
-            spec.node_selector.unwrap()[LABEL_COMPUTE_ENVIRONMENT],
-            "ce-a"
-        );
+        assert_eq!(spec.node_selector.unwrap()[LABEL_COMPUTE_ENVIRONMENT], "ce-a");
         assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
         let annotations = pod.metadata.annotations.unwrap();
         assert_eq!(annotations["sim.barge.dev/duration"], "3s");
         assert!(!annotations.contains_key("other"));
         let env = spec.containers[0].env.clone().unwrap();
-        assert!(
-            env.iter()
-                .any(|e| e.name == "BARGE_JOB_ATTEMPT" && e.value.as_deref() == Some("2"))
-        );
+        assert!(env.iter().any(|e| e.name == "BARGE_JOB_ATTEMPT" && e.value.as_deref() == Some("2")));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
     }
 

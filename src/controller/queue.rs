@@ -69,11 +69,7 @@ pub async fn run(ctx: Arc<Shared>) {
                 continue;
             }
             if is_blocked(Some(&status)) && !was_blocked {
-                let note = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Blocked")
-                    .map(|c| c.message.clone());
+                let note = status.conditions.iter().find(|c| c.type_ == "Blocked").map(|c| c.message.clone());
                 let ev = Event {
                     type_: EventType::Warning,
                     reason: "Blocked".into(),
@@ -88,11 +84,7 @@ pub async fn run(ctx: Arc<Shared>) {
 }
 
 fn is_blocked(s: Option<&JobQueueStatus>) -> bool {
-    s.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Blocked" && c.status == "True")
-    })
+    s.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Blocked" && c.status == "True"))
 }
 
 fn status_for(queue: &JobQueue, tally: Tally, head_waits: Option<&String>) -> JobQueueStatus {
@@ -102,12 +94,7 @@ fn status_for(queue: &JobQueue, tally: Tally, head_waits: Option<&String>) -> Jo
     s.observed_generation = queue.metadata.generation;
     let g = queue.metadata.generation;
     let blocked = if queue.spec.state == State::Disabled {
-        Condition::new(
-            "Blocked",
-            true,
-            "QueueDisabled",
-            "The queue is DISABLED: it admits no jobs",
-        )
+        Condition::new("Blocked", true, "QueueDisabled", "The queue is DISABLED: it admits no jobs")
     } else if s.jobs.runnable > 0
         && s.jobs.starting + s.jobs.running == 0
         && let Some(why) = head_waits
@@ -123,11 +110,7 @@ fn status_for(queue: &JobQueue, tally: Tally, head_waits: Option<&String>) -> Jo
 async fn write_status(ctx: &Shared, queue: &JobQueue, status: &JobQueueStatus) -> kube::Result<()> {
     let api: Api<JobQueue> = Api::all(ctx.client.clone());
     let patch = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "status": status});
-    api.patch_status(
-        &queue.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    api.patch_status(&queue.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }

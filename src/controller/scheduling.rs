@@ -17,8 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::pod::{build_pod, job_request, pod_is_active, pod_request};
 use super::{
-    Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready,
-    node_vcpus,
+    Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
 use crate::api::batch_job::{JobPhase, pod_name};
 use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
@@ -58,18 +57,9 @@ pub async fn run(
         let started = Instant::now();
         let (admitted, waiting) = pass(&ctx, &mut inflight, &verdicts, &capacity).await;
         if admitted > 0 {
-            info!(
-                admitted,
-                waiting,
-                took_ms = started.elapsed().as_millis() as u64,
-                "scheduling pass"
-            );
+            info!(admitted, waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
         } else {
-            debug!(
-                waiting,
-                took_ms = started.elapsed().as_millis() as u64,
-                "scheduling pass"
-            );
+            debug!(waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
         }
     }
 }
@@ -96,11 +86,8 @@ async fn pass(
             }
         })
         .collect();
-    let ce_index: HashMap<String, usize> = ce_infos
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.clone(), i))
-        .collect();
+    let ce_index: HashMap<String, usize> =
+        ce_infos.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
     let mut node_slot: HashMap<String, (usize, usize)> = HashMap::new();
     for node in ctx.nodes.state() {
         let Some(&ci) = node_compute_environment(&node).and_then(|c| ce_index.get(c)) else {
@@ -122,11 +109,7 @@ async fn pass(
     for ce in ce_infos.iter_mut() {
         for l in ctx.launching(&ce.name) {
             ce.total_vcpus += l.vcpus;
-            ce.nodes.push(NodeInfo {
-                name: l.node,
-                free: l.allocatable,
-                ready: false,
-            });
+            ce.nodes.push(NodeInfo { name: l.node, free: l.allocatable, ready: false });
         }
     }
 
@@ -148,11 +131,7 @@ async fn pass(
                 }
             }
             None => {
-                if let Some(&ci) = p
-                    .labels()
-                    .get(LABEL_COMPUTE_ENVIRONMENT)
-                    .and_then(|c| ce_index.get(c))
-                {
+                if let Some(&ci) = p.labels().get(LABEL_COMPUTE_ENVIRONMENT).and_then(|c| ce_index.get(c)) {
                     unbound.push((ci, request));
                 }
             }
@@ -166,11 +145,7 @@ async fn pass(
     }
     for (ci, request) in unbound {
         // kube-scheduler will place it somewhere that fits: hold room on the first such node.
-        if let Some(n) = ce_infos[ci]
-            .nodes
-            .iter_mut()
-            .find(|n| n.free.fits(&request))
-        {
+        if let Some(n) = ce_infos[ci].nodes.iter_mut().find(|n| n.free.fits(&request)) {
             n.free -= request;
         }
     }
@@ -190,46 +165,49 @@ async fn pass(
             }
         })
         .collect();
-    let selectors: HashMap<String, _> = ctx
-        .queues
-        .state()
-        .iter()
-        .map(|q| (q.name_any(), q.spec.namespace_selector.clone()))
-        .collect();
-    let namespace_labels: HashMap<String, _> = ctx
-        .namespaces
-        .state()
-        .iter()
-        .map(|n| (n.name_any(), n.labels().clone()))
-        .collect();
+    let selectors: HashMap<String, _> =
+        ctx.queues.state().iter().map(|q| (q.name_any(), q.spec.namespace_selector.clone())).collect();
+    let namespace_labels: HashMap<String, _> =
+        ctx.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
 
     let mut pending_jobs: Vec<Arc<BatchJob>> = Vec::new();
     let mut snapshot_jobs: Vec<PendingJob> = Vec::new();
     let mut new_verdicts: HashMap<String, Verdict> = HashMap::new();
     for job in ctx.jobs.state() {
         let status = job.status.clone().unwrap_or_default();
-        if status.phase.is_finished()
-            || status.phase == JobPhase::Pending
-            || job.meta().deletion_timestamp.is_some()
-        {
+        let ns = job.namespace().unwrap_or_default();
+        let gated = status.phase == JobPhase::Pending
+            || (status.phase == JobPhase::Submitted && !job.spec.depends_on.is_empty());
+        if gated {
+            // Wake the job controller once every dependency has ended, so that it moves on.
+            let ended = job.spec.depends_on.iter().all(|d| {
+                ctx.jobs
+                    .get(&ObjectRef::new(&d.job_name).within(&ns))
+                    .is_some_and(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+            });
+            if ended {
+                let _ = verdict_tx.unbounded_send(ObjectRef::from_obj(job.as_ref()));
+            }
             continue;
         }
-        let ns = job.namespace().unwrap_or_default();
+        // Only a job waiting for its next attempt is admitted: a STARTING or RUNNING job whose
+        // pod just vanished is the job controller's to record first (never re-run the attempt).
+        let open_attempt = status.attempts.iter().any(|a| a.stopped_at.is_none());
+        let waiting = matches!(status.phase, JobPhase::Submitted | JobPhase::Runnable);
+        let stopping = job.spec.cancel.is_some() || job.spec.terminate.is_some();
+        if !waiting || open_attempt || stopping || job.meta().deletion_timestamp.is_some() {
+            continue;
+        }
         let attempt = super::job::current_attempt(&status);
-        let key = format!(
-            "{ns}/{}",
-            pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt)
-        );
+        let key = format!("{ns}/{}", pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt));
         if present.contains(&key) || inflight.contains_key(&key) {
             continue;
         }
         let request = match job_request(&job) {
             Ok(r) => r,
             Err(e) => {
-                new_verdicts.insert(
-                    job.uid().unwrap_or_default(),
-                    Verdict::Waiting(format!("Invalid job: {e}")),
-                );
+                new_verdicts
+                    .insert(job.uid().unwrap_or_default(), Verdict::Waiting(format!("Invalid job: {e}")));
                 continue;
             }
         };
@@ -242,21 +220,13 @@ async fn pass(
             queue: job.spec.job_queue.clone(),
             namespace_allowed,
             scheduling_priority: job.spec.scheduling_priority,
-            submitted_ms: job
-                .meta()
-                .creation_timestamp
-                .as_ref()
-                .map_or(0, |t| t.0.as_millisecond()),
+            submitted_ms: job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
             request,
         });
         pending_jobs.push(job);
     }
 
-    let snapshot = Snapshot {
-        jobs: snapshot_jobs,
-        queues,
-        compute_environments: ce_infos,
-    };
+    let snapshot = Snapshot { jobs: snapshot_jobs, queues, compute_environments: ce_infos };
     let plan = scheduler::plan(&snapshot);
 
     // Create the admitted pods.
@@ -281,9 +251,7 @@ async fn pass(
                 );
                 new_verdicts.insert(
                     uid.clone(),
-                    Verdict::Admitted {
-                        compute_environment: adm.compute_environment.clone(),
-                    },
+                    Verdict::Admitted { compute_environment: adm.compute_environment.clone() },
                 );
                 creations.push((uid, pod));
             }
@@ -294,8 +262,7 @@ async fn pass(
     }
     let failures: Vec<(String, String, String)> = stream::iter(creations)
         .map(|(uid, pod)| async move {
-            let api: Api<Pod> =
-                Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
             match api.create(&PostParams::default(), &pod).await {
                 Ok(_) => None,
                 // Created by an earlier pass or an earlier run of Barge: the name is the attempt.
@@ -303,11 +270,7 @@ async fn pass(
                 Err(e) => {
                     warn!(pod = %pod.name_any(), error = %e, "creating pod failed");
                     let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                    Some((
-                        uid,
-                        key,
-                        format!("Could not create pod {}: {e}; will retry", pod.name_any()),
-                    ))
+                    Some((uid, key, format!("Could not create pod {}: {e}; will retry", pod.name_any())))
                 }
             }
         })
@@ -320,17 +283,12 @@ async fn pass(
         new_verdicts.insert(uid, Verdict::Waiting(why));
     }
     for (i, why) in &plan.waiting {
-        new_verdicts.insert(
-            pending_jobs[*i].uid().unwrap_or_default(),
-            Verdict::Waiting(why.to_string()),
-        );
+        new_verdicts.insert(pending_jobs[*i].uid().unwrap_or_default(), Verdict::Waiting(why.to_string()));
     }
 
     // Hand the verdicts that changed to the job controller.
-    let by_uid: HashMap<String, &Arc<BatchJob>> = pending_jobs
-        .iter()
-        .map(|j| (j.uid().unwrap_or_default(), j))
-        .collect();
+    let by_uid: HashMap<String, &Arc<BatchJob>> =
+        pending_jobs.iter().map(|j| (j.uid().unwrap_or_default(), j)).collect();
     {
         let mut old = ctx.verdicts.lock().expect("verdicts lock");
         for (uid, v) in &new_verdicts {
@@ -356,10 +314,7 @@ async fn pass(
         }
         *demand = plan.demand.clone();
     }
-    *ctx.blocked.lock().expect("blocked lock") = plan
-        .blocked_queues
-        .iter()
-        .map(|(q, w)| (q.clone(), w.to_string()))
-        .collect();
+    *ctx.blocked.lock().expect("blocked lock") =
+        plan.blocked_queues.iter().map(|(q, w)| (q.clone(), w.to_string())).collect();
     (plan.admitted.len(), plan.waiting.len())
 }

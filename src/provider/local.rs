@@ -13,9 +13,7 @@ use rand::Rng;
 use super::NodeProvider;
 use crate::Result;
 use crate::api::compute_environment::CapacityType;
-use crate::api::{
-    ComputeEnvironment, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT, LABEL_INSTANCE_TYPE,
-};
+use crate::api::{ComputeEnvironment, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT, LABEL_INSTANCE_TYPE};
 use crate::capacity::InstanceType;
 use crate::capacity::catalog::MAX_PODS;
 use crate::controller::pod::GPU_RESOURCE;
@@ -37,10 +35,7 @@ impl LocalProvider {
 fn quantities(r: Res) -> BTreeMap<String, Quantity> {
     let mut m = BTreeMap::from([
         ("cpu".to_string(), Quantity(format!("{}m", r.millicpu))),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Mi", r.memory_mib)),
-        ),
+        ("memory".to_string(), Quantity(format!("{}Mi", r.memory_mib))),
         ("pods".to_string(), Quantity(MAX_PODS.to_string())),
     ]);
     if r.gpus > 0 {
@@ -79,10 +74,7 @@ pub fn node_for(ce: &ComputeEnvironment, ty: &InstanceType, suffix: &str) -> Nod
         metadata: ObjectMeta {
             name: Some(name.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                KWOK_ANNOTATION.0.into(),
-                KWOK_ANNOTATION.1.into(),
-            )])),
+            annotations: Some(BTreeMap::from([(KWOK_ANNOTATION.0.into(), KWOK_ANNOTATION.1.into())])),
             ..Default::default()
         },
         spec: Some(NodeSpec {
@@ -107,9 +99,7 @@ impl NodeProvider for LocalProvider {
         Box::pin(async move {
             let suffix: String = {
                 let mut rng = rand::rng();
-                (0..5)
-                    .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)]))
-                    .collect()
+                (0..5).map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)])).collect()
             };
             let node = node_for(ce, ty, &suffix);
             let api: Api<Node> = Api::all(self.client.clone());

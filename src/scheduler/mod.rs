@@ -69,39 +69,15 @@ pub struct Admission {
 /// Why a job is still waiting, in words a user understands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Waiting {
-    QueueNotFound {
-        queue: String,
-    },
-    QueueDisabled {
-        queue: String,
-    },
-    NamespaceNotAllowed {
-        queue: String,
-    },
-    NoComputeEnvironment {
-        queue: String,
-        missing: Vec<String>,
-    },
-    ComputeEnvironmentsDisabled {
-        queue: String,
-        disabled: Vec<String>,
-    },
-    DoesNotFit {
-        queue: String,
-        request: Res,
-        largest: String,
-    },
-    ScalingUp {
-        compute_environment: String,
-    },
-    NodesLaunching {
-        compute_environment: String,
-    },
-    AtMaxCapacity {
-        compute_environment: String,
-        max_vcpus: u32,
-        behind_others: bool,
-    },
+    QueueNotFound { queue: String },
+    QueueDisabled { queue: String },
+    NamespaceNotAllowed { queue: String },
+    NoComputeEnvironment { queue: String, missing: Vec<String> },
+    ComputeEnvironmentsDisabled { queue: String, disabled: Vec<String> },
+    DoesNotFit { queue: String, request: Res, largest: String },
+    ScalingUp { compute_environment: String },
+    NodesLaunching { compute_environment: String },
+    AtMaxCapacity { compute_environment: String, max_vcpus: u32, behind_others: bool },
 }
 
 impl Waiting {
@@ -114,10 +90,9 @@ impl Waiting {
 impl fmt::Display for Waiting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Waiting::QueueNotFound { queue } => write!(
-                f,
-                "Job queue {queue} does not exist; the job will wait until it is created"
-            ),
+            Waiting::QueueNotFound { queue } => {
+                write!(f, "Job queue {queue} does not exist; the job will wait until it is created")
+            }
             Waiting::QueueDisabled { queue } => {
                 write!(f, "Job queue {queue} is DISABLED and admits no jobs")
             }
@@ -125,42 +100,27 @@ impl fmt::Display for Waiting {
                 f,
                 "Job queue {queue} does not accept jobs from this namespace (see its namespaceSelector)"
             ),
-            Waiting::NoComputeEnvironment { queue, missing } => write!(
-                f,
-                "None of job queue {queue}'s compute environments exist ({})",
-                missing.join(", ")
-            ),
+            Waiting::NoComputeEnvironment { queue, missing } => {
+                write!(f, "None of job queue {queue}'s compute environments exist ({})", missing.join(", "))
+            }
             Waiting::ComputeEnvironmentsDisabled { queue, disabled } => write!(
                 f,
                 "Every compute environment of job queue {queue} is DISABLED ({})",
                 disabled.join(", ")
             ),
-            Waiting::DoesNotFit {
-                queue,
-                request,
-                largest,
-            } => write!(
+            Waiting::DoesNotFit { queue, request, largest } => write!(
                 f,
                 "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs {request}, more than any \
                  compute environment of job queue {queue} can provide ({largest})"
             ),
-            Waiting::ScalingUp {
-                compute_environment,
-            } => write!(
-                f,
-                "Waiting for compute environment {compute_environment} to scale up"
-            ),
-            Waiting::NodesLaunching {
-                compute_environment,
-            } => write!(
+            Waiting::ScalingUp { compute_environment } => {
+                write!(f, "Waiting for compute environment {compute_environment} to scale up")
+            }
+            Waiting::NodesLaunching { compute_environment } => write!(
                 f,
                 "Waiting for new nodes of compute environment {compute_environment} to become ready"
             ),
-            Waiting::AtMaxCapacity {
-                compute_environment,
-                max_vcpus,
-                behind_others,
-            } => {
+            Waiting::AtMaxCapacity { compute_environment, max_vcpus, behind_others } => {
                 if *behind_others {
                     write!(
                         f,
@@ -212,12 +172,7 @@ impl<'a> CeState<'a> {
             info,
             free,
             max_free,
-            launching_free: info
-                .nodes
-                .iter()
-                .filter(|n| !n.ready)
-                .map(|n| n.free)
-                .collect(),
+            launching_free: info.nodes.iter().filter(|n| !n.ready).map(|n| n.free).collect(),
             projected_vcpus: info.total_vcpus as u64 * 1000,
             largest_shape: info.shapes.iter().fold(Res::ZERO, |m, r| m.max(*r)),
             waiting_for_capacity: 0,
@@ -227,8 +182,8 @@ impl<'a> CeState<'a> {
     /// Whether the job could ever run here: some instance type holds it and it is
     /// within `maxvCpus`.
     fn could_ever_fit(&self, r: &Res) -> bool {
-        let fits_type = self.info.shapes.iter().any(|s| s.fits(r))
-            || self.info.nodes.iter().any(|n| n.free.fits(r));
+        let fits_type =
+            self.info.shapes.iter().any(|s| s.fits(r)) || self.info.nodes.iter().any(|n| n.free.fits(r));
         fits_type && r.millicpu <= self.info.max_vcpus as u64 * 1000
     }
 
@@ -255,23 +210,13 @@ impl<'a> CeState<'a> {
 /// for the first compute environment (in queue order) that could grow to hold them.
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut plan = Plan::default();
-    let queues: HashMap<&str, &QueueInfo> = snapshot
-        .queues
-        .iter()
-        .map(|q| (q.name.as_str(), q))
-        .collect();
-    let mut ces: HashMap<&str, CeState> = snapshot
-        .compute_environments
-        .iter()
-        .map(|c| (c.name.as_str(), CeState::new(c)))
-        .collect();
+    let queues: HashMap<&str, &QueueInfo> = snapshot.queues.iter().map(|q| (q.name.as_str(), q)).collect();
+    let mut ces: HashMap<&str, CeState> =
+        snapshot.compute_environments.iter().map(|c| (c.name.as_str(), CeState::new(c))).collect();
 
     let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
-    let queue_priority = |i: usize| {
-        queues
-            .get(snapshot.jobs[i].queue.as_str())
-            .map_or(i32::MIN, |q| q.priority)
-    };
+    let queue_priority =
+        |i: usize| queues.get(snapshot.jobs[i].queue.as_str()).map_or(i32::MIN, |q| q.priority);
     order.sort_by(|&a, &b| {
         let (ja, jb) = (&snapshot.jobs[a], &snapshot.jobs[b]);
         queue_priority(b)
@@ -284,18 +229,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
     for i in order {
         let job = &snapshot.jobs[i];
-        let verdict = decide(
-            job,
-            queues.get(job.queue.as_str()).copied(),
-            &mut ces,
-            &mut plan.demand,
-        );
+        let verdict = decide(job, queues.get(job.queue.as_str()).copied(), &mut ces, &mut plan.demand);
         match verdict {
             Ok(adm) => plan.admitted.push(Admission { job: i, ..adm }),
             Err(why) => {
-                plan.blocked_queues
-                    .entry(job.queue.clone())
-                    .or_insert_with(|| why.clone());
+                plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
                 plan.waiting.push((i, why));
             }
         }
@@ -319,17 +257,10 @@ fn decide<'a>(
     if !job.namespace_allowed {
         return Err(Waiting::NamespaceNotAllowed { queue: qname });
     }
-    let missing: Vec<String> = queue
-        .compute_environments
-        .iter()
-        .filter(|c| !ces.contains_key(c.as_str()))
-        .cloned()
-        .collect();
+    let missing: Vec<String> =
+        queue.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
     if missing.len() == queue.compute_environments.len() {
-        return Err(Waiting::NoComputeEnvironment {
-            queue: qname,
-            missing,
-        });
+        return Err(Waiting::NoComputeEnvironment { queue: qname, missing });
     }
     let usable: Vec<&str> = queue
         .compute_environments
@@ -338,42 +269,20 @@ fn decide<'a>(
         .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
         .collect();
     if usable.is_empty() {
-        let disabled = queue
-            .compute_environments
-            .iter()
-            .filter(|c| !missing.contains(c))
-            .cloned()
-            .collect();
-        return Err(Waiting::ComputeEnvironmentsDisabled {
-            queue: qname,
-            disabled,
-        });
+        let disabled = queue.compute_environments.iter().filter(|c| !missing.contains(c)).cloned().collect();
+        return Err(Waiting::ComputeEnvironmentsDisabled { queue: qname, disabled });
     }
     let r = job.request;
     // Admit onto the first environment with a ready node that holds the job.
     for name in &usable {
         let ce = ces.get_mut(name).expect("usable environments exist");
         if let Some(node) = ce.place(&r) {
-            let node = ce
-                .info
-                .nodes
-                .iter()
-                .filter(|n| n.ready)
-                .nth(node)
-                .expect("index from place");
-            return Ok(Admission {
-                job: 0,
-                compute_environment: name.to_string(),
-                node: node.name.clone(),
-            });
+            let node = ce.info.nodes.iter().filter(|n| n.ready).nth(node).expect("index from place");
+            return Ok(Admission { job: 0, compute_environment: name.to_string(), node: node.name.clone() });
         }
     }
     // Otherwise wait on launching nodes, or become demand where there is headroom.
-    let fitting: Vec<&str> = usable
-        .iter()
-        .copied()
-        .filter(|n| ces[n].could_ever_fit(&r))
-        .collect();
+    let fitting: Vec<&str> = usable.iter().copied().filter(|n| ces[n].could_ever_fit(&r)).collect();
     if fitting.is_empty() {
         let largest = usable
             .iter()
@@ -393,19 +302,13 @@ fn decide<'a>(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(Waiting::DoesNotFit {
-            queue: qname,
-            request: r,
-            largest,
-        });
+        return Err(Waiting::DoesNotFit { queue: qname, request: r, largest });
     }
     for name in &fitting {
         let ce = ces.get_mut(name).expect("fitting environments exist");
         if let Some(slot) = ce.launching_free.iter_mut().find(|f| f.fits(&r)) {
             *slot -= r;
-            return Err(Waiting::NodesLaunching {
-                compute_environment: name.to_string(),
-            });
+            return Err(Waiting::NodesLaunching { compute_environment: name.to_string() });
         }
     }
     for name in &fitting {
@@ -413,9 +316,7 @@ fn decide<'a>(
         if ce.projected_vcpus + r.millicpu <= ce.info.max_vcpus as u64 * 1000 {
             ce.projected_vcpus += r.millicpu;
             demand.entry(name.to_string()).or_default().push(r);
-            return Err(Waiting::ScalingUp {
-                compute_environment: name.to_string(),
-            });
+            return Err(Waiting::ScalingUp { compute_environment: name.to_string() });
         }
     }
     let first = ces.get_mut(fitting[0]).expect("fitting environments exist");

@@ -34,20 +34,13 @@ fn ce(name: &str, max: u32, nodes: &[(u64, bool)]) -> CeInfo {
         nodes: nodes
             .iter()
             .enumerate()
-            .map(|(i, (v, ready))| NodeInfo {
-                name: format!("{name}-n{i}"),
-                free: res(*v),
-                ready: *ready,
-            })
+            .map(|(i, (v, ready))| NodeInfo { name: format!("{name}-n{i}"), free: res(*v), ready: *ready })
             .collect(),
     }
 }
 
 fn names(s: &Snapshot, p: &Plan) -> Vec<String> {
-    p.admitted
-        .iter()
-        .map(|a| s.jobs[a.job].name.clone())
-        .collect()
+    p.admitted.iter().map(|a| s.jobs[a.job].name.clone()).collect()
 }
 
 fn reason_of<'a>(s: &Snapshot, p: &'a Plan, name: &str) -> &'a Waiting {
@@ -58,29 +51,19 @@ fn reason_of<'a>(s: &Snapshot, p: &'a Plan, name: &str) -> &'a Waiting {
 #[test]
 fn high_priority_queue_is_served_before_an_older_low_priority_job() {
     let s = Snapshot {
-        jobs: vec![
-            job("old-low", "low", 0, 1, 1),
-            job("new-high", "high", 0, 5, 1),
-        ],
+        jobs: vec![job("old-low", "low", 0, 1, 1), job("new-high", "high", 0, 5, 1)],
         queues: vec![queue("low", 1, &["ce"]), queue("high", 10, &["ce"])],
         compute_environments: vec![ce("ce", 1, &[(1, true)])],
     };
     let p = plan(&s);
     assert_eq!(names(&s, &p), vec!["new-high"]);
-    assert!(matches!(
-        reason_of(&s, &p, "old-low"),
-        Waiting::AtMaxCapacity { .. }
-    ));
+    assert!(matches!(reason_of(&s, &p, "old-low"), Waiting::AtMaxCapacity { .. }));
 }
 
 #[test]
 fn within_a_queue_scheduling_priority_then_submit_time_orders_jobs() {
     let s = Snapshot {
-        jobs: vec![
-            job("a", "q", 0, 1, 1),
-            job("b", "q", 5, 9, 1),
-            job("c", "q", 0, 0, 1),
-        ],
+        jobs: vec![job("a", "q", 0, 1, 1), job("b", "q", 5, 9, 1), job("c", "q", 0, 0, 1)],
         queues: vec![queue("q", 1, &["ce"])],
         compute_environments: vec![ce("ce", 2, &[(2, true)])],
     };
@@ -99,21 +82,14 @@ fn disabled_queue_admits_nothing_and_says_so() {
     };
     let p = plan(&s);
     assert!(p.admitted.is_empty());
-    assert_eq!(
-        reason_of(&s, &p, "a").to_string(),
-        "Job queue q is DISABLED and admits no jobs"
-    );
+    assert_eq!(reason_of(&s, &p, "a").to_string(), "Job queue q is DISABLED and admits no jobs");
     assert!(p.blocked_queues.contains_key("q"));
 }
 
 #[test]
 fn runnable_job_says_which_compute_environment_is_full() {
     let s = Snapshot {
-        jobs: vec![
-            job("a", "q", 0, 1, 2),
-            job("b", "q", 0, 2, 2),
-            job("c", "q", 0, 3, 2),
-        ],
+        jobs: vec![job("a", "q", 0, 1, 2), job("b", "q", 0, 2, 2), job("c", "q", 0, 3, 2)],
         queues: vec![queue("q", 1, &["ce"])],
         compute_environments: vec![ce("ce", 2, &[(2, true)])],
     };
@@ -122,11 +98,7 @@ fn runnable_job_says_which_compute_environment_is_full() {
         reason_of(&s, &p, "b").to_string(),
         "Waiting for capacity: compute environment ce is at maxvCpus (2)"
     );
-    assert!(
-        reason_of(&s, &p, "c")
-            .to_string()
-            .starts_with("Waiting behind")
-    );
+    assert!(reason_of(&s, &p, "c").to_string().starts_with("Waiting behind"));
 }
 
 #[test]
@@ -139,10 +111,7 @@ fn too_large_job_is_a_misconfiguration_naming_the_largest_shape() {
     let p = plan(&s);
     let why = reason_of(&s, &p, "huge");
     assert!(why.is_misconfiguration());
-    assert!(
-        why.to_string()
-            .starts_with("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs 64 vCPU")
-    );
+    assert!(why.to_string().starts_with("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs 64 vCPU"));
     assert!(p.demand.is_empty());
 }
 
@@ -158,9 +127,7 @@ fn a_job_over_max_vcpus_is_a_misconfiguration_too() {
 
 #[test]
 fn jobs_without_room_become_demand_up_to_max_vcpus() {
-    let jobs = (0..10)
-        .map(|i| job(&format!("j{i}"), "q", 0, i, 1))
-        .collect();
+    let jobs = (0..10).map(|i| job(&format!("j{i}"), "q", 0, i, 1)).collect();
     let s = Snapshot {
         jobs,
         queues: vec![queue("q", 1, &["ce"])],
@@ -168,16 +135,9 @@ fn jobs_without_room_become_demand_up_to_max_vcpus() {
     };
     let p = plan(&s);
     assert_eq!(p.admitted.len(), 2);
-    assert_eq!(
-        p.demand["ce"].len(),
-        4,
-        "2 vCPUs running + 4 demanded = maxvCpus 6"
-    );
+    assert_eq!(p.demand["ce"].len(), 4, "2 vCPUs running + 4 demanded = maxvCpus 6");
     assert!(matches!(reason_of(&s, &p, "j3"), Waiting::ScalingUp { .. }));
-    assert!(matches!(
-        reason_of(&s, &p, "j9"),
-        Waiting::AtMaxCapacity { .. }
-    ));
+    assert!(matches!(reason_of(&s, &p, "j9"), Waiting::AtMaxCapacity { .. }));
 }
 
 #[test]
@@ -188,10 +148,7 @@ fn launching_nodes_absorb_demand_before_new_launches() {
         compute_environments: vec![ce("ce", 16, &[(2, false)])],
     };
     let p = plan(&s);
-    assert!(matches!(
-        reason_of(&s, &p, "a"),
-        Waiting::NodesLaunching { .. }
-    ));
+    assert!(matches!(reason_of(&s, &p, "a"), Waiting::NodesLaunching { .. }));
     assert!(matches!(reason_of(&s, &p, "b"), Waiting::ScalingUp { .. }));
     assert_eq!(p.demand["ce"].len(), 1);
 }
@@ -204,11 +161,7 @@ fn second_compute_environment_takes_what_the_first_cannot() {
         compute_environments: vec![ce("first", 2, &[(2, true)]), ce("second", 2, &[(2, true)])],
     };
     let p = plan(&s);
-    let placed: Vec<_> = p
-        .admitted
-        .iter()
-        .map(|a| a.compute_environment.as_str())
-        .collect();
+    let placed: Vec<_> = p.admitted.iter().map(|a| a.compute_environment.as_str()).collect();
     assert_eq!(placed, vec!["first", "second"]);
 }
 
@@ -231,11 +184,7 @@ fn missing_queue_and_missing_environments_are_named() {
         compute_environments: vec![],
     };
     let p = plan(&s);
-    assert!(
-        reason_of(&s, &p, "a")
-            .to_string()
-            .contains("Job queue nope does not exist")
-    );
+    assert!(reason_of(&s, &p, "a").to_string().contains("Job queue nope does not exist"));
     assert!(reason_of(&s, &p, "b").to_string().contains("(gone)"));
 }
 
@@ -247,9 +196,6 @@ fn jobs_are_spread_best_fit_over_nodes() {
         compute_environments: vec![ce("ce", 16, &[(3, true), (1, true)])],
     };
     let p = plan(&s);
-    assert_eq!(
-        p.admitted[0].node, "ce-n1",
-        "1 vCPU job takes the tighter node"
-    );
+    assert_eq!(p.admitted[0].node, "ce-n1", "1 vCPU job takes the tighter node");
     assert_eq!(p.admitted[1].node, "ce-n0");
 }

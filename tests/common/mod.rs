@@ -19,9 +19,7 @@ pub async fn client() -> Client {
         "KUBECONFIG is not set: run the integration tests with `make test` or after \
          `eval \"$(hack/cluster.sh env)\"`"
     );
-    let mut config = Config::infer()
-        .await
-        .expect("a kubeconfig for the local cluster");
+    let mut config = Config::infer().await.expect("a kubeconfig for the local cluster");
     config.read_timeout = Some(Duration::from_secs(60));
     Client::try_from(config).expect("a client")
 }
@@ -30,20 +28,14 @@ pub async fn client() -> Client {
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", suffix());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
     name
 }
 
 pub fn suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{:x}{}", nanos % 0xfffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -68,16 +60,11 @@ pub async fn kwok_node(
         }
     }))
     .unwrap();
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap()
+    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.unwrap()
 }
 
 pub async fn delete_node(client: &Client, name: &str) {
-    let _ = Api::<Node>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await;
+    let _ = Api::<Node>::all(client.clone()).delete(name, &DeleteParams::default()).await;
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what` after `timeout`.
@@ -91,10 +78,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -104,26 +88,13 @@ pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for doc in barge::api::crds_yaml()
-        .split("---\n")
-        .filter(|d| !d.trim().is_empty())
-    {
+    for doc in barge::api::crds_yaml().split("---\n").filter(|d| !d.trim().is_empty()) {
         let crd: CustomResourceDefinition = serde_yaml::from_str(doc).unwrap();
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("barge-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
+        api.patch(&name, &PatchParams::apply("barge-tests").force(), &Patch::Apply(&crd)).await.unwrap();
         eventually("CRD established", Duration::from_secs(30), || async {
             let c = api.get(&name).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
+            c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
         })
         .await;
     }
@@ -139,16 +110,9 @@ pub fn log_path(name: &str) -> std::path::PathBuf {
 /// Starts `barge run` as a child process that dies with the test process.
 pub fn spawn_operator(log: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path(log))
-        .unwrap();
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log_path(log)).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_barge"));
-    cmd.arg("run")
-        .env("RUST_LOG", "info,barge=debug")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
+    cmd.arg("run").env("RUST_LOG", "info,barge=debug").stdout(out.try_clone().unwrap()).stderr(out);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
     unsafe {
         cmd.pre_exec(|| {
@@ -171,10 +135,7 @@ pub async fn shared_operator(client: &Client) {
             tx.send(()).unwrap();
             // Lives until the operator exits (it should not before the tests end).
             let status = child.wait();
-            eprintln!(
-                "shared operator exited: {status:?}; see {}",
-                log_path("shared").display()
-            );
+            eprintln!("shared operator exited: {status:?}; see {}", log_path("shared").display());
             loop {
                 std::thread::park();
             }
@@ -190,10 +151,5 @@ where
 {
     use kube::api::{Patch, PatchParams};
     let name = obj["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("barge-tests").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
+    api.patch(&name, &PatchParams::apply("barge-tests").force(), &Patch::Apply(&obj)).await
 }

@@ -8,16 +8,12 @@ fn job(attempts: u32, timeout: Option<u64>) -> BatchJob {
         "etl",
         BatchJobSpec {
             job_queue: "q".into(),
-            container: Some(ContainerSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            }),
+            container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
             pod_template: None,
             scheduling_priority: 0,
-            timeout: timeout.map(|s| Timeout {
-                attempt_duration_seconds: s,
-            }),
-            retry_strategy: Some(RetryStrategy { attempts }),
+            timeout: timeout.map(|s| Timeout { attempt_duration_seconds: s }),
+            retry_strategy: Some(RetryStrategy { attempts, ..Default::default() }),
+            ..Default::default()
         },
     );
     j.metadata.uid = Some("abcdef12".into());
@@ -48,32 +44,24 @@ fn with(mut j: BatchJob, s: BatchJobStatus) -> BatchJob {
 #[test]
 fn a_new_job_becomes_runnable_and_says_why_it_waits() {
     let verdict = Verdict::Waiting("Waiting for compute environment ce to scale up".into());
-    let s = next_status(&job(1, None), None, Some(&verdict), at(0));
+    let s = next_status(&job(1, None), &Deps::Met, None, Some(&verdict), at(0));
     assert_eq!(s.phase, JobPhase::Runnable);
-    assert_eq!(
-        s.status_reason.as_deref(),
-        Some("Waiting for compute environment ce to scale up")
-    );
+    assert_eq!(s.status_reason.as_deref(), Some("Waiting for compute environment ce to scale up"));
     assert_eq!(s.runnable_at, Some(at(0)));
 }
 
 #[test]
 fn a_bound_pod_is_starting_then_running_then_succeeded() {
     let j = job(1, None);
-    let starting = next_status(&j, Some(&pod("Pending", Some("n1"), None)), None, at(0));
+    let starting = next_status(&j, &Deps::Met, Some(&pod("Pending", Some("n1"), None)), None, at(0));
     assert_eq!(starting.phase, JobPhase::Starting);
     assert_eq!(starting.attempts.len(), 1);
     let j = with(j, starting);
-    let running = next_status(&j, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
     assert_eq!(running.phase, JobPhase::Running);
     assert_eq!(running.started_at, Some(at(1)));
     let j = with(j, running);
-    let done = next_status(
-        &j,
-        Some(&pod("Succeeded", Some("n1"), Some(0))),
-        None,
-        at(6),
-    );
+    let done = next_status(&j, &Deps::Met, Some(&pod("Succeeded", Some("n1"), Some(0))), None, at(6));
     assert_eq!(done.phase, JobPhase::Succeeded);
     assert_eq!(done.attempts[0].exit_code, Some(0));
     assert_eq!(done.stopped_at, Some(at(5)));
@@ -82,35 +70,27 @@ fn a_bound_pod_is_starting_then_running_then_succeeded() {
 #[test]
 fn a_failed_attempt_is_retried_while_attempts_remain() {
     let j = job(2, None);
-    let first = next_status(&j, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
+    let first = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
     assert_eq!(first.phase, JobPhase::Runnable);
     assert_eq!(current_attempt(&first), 1);
-    assert!(
-        first
-            .status_reason
-            .unwrap()
-            .starts_with("Attempt 1 of 2 failed")
-    );
+    assert!(first.status_reason.unwrap().starts_with("Attempt 1 of 2 failed"));
 }
 
 #[test]
 fn the_last_failed_attempt_fails_the_job_with_its_exit_code() {
     let j = job(1, None);
-    let s = next_status(&j, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
+    let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
     assert_eq!(s.phase, JobPhase::Failed);
     assert_eq!(s.attempts[0].exit_code, Some(3));
-    assert_eq!(
-        s.status_reason.as_deref(),
-        Some("Essential container in task exited with code 3 (Error)")
-    );
+    assert_eq!(s.status_reason.as_deref(), Some("Essential container in task exited with code 3 (Error)"));
 }
 
 #[test]
 fn a_pod_that_vanishes_mid_run_is_a_lost_host() {
     let j = job(2, None);
-    let running = next_status(&j, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
     let j = with(j, running);
-    let s = next_status(&j, None, None, at(3));
+    let s = next_status(&j, &Deps::Met, None, None, at(3));
     assert_eq!(s.phase, JobPhase::Runnable);
     assert_eq!(s.attempts[0].reason.as_deref(), Some("Host n1 terminated"));
 }
@@ -118,9 +98,9 @@ fn a_pod_that_vanishes_mid_run_is_a_lost_host() {
 #[test]
 fn an_attempt_over_its_timeout_fails_without_retry() {
     let j = job(3, Some(60));
-    let running = next_status(&j, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
     let j = with(j, running);
-    let s = next_status(&j, Some(&pod("Running", Some("n1"), None)), None, at(62));
+    let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(62));
     assert_eq!(s.phase, JobPhase::Failed);
     assert_eq!(s.status_reason.as_deref(), Some(TIMEOUT_REASON));
 }
@@ -128,12 +108,67 @@ fn an_attempt_over_its_timeout_fails_without_retry() {
 #[test]
 fn a_finished_job_never_changes() {
     let j = job(1, None);
-    let done = next_status(
-        &j,
-        Some(&pod("Succeeded", Some("n1"), Some(0))),
-        None,
-        at(6),
-    );
+    let done = next_status(&j, &Deps::Met, Some(&pod("Succeeded", Some("n1"), Some(0))), None, at(6));
     let j = with(j, done.clone());
-    assert_eq!(next_status(&j, None, None, at(100)), done);
+    assert_eq!(next_status(&j, &Deps::Met, None, None, at(100)), done);
+}
+
+#[test]
+fn evaluate_on_exit_exit_rule_stops_retrying_on_a_matching_code() {
+    let mut j = job(5, None);
+    j.spec.retry_strategy = Some(
+        serde_json::from_value(serde_json::json!({
+            "attempts": 5,
+            "evaluateOnExit": [{"onExitCode": "2", "action": "EXIT"}, {"onReason": "*", "action": "RETRY"}]
+        }))
+        .unwrap(),
+    );
+    let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(2))), None, at(6));
+    assert_eq!(s.phase, JobPhase::Failed);
+    let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(1))), None, at(6));
+    assert_eq!(s.phase, JobPhase::Runnable);
+}
+
+#[test]
+fn evaluate_on_exit_matches_host_loss_by_status_reason() {
+    let mut j = job(3, None);
+    j.spec.retry_strategy = Some(serde_json::from_value(serde_json::json!({
+        "attempts": 3, "evaluateOnExit": [{"onStatusReason": "Host *", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}]
+    })).unwrap());
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    let j = with(j, running);
+    assert_eq!(next_status(&j, &Deps::Met, None, None, at(3)).phase, JobPhase::Runnable);
+}
+
+#[test]
+fn cancel_fails_a_job_that_has_not_started_and_spares_one_that_has() {
+    let mut j = job(1, None);
+    j.spec.cancel = Some(crate::api::batch_job::StopRequest { reason: "not needed".into() });
+    let s = next_status(&j, &Deps::Met, None, None, at(0));
+    assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Cancelled: not needed")));
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    assert_eq!(running.phase, JobPhase::Running);
+}
+
+#[test]
+fn terminate_fails_a_running_job_and_closes_its_attempt() {
+    let j = job(3, None);
+    let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    let mut j = with(j, running);
+    j.spec.terminate = Some(crate::api::batch_job::StopRequest { reason: "wrong input".into() });
+    let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(4));
+    assert_eq!(s.phase, JobPhase::Failed);
+    assert_eq!(s.status_reason.as_deref(), Some("Terminated: wrong input"));
+    assert_eq!(s.attempts[0].stopped_at, Some(at(4)));
+}
+
+#[test]
+fn unmet_dependencies_keep_a_job_pending_and_a_failed_one_fails_it() {
+    let j = job(1, None);
+    let s =
+        next_status(&j, &Deps::Waiting("Waiting for dependencies: a (RUNNING)".into()), None, None, at(0));
+    assert_eq!(s.phase, JobPhase::Pending);
+    let j = with(j, s);
+    let s = next_status(&j, &Deps::Failed("Dependent job a failed".into()), None, None, at(1));
+    assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Dependent job a failed")));
 }

@@ -1,0 +1,82 @@
+//! Criterion benches of the pure core: one scheduling pass over many pending jobs, and
+//! bin-packing many pods onto instance types. `make bench` runs them.
+
+use std::hint::black_box;
+
+use barge::capacity::{Fleet, Strategy, catalog, plan_scale_up};
+use barge::resources::Res;
+use barge::scheduler::{CeInfo, NodeInfo, PendingJob, QueueInfo, Snapshot, plan};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+const QUEUES: usize = 100;
+const COMPUTE_ENVIRONMENTS: usize = 50;
+const NODES_PER_CE: usize = 20;
+
+/// `jobs` pending jobs spread over 100 queues, each queue using 3 of 50 environments whose
+/// 20 nodes are mostly full: most jobs wait, as in a saturated cluster.
+fn snapshot(jobs: usize) -> Snapshot {
+    let queues = (0..QUEUES)
+        .map(|q| QueueInfo {
+            name: format!("q{q}"),
+            priority: (q % 10) as i32,
+            enabled: true,
+            compute_environments: (0..3)
+                .map(|k| format!("ce{}", (q + k * 17) % COMPUTE_ENVIRONMENTS))
+                .collect(),
+        })
+        .collect();
+    let compute_environments = (0..COMPUTE_ENVIRONMENTS)
+        .map(|c| CeInfo {
+            name: format!("ce{c}"),
+            enabled: true,
+            max_vcpus: 320,
+            total_vcpus: (NODES_PER_CE * 16) as u32,
+            shapes: vec![Res::new(3920, 14_000, 0), Res::new(15_800, 60_000, 0)],
+            nodes: (0..NODES_PER_CE)
+                .map(|n| NodeInfo {
+                    name: format!("ce{c}-n{n}"),
+                    free: Res::new(((n % 3) * 500) as u64, 4096, 0),
+                    ready: true,
+                })
+                .collect(),
+        })
+        .collect();
+    let jobs = (0..jobs)
+        .map(|i| PendingJob {
+            name: format!("ns/job-{i}"),
+            queue: format!("q{}", i % QUEUES),
+            namespace_allowed: true,
+            scheduling_priority: (i % 5) as i32,
+            submitted_ms: 1_800_000_000_000 + i as i64,
+            request: Res::new(1000 + (i % 4) as u64 * 500, 2048, 0),
+        })
+        .collect();
+    Snapshot { jobs, queues, compute_environments }
+}
+
+fn scheduling_pass(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scheduling_pass");
+    group.sample_size(10);
+    for n in [10_000, 100_000, 1_000_000] {
+        let s = snapshot(n);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &s, |b, s| b.iter(|| plan(black_box(s))));
+    }
+    group.finish();
+}
+
+fn bin_packing(c: &mut Criterion) {
+    let (types, _) = catalog::resolve(&["m6i".into(), "c6i".into(), "r6i".into()]);
+    let demand: Vec<Res> =
+        (0..10_000).map(|i| Res::new(250 + (i % 8) as u64 * 250, 512 + (i % 5) as u64 * 1024, 0)).collect();
+    let fleet = Fleet { total_vcpus: 0, min_vcpus: 0, max_vcpus: 100_000 };
+    let mut group = c.benchmark_group("bin_packing_10k_pods");
+    group.sample_size(10);
+    for (name, strategy) in [("best_fit", Strategy::SingleType), ("progressive", Strategy::Mixed)] {
+        group
+            .bench_function(name, |b| b.iter(|| plan_scale_up(black_box(&demand), &types, strategy, &fleet)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scheduling_pass, bin_packing);
+criterion_main!(benches);
