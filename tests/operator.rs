@@ -480,3 +480,55 @@ async fn a_job_runnable_past_a_time_limit_action_is_cancelled_with_the_aws_reaso
     assert!(waited.num_seconds() >= 10, "{waited}");
     e.cleanup(&[&ce]).await;
 }
+
+#[tokio::test]
+async fn an_array_of_a_thousand_runs_every_index_once_and_failed_children_are_listed() {
+    let e = env("array").await;
+    let ce = e
+        .ce(
+            "ce",
+            json!({"instanceTypes": ["c6i"], "maxvCpus": 64, "allocationStrategy": "BEST_FIT_PROGRESSIVE"}),
+        )
+        .await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job("thousand", &q, 0.25, runs(1), json!({"array": {"size": 1000}})).await;
+    e.job(
+        "flaky",
+        &q,
+        0.25,
+        json!({"sim.barge.dev/duration": "1s", "sim.barge.dev/fail-indexes": "3,17,42"}),
+        json!({"array": {"size": 50}, "retryStrategy": {"attempts": 2}}),
+    )
+    .await;
+
+    let done = eventually("array of 1000 SUCCEEDED", Duration::from_secs(240), || async {
+        let j = e.jobs.get("thousand").await.ok()?;
+        (j.status.as_ref()?.phase == JobPhase::Succeeded).then_some(j)
+    })
+    .await;
+    let a = done.status.as_ref().unwrap().array.clone().unwrap();
+    assert_eq!((a.succeeded, a.failed, a.progress.as_str()), (1000, 0, "1000/1000"));
+    assert_eq!(a.succeeded_indexes, "0-999");
+    let bytes = serde_json::to_vec(&done).unwrap().len();
+    assert!(bytes < 100 * 1024, "parent object is {bytes} bytes");
+
+    // Every index ran exactly once: one pod per index, attempt 0.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    let uid = done.uid().unwrap();
+    let list = pods.list(&ListParams::default().labels(&format!("barge.dev/job-uid={uid}"))).await.unwrap();
+    let mut indexes: Vec<u32> =
+        list.items.iter().map(|p| p.labels()["barge.dev/array-index"].parse().unwrap()).collect();
+    indexes.sort();
+    assert_eq!(indexes, (0..1000).collect::<Vec<_>>());
+    assert!(list.items.iter().all(|p| p.name_any().ends_with("-0")));
+    let env = &list.items[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|v| v.name == "AWS_BATCH_JOB_ARRAY_INDEX"));
+
+    let flaky = e.wait_phase("flaky", JobPhase::Failed).await.status.unwrap();
+    let a = flaky.array.unwrap();
+    assert_eq!((a.succeeded, a.failed), (47, 3));
+    assert_eq!(a.failed_indexes, "3,17,42");
+    assert_eq!(a.failed_attempts["17"].len(), 2, "retried once: {:?}", a.failed_attempts["17"]);
+    assert_eq!(flaky.status_reason.as_deref(), Some("3 of 50 child jobs failed (indexes 3,17,42)"));
+    e.cleanup(&[&ce]).await;
+}

@@ -161,6 +161,38 @@ impl RetryStrategy {
     }
 }
 
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct ArrayProperties {
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 10000").message("array.size must be between 2 and 10000"))]
+    pub size: u32,
+}
+
+/// Roll-up of an array job's children. Index sets are ranges such as "0-99,105".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrayStatus {
+    pub size: u32,
+    /// Finished children over all children, e.g. "7312/10000".
+    pub progress: String,
+    pub runnable: u32,
+    pub starting: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub succeeded_indexes: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failed_indexes: String,
+    /// Children whose current attempt has reached a node (to tell a lost host from a pod
+    /// not yet created).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started_indexes: String,
+    /// Failed attempts of each child that has had one, by index; only these children carry
+    /// detail, so status stays small.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failed_attempts: std::collections::BTreeMap<String, Vec<Attempt>>,
+}
+
 /// A user's request to stop the job, as AWS Batch's CancelJob / TerminateJob.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +232,7 @@ pub struct Dependency {
     status = "BatchJobStatus",
     printcolumn = r#"{"name":"Queue","type":"string","jsonPath":".spec.jobQueue"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.array.progress"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.statusReason"}"#,
     printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.attemptCount","priority":1}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1}"#,
@@ -228,6 +261,10 @@ pub struct BatchJobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub depends_on: Vec<Dependency>,
+    /// Run this many copies (children), each with its own index and attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("array is immutable"))]
+    pub array: Option<ArrayProperties>,
     /// Set to cancel the job if it has not started (started jobs run on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<StopRequest>,
@@ -303,10 +340,21 @@ pub struct BatchJobStatus {
     pub attempt_count: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// For array jobs: the roll-up of the children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The pod that runs `attempt` of child `index` of an array job.
+pub fn child_pod_name(job_name: &str, job_uid: &str, index: u32, attempt: u32) -> String {
+    let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX - 6).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{prefix}-{uid}-{index}-{attempt}")
 }
 
 /// Longest pod-name prefix taken from the job name: 63 (a label-safe length) minus the

@@ -16,7 +16,9 @@ use serde_json::json;
 use tracing::{debug, instrument, warn};
 
 use super::{Shared, Verdict};
-use crate::api::batch_job::{Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, pod_name};
+use crate::api::batch_job::{
+    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, child_pod_name, pod_name,
+};
 use crate::{Error, FIELD_MANAGER, Result};
 
 /// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
@@ -292,6 +294,9 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let verdict = ctx.verdict(&job);
     let now = Utc::now();
     let (deps, deps_recheck) = dependencies(&ctx, &job, now);
+    if job.spec.array.is_some() {
+        return reconcile_array(&ctx, &job, &deps, verdict.as_ref(), now).await;
+    }
     let mut new = next_status(&job, &deps, facts.as_ref(), verdict.as_ref(), now);
     let limit_recheck = apply_time_limit(&ctx, &job, &mut new, now);
 
@@ -326,6 +331,44 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         (true, _) => Action::await_change(),
         (false, Some(d)) => Action::requeue(d),
         (false, None) => Action::await_change(),
+    })
+}
+
+/// An array parent: roll the children up, then stop the child pods that must stop.
+async fn reconcile_array(
+    ctx: &Shared,
+    job: &BatchJob,
+    deps: &Deps,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> Result<Action> {
+    let ns = job.namespace().unwrap_or_default();
+    let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
+    let pod_of = |i, a| {
+        ctx.pods
+            .get(&ObjectRef::new(&child_pod_name(&name, &uid, i, a)).within(&ns))
+            .map(|p| PodFacts::of(&p))
+    };
+    let old = job.status.clone().unwrap_or_default();
+    let (new, stop) = super::array::next_status(job, deps, pod_of, verdict, now);
+    if new != old {
+        write_status(ctx, job, &new).await?;
+        publish_transition(ctx, job, &old, &new).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for (i, a) in stop {
+        match pods.delete(&child_pod_name(&name, &uid, i, a), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.schedule_now.notify_one();
+    let running = new.array.as_ref().is_some_and(|a| a.running > 0);
+    Ok(match (new.phase.is_finished(), job.spec.timeout.is_some() && running) {
+        (true, _) => Action::await_change(),
+        (false, true) => Action::requeue(Duration::from_secs(5)),
+        (false, false) => Action::await_change(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! the BatchJob lifecycle controller, the scheduling pass, the ComputeEnvironment
 //! capacity controller and the JobQueue status loop. Nothing lists in a loop.
 
+pub mod array;
 pub mod capacity;
 pub mod job;
 pub mod pod;
@@ -28,6 +29,8 @@ use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONME
 use crate::provider::Providers;
 use crate::resources::Res;
 
+/// Coalesces bursts of triggers for one job (an array parent hears from every child pod).
+const JOB_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Parallel reconciles of the job controller: status writes are independent.
 const JOB_CONCURRENCY: u16 = 64;
 
@@ -198,7 +201,9 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
 
     let job_controller = job_controller
         .reconcile_on(futures::stream::select(pod_rx, verdict_rx))
-        .with_config(kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY))
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY).debounce(JOB_DEBOUNCE),
+        )
         .run(job::reconcile, job::error_policy, shared.clone())
         .for_each(|_| ready(()));
     let ce_controller = ce_controller

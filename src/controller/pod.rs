@@ -8,13 +8,16 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use crate::api::batch_job::pod_name;
+use crate::api::batch_job::{child_pod_name, pod_name};
 use crate::api::compute_environment::ComputeEnvironment;
 use crate::api::{
     BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
 };
 use crate::resources::{Res, parse_mib, parse_millicpu};
 use crate::{Error, Result};
+
+/// Label on the pods of an array job's children: the child's index.
+pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 
 /// Job annotations with this prefix are copied to its pods (the local test bed reads
 /// `sim.barge.dev/duration` and friends from there).
@@ -51,7 +54,8 @@ pub fn job_request(job: &BatchJob) -> Result<Res> {
 }
 
 /// The pod for `attempt` of `job`, to run on `ce`'s nodes.
-pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Result<Pod> {
+/// `index` is the child index of an array job.
+pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: Option<u32>) -> Result<Pod> {
     let name = job.name_any();
     let uid = job.uid().ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
     let template = job.spec.pod_template.clone().unwrap_or_default();
@@ -97,6 +101,11 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Resul
         env_var("BARGE_JOB_ATTEMPT", &attempt.to_string()),
         env_var("BARGE_COMPUTE_ENVIRONMENT", &ce.name_any()),
     ];
+    if let Some(i) = index {
+        env.push(env_var("BARGE_ARRAY_INDEX", &i.to_string()));
+        env.push(env_var("AWS_BATCH_JOB_ARRAY_INDEX", &i.to_string()));
+        labels.insert(LABEL_ARRAY_INDEX.into(), i.to_string());
+    }
     if let Some(main) = spec.containers.first_mut() {
         env.extend(main.env.take().unwrap_or_default());
         main.env = Some(env);
@@ -104,7 +113,10 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32) -> Resul
 
     Ok(Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&name, &uid, attempt)),
+            name: Some(match index {
+                Some(i) => child_pod_name(&name, &uid, i, attempt),
+                None => pod_name(&name, &uid, attempt),
+            }),
             namespace: job.namespace(),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -219,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_pod_is_pinned_owned_and_named_for_its_attempt() {
-        let pod = build_pod(&job(), &ce(), 2).unwrap();
+        let pod = build_pod(&job(), &ce(), 2, None).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-2"));
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_selector.unwrap()[LABEL_COMPUTE_ENVIRONMENT], "ce-a");

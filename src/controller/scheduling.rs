@@ -15,11 +15,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use super::array::Children;
 use super::pod::{build_pod, job_request, pod_is_active, pod_request};
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
-use crate::api::batch_job::{JobPhase, pod_name};
+use crate::api::batch_job::{JobPhase, child_pod_name, pod_name};
 use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
 use crate::capacity::catalog;
 use crate::resources::Res;
@@ -170,7 +171,7 @@ async fn pass(
     let namespace_labels: HashMap<String, _> =
         ctx.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
 
-    let mut pending_jobs: Vec<Arc<BatchJob>> = Vec::new();
+    let mut pending_jobs: Vec<(Arc<BatchJob>, Option<u32>, u32)> = Vec::new();
     let mut snapshot_jobs: Vec<PendingJob> = Vec::new();
     let mut new_verdicts: HashMap<String, Verdict> = HashMap::new();
     for job in ctx.jobs.state() {
@@ -195,12 +196,34 @@ async fn pass(
         let open_attempt = status.attempts.iter().any(|a| a.stopped_at.is_none());
         let waiting = matches!(status.phase, JobPhase::Submitted | JobPhase::Runnable);
         let stopping = job.spec.cancel.is_some() || job.spec.terminate.is_some();
-        if !waiting || open_attempt || stopping || job.meta().deletion_timestamp.is_some() {
+        let is_array = job.spec.array.is_some();
+        if stopping || status.phase.is_finished() || job.meta().deletion_timestamp.is_some() {
             continue;
         }
-        let attempt = super::job::current_attempt(&status);
-        let key = format!("{ns}/{}", pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt));
-        if present.contains(&key) || inflight.contains_key(&key) {
+        if !is_array && (!waiting || open_attempt) {
+            continue;
+        }
+        // The pods this job waits for: (child index, attempt) of each waiting child of an
+        // array, or its next attempt.
+        let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
+        let wanted: Vec<(Option<u32>, u32)> = if is_array {
+            let children = Children::of(&job);
+            children.waiting().map(|i| (Some(i), children.attempt(i))).collect()
+        } else {
+            vec![(None, super::job::current_attempt(&status))]
+        };
+        let wanted: Vec<(Option<u32>, u32)> = wanted
+            .into_iter()
+            .filter(|(i, a)| {
+                let pod = match i {
+                    Some(i) => child_pod_name(&name, &uid, *i, *a),
+                    None => pod_name(&name, &uid, *a),
+                };
+                let key = format!("{ns}/{pod}");
+                !present.contains(&key) && !inflight.contains_key(&key)
+            })
+            .collect();
+        if wanted.is_empty() {
             continue;
         }
         let request = match job_request(&job) {
@@ -215,15 +238,21 @@ async fn pass(
             Some(Some(sel)) => namespace_labels.get(&ns).is_some_and(|l| sel.matches(l)),
             _ => true,
         };
-        snapshot_jobs.push(PendingJob {
-            name: format!("{ns}/{}", job.name_any()),
-            queue: job.spec.job_queue.clone(),
-            namespace_allowed,
-            scheduling_priority: job.spec.scheduling_priority,
-            submitted_ms: job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
-            request,
-        });
-        pending_jobs.push(job);
+        for (index, attempt) in wanted {
+            snapshot_jobs.push(PendingJob {
+                // Children sort by index within their parent.
+                name: match index {
+                    Some(i) => format!("{ns}/{name}[{i:05}]"),
+                    None => format!("{ns}/{name}"),
+                },
+                queue: job.spec.job_queue.clone(),
+                namespace_allowed,
+                scheduling_priority: job.spec.scheduling_priority,
+                submitted_ms: job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
+                request,
+            });
+            pending_jobs.push((job.clone(), index, attempt));
+        }
     }
 
     let snapshot = Snapshot { jobs: snapshot_jobs, queues, compute_environments: ce_infos };
@@ -234,11 +263,10 @@ async fn pass(
         ces.iter().map(|c| (c.name_any(), c.clone())).collect();
     let mut creations = Vec::new();
     for adm in &plan.admitted {
-        let job = &pending_jobs[adm.job];
+        let (job, index, attempt) = &pending_jobs[adm.job];
         let ce = &ce_by_name[&adm.compute_environment];
-        let attempt = super::job::current_attempt(&job.status.clone().unwrap_or_default());
         let uid = job.uid().unwrap_or_default();
-        match build_pod(job, ce, attempt) {
+        match build_pod(job, ce, *attempt, *index) {
             Ok(pod) => {
                 let key = format!("{}/{}", job.namespace().unwrap_or_default(), pod.name_any());
                 inflight.insert(
@@ -283,12 +311,15 @@ async fn pass(
         new_verdicts.insert(uid, Verdict::Waiting(why));
     }
     for (i, why) in &plan.waiting {
-        new_verdicts.insert(pending_jobs[*i].uid().unwrap_or_default(), Verdict::Waiting(why.to_string()));
+        // An array's verdict is its first waiting child's.
+        new_verdicts
+            .entry(pending_jobs[*i].0.uid().unwrap_or_default())
+            .or_insert_with(|| Verdict::Waiting(why.to_string()));
     }
 
     // Hand the verdicts that changed to the job controller.
     let by_uid: HashMap<String, &Arc<BatchJob>> =
-        pending_jobs.iter().map(|j| (j.uid().unwrap_or_default(), j)).collect();
+        pending_jobs.iter().map(|(j, _, _)| (j.uid().unwrap_or_default(), j)).collect();
     {
         let mut old = ctx.verdicts.lock().expect("verdicts lock");
         for (uid, v) in &new_verdicts {

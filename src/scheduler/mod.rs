@@ -2,6 +2,8 @@
 //! environment in this pass, why every other job waits, and the demand each compute
 //! environment should scale for. Plain data in, decisions out; no I/O.
 
+pub mod ranges;
+
 use std::collections::HashMap;
 use std::fmt;
 

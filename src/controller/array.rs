@@ -1,0 +1,322 @@
+//! Array jobs: each child index runs as its own pods (one per attempt); the parent's status
+//! rolls the children up into counts, index ranges and detail for failed children only.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use kube::{Resource, ResourceExt};
+
+use super::Verdict;
+use super::job::{Deps, PodFacts, TIMEOUT_REASON};
+use crate::api::batch_job::{ArrayStatus, Attempt, BatchJob, BatchJobStatus, JobPhase, child_pod_name};
+use crate::scheduler::ranges;
+
+/// Where each child stands, decoded from the parent's status.
+pub struct Children {
+    pub succeeded: BTreeSet<u32>,
+    pub failed: BTreeSet<u32>,
+    pub started: BTreeSet<u32>,
+    pub status: ArrayStatus,
+}
+
+impl Children {
+    pub fn of(job: &BatchJob) -> Children {
+        let size = job.spec.array.as_ref().map_or(0, |a| a.size);
+        let status = job
+            .status
+            .as_ref()
+            .and_then(|s| s.array.clone())
+            .unwrap_or(ArrayStatus { size, ..Default::default() });
+        Children {
+            succeeded: ranges::decode(&status.succeeded_indexes),
+            failed: ranges::decode(&status.failed_indexes),
+            started: ranges::decode(&status.started_indexes),
+            status,
+        }
+    }
+
+    /// The attempt child `index` is on.
+    pub fn attempt(&self, index: u32) -> u32 {
+        self.status.failed_attempts.get(&index.to_string()).map_or(0, |a| a.len() as u32)
+    }
+
+    pub fn is_finished(&self, index: u32) -> bool {
+        self.succeeded.contains(&index) || self.failed.contains(&index)
+    }
+
+    /// Children that wait for a pod: not finished and not started.
+    pub fn waiting(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.status.size).filter(|i| !self.is_finished(*i) && !self.started.contains(i))
+    }
+}
+
+/// The parent's next status and the child pods (index, attempt) to stop.
+pub fn next_status(
+    job: &BatchJob,
+    deps: &Deps,
+    pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> (BatchJobStatus, Vec<(u32, u32)>) {
+    let mut s = job.status.clone().unwrap_or_default();
+    if s.phase.is_finished() {
+        return (s, Vec::new());
+    }
+    s.created_at.get_or_insert(now);
+    s.observed_generation = job.meta().generation;
+    let mut c = Children::of(job);
+    let retry = job.spec.retry_strategy.clone().unwrap_or_default();
+    let timeout = job.spec.timeout.as_ref().map(|t| t.attempt_duration_seconds as i64);
+    let name = job.name_any();
+    let uid = job.uid().unwrap_or_default();
+    let mut stop = Vec::new();
+
+    if c.succeeded.is_empty() && c.failed.is_empty() && c.started.is_empty() {
+        match deps {
+            Deps::Waiting(why) => {
+                s.phase = JobPhase::Pending;
+                s.status_reason = Some(why.clone());
+                return (s, stop);
+            }
+            Deps::Failed(why) => {
+                s.phase = JobPhase::Failed;
+                s.stopped_at = Some(now);
+                s.status_reason = Some(why.clone());
+                return (s, stop);
+            }
+            Deps::Met => {}
+        }
+    }
+    let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
+    let cancelling = job.spec.cancel.as_ref().map(|t| format!("Cancelled: {}", t.reason));
+
+    let (mut runnable, mut starting, mut running) = (0, 0, 0);
+    for i in 0..c.status.size {
+        if c.is_finished(i) {
+            continue;
+        }
+        let attempt = c.attempt(i);
+        let pod = pod_of(i, attempt);
+        let fail = |c: &mut Children,
+                    reason: String,
+                    exit: Option<i32>,
+                    container: Option<&str>,
+                    retryable: bool,
+                    node: Option<String>| {
+            let key = i.to_string();
+            let history = c.status.failed_attempts.entry(key).or_default();
+            history.push(Attempt {
+                pod_name: child_pod_name(&name, &uid, i, attempt),
+                node_name: node,
+                started_at: None,
+                stopped_at: Some(now),
+                exit_code: exit,
+                reason: Some(reason.clone()),
+            });
+            c.started.remove(&i);
+            let done = history.len() as u32;
+            if !(retryable && retry.wants_retry(exit, container, &reason) && done < retry.attempts.max(1)) {
+                c.failed.insert(i);
+            }
+        };
+        if let Some(why) = &stopping {
+            if pod.as_ref().is_some_and(|p| p.phase == "Running" || p.phase == "Pending") {
+                stop.push((i, attempt));
+            }
+            fail(&mut c, why.clone(), None, None, false, None);
+            continue;
+        }
+        match pod {
+            None if c.started.contains(&i) => {
+                fail(
+                    &mut c,
+                    format!("Host terminated (pod {} disappeared)", child_pod_name(&name, &uid, i, attempt)),
+                    None,
+                    None,
+                    true,
+                    None,
+                );
+            }
+            None => {
+                if let Some(why) = &cancelling {
+                    fail(&mut c, why.clone(), None, None, false, None);
+                } else {
+                    runnable += 1;
+                }
+            }
+            Some(p) => match (p.phase.as_str(), &p.node) {
+                ("Pending", None) => runnable += 1,
+                ("Pending", Some(_)) => {
+                    starting += 1;
+                    c.started.insert(i);
+                }
+                ("Running", node) => {
+                    c.started.insert(i);
+                    let started = p.started_at.unwrap_or(now);
+                    s.started_at.get_or_insert(started);
+                    if timeout.is_some_and(|t| (now - started).num_seconds() >= t) {
+                        stop.push((i, attempt));
+                        fail(&mut c, TIMEOUT_REASON.into(), None, None, false, node.clone());
+                    } else {
+                        running += 1;
+                    }
+                }
+                ("Succeeded", _) => {
+                    c.started.remove(&i);
+                    c.succeeded.insert(i);
+                    s.started_at = s.started_at.or(p.started_at);
+                }
+                ("Failed", node) => {
+                    let why = match p.exit_code {
+                        Some(code) => format!("Essential container in task exited with code {code}"),
+                        None => "Pod failed".into(),
+                    };
+                    fail(&mut c, why, p.exit_code, p.reason.as_deref(), true, node.clone());
+                }
+                _ => runnable += 1,
+            },
+        }
+    }
+
+    let size = c.status.size;
+    let finished = (c.succeeded.len() + c.failed.len()) as u32;
+    // Children still retrying keep their history; finished ones keep it only if they failed.
+    let succeeded = c.succeeded.clone();
+    c.status.failed_attempts.retain(|k, _| k.parse::<u32>().is_ok_and(|i| !succeeded.contains(&i)));
+    c.status = ArrayStatus {
+        size,
+        progress: format!("{finished}/{size}"),
+        runnable,
+        starting,
+        running,
+        succeeded: c.succeeded.len() as u32,
+        failed: c.failed.len() as u32,
+        succeeded_indexes: ranges::encode(&c.succeeded),
+        failed_indexes: ranges::encode(&c.failed),
+        started_indexes: ranges::encode(&c.started),
+        failed_attempts: std::mem::take(&mut c.status.failed_attempts),
+    };
+    let failed_list = c.status.failed_indexes.clone();
+    s.array = Some(c.status);
+    if finished == size {
+        s.stopped_at = Some(now);
+        if c.failed.is_empty() {
+            s.phase = JobPhase::Succeeded;
+            s.status_reason = Some(format!("All {size} child jobs succeeded"));
+        } else {
+            s.phase = JobPhase::Failed;
+            s.status_reason = Some(match &stopping {
+                Some(why) => why.clone(),
+                None => format!("{} of {size} child jobs failed (indexes {failed_list})", c.failed.len()),
+            });
+        }
+    } else if running > 0 {
+        s.phase = JobPhase::Running;
+        s.status_reason = Some(format!("{running} child jobs running, {finished} of {size} finished"));
+    } else if starting > 0 {
+        s.phase = JobPhase::Starting;
+        s.status_reason = Some(format!("{starting} child jobs starting"));
+    } else {
+        if s.phase != JobPhase::Runnable {
+            s.runnable_at = Some(now);
+        }
+        s.phase = JobPhase::Runnable;
+        s.status_reason = Some(match verdict {
+            Some(Verdict::Waiting(why)) => why.clone(),
+            Some(Verdict::Admitted { compute_environment }) => {
+                format!("Child jobs admitted to compute environment {compute_environment}")
+            }
+            None => "Waiting for the scheduler".into(),
+        });
+    }
+    (s, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::batch_job::{ArrayProperties, BatchJobSpec, ContainerSpec, RetryStrategy};
+
+    fn array(size: u32, attempts: u32) -> BatchJob {
+        let mut j = BatchJob::new(
+            "arr",
+            BatchJobSpec {
+                job_queue: "q".into(),
+                container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
+                array: Some(ArrayProperties { size }),
+                retry_strategy: Some(RetryStrategy { attempts, ..Default::default() }),
+                ..Default::default()
+            },
+        );
+        j.metadata.uid = Some("abcdef12".into());
+        j
+    }
+
+    fn facts(phase: &str, exit: Option<i32>) -> PodFacts {
+        PodFacts { node: Some("n".into()), phase: phase.into(), exit_code: exit, ..Default::default() }
+    }
+
+    #[test]
+    fn children_roll_up_into_counts_ranges_and_progress() {
+        let j = array(10, 1);
+        let (s, _) = next_status(
+            &j,
+            &Deps::Met,
+            |i, _| match i {
+                0..=6 => Some(facts("Succeeded", Some(0))),
+                7 => Some(facts("Running", None)),
+                _ => None,
+            },
+            None,
+            Utc::now(),
+        );
+        let a = s.array.unwrap();
+        assert_eq!((a.succeeded, a.running, a.runnable), (7, 1, 2));
+        assert_eq!(a.succeeded_indexes, "0-6");
+        assert_eq!(a.progress, "7/10");
+        assert_eq!(s.phase, JobPhase::Running);
+    }
+
+    #[test]
+    fn a_failed_child_is_retried_then_fails_the_parent_when_all_are_done() {
+        let mut j = array(3, 2);
+        let (s, _) = next_status(
+            &j,
+            &Deps::Met,
+            |i, _| Some(if i == 1 { facts("Failed", Some(3)) } else { facts("Succeeded", Some(0)) }),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(s.array.as_ref().unwrap().failed_attempts["1"].len(), 1);
+        assert_eq!(s.phase, JobPhase::Runnable, "child 1 retries");
+        j.status = Some(s);
+        let (s, _) = next_status(
+            &j,
+            &Deps::Met,
+            |i, a| {
+                Some(if i == 1 && a == 1 { facts("Failed", Some(3)) } else { facts("Succeeded", Some(0)) })
+            },
+            None,
+            Utc::now(),
+        );
+        assert_eq!(s.phase, JobPhase::Failed);
+        let a = s.array.unwrap();
+        assert_eq!(a.failed_indexes, "1");
+        assert_eq!(a.failed_attempts["1"].len(), 2);
+        assert_eq!(s.status_reason.as_deref(), Some("1 of 3 child jobs failed (indexes 1)"));
+    }
+
+    #[test]
+    fn ten_thousand_children_keep_the_status_small() {
+        let j = array(10_000, 3);
+        let (s, _) = next_status(
+            &j,
+            &Deps::Met,
+            |i, _| Some(if i % 1000 == 7 { facts("Failed", Some(1)) } else { facts("Succeeded", Some(0)) }),
+            None,
+            Utc::now(),
+        );
+        let bytes = serde_json::to_vec(&s).unwrap().len();
+        assert!(bytes < 100 * 1024, "{bytes} bytes");
+    }
+}
