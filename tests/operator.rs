@@ -532,3 +532,82 @@ async fn an_array_of_a_thousand_runs_every_index_once_and_failed_children_are_li
     assert_eq!(flaky.status_reason.as_deref(), Some("3 of 50 child jobs failed (indexes 3,17,42)"));
     e.cleanup(&[&ce]).await;
 }
+
+/// (start, finish) of each child's first pod, by index, from the container's termination.
+async fn child_times(e: &Env, job: &str) -> Vec<(i64, i64)> {
+    let uid = e.jobs.get(job).await.unwrap().uid().unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    let list = pods.list(&ListParams::default().labels(&format!("barge.dev/job-uid={uid}"))).await.unwrap();
+    let mut out: Vec<(u32, (i64, i64))> = list
+        .items
+        .iter()
+        .map(|p| {
+            let t = p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+                .state
+                .clone()
+                .unwrap()
+                .terminated
+                .unwrap();
+            let ms = |x: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+                x.unwrap().0.as_millisecond()
+            };
+            (p.labels()["barge.dev/array-index"].parse().unwrap(), (ms(t.started_at), ms(t.finished_at)))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+#[tokio::test]
+async fn n_to_n_children_wait_for_their_counterpart_and_sequential_children_run_in_order() {
+    let e = env("arraydeps").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["c6i"], "maxvCpus": 32})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    e.job("first", &q, 0.5, runs(2), json!({"array": {"size": 4}})).await;
+    e.job(
+        "second",
+        &q,
+        0.5,
+        runs(1),
+        json!({"array": {"size": 4}, "dependsOn": [{"jobName": "first", "type": "N_TO_N"}]}),
+    )
+    .await;
+    e.job(
+        "inorder",
+        &q,
+        0.5,
+        runs(1),
+        json!({"array": {"size": 4}, "dependsOn": [{"jobName": "inorder", "type": "SEQUENTIAL"}]}),
+    )
+    .await;
+    e.job(
+        "mismatch",
+        &q,
+        0.5,
+        runs(1),
+        json!({"array": {"size": 3}, "dependsOn": [{"jobName": "first", "type": "N_TO_N"}]}),
+    )
+    .await;
+
+    e.wait_phase("second", JobPhase::Succeeded).await;
+    let (first, second) = (child_times(&e, "first").await, child_times(&e, "second").await);
+    for i in 0..4 {
+        assert!(
+            second[i].0 >= first[i].1,
+            "second[{i}] started {} before first[{i}] finished {}",
+            second[i].0,
+            first[i].1
+        );
+    }
+    e.wait_phase("inorder", JobPhase::Succeeded).await;
+    let inorder = child_times(&e, "inorder").await;
+    for i in 1..4 {
+        assert!(inorder[i].0 >= inorder[i - 1].1, "child {i} started before child {} finished", i - 1);
+    }
+    let mismatch = e.wait_phase("mismatch", JobPhase::Failed).await.status.unwrap();
+    assert_eq!(
+        mismatch.status_reason.as_deref(),
+        Some("N_TO_N dependency first must be an array job of the same size (3)")
+    );
+    e.cleanup(&[&ce]).await;
+}

@@ -175,6 +175,9 @@ pub struct ArrayStatus {
     /// Finished children over all children, e.g. "7312/10000".
     pub progress: String,
     pub runnable: u32,
+    /// Children waiting for their array dependencies (SEQUENTIAL, N_TO_N).
+    #[serde(default)]
+    pub pending: u32,
     pub starting: u32,
     pub running: u32,
     pub succeeded: u32,
@@ -205,9 +208,9 @@ pub struct StopRequest {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DependencyType {
-    /// Array to array of the same size: child i waits for child i (arrays: planned).
+    /// Array to array of the same size: child i waits for child i of `jobName`.
     NToN,
-    /// This array's children run one after another (arrays: planned).
+    /// This array's children run one after another, in index order.
     Sequential,
 }
 

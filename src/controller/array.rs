@@ -8,7 +8,9 @@ use kube::{Resource, ResourceExt};
 
 use super::Verdict;
 use super::job::{Deps, PodFacts, TIMEOUT_REASON};
-use crate::api::batch_job::{ArrayStatus, Attempt, BatchJob, BatchJobStatus, JobPhase, child_pod_name};
+use crate::api::batch_job::{
+    ArrayStatus, Attempt, BatchJob, BatchJobStatus, DependencyType, JobPhase, child_pod_name,
+};
 use crate::scheduler::ranges;
 
 /// Where each child stands, decoded from the parent's status.
@@ -50,10 +52,82 @@ impl Children {
     }
 }
 
+/// Whether a child may start, per its array dependencies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildGate {
+    Ready,
+    Wait,
+    Fail(String),
+}
+
+/// Child-level dependencies of an array: SEQUENTIAL (index order within the array) and
+/// N_TO_N (child i after child i of another array of the same size).
+#[derive(Default)]
+pub struct Gates {
+    sequential: Option<(String, BTreeSet<u32>, BTreeSet<u32>)>,
+    n_to_n: Vec<(String, BTreeSet<u32>, BTreeSet<u32>)>,
+    /// A dependency that cannot be N_TO_N: the whole array fails with this.
+    pub broken: Option<String>,
+}
+
+impl Gates {
+    /// `lookup` finds a job of the same namespace by name.
+    pub fn of(job: &BatchJob, lookup: impl Fn(&str) -> Option<std::sync::Arc<BatchJob>>) -> Gates {
+        let mut g = Gates::default();
+        let size = job.spec.array.as_ref().map_or(0, |a| a.size);
+        for d in &job.spec.depends_on {
+            match d.type_ {
+                Some(DependencyType::Sequential) => {
+                    let c = Children::of(job);
+                    g.sequential = Some((job.name_any(), c.succeeded, c.failed));
+                }
+                Some(DependencyType::NToN) => match lookup(&d.job_name) {
+                    Some(dep) if dep.spec.array.as_ref().map(|a| a.size) == Some(size) => {
+                        let c = Children::of(&dep);
+                        g.n_to_n.push((d.job_name.clone(), c.succeeded, c.failed));
+                    }
+                    Some(_) => {
+                        g.broken = Some(format!(
+                            "N_TO_N dependency {} must be an array job of the same size ({size})",
+                            d.job_name
+                        ))
+                    }
+                    None => g.n_to_n.push((d.job_name.clone(), BTreeSet::new(), BTreeSet::new())),
+                },
+                None => {}
+            }
+        }
+        g
+    }
+
+    pub fn gate(&self, i: u32) -> ChildGate {
+        if let Some((name, ok, failed)) = &self.sequential
+            && i > 0
+        {
+            if failed.contains(&(i - 1)) {
+                return ChildGate::Fail(format!("Dependent job {name}[{}] failed", i - 1));
+            }
+            if !ok.contains(&(i - 1)) {
+                return ChildGate::Wait;
+            }
+        }
+        for (name, ok, failed) in &self.n_to_n {
+            if failed.contains(&i) {
+                return ChildGate::Fail(format!("Dependent job {name}[{i}] failed"));
+            }
+            if !ok.contains(&i) {
+                return ChildGate::Wait;
+            }
+        }
+        ChildGate::Ready
+    }
+}
+
 /// The parent's next status and the child pods (index, attempt) to stop.
 pub fn next_status(
     job: &BatchJob,
     deps: &Deps,
+    gates: &Gates,
     pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
     verdict: Option<&Verdict>,
     now: DateTime<Utc>,
@@ -87,10 +161,16 @@ pub fn next_status(
             Deps::Met => {}
         }
     }
+    if let Some(why) = &gates.broken {
+        s.phase = JobPhase::Failed;
+        s.stopped_at = Some(now);
+        s.status_reason = Some(why.clone());
+        return (s, stop);
+    }
     let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
     let cancelling = job.spec.cancel.as_ref().map(|t| format!("Cancelled: {}", t.reason));
 
-    let (mut runnable, mut starting, mut running) = (0, 0, 0);
+    let (mut runnable, mut pending, mut starting, mut running) = (0, 0, 0, 0);
     for i in 0..c.status.size {
         if c.is_finished(i) {
             continue;
@@ -137,13 +217,12 @@ pub fn next_status(
                     None,
                 );
             }
-            None => {
-                if let Some(why) = &cancelling {
-                    fail(&mut c, why.clone(), None, None, false, None);
-                } else {
-                    runnable += 1;
-                }
-            }
+            None => match (&cancelling, gates.gate(i)) {
+                (Some(why), _) => fail(&mut c, why.clone(), None, None, false, None),
+                (None, ChildGate::Fail(why)) => fail(&mut c, why, None, None, false, None),
+                (None, ChildGate::Wait) => pending += 1,
+                (None, ChildGate::Ready) => runnable += 1,
+            },
             Some(p) => match (p.phase.as_str(), &p.node) {
                 ("Pending", None) => runnable += 1,
                 ("Pending", Some(_)) => {
@@ -187,6 +266,7 @@ pub fn next_status(
         size,
         progress: format!("{finished}/{size}"),
         runnable,
+        pending,
         starting,
         running,
         succeeded: c.succeeded.len() as u32,
@@ -216,6 +296,9 @@ pub fn next_status(
     } else if starting > 0 {
         s.phase = JobPhase::Starting;
         s.status_reason = Some(format!("{starting} child jobs starting"));
+    } else if runnable == 0 && pending > 0 {
+        s.phase = JobPhase::Pending;
+        s.status_reason = Some(format!("{pending} child jobs wait for their dependencies"));
     } else {
         if s.phase != JobPhase::Runnable {
             s.runnable_at = Some(now);
@@ -262,6 +345,7 @@ mod tests {
         let (s, _) = next_status(
             &j,
             &Deps::Met,
+            &Gates::default(),
             |i, _| match i {
                 0..=6 => Some(facts("Succeeded", Some(0))),
                 7 => Some(facts("Running", None)),
@@ -283,6 +367,7 @@ mod tests {
         let (s, _) = next_status(
             &j,
             &Deps::Met,
+            &Gates::default(),
             |i, _| Some(if i == 1 { facts("Failed", Some(3)) } else { facts("Succeeded", Some(0)) }),
             None,
             Utc::now(),
@@ -293,6 +378,7 @@ mod tests {
         let (s, _) = next_status(
             &j,
             &Deps::Met,
+            &Gates::default(),
             |i, a| {
                 Some(if i == 1 && a == 1 { facts("Failed", Some(3)) } else { facts("Succeeded", Some(0)) })
             },
@@ -312,6 +398,7 @@ mod tests {
         let (s, _) = next_status(
             &j,
             &Deps::Met,
+            &Gates::default(),
             |i, _| Some(if i % 1000 == 7 { facts("Failed", Some(1)) } else { facts("Succeeded", Some(0)) }),
             None,
             Utc::now(),

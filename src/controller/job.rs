@@ -350,7 +350,8 @@ async fn reconcile_array(
             .map(|p| PodFacts::of(&p))
     };
     let old = job.status.clone().unwrap_or_default();
-    let (new, stop) = super::array::next_status(job, deps, pod_of, verdict, now);
+    let gates = super::array::Gates::of(job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
+    let (new, stop) = super::array::next_status(job, deps, &gates, pod_of, verdict, now);
     if new != old {
         write_status(ctx, job, &new).await?;
         publish_transition(ctx, job, &old, &new).await;
@@ -378,7 +379,9 @@ const MISSING_DEPENDENCY_GRACE: chrono::Duration = chrono::Duration::seconds(30)
 
 /// Where the job's dependencies stand, from the job store; and when to look again.
 fn dependencies(ctx: &Shared, job: &BatchJob, now: DateTime<Utc>) -> (Deps, Option<Duration>) {
-    if job.spec.depends_on.is_empty() {
+    // SEQUENTIAL and N_TO_N gate an array's children, not the whole job.
+    let whole_job = |d: &&crate::api::batch_job::Dependency| d.type_.is_none() || job.spec.array.is_none();
+    if !job.spec.depends_on.iter().any(|d| whole_job(&d)) {
         return (Deps::Met, None);
     }
     let ns = job.namespace().unwrap_or_default();
@@ -390,7 +393,7 @@ fn dependencies(ctx: &Shared, job: &BatchJob, now: DateTime<Utc>) -> (Deps, Opti
     });
     let mut waiting = Vec::new();
     let mut recheck = None;
-    for d in &job.spec.depends_on {
+    for d in job.spec.depends_on.iter().filter(|d| d.type_.is_none() || job.spec.array.is_none()) {
         match ctx.jobs.get(&ObjectRef::new(&d.job_name).within(&ns)) {
             None if age < MISSING_DEPENDENCY_GRACE => {
                 waiting.push(format!("{} (does not exist yet)", d.job_name));
@@ -432,7 +435,12 @@ fn find_cycle(ctx: &Shared, ns: &str, start: &str) -> Option<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
     while let Some((name, path)) = stack.pop() {
         let Some(job) = ctx.jobs.get(&ObjectRef::new(&name).within(ns)) else { continue };
-        for d in &job.spec.depends_on {
+        for d in job
+            .spec
+            .depends_on
+            .iter()
+            .filter(|d| d.type_ != Some(crate::api::batch_job::DependencyType::Sequential))
+        {
             let mut next = path.clone();
             next.push(d.job_name.clone());
             if d.job_name == start {

@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::array::Children;
+use super::array::{ChildGate, Children, Gates};
 use super::pod::{build_pod, job_request, pod_is_active, pod_request};
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
@@ -177,8 +177,11 @@ async fn pass(
     for job in ctx.jobs.state() {
         let status = job.status.clone().unwrap_or_default();
         let ns = job.namespace().unwrap_or_default();
-        let gated = status.phase == JobPhase::Pending
-            || (status.phase == JobPhase::Submitted && !job.spec.depends_on.is_empty());
+        let whole_job_deps =
+            job.spec.array.is_none() || job.spec.depends_on.iter().any(|d| d.type_.is_none());
+        let gated = whole_job_deps
+            && !job.spec.depends_on.is_empty()
+            && matches!(status.phase, JobPhase::Pending | JobPhase::Submitted);
         if gated {
             // Wake the job controller once every dependency has ended, so that it moves on.
             let ended = job.spec.depends_on.iter().all(|d| {
@@ -208,7 +211,12 @@ async fn pass(
         let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
         let wanted: Vec<(Option<u32>, u32)> = if is_array {
             let children = Children::of(&job);
-            children.waiting().map(|i| (Some(i), children.attempt(i))).collect()
+            let gates = Gates::of(&job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
+            children
+                .waiting()
+                .filter(|i| gates.gate(*i) == ChildGate::Ready)
+                .map(|i| (Some(i), children.attempt(i)))
+                .collect()
         } else {
             vec![(None, super::job::current_attempt(&status))]
         };
