@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use barge::capacity::{Fleet, Strategy, catalog, plan_scale_up};
 use barge::resources::Res;
-use barge::scheduler::{CeInfo, NodeInfo, PendingJob, QueueInfo, Snapshot, plan};
+use barge::scheduler::{CeInfo, FairShare, NodeInfo, PendingJob, QueueInfo, Snapshot, plan};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const QUEUES: usize = 100;
@@ -23,6 +23,11 @@ fn snapshot(jobs: usize) -> Snapshot {
             compute_environments: (0..3)
                 .map(|k| format!("ce{}", (q + k * 17) % COMPUTE_ENVIRONMENTS))
                 .collect(),
+            // Every other queue has a fair-share policy over 7 shares.
+            fair_share: (q % 2 == 0).then(|| FairShare {
+                weights: (0..7).map(|k| (format!("s{k}"), 1.0 + k as f64)).collect(),
+                usage: Default::default(),
+            }),
         })
         .collect();
     let compute_environments = (0..COMPUTE_ENVIRONMENTS)
@@ -49,6 +54,7 @@ fn snapshot(jobs: usize) -> Snapshot {
             scheduling_priority: (i % 5) as i32,
             submitted_ms: 1_800_000_000_000 + i as i64,
             request: Res::new(1000 + (i % 4) as u64 * 500, 2048, 0),
+            share: Some(format!("s{}", i % 7)),
         })
         .collect();
     Snapshot { jobs, queues, compute_environments }

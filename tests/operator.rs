@@ -611,3 +611,46 @@ async fn n_to_n_children_wait_for_their_counterpart_and_sequential_children_run_
     );
     e.cleanup(&[&ce]).await;
 }
+
+#[tokio::test]
+async fn fair_share_gives_weights_one_and_two_about_two_to_one_on_a_saturated_queue() {
+    let e = env("share").await;
+    // A fixed 7-slot environment (c6i.2xlarge: 7.8 allocatable vCPUs) for 1-vCPU jobs.
+    let ce = e.ce("ce", json!({"instanceTypes": ["c6i.2xlarge"], "minvCpus": 8, "maxvCpus": 8})).await;
+    let q = format!("{}-q", e.tag);
+    let queue = |state: &str| {
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": q},
+        "spec": {"state": state, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": ce}],
+                 "fairShare": {"shareDecaySeconds": 300, "shareDistribution": [
+                     {"shareIdentifier": "gold", "weightFactor": 1.0}, {"shareIdentifier": "bronze", "weightFactor": 2.0}]}}})
+    };
+    // Usage is vCPU-seconds decayed over 300 s: equal-length jobs finish in waves, and only
+    // the history (not what runs at one instant) can balance the waves.
+    // Both shares queue up while the queue is DISABLED, then contend from the same moment.
+    apply(&e.queues, queue("DISABLED")).await.unwrap();
+    // bronze submits first: first-in, first-out would run it first.
+    for share in ["bronze", "gold"] {
+        for i in 0..40 {
+            e.job(&format!("{share}-{i:02}"), &q, 1.0, runs(2), json!({"shareIdentifier": share})).await;
+        }
+    }
+    apply(&e.queues, queue("ENABLED")).await.unwrap();
+    // Measure while both shares still have work waiting: started jobs ~ vCPU-seconds (equal runtimes).
+    let started = |jobs: &[BatchJob], share: &str| {
+        jobs.iter()
+            .filter(|j| j.name_any().starts_with(share))
+            .filter(|j| j.status.as_ref().is_some_and(|s| !s.attempts.is_empty()))
+            .count() as f64
+    };
+    let (gold, bronze) = eventually("enough work done to compare", Duration::from_secs(120), || async {
+        let jobs = e.jobs.list(&ListParams::default()).await.ok()?.items;
+        let (g, b) = (started(&jobs, "gold"), started(&jobs, "bronze"));
+        (g >= 30.0).then_some((g, b))
+    })
+    .await;
+    let ratio = gold / bronze.max(1.0);
+    eprintln!("fair share: gold {gold} started, bronze {bronze} started, ratio {ratio:.2}");
+    // Tolerance: the first pass and job granularity (7 slots) blur the split; 2:1 within ±30%.
+    assert!((1.4..=2.6).contains(&ratio), "gold {gold} : bronze {bronze} = {ratio:.2}, expected about 2");
+    e.cleanup(&[&ce]).await;
+}

@@ -256,6 +256,9 @@ pub struct BatchJobSpec {
     /// Within a queue, higher runs first.
     #[serde(default)]
     pub scheduling_priority: i32,
+    /// The share this job counts against in a fair-share queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_identifier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -85,10 +85,40 @@ pub struct JobQueueSpec {
     /// Namespaces whose jobs this queue accepts; empty means every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Share compute between share identifiers by weight instead of first-in, first-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fair_share: Option<FairSharePolicy>,
     /// Cancel jobs that stay RUNNABLE too long for a given reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5))]
     pub job_state_time_limit_actions: Vec<JobStateTimeLimitAction>,
+}
+
+/// AWS Batch's fair-share policy: usage is vCPU-seconds, decayed with a half-life of
+/// `shareDecaySeconds` (0: only what runs now counts).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FairSharePolicy {
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self <= 604800").message("shareDecaySeconds must be at most 604800 (a week)"))]
+    pub share_decay_seconds: u32,
+    /// Reserved for a later version (AWS: capacity held back for inactive shares); must be 0.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == 0").message("computeReservation is not supported yet; leave it at 0"))]
+    pub compute_reservation: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 500))]
+    pub share_distribution: Vec<ShareWeight>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareWeight {
+    /// A share identifier, or a prefix ending in `*`.
+    pub share_identifier: String,
+    /// Lower weight, bigger share (a share with weight 0.5 gets twice what weight 1 gets).
+    #[x_kube(validation = Rule::new("self >= 0.0001 && self <= 999.9999").message("weightFactor must be between 0.0001 and 999.9999"))]
+    pub weight_factor: f64,
 }
 
 /// As AWS Batch: after `maxTimeSeconds` RUNNABLE with a status reason matching `reason`

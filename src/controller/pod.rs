@@ -16,6 +16,9 @@ use crate::api::{
 use crate::resources::{Res, parse_mib, parse_millicpu};
 use crate::{Error, Result};
 
+/// Label on pods of jobs with a share identifier (fair-share usage is counted from it).
+pub const LABEL_SHARE: &str = "barge.dev/share";
+
 /// Label on the pods of an array job's children: the child's index.
 pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 
@@ -74,6 +77,9 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: O
     labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
     labels.insert(LABEL_JOB_QUEUE.into(), label_safe(&job.spec.job_queue));
     labels.insert(LABEL_COMPUTE_ENVIRONMENT.into(), ce.name_any());
+    if let Some(share) = &job.spec.share_identifier {
+        labels.insert(LABEL_SHARE.into(), label_safe(share));
+    }
     let mut annotations = meta.annotations.take().unwrap_or_default();
     for (k, v) in job.annotations() {
         if k.starts_with(COPIED_ANNOTATION_PREFIX) {

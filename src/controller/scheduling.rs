@@ -16,15 +16,17 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::array::{ChildGate, Children, Gates};
+use super::pod::LABEL_SHARE;
 use super::pod::{build_pod, job_request, pod_is_active, pod_request};
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
+use crate::api::LABEL_JOB_QUEUE;
 use crate::api::batch_job::{JobPhase, child_pod_name, pod_name};
 use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
 use crate::capacity::catalog;
 use crate::resources::Res;
-use crate::scheduler::{self, CeInfo, NodeInfo, PendingJob, QueueInfo, Snapshot};
+use crate::scheduler::{self, CeInfo, FairShare, NodeInfo, PendingJob, QueueInfo, Snapshot};
 
 /// A pass runs at least this often, to notice time passing (and lost wake-ups).
 const TICK: Duration = Duration::from_secs(2);
@@ -34,6 +36,21 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const CREATE_CONCURRENCY: usize = 64;
 /// An admitted pod not yet seen in the pod store is forgotten after this long.
 const INFLIGHT_TTL: Duration = Duration::from_secs(30);
+
+/// Fair-share usage of one share.
+#[derive(Default)]
+struct ShareUsage {
+    /// vCPU-seconds, halved every `shareDecaySeconds`.
+    decayed: f64,
+    /// vCPUs its pods hold now.
+    running: f64,
+}
+
+/// Usage per queue and share, carried from pass to pass (restarts begin from zero).
+struct UsageState {
+    usage: HashMap<String, HashMap<String, ShareUsage>>,
+    last: Instant,
+}
 
 struct Inflight {
     compute_environment: String,
@@ -47,6 +64,7 @@ pub async fn run(
     capacity: UnboundedSender<ObjectRef<ComputeEnvironment>>,
 ) {
     let mut inflight: HashMap<String, Inflight> = HashMap::new();
+    let mut usage = UsageState { usage: HashMap::new(), last: Instant::now() };
     loop {
         tokio::select! {
             _ = ctx.schedule_now.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -56,7 +74,7 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let (admitted, waiting) = pass(&ctx, &mut inflight, &verdicts, &capacity).await;
+        let (admitted, waiting) = pass(&ctx, &mut inflight, &mut usage, &verdicts, &capacity).await;
         if admitted > 0 {
             info!(admitted, waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
         } else {
@@ -69,6 +87,7 @@ pub async fn run(
 async fn pass(
     ctx: &Shared,
     inflight: &mut HashMap<String, Inflight>,
+    usage_state: &mut UsageState,
     verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>,
     capacity_tx: &UnboundedSender<ObjectRef<ComputeEnvironment>>,
 ) -> (usize, usize) {
@@ -114,6 +133,7 @@ async fn pass(
         }
     }
 
+    let mut running_by_share: HashMap<(String, String), f64> = HashMap::new();
     // Resources held by Barge pods: on their node when bound, else against their environment.
     let mut present: HashSet<String> = HashSet::new();
     let mut unbound: Vec<(usize, Res)> = Vec::new();
@@ -125,6 +145,11 @@ async fn pass(
             continue;
         }
         let request = pod_request(&p);
+        if let (Some(q), Some(share)) = (p.labels().get(LABEL_JOB_QUEUE), p.labels().get(LABEL_SHARE))
+            && p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+        {
+            *running_by_share.entry((q.clone(), share.clone())).or_default() += request.vcpus();
+        }
         match p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
             Some(node) => {
                 if let Some(&(ci, ni)) = node_slot.get(node) {
@@ -151,6 +176,30 @@ async fn pass(
         }
     }
 
+    // Fair-share usage: vCPU-seconds per (queue, share), decayed by each queue's half-life.
+    let now = Instant::now();
+    let dt = now.duration_since(usage_state.last).as_secs_f64();
+    usage_state.last = now;
+    let decay_of: HashMap<String, u32> = ctx
+        .queues
+        .state()
+        .iter()
+        .filter_map(|q| q.spec.fair_share.as_ref().map(|f| (q.name_any(), f.share_decay_seconds)))
+        .collect();
+    for (q, shares) in usage_state.usage.iter_mut() {
+        let half_life = decay_of.get(q).copied().unwrap_or(0).max(1) as f64;
+        for u in shares.values_mut() {
+            u.decayed *= 0.5f64.powf(dt / half_life);
+            u.running = 0.0;
+        }
+    }
+    for ((q, share), vcpus) in &running_by_share {
+        let u = usage_state.usage.entry(q.clone()).or_default().entry(share.clone()).or_default();
+        u.running = *vcpus;
+        u.decayed += vcpus * dt;
+    }
+    let usage = &usage_state.usage;
+
     let queues: Vec<QueueInfo> = ctx
         .queues
         .state()
@@ -163,6 +212,31 @@ async fn pass(
                 priority: q.spec.priority,
                 enabled: q.spec.state == State::Enabled,
                 compute_environments: order.into_iter().map(|o| o.compute_environment).collect(),
+                fair_share: q.spec.fair_share.as_ref().map(|f| {
+                    let name = q.name_any();
+                    let share_usage = usage.get(&name);
+                    FairShare {
+                        weights: f
+                            .share_distribution
+                            .iter()
+                            .map(|w| (w.share_identifier.clone(), w.weight_factor))
+                            .collect(),
+                        usage: share_usage
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(share, u)| {
+                                        let v = if f.share_decay_seconds > 0 {
+                                            u.decayed / f.share_decay_seconds as f64
+                                        } else {
+                                            u.running
+                                        };
+                                        (share.clone(), v)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                }),
             }
         })
         .collect();
@@ -258,11 +332,15 @@ async fn pass(
                 scheduling_priority: job.spec.scheduling_priority,
                 submitted_ms: job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
                 request,
+                share: job.spec.share_identifier.clone(),
             });
             pending_jobs.push((job.clone(), index, attempt));
         }
     }
 
+    for q in queues.iter().filter(|q| q.fair_share.is_some()) {
+        debug!(queue = %q.name, usage = ?q.fair_share.as_ref().map(|f| &f.usage), "fair-share usage");
+    }
     let snapshot = Snapshot { jobs: snapshot_jobs, queues, compute_environments: ce_infos };
     let plan = scheduler::plan(&snapshot);
 

@@ -20,6 +20,8 @@ pub struct PendingJob {
     /// Submission time, milliseconds since the epoch.
     pub submitted_ms: i64,
     pub request: Res,
+    /// The job's share within a fair-share queue.
+    pub share: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,63 @@ pub struct QueueInfo {
     pub enabled: bool,
     /// Compute environment names, in the order they are tried.
     pub compute_environments: Vec<String>,
+    /// Fair share across share identifiers; `None` is FIFO within priority.
+    pub fair_share: Option<FairShare>,
+}
+
+/// A queue's fair-share policy as the planner needs it.
+#[derive(Clone, Debug, Default)]
+pub struct FairShare {
+    /// (share identifier or prefix ending in `*`, weight); lower weight, bigger share.
+    pub weights: Vec<(String, f64)>,
+    /// Current usage of each share in vCPUs (decayed vCPU-seconds over the decay window,
+    /// or the vCPUs running now).
+    pub usage: HashMap<String, f64>,
+}
+
+impl FairShare {
+    pub fn weight(&self, share: &str) -> f64 {
+        self.weights
+            .iter()
+            .find(|(p, _)| match p.strip_suffix('*') {
+                Some(prefix) => share.starts_with(prefix),
+                None => p == share,
+            })
+            .map_or(1.0, |(_, w)| *w)
+            .max(1e-4)
+    }
+}
+
+/// Orders one fair-share queue's jobs: repeatedly the next job of the share whose usage
+/// (counting the jobs ordered before it) times its weight is lowest.
+fn fair_share_order(jobs: &[PendingJob], mut idx: Vec<usize>, policy: &FairShare) -> Vec<usize> {
+    let mut by_share: std::collections::BTreeMap<String, std::collections::VecDeque<usize>> =
+        Default::default();
+    idx.sort_by(|&a, &b| {
+        let (ja, jb) = (&jobs[a], &jobs[b]);
+        jb.scheduling_priority
+            .cmp(&ja.scheduling_priority)
+            .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
+            .then_with(|| ja.name.cmp(&jb.name))
+    });
+    for i in idx {
+        by_share.entry(jobs[i].share.clone().unwrap_or_default()).or_default().push_back(i);
+    }
+    let mut usage: HashMap<String, f64> =
+        by_share.keys().map(|k| (k.clone(), policy.usage.get(k).copied().unwrap_or(0.0))).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    loop {
+        let next = by_share
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| (usage[k] * policy.weight(k), k.clone()))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let Some((_, share)) = next else { break };
+        let i = by_share.get_mut(&share).and_then(|q| q.pop_front()).expect("a non-empty share");
+        *usage.get_mut(&share).expect("known share") += jobs[i].request.vcpus();
+        out.push(i);
+    }
+    out
 }
 
 #[derive(Clone, Debug)]
@@ -228,6 +287,18 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
             .then_with(|| ja.name.cmp(&jb.name))
     });
+
+    // Fair-share queues reorder their own run of the order.
+    let mut start = 0;
+    while start < order.len() {
+        let q = &snapshot.jobs[order[start]].queue;
+        let end = start + order[start..].iter().take_while(|&&i| &snapshot.jobs[i].queue == q).count();
+        if let Some(policy) = queues.get(q.as_str()).and_then(|q| q.fair_share.as_ref()) {
+            let ordered = fair_share_order(&snapshot.jobs, order[start..end].to_vec(), policy);
+            order.splice(start..end, ordered);
+        }
+        start = end;
+    }
 
     for i in order {
         let job = &snapshot.jobs[i];

@@ -12,6 +12,7 @@ fn job(name: &str, queue: &str, prio: i32, t: i64, vcpus: u64) -> PendingJob {
         scheduling_priority: prio,
         submitted_ms: t,
         request: res(vcpus),
+        share: None,
     }
 }
 
@@ -21,6 +22,7 @@ fn queue(name: &str, priority: i32, ces: &[&str]) -> QueueInfo {
         priority,
         enabled: true,
         compute_environments: ces.iter().map(|s| s.to_string()).collect(),
+        fair_share: None,
     }
 }
 
@@ -198,4 +200,38 @@ fn jobs_are_spread_best_fit_over_nodes() {
     let p = plan(&s);
     assert_eq!(p.admitted[0].node, "ce-n1", "1 vCPU job takes the tighter node");
     assert_eq!(p.admitted[1].node, "ce-n0");
+}
+
+#[test]
+fn fair_share_gives_a_weight_one_share_twice_what_a_weight_two_share_gets() {
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        for share in ["a", "b"] {
+            let mut j = job(&format!("{share}{i:02}"), "q", 0, i, 1);
+            j.share = Some(share.into());
+            jobs.push(j);
+        }
+    }
+    let mut q = queue("q", 1, &["ce"]);
+    q.fair_share =
+        Some(FairShare { weights: vec![("a".into(), 1.0), ("b".into(), 2.0)], usage: HashMap::new() });
+    let s = Snapshot { jobs, queues: vec![q], compute_environments: vec![ce("ce", 12, &[(12, true)])] };
+    let p = plan(&s);
+    let a = names(&s, &p).iter().filter(|n| n.starts_with('a')).count();
+    assert_eq!((a, p.admitted.len() - a), (8, 4));
+}
+
+#[test]
+fn fair_share_serves_the_share_that_has_used_least() {
+    let mut jobs = Vec::new();
+    for (i, share) in ["heavy", "light"].iter().enumerate() {
+        let mut j = job(share, "q", 0, i as i64, 1);
+        j.share = Some(share.to_string());
+        jobs.push(j);
+    }
+    let mut q = queue("q", 1, &["ce"]);
+    let usage = HashMap::from([("heavy".to_string(), 50.0), ("light".to_string(), 1.0)]);
+    q.fair_share = Some(FairShare { weights: vec![], usage });
+    let s = Snapshot { jobs, queues: vec![q], compute_environments: vec![ce("ce", 1, &[(1, true)])] };
+    assert_eq!(names(&s, &plan(&s)), vec!["light"]);
 }
