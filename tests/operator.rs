@@ -371,22 +371,17 @@ async fn retry_rules_exit_on_a_matching_code_and_retry_a_lost_host() {
     let exits = e.wait_phase("exits", JobPhase::Failed).await.status.unwrap();
     assert_eq!(exits.attempts.len(), 1, "EXIT on code 2 stops retrying");
 
-    // The pod vanishing under a running job is a lost host.
+    // The node going away under a running job is a lost host.
     let running = e.wait_phase("survivor", JobPhase::Running).await.status.unwrap();
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
-    pods.delete(
-        &running.attempts[0].pod_name,
-        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let node = running.attempts[0].node_name.clone().unwrap();
+    delete_node(&e.client, &node).await;
     let retried = eventually("second attempt running", WAIT, || async {
         let s = e.jobs.get("survivor").await.ok()?.status?;
         (s.attempts.len() == 2 && s.phase == JobPhase::Running).then_some(s)
     })
     .await;
-    let lost = retried.attempts[0].reason.clone().unwrap();
-    assert!(lost.starts_with("Host ") && lost.ends_with(" terminated"), "{lost}");
+    assert_eq!(retried.attempts[0].reason.clone().unwrap(), format!("Host {node} terminated"));
+    assert_ne!(retried.attempts[1].node_name.as_deref(), Some(node.as_str()), "runs again elsewhere");
     e.cleanup(&[&ce]).await;
 }
 

@@ -290,7 +290,9 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let attempt = current_attempt(&old);
     let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
     let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
-    let facts = pod.as_deref().map(PodFacts::of);
+    // A pod on a vanished node counts as gone: the attempt's host is lost.
+    let host_lost = pod.as_ref().is_some_and(|p| super::pod_host_lost(&ctx, p));
+    let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
     let verdict = ctx.verdict(&job);
     let now = Utc::now();
     let (deps, deps_recheck) = dependencies(&ctx, &job, now);
@@ -306,7 +308,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     }
     // A job that ended (timeout, terminate, cancel) while its pod still runs: stop the pod,
     // after the status says so, so the scheduling pass never sees a gap to fill.
-    if new.phase == JobPhase::Failed
+    if (new.phase == JobPhase::Failed || host_lost)
         && let Some(p) = &pod
         && super::pod::pod_is_active(p)
         && p.metadata.deletion_timestamp.is_none()
@@ -344,10 +346,14 @@ async fn reconcile_array(
 ) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
+    let lost = std::cell::RefCell::new(Vec::new());
     let pod_of = |i, a| {
-        ctx.pods
-            .get(&ObjectRef::new(&child_pod_name(&name, &uid, i, a)).within(&ns))
-            .map(|p| PodFacts::of(&p))
+        let pod = ctx.pods.get(&ObjectRef::new(&child_pod_name(&name, &uid, i, a)).within(&ns))?;
+        if super::pod_host_lost(ctx, &pod) {
+            lost.borrow_mut().push((i, a));
+            return None;
+        }
+        Some(PodFacts::of(&pod))
     };
     let old = job.status.clone().unwrap_or_default();
     let gates = super::array::Gates::of(job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
@@ -357,7 +363,7 @@ async fn reconcile_array(
         publish_transition(ctx, job, &old, &new).await;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for (i, a) in stop {
+    for (i, a) in stop.into_iter().chain(lost.into_inner()) {
         match pods.delete(&child_pod_name(&name, &uid, i, a), &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}

@@ -116,7 +116,7 @@ fn plain_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     wake: Arc<Notify>,
-    on_event: impl Fn(&K) + Send + 'static,
+    on_event: impl Fn(&K, bool) + Send + 'static,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -125,9 +125,8 @@ where
     let (store, writer) = reflector::store();
     let drive = watcher(api, config).default_backoff().reflect(writer).for_each(move |ev| {
         match ev {
-            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj) | watcher::Event::InitApply(obj)) => {
-                on_event(&obj)
-            }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(&obj, false),
+            Ok(watcher::Event::Delete(obj)) => on_event(&obj, true),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
         }
@@ -149,25 +148,34 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     // Pod changes reach the job controller through an unbounded channel, so that a busy
     // controller never holds up the pod watch (and with it every store reader).
     let (pod_tx, pod_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
+    let owner_tx = pod_tx.clone();
     let (pods, drive_pods) = plain_watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(LABEL_JOB_UID),
         wake.clone(),
-        move |pod: &Pod| {
-            let owner =
-                pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BatchJob");
-            if let (Some(o), Some(ns)) = (owner, pod.namespace()) {
-                let _ = pod_tx.unbounded_send(ObjectRef::new(&o.name).within(&ns));
+        move |pod: &Pod, _| {
+            if let Some(job) = owning_job(pod) {
+                let _ = pod_tx.unbounded_send(job);
             }
         },
     );
-    let (queues, drive_queues) =
-        plain_watch(Api::<JobQueue>::all(client.clone()), watcher::Config::default(), wake.clone(), |_| {});
+    let (queues, drive_queues) = plain_watch(
+        Api::<JobQueue>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+        |_, _| {},
+    );
+    // A node that goes away takes its pods' attempts with it: their jobs must hear of it.
+    let (lost_tx, mut lost_rx) = mpsc::unbounded::<String>();
     let (nodes, drive_nodes) = plain_watch(
         Api::<Node>::all(client.clone()),
         watcher::Config::default().labels(LABEL_COMPUTE_ENVIRONMENT),
         wake.clone(),
-        |_| {},
+        move |node: &Node, deleted| {
+            if deleted {
+                let _ = lost_tx.unbounded_send(node.name_any());
+            }
+        },
     );
     let (ns_store, ns_writer) = reflector::store();
     let drive_namespaces =
@@ -211,6 +219,21 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         .run(capacity::reconcile, capacity::error_policy, shared.clone())
         .for_each(|_| ready(()));
 
+    let lost_hosts = {
+        let s = shared.clone();
+        async move {
+            while let Some(node) = lost_rx.next().await {
+                for pod in s.pods.state() {
+                    if pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(node.as_str())
+                        && let Some(job) = owning_job(&pod)
+                    {
+                        let _ = owner_tx.unbounded_send(job);
+                    }
+                }
+            }
+        }
+    };
+
     let readiness = {
         let s = shared.clone();
         async move {
@@ -237,6 +260,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         _ = scheduling::run(shared.clone(), verdict_tx, capacity_tx) => {},
         _ = queue::run(shared.clone()) => {},
         _ = readiness => {},
+        _ = lost_hosts => {},
         _ = shutdown_signal() => info!("shutting down"),
     }
     Ok(())
@@ -246,6 +270,23 @@ async fn shutdown_signal() {
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+}
+
+/// The BatchJob a Barge pod belongs to.
+fn owning_job(pod: &Pod) -> Option<ObjectRef<BatchJob>> {
+    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BatchJob")?;
+    Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
+}
+
+/// A pod still marked active on a Barge node that no longer exists: its host is lost
+/// (the node's pods are only cleaned up later by the pod garbage collector).
+pub fn pod_host_lost(ctx: &Shared, pod: &Pod) -> bool {
+    pod::pod_is_active(pod)
+        && pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| ctx.nodes.get(&ObjectRef::new(n)).is_none())
 }
 
 /// The node's allocatable resources, if it says.
