@@ -26,7 +26,7 @@ fn snapshot(jobs: usize) -> Snapshot {
             // Every other queue has a fair-share policy over 7 shares.
             fair_share: (q % 2 == 0).then(|| FairShare {
                 weights: (0..7).map(|k| (format!("s{k}"), 1.0 + k as f64)).collect(),
-                usage: Default::default(),
+                ..Default::default()
             }),
         })
         .collect();

@@ -102,9 +102,10 @@ pub struct FairSharePolicy {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self <= 604800").message("shareDecaySeconds must be at most 604800 (a week)"))]
     pub share_decay_seconds: u32,
-    /// Reserved for a later version (AWS: capacity held back for inactive shares); must be 0.
+    /// Keep (computeReservation/100)^activeShares of the queue's maximum vCPUs free for
+    /// share identifiers not yet active (0-99).
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == 0").message("computeReservation is not supported yet; leave it at 0"))]
+    #[x_kube(validation = Rule::new("self <= 99").message("computeReservation must be between 0 and 99"))]
     pub compute_reservation: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 500))]

@@ -235,6 +235,10 @@ async fn pass(
                                     .collect()
                             })
                             .unwrap_or_default(),
+                        running: share_usage
+                            .map(|m| m.iter().map(|(share, u)| (share.clone(), u.running)).collect())
+                            .unwrap_or_default(),
+                        compute_reservation: f.compute_reservation,
                     }
                 }),
             }

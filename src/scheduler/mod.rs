@@ -43,6 +43,11 @@ pub struct FairShare {
     /// Current usage of each share in vCPUs (decayed vCPU-seconds over the decay window,
     /// or the vCPUs running now).
     pub usage: HashMap<String, f64>,
+    /// vCPUs each share's pods hold now.
+    pub running: HashMap<String, f64>,
+    /// AWS's computeReservation (0-99): (computeReservation/100)^activeShares of the
+    /// queue's maximum vCPUs stay free for shares not yet active.
+    pub compute_reservation: u32,
 }
 
 impl FairShare {
@@ -135,6 +140,7 @@ pub enum Waiting {
     NamespaceNotAllowed { queue: String },
     NoComputeEnvironment { queue: String, missing: Vec<String> },
     ComputeEnvironmentsDisabled { queue: String, disabled: Vec<String> },
+    ComputeReserved { queue: String, reserved_vcpus: u32 },
     DoesNotFit { queue: String, request: Res, largest: String },
     ScalingUp { compute_environment: String },
     NodesLaunching { compute_environment: String },
@@ -173,6 +179,11 @@ impl fmt::Display for Waiting {
                 f,
                 "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs {request}, more than any \
                  compute environment of job queue {queue} can provide ({largest})"
+            ),
+            Waiting::ComputeReserved { queue, reserved_vcpus } => write!(
+                f,
+                "Waiting: job queue {queue} keeps {reserved_vcpus} vCPUs free for fair-share identifiers \
+                 not yet active (computeReservation)"
             ),
             Waiting::ScalingUp { compute_environment } => {
                 write!(f, "Waiting for compute environment {compute_environment} to scale up")
@@ -300,11 +311,45 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         start = end;
     }
 
+    // computeReservation: how many vCPUs each fair-share queue may still take this pass.
+    let mut reserve_left: HashMap<&str, (f64, u32)> = HashMap::new();
+    for q in &snapshot.queues {
+        let Some(policy) = q.fair_share.as_ref().filter(|p| p.compute_reservation > 0) else { continue };
+        let mut active: std::collections::HashSet<&str> =
+            policy.running.iter().filter(|(_, v)| **v > 0.0).map(|(k, _)| k.as_str()).collect();
+        active.extend(
+            snapshot.jobs.iter().filter(|j| j.queue == q.name).map(|j| j.share.as_deref().unwrap_or("")),
+        );
+        let max: f64 = q
+            .compute_environments
+            .iter()
+            .filter_map(|c| snapshot.compute_environments.iter().find(|x| &x.name == c))
+            .map(|c| c.max_vcpus as f64)
+            .sum();
+        let reserved =
+            max * (policy.compute_reservation.min(99) as f64 / 100.0).powi(active.len().max(1) as i32);
+        let running: f64 = policy.running.values().sum();
+        reserve_left.insert(q.name.as_str(), (max - reserved - running, reserved.round() as u32));
+    }
+
     for i in order {
         let job = &snapshot.jobs[i];
+        if let Some((left, reserved)) = reserve_left.get_mut(job.queue.as_str())
+            && job.request.vcpus() > *left + 1e-9
+        {
+            let why = Waiting::ComputeReserved { queue: job.queue.clone(), reserved_vcpus: *reserved };
+            plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
+            plan.waiting.push((i, why));
+            continue;
+        }
         let verdict = decide(job, queues.get(job.queue.as_str()).copied(), &mut ces, &mut plan.demand);
         match verdict {
-            Ok(adm) => plan.admitted.push(Admission { job: i, ..adm }),
+            Ok(adm) => {
+                if let Some((left, _)) = reserve_left.get_mut(job.queue.as_str()) {
+                    *left -= job.request.vcpus();
+                }
+                plan.admitted.push(Admission { job: i, ..adm })
+            }
             Err(why) => {
                 plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
                 plan.waiting.push((i, why));

@@ -214,7 +214,7 @@ fn fair_share_gives_a_weight_one_share_twice_what_a_weight_two_share_gets() {
     }
     let mut q = queue("q", 1, &["ce"]);
     q.fair_share =
-        Some(FairShare { weights: vec![("a".into(), 1.0), ("b".into(), 2.0)], usage: HashMap::new() });
+        Some(FairShare { weights: vec![("a".into(), 1.0), ("b".into(), 2.0)], ..Default::default() });
     let s = Snapshot { jobs, queues: vec![q], compute_environments: vec![ce("ce", 12, &[(12, true)])] };
     let p = plan(&s);
     let a = names(&s, &p).iter().filter(|n| n.starts_with('a')).count();
@@ -231,7 +231,25 @@ fn fair_share_serves_the_share_that_has_used_least() {
     }
     let mut q = queue("q", 1, &["ce"]);
     let usage = HashMap::from([("heavy".to_string(), 50.0), ("light".to_string(), 1.0)]);
-    q.fair_share = Some(FairShare { weights: vec![], usage });
+    q.fair_share = Some(FairShare { usage, ..Default::default() });
     let s = Snapshot { jobs, queues: vec![q], compute_environments: vec![ce("ce", 1, &[(1, true)])] };
     assert_eq!(names(&s, &plan(&s)), vec!["light"]);
+}
+
+#[test]
+fn compute_reservation_keeps_room_for_shares_not_yet_active() {
+    // One active share and computeReservation 50: half of maxvCpus 8 stays free.
+    let jobs = (0..8)
+        .map(|i| {
+            let mut j = job(&format!("a{i}"), "q", 0, i, 1);
+            j.share = Some("a".into());
+            j
+        })
+        .collect();
+    let mut q = queue("q", 1, &["ce"]);
+    q.fair_share = Some(FairShare { compute_reservation: 50, ..Default::default() });
+    let s = Snapshot { jobs, queues: vec![q], compute_environments: vec![ce("ce", 8, &[(8, true)])] };
+    let p = plan(&s);
+    assert_eq!(p.admitted.len(), 4);
+    assert!(reason_of(&s, &p, "a7").to_string().contains("keeps 4 vCPUs free for fair-share identifiers"));
 }
