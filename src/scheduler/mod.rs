@@ -66,8 +66,6 @@ impl FairShare {
 /// Orders one fair-share queue's jobs: repeatedly the next job of the share whose usage
 /// (counting the jobs ordered before it) times its weight is lowest.
 fn fair_share_order(jobs: &[PendingJob], mut idx: Vec<usize>, policy: &FairShare) -> Vec<usize> {
-    let mut by_share: std::collections::BTreeMap<String, std::collections::VecDeque<usize>> =
-        Default::default();
     idx.sort_by(|&a, &b| {
         let (ja, jb) = (&jobs[a], &jobs[b]);
         jb.scheduling_priority
@@ -75,21 +73,25 @@ fn fair_share_order(jobs: &[PendingJob], mut idx: Vec<usize>, policy: &FairShare
             .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
             .then_with(|| ja.name.cmp(&jb.name))
     });
+    // Shares by name (the order breaks ties), each with its weight, usage and jobs.
+    let mut names: Vec<&str> = idx.iter().map(|&i| jobs[i].share.as_deref().unwrap_or("")).collect();
+    names.sort_unstable();
+    names.dedup();
+    let weight: Vec<f64> = names.iter().map(|n| policy.weight(n)).collect();
+    let mut usage: Vec<f64> = names.iter().map(|n| policy.usage.get(*n).copied().unwrap_or(0.0)).collect();
+    let mut queues: Vec<std::collections::VecDeque<usize>> = vec![Default::default(); names.len()];
     for i in idx {
-        by_share.entry(jobs[i].share.clone().unwrap_or_default()).or_default().push_back(i);
+        let share = jobs[i].share.as_deref().unwrap_or("");
+        queues[names.binary_search(&share).expect("share was collected")].push_back(i);
     }
-    let mut usage: HashMap<String, f64> =
-        by_share.keys().map(|k| (k.clone(), policy.usage.get(k).copied().unwrap_or(0.0))).collect();
     let mut out = Vec::with_capacity(jobs.len());
     loop {
-        let next = by_share
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| (usage[k] * policy.weight(k), k.clone()))
-            .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let Some((_, share)) = next else { break };
-        let i = by_share.get_mut(&share).and_then(|q| q.pop_front()).expect("a non-empty share");
-        *usage.get_mut(&share).expect("known share") += jobs[i].request.vcpus();
+        let next = (0..names.len())
+            .filter(|&k| !queues[k].is_empty())
+            .min_by(|&a, &b| (usage[a] * weight[a]).total_cmp(&(usage[b] * weight[b])).then(a.cmp(&b)));
+        let Some(k) = next else { break };
+        let i = queues[k].pop_front().expect("a non-empty share");
+        usage[k] += jobs[i].request.vcpus();
         out.push(i);
     }
     out
@@ -286,30 +288,52 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut ces: HashMap<&str, CeState> =
         snapshot.compute_environments.iter().map(|c| (c.name.as_str(), CeState::new(c))).collect();
 
+    // Queues ranked by priority (highest first), then name; unknown queues last.
+    let mut queue_names: Vec<&str> = snapshot.jobs.iter().map(|j| j.queue.as_str()).collect();
+    queue_names.sort_unstable();
+    queue_names.dedup();
+    let priority_of = |q: &str| queues.get(q).map_or(i32::MIN, |q| q.priority);
+    queue_names.sort_by(|a, b| priority_of(b).cmp(&priority_of(a)).then_with(|| a.cmp(b)));
+    let queue_rank: HashMap<&str, u32> =
+        queue_names.iter().enumerate().map(|(r, q)| (*q, r as u32)).collect();
+    // One key per job, so the sort compares integers, not strings.
+    let keys: Vec<(u32, i32, i64)> = snapshot
+        .jobs
+        .iter()
+        .map(|j| (queue_rank[j.queue.as_str()], -j.scheduling_priority, j.submitted_ms))
+        .collect();
     let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
-    let queue_priority =
-        |i: usize| queues.get(snapshot.jobs[i].queue.as_str()).map_or(i32::MIN, |q| q.priority);
-    order.sort_by(|&a, &b| {
-        let (ja, jb) = (&snapshot.jobs[a], &snapshot.jobs[b]);
-        queue_priority(b)
-            .cmp(&queue_priority(a))
-            .then_with(|| ja.queue.cmp(&jb.queue))
-            .then_with(|| jb.scheduling_priority.cmp(&ja.scheduling_priority))
-            .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
-            .then_with(|| ja.name.cmp(&jb.name))
+    order.sort_unstable_by(|&a, &b| {
+        keys[a].cmp(&keys[b]).then_with(|| snapshot.jobs[a].name.cmp(&snapshot.jobs[b].name))
     });
 
     // Fair-share queues reorder their own run of the order.
     let mut start = 0;
     while start < order.len() {
-        let q = &snapshot.jobs[order[start]].queue;
-        let end = start + order[start..].iter().take_while(|&&i| &snapshot.jobs[i].queue == q).count();
+        let (rank, q) = (keys[order[start]].0, &snapshot.jobs[order[start]].queue);
+        let end = start + order[start..].iter().take_while(|&&i| keys[i].0 == rank).count();
         if let Some(policy) = queues.get(q.as_str()).and_then(|q| q.fair_share.as_ref()) {
             let ordered = fair_share_order(&snapshot.jobs, order[start..end].to_vec(), policy);
             order.splice(start..end, ordered);
         }
         start = end;
     }
+
+    let usable_by_queue: UsableByQueue = snapshot
+        .queues
+        .iter()
+        .map(|q| {
+            let missing =
+                q.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
+            let usable = q
+                .compute_environments
+                .iter()
+                .map(String::as_str)
+                .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
+                .collect();
+            (q.name.as_str(), (missing, usable))
+        })
+        .collect();
 
     // computeReservation: how many vCPUs each fair-share queue may still take this pass.
     let mut reserve_left: HashMap<&str, (f64, u32)> = HashMap::new();
@@ -338,11 +362,19 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             && job.request.vcpus() > *left + 1e-9
         {
             let why = Waiting::ComputeReserved { queue: job.queue.clone(), reserved_vcpus: *reserved };
-            plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
+            if !plan.blocked_queues.contains_key(&job.queue) {
+                plan.blocked_queues.insert(job.queue.clone(), why.clone());
+            }
             plan.waiting.push((i, why));
             continue;
         }
-        let verdict = decide(job, queues.get(job.queue.as_str()).copied(), &mut ces, &mut plan.demand);
+        let verdict = decide(
+            job,
+            queues.get(job.queue.as_str()).copied(),
+            &usable_by_queue,
+            &mut ces,
+            &mut plan.demand,
+        );
         match verdict {
             Ok(adm) => {
                 if let Some((left, _)) = reserve_left.get_mut(job.queue.as_str()) {
@@ -351,7 +383,9 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 plan.admitted.push(Admission { job: i, ..adm })
             }
             Err(why) => {
-                plan.blocked_queues.entry(job.queue.clone()).or_insert_with(|| why.clone());
+                if !plan.blocked_queues.contains_key(&job.queue) {
+                    plan.blocked_queues.insert(job.queue.clone(), why.clone());
+                }
                 plan.waiting.push((i, why));
             }
         }
@@ -359,40 +393,38 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     plan
 }
 
+/// Per queue: its compute environments that do not exist, and those that are enabled.
+type UsableByQueue<'a> = HashMap<&'a str, (Vec<String>, Vec<&'a str>)>;
+
 fn decide<'a>(
     job: &PendingJob,
     queue: Option<&'a QueueInfo>,
+    usable_by_queue: &UsableByQueue<'a>,
     ces: &mut HashMap<&'a str, CeState<'a>>,
     demand: &mut HashMap<String, Vec<Res>>,
 ) -> Result<Admission, Waiting> {
-    let qname = job.queue.clone();
+    // The queue's name is only copied into the reasons that name it.
+    let qname = || job.queue.clone();
     let Some(queue) = queue else {
-        return Err(Waiting::QueueNotFound { queue: qname });
+        return Err(Waiting::QueueNotFound { queue: qname() });
     };
     if !queue.enabled {
-        return Err(Waiting::QueueDisabled { queue: qname });
+        return Err(Waiting::QueueDisabled { queue: qname() });
     }
     if !job.namespace_allowed {
-        return Err(Waiting::NamespaceNotAllowed { queue: qname });
+        return Err(Waiting::NamespaceNotAllowed { queue: qname() });
     }
-    let missing: Vec<String> =
-        queue.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
+    let (missing, usable) = &usable_by_queue[queue.name.as_str()];
     if missing.len() == queue.compute_environments.len() {
-        return Err(Waiting::NoComputeEnvironment { queue: qname, missing });
+        return Err(Waiting::NoComputeEnvironment { queue: qname(), missing: missing.clone() });
     }
-    let usable: Vec<&str> = queue
-        .compute_environments
-        .iter()
-        .map(String::as_str)
-        .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
-        .collect();
     if usable.is_empty() {
         let disabled = queue.compute_environments.iter().filter(|c| !missing.contains(c)).cloned().collect();
-        return Err(Waiting::ComputeEnvironmentsDisabled { queue: qname, disabled });
+        return Err(Waiting::ComputeEnvironmentsDisabled { queue: qname(), disabled });
     }
     let r = job.request;
     // Admit onto the first environment with a ready node that holds the job.
-    for name in &usable {
+    for name in usable {
         let ce = ces.get_mut(name).expect("usable environments exist");
         if let Some(node) = ce.place(&r) {
             let node = ce.info.nodes.iter().filter(|n| n.ready).nth(node).expect("index from place");
@@ -420,7 +452,7 @@ fn decide<'a>(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(Waiting::DoesNotFit { queue: qname, request: r, largest });
+        return Err(Waiting::DoesNotFit { queue: qname(), request: r, largest });
     }
     for name in &fitting {
         let ce = ces.get_mut(name).expect("fitting environments exist");
