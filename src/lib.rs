@@ -23,8 +23,6 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("node provider: {0}")]
     Provider(String),
-    #[error("serialisation: {0}")]
-    Json(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -35,7 +33,6 @@ impl Error {
             Error::InvalidJob(_) => "invalid_job",
             Error::Finalizer(_) => "finalizer",
             Error::Provider(_) => "provider",
-            Error::Json(_) => "json",
         }
     }
 }

@@ -28,6 +28,19 @@ pub enum JobPhase {
 }
 
 impl JobPhase {
+    /// The phase as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Submitted => "SUBMITTED",
+            JobPhase::Pending => "PENDING",
+            JobPhase::Runnable => "RUNNABLE",
+            JobPhase::Starting => "STARTING",
+            JobPhase::Running => "RUNNING",
+            JobPhase::Succeeded => "SUCCEEDED",
+            JobPhase::Failed => "FAILED",
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(self, JobPhase::Succeeded | JobPhase::Failed)
     }

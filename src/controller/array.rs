@@ -145,21 +145,8 @@ pub fn next_status(
     let uid = job.uid().unwrap_or_default();
     let mut stop = Vec::new();
 
-    if c.succeeded.is_empty() && c.failed.is_empty() && c.started.is_empty() {
-        match deps {
-            Deps::Waiting(why) => {
-                s.phase = JobPhase::Pending;
-                s.status_reason = Some(why.clone());
-                return (s, stop);
-            }
-            Deps::Failed(why) => {
-                s.phase = JobPhase::Failed;
-                s.stopped_at = Some(now);
-                s.status_reason = Some(why.clone());
-                return (s, stop);
-            }
-            Deps::Met => {}
-        }
+    if c.succeeded.is_empty() && c.failed.is_empty() && c.started.is_empty() && deps.hold(&mut s, now) {
+        return (s, stop);
     }
     if let Some(why) = &gates.broken {
         s.phase = JobPhase::Failed;

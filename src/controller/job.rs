@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -79,6 +79,27 @@ pub enum Deps {
     Failed(String),
 }
 
+impl Deps {
+    /// Holds a job that has not started on its dependencies: PENDING while they run,
+    /// FAILED when one failed. Returns whether it did.
+    pub fn hold(&self, s: &mut BatchJobStatus, now: DateTime<Utc>) -> bool {
+        let why = match self {
+            Deps::Met => return false,
+            Deps::Waiting(why) => {
+                s.phase = JobPhase::Pending;
+                why
+            }
+            Deps::Failed(why) => {
+                s.phase = JobPhase::Failed;
+                s.stopped_at = Some(now);
+                why
+            }
+        };
+        s.status_reason = Some(why.clone());
+        true
+    }
+}
+
 pub fn next_status(
     job: &BatchJob,
     deps: &Deps,
@@ -113,21 +134,12 @@ pub fn next_status(
         return stop(s, attempt, format!("Cancelled: {}", c.reason), now);
     }
     // Dependencies gate a job that has never been admitted.
-    if s.attempts.is_empty() && pod.is_none() && matches!(s.phase, JobPhase::Submitted | JobPhase::Pending) {
-        match deps {
-            Deps::Waiting(why) => {
-                s.phase = JobPhase::Pending;
-                s.status_reason = Some(why.clone());
-                return s;
-            }
-            Deps::Failed(why) => {
-                s.phase = JobPhase::Failed;
-                s.stopped_at = Some(now);
-                s.status_reason = Some(why.clone());
-                return s;
-            }
-            Deps::Met => {}
-        }
+    if s.attempts.is_empty()
+        && pod.is_none()
+        && matches!(s.phase, JobPhase::Submitted | JobPhase::Pending)
+        && deps.hold(&mut s, now)
+    {
+        return s;
     }
 
     let Some(pod) = pod else {
@@ -313,12 +325,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         && super::pod::pod_is_active(p)
         && p.metadata.deletion_timestamp.is_none()
     {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        match pods.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::delete_if_present(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &name).await?;
     }
     // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
     let deadline = job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
@@ -364,11 +371,7 @@ async fn reconcile_array(
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for (i, a) in stop.into_iter().chain(lost.into_inner()) {
-        match pods.delete(&child_pod_name(&name, &uid, i, a), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::delete_if_present(&pods, &child_pod_name(&name, &uid, i, a)).await?;
     }
     ctx.schedule_now.notify_one();
     let running = new.array.as_ref().is_some_and(|a| a.running > 0);
@@ -411,7 +414,7 @@ fn dependencies(ctx: &Shared, job: &BatchJob, now: DateTime<Utc>) -> (Deps, Opti
                 JobPhase::Failed => {
                     return (Deps::Failed(format!("Dependent job {} failed", d.job_name)), None);
                 }
-                phase => waiting.push(format!("{} ({phase:?})", d.job_name).to_uppercase_phase()),
+                phase => waiting.push(format!("{} ({})", d.job_name, phase.as_str())),
             },
         }
     }
@@ -419,19 +422,6 @@ fn dependencies(ctx: &Shared, job: &BatchJob, now: DateTime<Utc>) -> (Deps, Opti
         (Deps::Met, None)
     } else {
         (Deps::Waiting(format!("Waiting for dependencies: {}", waiting.join(", "))), recheck)
-    }
-}
-
-trait UppercasePhase {
-    fn to_uppercase_phase(self) -> String;
-}
-impl UppercasePhase for String {
-    /// "job (Running)" -> "job (RUNNING)": phases are shown as the API spells them.
-    fn to_uppercase_phase(self) -> String {
-        match self.rsplit_once(" (") {
-            Some((name, phase)) => format!("{name} ({}", phase.to_uppercase()),
-            None => self,
-        }
     }
 }
 

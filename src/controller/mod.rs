@@ -272,6 +272,18 @@ async fn shutdown_signal() {
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
 
+/// Deletes an object; one already gone is fine.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> kube::Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The BatchJob a Barge pod belongs to.
 fn owning_job(pod: &Pod) -> Option<ObjectRef<BatchJob>> {
     let owner = pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BatchJob")?;

@@ -180,9 +180,8 @@ async fn pass(
     let now = Instant::now();
     let dt = now.duration_since(usage_state.last).as_secs_f64();
     usage_state.last = now;
-    let decay_of: HashMap<String, u32> = ctx
-        .queues
-        .state()
+    let queue_objects = ctx.queues.state();
+    let decay_of: HashMap<String, u32> = queue_objects
         .iter()
         .filter_map(|q| q.spec.fair_share.as_ref().map(|f| (q.name_any(), f.share_decay_seconds)))
         .collect();
@@ -200,9 +199,7 @@ async fn pass(
     }
     let usage = &usage_state.usage;
 
-    let queues: Vec<QueueInfo> = ctx
-        .queues
-        .state()
+    let queues: Vec<QueueInfo> = queue_objects
         .iter()
         .map(|q| {
             let mut order = q.spec.compute_environment_order.clone();
@@ -245,7 +242,7 @@ async fn pass(
         })
         .collect();
     let selectors: HashMap<String, _> =
-        ctx.queues.state().iter().map(|q| (q.name_any(), q.spec.namespace_selector.clone())).collect();
+        queue_objects.iter().map(|q| (q.name_any(), q.spec.namespace_selector.clone())).collect();
     let namespace_labels: HashMap<String, _> =
         ctx.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 
@@ -111,11 +111,7 @@ impl NodeProvider for LocalProvider {
     fn terminate<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let api: Api<Node> = Api::all(self.client.clone());
-            match api.delete(&node.name_any(), &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            Ok(crate::controller::delete_if_present(&api, &node.name_any()).await?)
         })
     }
 }
