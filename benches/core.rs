@@ -44,6 +44,7 @@ fn snapshot(jobs: usize) -> Snapshot {
                     ready: true,
                 })
                 .collect(),
+            cannot_grow: None,
         })
         .collect();
     let jobs = (0..jobs)

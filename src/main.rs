@@ -6,7 +6,9 @@ use tracing_subscriber::EnvFilter;
 
 use barge::controller::{self, Options};
 use barge::provider::Providers;
+use barge::provider::ec2::{Ec2Provider, Ec2Settings};
 use barge::provider::local::LocalProvider;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,18 @@ enum Command {
         /// Enable the local provider (simulated kwok nodes).
         #[arg(long, env = "BARGE_LOCAL_PROVIDER", default_value_t = true, action = clap::ArgAction::Set)]
         local_provider: bool,
+        /// Enable the ec2 provider (credentials, region and endpoint from the AWS chain).
+        #[arg(long, env = "BARGE_EC2_PROVIDER", default_value_t = false, action = clap::ArgAction::Set)]
+        ec2_provider: bool,
+        /// Name of this installation, tagged on every instance as barge.dev/cluster.
+        #[arg(long, env = "BARGE_CLUSTER_NAME", default_value = "barge")]
+        cluster_name: String,
+        /// How long an instance type that had no EC2 capacity is skipped.
+        #[arg(long, env = "BARGE_CAPACITY_COOLDOWN_SECONDS", default_value_t = 180)]
+        capacity_cooldown_seconds: u64,
+        /// How long an instance may run without its node joining before it is terminated.
+        #[arg(long, env = "BARGE_REGISTRATION_TIMEOUT_SECONDS", default_value_t = 600)]
+        registration_timeout_seconds: u64,
         /// Log as JSON lines instead of text.
         #[arg(long, env = "BARGE_LOG_JSON")]
         log_json: bool,
@@ -41,7 +55,15 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", barge::api::crds_yaml()),
-        Command::Run { local_provider, log_json, instance } => {
+        Command::Run {
+            local_provider,
+            ec2_provider,
+            cluster_name,
+            capacity_cooldown_seconds,
+            registration_timeout_seconds,
+            log_json,
+            instance,
+        } => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
             let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -54,7 +76,16 @@ async fn main() -> anyhow::Result<()> {
             let client = Client::try_default().await?;
             let providers = Providers {
                 local: local_provider.then(|| Box::new(LocalProvider::new(client.clone())) as _),
-                ec2: None,
+                ec2: if ec2_provider {
+                    let settings = Ec2Settings {
+                        cluster: cluster_name,
+                        capacity_cooldown: Duration::from_secs(capacity_cooldown_seconds),
+                        registration_timeout: Duration::from_secs(registration_timeout_seconds),
+                    };
+                    Some(Box::new(Ec2Provider::new(client.clone(), settings).await) as _)
+                } else {
+                    None
+                },
             };
             controller::run(client, providers, Options { instance }).await?;
         }

@@ -70,6 +70,9 @@ pub struct NodeTaint {
 )]
 #[x_kube(validation = Rule::new("self.minvCpus <= self.maxvCpus").message("minvCpus must not be greater than maxvCpus"))]
 #[x_kube(validation = Rule::new("self.provider == oldSelf.provider").message("provider is immutable: create a new compute environment instead"))]
+#[x_kube(validation = Rule::new("self.provider != 'ec2' || size(self.subnets) > 0").message("an ec2 compute environment needs at least one subnet in subnets"))]
+#[x_kube(validation = Rule::new("self.provider != 'ec2' || has(self.launchTemplate) || has(self.imageId)").message("an ec2 compute environment needs a launchTemplate or an imageId"))]
+#[x_kube(validation = Rule::new("!has(self.bidPercentage) || self.capacityType == 'SPOT'").message("bidPercentage only applies to capacityType SPOT"))]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeEnvironmentSpec {
     /// DISABLED stops new jobs from being placed here; running jobs finish.
@@ -101,6 +104,48 @@ pub struct ComputeEnvironmentSpec {
     /// Taints put on every node; Barge's pods tolerate them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_taints: Vec<NodeTaint>,
+    /// ec2: the AWS region (default: the operator's own region from the AWS config chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// ec2: the launch template instances start from (AMI, user data joining the cluster, disks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplate>,
+    /// ec2: the AMI, when there is no launch template (or to override its AMI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// ec2: subnets instances may start in; EC2 picks among them (one per zone is typical).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub subnets: Vec<String>,
+    /// ec2: security groups of the instances (default: the launch template's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub security_group_ids: Vec<String>,
+    /// ec2: instance profile name or ARN (optional with a launch template that sets one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    /// ec2: tags put on every instance, besides Barge's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('barge.dev/'))").message("tags may not use the barge.dev/ prefix: Barge sets those itself"))]
+    pub tags: BTreeMap<String, String>,
+    /// ec2, SPOT: the highest price paid, as a percentage of the on-demand price (default: up
+    /// to the on-demand price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub bid_percentage: Option<u32>,
+}
+
+/// An EC2 launch template, by id or by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.id) != has(self.name)").message("launchTemplate needs exactly one of id or name"))]
+pub struct LaunchTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A version number, `$Latest` or `$Default` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 fn default_scale_down_delay() -> u32 {

@@ -33,6 +33,8 @@ pub struct Fleet {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleUp {
     pub launch: Vec<&'static InstanceType>,
+    /// What each launched instance is packed with (zero for instances kept for minvCpus).
+    pub packed: Vec<Res>,
     /// Demand items that could not be placed within `maxvCpus`.
     pub unplaced: usize,
 }
@@ -75,6 +77,7 @@ pub fn plan_scale_up(
                 break;
             };
             plan.launch.push(t);
+            plan.packed.push(Res::ZERO);
             total += t.vcpus;
         }
     }
@@ -95,7 +98,7 @@ fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u3
             best = Some((cost, plan));
         }
     }
-    best.map(|(_, p)| p).unwrap_or(ScaleUp { launch: vec![], unplaced: items.len() })
+    best.map(|(_, p)| p).unwrap_or(ScaleUp { launch: vec![], packed: vec![], unplaced: items.len() })
 }
 
 /// First-fit decreasing; a new bin takes the type with the lowest price per vCPU it
@@ -135,7 +138,8 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
             None => unplaced += 1,
         }
     }
-    ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), unplaced }
+    let packed = bins.iter().map(|b| b.ty.allocatable() - b.free).collect();
+    ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), packed, unplaced }
 }
 
 /// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`.
@@ -151,6 +155,45 @@ fn simulate_fill(mut free: Res, items: &[Res], placed: &[bool], from: usize) -> 
         }
     }
     held
+}
+
+/// One launch request: `count` instances, each any of `options` (most preferred first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offer {
+    pub options: Vec<&'static InstanceType>,
+    pub count: u32,
+}
+
+/// Most instance types offered for one packed instance: enough choice for EC2 to find
+/// capacity, few enough to keep a launch request small.
+pub const MAX_OPTIONS: usize = 12;
+
+/// Turns a scale-up plan into launch requests. Each instance may be any allowed type that
+/// holds what was packed onto it and is no larger than the planned type (so `maxvCpus`
+/// holds whatever EC2 picks), cheapest first. Instances with the same choices are merged
+/// into one request.
+pub fn offers(plan: &ScaleUp, types: &[&'static InstanceType]) -> Vec<Offer> {
+    let mut by_price: Vec<&'static InstanceType> = types.to_vec();
+    by_price.sort_by(|a, b| a.price.total_cmp(&b.price).then(a.vcpus.cmp(&b.vcpus)).then(a.name.cmp(b.name)));
+    let mut out: Vec<Offer> = Vec::new();
+    for (planned, packed) in plan.launch.iter().zip(&plan.packed) {
+        let mut options: Vec<&'static InstanceType> = by_price
+            .iter()
+            .copied()
+            .filter(|t| t.vcpus <= planned.vcpus && t.allocatable().fits(packed))
+            .filter(|t| packed.millicpu > 0 || t.name == planned.name)
+            .take(MAX_OPTIONS)
+            .collect();
+        if !options.contains(planned) {
+            options.insert(0, planned);
+            options.truncate(MAX_OPTIONS);
+        }
+        match out.iter_mut().find(|o| o.options == options) {
+            Some(o) => o.count += 1,
+            None => out.push(Offer { options, count: 1 }),
+        }
+    }
+    out
 }
 
 /// A node as scale-down sees it.
@@ -241,6 +284,31 @@ mod tests {
         let plan = plan_scale_up(&[cpu(4)], &types, Strategy::Mixed, &fleet(0, 0, 64));
         assert!(plan.launch.is_empty());
         assert_eq!(plan.unplaced, 1);
+    }
+
+    #[test]
+    fn offers_let_ec2_choose_among_types_that_hold_the_packed_jobs() {
+        let (types, _) = resolve(&["c6i".into(), "m6i".into(), "r6i.large".into()]);
+        // Three 3-vCPU jobs: each needs a 4-vCPU instance (3 vCPU do not fit a 2-vCPU one).
+        let demand = vec![Res::new(3000, 2048, 0); 3];
+        let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 64));
+        let offers = offers(&plan, &types);
+        assert_eq!(offers.len(), 1, "identical launches are merged: {offers:?}");
+        assert_eq!(offers[0].count, 3);
+        let names: Vec<_> = offers[0].options.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["c6i.xlarge", "m6i.xlarge"], "cheapest first, none larger than planned");
+    }
+
+    #[test]
+    fn offers_never_include_a_type_whose_allocatable_is_too_small() {
+        let (types, _) = resolve(&["m6i.large".into(), "m6i.xlarge".into(), "c6i.xlarge".into()]);
+        // 7.5 GiB: c6i.xlarge and m6i.large have 8 GiB on paper, less once the system
+        // reserve is taken; only m6i.xlarge holds it.
+        let demand = vec![Res::new(1000, 7680, 0)];
+        let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 64));
+        let offers = offers(&plan, &types);
+        let names: Vec<_> = offers[0].options.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["m6i.xlarge"]);
     }
 
     #[test]

@@ -52,7 +52,24 @@ fn nodes_of(ctx: &Shared, ce: &ComputeEnvironment) -> Vec<Arc<Node>> {
 async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     let name = ce.name_any();
     let nodes = nodes_of(ctx, ce);
-    let (types, unknown) = catalog::resolve(&ce.spec.instance_types);
+    let (all_types, unknown) = catalog::resolve(&ce.spec.instance_types);
+    let provider = ctx.providers.get(ce.spec.provider);
+    // Types just out of capacity are not planned for; with none left the environment
+    // cannot grow and the scheduler sends its demand to the queue's next one.
+    let cooled = provider.map(|p| p.unavailable(ce)).unwrap_or_default();
+    let types: Vec<_> =
+        all_types.iter().copied().filter(|t| !cooled.iter().any(|(c, _)| *c == t.name)).collect();
+    {
+        let mut cannot_grow = ctx.cannot_grow.lock().expect("cannot_grow lock");
+        if types.is_empty() && !cooled.is_empty() {
+            let why = cooled.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join("; ");
+            if cannot_grow.insert(name.clone(), why).is_none() {
+                ctx.schedule_now.notify_one();
+            }
+        } else if cannot_grow.remove(&name).is_some() {
+            ctx.schedule_now.notify_one();
+        }
+    }
 
     // Which nodes run Barge pods, and how much they request.
     let mut busy: HashMap<String, f64> = HashMap::new();
@@ -84,7 +101,6 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     let coming = ctx.launching(&name);
     let total_vcpus: u32 =
         node_use.iter().map(|n| n.vcpus).sum::<u32>() + coming.iter().map(|l| l.vcpus).sum::<u32>();
-    let provider = ctx.providers.get(ce.spec.provider);
     let mut message = None;
     let mut launched = Vec::new();
     let mut launched_vcpus = 0;
@@ -111,26 +127,28 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         };
         let fleet = Fleet { total_vcpus, min_vcpus: ce.spec.min_vcpus, max_vcpus: ce.spec.max_vcpus };
         let plan = capacity::plan_scale_up(&demand, &types, strategy, &fleet);
-        for ty in &plan.launch {
-            match provider.launch(ce, ty).await {
-                Ok(node) => {
-                    launched_vcpus += ty.vcpus;
-                    ctx.launching.lock().expect("launching lock").entry(name.clone()).or_default().push(
-                        super::Launching {
-                            node: node.clone(),
-                            vcpus: ty.vcpus,
-                            allocatable: ty.allocatable(),
-                            since: Instant::now(),
-                        },
-                    );
-                    launched.push(format!("{node} ({})", ty.name));
-                }
-                Err(e) => {
-                    warn!(error = %e, instance_type = ty.name, "launch failed");
-                    message = Some(format!("Could not launch {}: {e}", ty.name));
-                    break;
-                }
-            }
+        let offers = capacity::offers(&plan, &types);
+        let report = if offers.is_empty() { Default::default() } else { provider.launch(ce, &offers).await };
+        for l in &report.launched {
+            launched_vcpus += l.ty.vcpus;
+            ctx.launching.lock().expect("launching lock").entry(name.clone()).or_default().push(
+                super::Launching {
+                    node: l.key.clone(),
+                    vcpus: l.ty.vcpus,
+                    allocatable: l.ty.allocatable(),
+                    since: Instant::now(),
+                },
+            );
+            launched.push(format!("{} ({})", l.key, l.ty.name));
+        }
+        if !report.problems.is_empty() {
+            let problems = report.problems.join("; ");
+            warn!(%problems, "launch problems");
+            publish(ctx, ce, EventType::Warning, "LaunchFailed", problems.clone()).await;
+            message = Some(format!("Launch problems: {problems}"));
+        } else if !cooled.is_empty() {
+            let why = cooled.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join("; ");
+            message = Some(format!("Skipping instance types without capacity: {why}"));
         }
         if !launched.is_empty() {
             info!(nodes = ?launched, "scaled up");
@@ -147,7 +165,7 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
                 let cordon = json!({"spec": {"unschedulable": true}});
                 nodes_api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&cordon)).await?;
             } else {
-                provider.terminate(node).await?;
+                provider.terminate(ce, node).await?;
                 ctx.idle_since.lock().expect("idle lock").remove(&node.name_any());
                 info!(node = %node.name_any(), "scaled down");
                 publish(
@@ -180,7 +198,8 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         message = Some("None of instanceTypes is a known instance type or family".into());
     }
 
-    let mut status = status_for(ce, &nodes, &busy, total_vcpus, message, &types);
+    let price = |t: &capacity::InstanceType| provider.map_or(t.price, |p| p.price(ce, t));
+    let mut status = status_for(ce, &nodes, &busy, total_vcpus, message, &all_types, price);
     status.desired_vcpus = status.desired_vcpus.max(total_vcpus + launched_vcpus);
     write_status(ctx, ce, status).await?;
     Ok(Action::requeue(RESYNC))
@@ -193,6 +212,7 @@ fn status_for(
     total_vcpus: u32,
     message: Option<String>,
     types: &[&'static capacity::InstanceType],
+    price_of: impl Fn(&capacity::InstanceType) -> f64,
 ) -> ComputeEnvironmentStatus {
     let mut s = ce.status.clone().unwrap_or_default();
     s.nodes = nodes.len() as u32;
@@ -205,7 +225,7 @@ fn status_for(
             n.labels()
                 .get(crate::api::LABEL_INSTANCE_TYPE)
                 .and_then(|t| {
-                    types.iter().find(|x| x.name == t).or(catalog::lookup(t).as_ref()).map(|t| t.price)
+                    types.iter().find(|x| x.name == t).copied().or(catalog::lookup(t)).map(&price_of)
                 })
                 .unwrap_or(0.0)
         };
@@ -259,20 +279,21 @@ async fn write_status(ctx: &Shared, ce: &ComputeEnvironment, status: ComputeEnvi
 /// Removes every node of the environment; the finalizer stays until they are gone.
 async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     let nodes = nodes_of(ctx, ce);
-    if nodes.is_empty() {
-        publish(ctx, ce, EventType::Normal, "Deleted", "All nodes removed".into()).await;
-        return Ok(Action::await_change());
-    }
     let Some(provider) = ctx.providers.get(ce.spec.provider) else {
+        if nodes.is_empty() {
+            return Ok(Action::await_change());
+        }
         return Err(Error::Provider(format!(
             "provider {:?} is not enabled; cannot remove nodes",
             ce.spec.provider
         )));
     };
-    for node in &nodes {
-        provider.terminate(node).await?;
+    if provider.cleanup(ce, &nodes).await? {
+        ctx.cannot_grow.lock().expect("cannot_grow lock").remove(&ce.name_any());
+        publish(ctx, ce, EventType::Normal, "Deleted", "All nodes removed".into()).await;
+        return Ok(Action::await_change());
     }
-    Err(Error::Provider(format!("waiting for {} nodes to go away", nodes.len())))
+    Err(Error::Provider(format!("waiting for the nodes and instances of {} to go away", ce.name_any())))
 }
 
 async fn publish(ctx: &Shared, ce: &ComputeEnvironment, type_: EventType, reason: &str, note: String) {

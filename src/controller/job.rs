@@ -292,6 +292,25 @@ fn finish_attempt(
     s
 }
 
+/// Says which machine went away when an attempt just ended on a lost host whose provider
+/// told why (`Host EC2 (instance i-…) terminated.`), as AWS Batch does.
+fn name_lost_hosts(ctx: &Shared, old: &BatchJobStatus, new: &mut BatchJobStatus) {
+    let lost = ctx.lost_hosts.lock().expect("lost hosts lock");
+    for (i, a) in new.attempts.iter_mut().enumerate() {
+        let fresh = old.attempts.get(i).is_none_or(|o| o.reason != a.reason);
+        let Some(node) = a.node_name.as_deref() else { continue };
+        let generic = format!("Host {node} terminated");
+        if let (true, Some(why)) = (fresh, lost.get(node))
+            && a.reason.as_deref() == Some(generic.as_str())
+        {
+            a.reason = Some(why.clone());
+            if let Some(r) = &mut new.status_reason {
+                *r = r.replace(&generic, why.trim_end_matches('.'));
+            }
+        }
+    }
+}
+
 #[instrument(skip_all, fields(job = %job.name_any(), ns = job.namespace().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     if !ctx.ready() {
@@ -312,6 +331,9 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         return reconcile_array(&ctx, &job, &deps, verdict.as_ref(), now).await;
     }
     let mut new = next_status(&job, &deps, facts.as_ref(), verdict.as_ref(), now);
+    if host_lost || pod.is_none() {
+        name_lost_hosts(&ctx, &old, &mut new);
+    }
     let limit_recheck = apply_time_limit(&ctx, &job, &mut new, now);
 
     if new != old {

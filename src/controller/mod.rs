@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID};
-use crate::provider::Providers;
+use crate::provider::{Providers, local};
 use crate::resources::Res;
 
 /// Coalesces bursts of triggers for one job (an array parent hears from every child pod).
@@ -63,6 +63,10 @@ pub struct Shared {
     pub blocked: Mutex<HashMap<String, String>>,
     /// Nodes launched but not yet seen in the node store, per compute environment.
     pub launching: Mutex<HashMap<String, Vec<Launching>>>,
+    /// Per compute environment, why it cannot launch nodes now (no instance capacity).
+    pub cannot_grow: Mutex<HashMap<String, String>>,
+    /// Why the host of a vanished node went away, for its pods' attempts.
+    pub lost_hosts: Mutex<HashMap<String, String>>,
     /// When each node was last seen without a Barge pod (scale-down clock).
     pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
     ready: AtomicBool,
@@ -83,6 +87,7 @@ impl Shared {
 /// coming capacity so that the same demand is not launched for twice.
 #[derive(Clone, Debug)]
 pub struct Launching {
+    /// The node's name, or for a cloud instance its id (see `provider::node_key`).
     pub node: String,
     pub vcpus: u32,
     pub allocatable: Res,
@@ -90,7 +95,9 @@ pub struct Launching {
 }
 
 /// A launched node that has not shown up for this long is no longer counted as coming.
-pub const LAUNCH_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+pub const LAUNCH_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// How often providers compare their machines with the cluster's nodes.
+const PROVIDER_SYNC: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Shared {
     /// Launching nodes of `ce` still missing from the node store (pruning the rest).
@@ -99,7 +106,18 @@ impl Shared {
         let Some(list) = all.get_mut(ce) else {
             return Vec::new();
         };
-        list.retain(|l| l.since.elapsed() < LAUNCH_TTL && self.nodes.get(&ObjectRef::new(&l.node)).is_none());
+        if list.is_empty() {
+            return Vec::new();
+        }
+        // A launch stops counting as coming once its node has joined its environment.
+        let joined: std::collections::HashSet<String> = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| node_compute_environment(n) == Some(ce))
+            .map(|n| crate::provider::node_key(n))
+            .collect();
+        list.retain(|l| l.since.elapsed() < LAUNCH_TTL && !joined.contains(&l.node));
         list.clone()
     }
 }
@@ -166,14 +184,25 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         |_, _| {},
     );
     // A node that goes away takes its pods' attempts with it: their jobs must hear of it.
-    let (lost_tx, mut lost_rx) = mpsc::unbounded::<String>();
+    // All nodes are watched: a cloud instance's node joins before Barge labels it.
+    let (lost_tx, mut lost_rx) = mpsc::unbounded::<(String, Option<String>)>();
+    let joined = Arc::new(Notify::new());
+    let joined_tx = joined.clone();
     let (nodes, drive_nodes) = plain_watch(
         Api::<Node>::all(client.clone()),
-        watcher::Config::default().labels(LABEL_COMPUTE_ENVIRONMENT),
+        watcher::Config::default(),
         wake.clone(),
         move |node: &Node, deleted| {
+            let instance = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .and_then(crate::provider::ec2::instance_id)
+                .map(str::to_string);
             if deleted {
-                let _ = lost_tx.unbounded_send(node.name_any());
+                let _ = lost_tx.unbounded_send((node.name_any(), instance));
+            } else if instance.is_some() && node_compute_environment(node).is_none() {
+                joined_tx.notify_one();
             }
         },
     );
@@ -200,6 +229,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         demand: Mutex::default(),
         blocked: Mutex::default(),
         idle_since: Mutex::default(),
+        cannot_grow: Mutex::default(),
+        lost_hosts: Mutex::default(),
         launching: Mutex::default(),
         ready: AtomicBool::new(false),
     });
@@ -222,7 +253,11 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     let lost_hosts = {
         let s = shared.clone();
         async move {
-            while let Some(node) = lost_rx.next().await {
+            while let Some((node, instance)) = lost_rx.next().await {
+                if let Some(id) = instance {
+                    let why = format!("Host EC2 (instance {id}) terminated.");
+                    s.lost_hosts.lock().expect("lost hosts lock").insert(node.clone(), why);
+                }
                 for pod in s.pods.state() {
                     if pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(node.as_str())
                         && let Some(job) = owning_job(&pod)
@@ -261,9 +296,54 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         _ = queue::run(shared.clone()) => {},
         _ = readiness => {},
         _ = lost_hosts => {},
+        _ = provider_sync(shared.clone(), joined) => {},
         _ = shutdown_signal() => info!("shutting down"),
     }
     Ok(())
+}
+
+/// Lets each provider compare its machines with the cluster: labels the nodes of newly
+/// joined instances with their environment, deletes the nodes of instances going away.
+async fn provider_sync(ctx: Arc<Shared>, joined: Arc<Notify>) {
+    use kube::api::{Patch, PatchParams};
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    loop {
+        let _ = tokio::time::timeout(PROVIDER_SYNC, joined.notified()).await;
+        if !ctx.ready() {
+            continue;
+        }
+        let ces = ctx.compute_environments.state();
+        let nodes = ctx.nodes.state();
+        for provider in [ctx.providers.local.as_deref(), ctx.providers.ec2.as_deref()].into_iter().flatten() {
+            let report = match provider.sync(&ces, &nodes).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "provider sync failed");
+                    continue;
+                }
+            };
+            for (node, ce_name) in report.register {
+                let Some(ce) = ces.iter().find(|c| c.name_any() == ce_name) else { continue };
+                let patch = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": node, "labels": local::node_labels(ce)},
+                    "spec": {"taints": local::node_taints(ce)},
+                });
+                let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+                match nodes_api.patch(&node, &params, &Patch::Apply(&patch)).await {
+                    Ok(_) => info!(%node, ce = %ce_name, "node joined its compute environment"),
+                    Err(e) => warn!(%node, error = %e, "could not label a joined node"),
+                }
+            }
+            for (node, why) in report.gone {
+                info!(%node, %why, "removing the node of an instance going away");
+                ctx.lost_hosts.lock().expect("lost hosts lock").insert(node.clone(), why);
+                if let Err(e) = delete_if_present(&nodes_api, &node).await {
+                    warn!(%node, error = %e, "could not delete node");
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -103,6 +103,7 @@ async fn pass(
                 total_vcpus: 0,
                 shapes: types.iter().map(|t| t.allocatable()).collect(),
                 nodes: Vec::new(),
+                cannot_grow: ctx.cannot_grow.lock().expect("cannot_grow lock").get(&ce.name_any()).cloned(),
             }
         })
         .collect();

@@ -1,7 +1,10 @@
 //! Node providers: where a compute environment's nodes come from. `local` writes
-//! kwok-managed Node objects; `ec2` (planned) launches instances.
+//! kwok-managed Node objects; `ec2` launches EC2 instances that join the cluster.
 
+pub mod ec2;
 pub mod local;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
@@ -9,18 +12,64 @@ use k8s_openapi::api::core::v1::Node;
 use crate::Result;
 use crate::api::ComputeEnvironment;
 use crate::api::compute_environment::Provider;
-use crate::capacity::InstanceType;
+use crate::capacity::{InstanceType, Offer};
 
-/// Launches and removes the nodes of a compute environment.
+/// A node a launch started: `key` is what the Node will be known by (its name for local
+/// nodes, the instance id for EC2, found in the Node's `spec.providerID`).
+#[derive(Clone, Debug)]
+pub struct Launched {
+    pub key: String,
+    pub ty: &'static InstanceType,
+}
+
+/// What a launch achieved; a launch may be partly fulfilled.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchReport {
+    pub launched: Vec<Launched>,
+    /// What went wrong for the rest, in words for the compute environment's status.
+    pub problems: Vec<String>,
+}
+
+/// What a periodic look at the provider's machines found.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// Nodes that registered for an instance Barge launched, with their environment: they
+    /// get the environment's labels and taints.
+    pub register: Vec<(String, String)>,
+    /// Nodes whose machine is gone or going (a Spot interruption, say): deleted so that
+    /// their pods' attempts end as host loss at once.
+    pub gone: Vec<(String, String)>,
+}
+
+/// Launches and removes the nodes of compute environments.
 pub trait NodeProvider: Send + Sync {
-    /// Starts one node of type `ty` for `ce`; returns its name.
-    fn launch<'a>(
+    /// Starts the nodes of `offers` for `ce`.
+    fn launch<'a>(&'a self, ce: &'a ComputeEnvironment, offers: &'a [Offer]) -> BoxFuture<'a, LaunchReport>;
+    /// Removes a node and whatever backs it.
+    fn terminate<'a>(&'a self, ce: &'a ComputeEnvironment, node: &'a Node) -> BoxFuture<'a, Result<()>>;
+    /// Removes everything `ce` still has; true once the provider confirms nothing is left.
+    fn cleanup<'a>(
         &'a self,
         ce: &'a ComputeEnvironment,
-        ty: &'static InstanceType,
-    ) -> BoxFuture<'a, Result<String>>;
-    /// Removes a node (and whatever backs it).
-    fn terminate<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<()>>;
+        nodes: &'a [Arc<Node>],
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// Instance types not to launch for `ce` now (recently out of capacity), and why.
+    fn unavailable(&self, _ce: &ComputeEnvironment) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// Reconciles the provider's machines with the cluster's nodes and environments.
+    fn sync<'a>(
+        &'a self,
+        _ces: &'a [Arc<ComputeEnvironment>],
+        _nodes: &'a [Arc<Node>],
+    ) -> BoxFuture<'a, Result<SyncReport>> {
+        Box::pin(async { Ok(SyncReport::default()) })
+    }
+    /// Estimated USD per hour of a node of this environment.
+    fn price(&self, ce: &ComputeEnvironment, ty: &InstanceType) -> f64 {
+        let _ = ce;
+        ty.price
+    }
 }
 
 /// The providers this operator was started with.
@@ -36,4 +85,15 @@ impl Providers {
             Provider::Ec2 => self.ec2.as_deref(),
         }
     }
+}
+
+/// The key a Node is known by to its provider: the instance id of an EC2 node
+/// (`aws:///<zone>/<instance-id>`), else its name.
+pub fn node_key(node: &Node) -> String {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(ec2::instance_id)
+        .map(str::to_string)
+        .unwrap_or_else(|| kube::ResourceExt::name_any(node))
 }

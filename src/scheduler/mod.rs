@@ -116,6 +116,9 @@ pub struct CeInfo {
     /// Allocatable of each instance type the environment may launch.
     pub shapes: Vec<Res>,
     pub nodes: Vec<NodeInfo>,
+    /// Why the environment cannot launch nodes right now (EC2 has no capacity for any of
+    /// its instance types); the queue's next environment is tried instead.
+    pub cannot_grow: Option<String>,
 }
 
 /// Everything a pass decides on.
@@ -147,6 +150,7 @@ pub enum Waiting {
     ScalingUp { compute_environment: String },
     NodesLaunching { compute_environment: String },
     AtMaxCapacity { compute_environment: String, max_vcpus: u32, behind_others: bool },
+    NoInstanceCapacity { compute_environment: String, why: String },
 }
 
 impl Waiting {
@@ -193,6 +197,11 @@ impl fmt::Display for Waiting {
             Waiting::NodesLaunching { compute_environment } => write!(
                 f,
                 "Waiting for new nodes of compute environment {compute_environment} to become ready"
+            ),
+            Waiting::NoInstanceCapacity { compute_environment, why } => write!(
+                f,
+                "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - compute environment {compute_environment} \
+                 cannot launch nodes: {why}"
             ),
             Waiting::AtMaxCapacity { compute_environment, max_vcpus, behind_others } => {
                 if *behind_others {
@@ -463,11 +472,21 @@ fn decide<'a>(
     }
     for name in &fitting {
         let ce = ces.get_mut(name).expect("fitting environments exist");
-        if ce.projected_vcpus + r.millicpu <= ce.info.max_vcpus as u64 * 1000 {
+        if ce.info.cannot_grow.is_none() && ce.projected_vcpus + r.millicpu <= ce.info.max_vcpus as u64 * 1000
+        {
             ce.projected_vcpus += r.millicpu;
             demand.entry(name.to_string()).or_default().push(r);
             return Err(Waiting::ScalingUp { compute_environment: name.to_string() });
         }
+    }
+    // Every environment with room is out of instance capacity: say so, naming the first.
+    if let Some(ce) = fitting.iter().map(|n| &ces[n]).find(|c| {
+        c.info.cannot_grow.is_some() && c.projected_vcpus + r.millicpu <= c.info.max_vcpus as u64 * 1000
+    }) {
+        return Err(Waiting::NoInstanceCapacity {
+            compute_environment: ce.info.name.clone(),
+            why: ce.info.cannot_grow.clone().unwrap_or_default(),
+        });
     }
     let first = ces.get_mut(fitting[0]).expect("fitting environments exist");
     first.waiting_for_capacity += 1;

@@ -38,6 +38,7 @@ fn ce(name: &str, max: u32, nodes: &[(u64, bool)]) -> CeInfo {
             .enumerate()
             .map(|(i, (v, ready))| NodeInfo { name: format!("{name}-n{i}"), free: res(*v), ready: *ready })
             .collect(),
+        cannot_grow: None,
     }
 }
 
@@ -252,4 +253,21 @@ fn compute_reservation_keeps_room_for_shares_not_yet_active() {
     let p = plan(&s);
     assert_eq!(p.admitted.len(), 4);
     assert!(reason_of(&s, &p, "a7").to_string().contains("keeps 4 vCPUs free for fair-share identifiers"));
+}
+
+#[test]
+fn an_environment_out_of_instance_capacity_passes_demand_to_the_next_and_says_why() {
+    let mut spot = ce("spot", 16, &[]);
+    spot.cannot_grow = Some("InsufficientInstanceCapacity (c6i.xlarge Spot)".into());
+    let s = Snapshot {
+        jobs: vec![job("a", "q", 0, 1, 2), job("b", "only-spot", 0, 2, 2)],
+        queues: vec![queue("q", 1, &["spot", "ondemand"]), queue("only-spot", 1, &["spot"])],
+        compute_environments: vec![spot, ce("ondemand", 16, &[])],
+    };
+    let p = plan(&s);
+    assert_eq!(p.demand.get("ondemand").map(Vec::len), Some(1));
+    assert!(!p.demand.contains_key("spot"));
+    let why = reason_of(&s, &p, "b").to_string();
+    assert!(why.starts_with("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - compute environment spot"), "{why}");
+    assert!(why.contains("c6i.xlarge Spot"), "{why}");
 }
