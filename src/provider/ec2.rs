@@ -350,6 +350,7 @@ impl Ec2Provider {
         let market = Market::of(ce);
         let client = self.client(region);
         for ty in options {
+            let mut last_capacity_error = None;
             for subnet in &ce.spec.subnets {
                 let mut req = client
                     .run_instances()
@@ -401,12 +402,16 @@ impl Ec2Provider {
                     }
                     Err(e) if e.code().is_some_and(|c| CAPACITY_ERRORS.contains(&c)) => {
                         let msg = format!("{}: {}", e.code().unwrap_or(""), e.message().unwrap_or(""));
+                        // No capacity in this subnet's zone: try the next subnet.
                         report.problems.push(format!("RunInstances for {} in {subnet}: {msg}", ty.name));
-                        self.cool_down(region, ty.name, market, msg);
-                        break;
+                        last_capacity_error = Some(msg);
                     }
                     Err(e) => return Err(Error::Provider(describe_error("RunInstances", &e))),
                 }
+            }
+            // No zone had capacity for this type: skip it for a while, try the next type.
+            if let Some(msg) = last_capacity_error {
+                self.cool_down(region, ty.name, market, msg);
             }
         }
         Ok(())
