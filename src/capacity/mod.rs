@@ -206,8 +206,16 @@ pub struct NodeUse {
 }
 
 /// Nodes to remove: those idle longer than `delay`, except the smallest set of them
-/// that keeps the fleet at `minvCpus` (busy and recently idle nodes count first).
-pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) -> Vec<String> {
+/// that keeps the fleet at `minvCpus` (busy and recently idle nodes count first). An idle
+/// node far larger than what `minvCpus` still needs is not kept for it: it goes, and
+/// scale-up tops the fleet up with a small instance (`smallest_vcpus`, the smallest type
+/// allowed, bounds "far larger" so that a fleet of large types does not churn).
+pub fn plan_scale_down(
+    nodes: &[NodeUse],
+    min_vcpus: u32,
+    delay_seconds: u64,
+    smallest_vcpus: u32,
+) -> Vec<String> {
     let past_delay = |n: &NodeUse| n.idle_seconds.is_some_and(|s| s >= delay_seconds);
     let kept: u32 = nodes.iter().filter(|n| !past_delay(n)).map(|n| n.vcpus).sum();
     let mut eligible: Vec<&NodeUse> = nodes.iter().filter(|n| past_delay(n)).collect();
@@ -216,14 +224,16 @@ pub fn plan_scale_down(nodes: &[NodeUse], min_vcpus: u32, delay_seconds: u64) ->
     let mut need = min_vcpus.saturating_sub(kept);
     while need > 0 && !eligible.is_empty() {
         // Keep the smallest node that covers what is missing, else the largest and go on.
+        let worth_keeping = need.saturating_mul(2).max(smallest_vcpus);
         let pick = eligible
             .iter()
             .enumerate()
             .filter(|(_, n)| n.vcpus >= need)
             .min_by_key(|(i, n)| (n.vcpus, std::cmp::Reverse(*i)))
             .or_else(|| eligible.iter().enumerate().max_by_key(|(_, n)| n.vcpus))
-            .map(|(i, _)| i)
-            .expect("eligible is not empty");
+            .filter(|(_, n)| n.vcpus <= worth_keeping)
+            .map(|(i, _)| i);
+        let Some(pick) = pick else { break };
         need = need.saturating_sub(eligible.remove(pick).vcpus);
     }
     eligible.into_iter().map(|n| n.name.clone()).collect()
@@ -319,7 +329,15 @@ mod tests {
             NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None },
             NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10) },
         ];
-        assert_eq!(plan_scale_down(&nodes, 8, 300), vec!["b".to_string(), "a".to_string()]);
-        assert_eq!(plan_scale_down(&nodes, 12, 300), vec!["b".to_string()]);
+        assert_eq!(plan_scale_down(&nodes, 8, 300, 2), vec!["b".to_string(), "a".to_string()]);
+        assert_eq!(plan_scale_down(&nodes, 12, 300, 2), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn an_idle_node_far_larger_than_min_vcpus_needs_is_not_kept_for_it() {
+        let nodes = vec![NodeUse { name: "big".into(), vcpus: 64, idle_seconds: Some(600) }];
+        assert_eq!(plan_scale_down(&nodes, 2, 300, 2), vec!["big".to_string()]);
+        // Unless nothing smaller may be launched: no churn.
+        assert!(plan_scale_down(&nodes, 2, 300, 64).is_empty());
     }
 }

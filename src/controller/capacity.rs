@@ -158,7 +158,8 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
 
         // Scale down: cordon idle nodes first; remove them on a later pass if still idle.
         let delay = ce.spec.scale_down_delay_seconds as u64;
-        let remove = capacity::plan_scale_down(&node_use, ce.spec.min_vcpus, delay);
+        let smallest = all_types.iter().map(|t| t.vcpus).min().unwrap_or(0);
+        let remove = capacity::plan_scale_down(&node_use, ce.spec.min_vcpus, delay, smallest);
         let nodes_api: Api<Node> = Api::all(ctx.client.clone());
         for node in nodes.iter().filter(|n| remove.contains(&n.name_any())) {
             if !node_is_cordoned(node) {
@@ -194,7 +195,7 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     if !unknown.is_empty() {
         message = Some(format!("Unknown instance types ignored: {}", unknown.join(", ")));
     }
-    if types.is_empty() {
+    if all_types.is_empty() {
         message = Some("None of instanceTypes is a known instance type or family".into());
     }
 

@@ -28,6 +28,8 @@ pub const TIMEOUT_REASON: &str = "Job attempt duration exceeded timeout";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodFacts {
     pub node: Option<String>,
+    /// The compute environment the pod was placed in (its label).
+    pub compute_environment: Option<String>,
     pub phase: String,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -55,6 +57,7 @@ impl PodFacts {
             .and_then(|c| c.message.clone());
         PodFacts {
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            compute_environment: pod.labels().get(crate::api::LABEL_COMPUTE_ENVIRONMENT).cloned(),
             phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
             started_at: running_since.or(term.and_then(|t| t.started_at.as_ref())).and_then(ts),
             finished_at: term.and_then(|t| t.finished_at.as_ref()).and_then(ts),
@@ -166,6 +169,9 @@ pub fn next_status(
             ..Default::default()
         });
         s.attempt_count = s.attempts.len() as u32;
+    }
+    if pod.compute_environment.is_some() {
+        s.compute_environment = pod.compute_environment.clone();
     }
     match (pod.phase.as_str(), &pod.node) {
         ("Pending", None) => {

@@ -66,7 +66,7 @@ pub struct Shared {
     /// Per compute environment, why it cannot launch nodes now (no instance capacity).
     pub cannot_grow: Mutex<HashMap<String, String>>,
     /// Why the host of a vanished node went away, for its pods' attempts.
-    pub lost_hosts: Mutex<HashMap<String, String>>,
+    pub lost_hosts: Arc<Mutex<HashMap<String, String>>>,
     /// When each node was last seen without a Barge pod (scale-down clock).
     pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
     ready: AtomicBool,
@@ -95,7 +95,8 @@ pub struct Launching {
 }
 
 /// A launched node that has not shown up for this long is no longer counted as coming.
-pub const LAUNCH_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// (A provider that knows better ends it sooner: see `NodeProvider::launch_failed`.)
+pub const LAUNCH_TTL: std::time::Duration = std::time::Duration::from_secs(900);
 /// How often providers compare their machines with the cluster's nodes.
 const PROVIDER_SYNC: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -117,7 +118,15 @@ impl Shared {
             .filter(|n| node_compute_environment(n) == Some(ce))
             .map(|n| crate::provider::node_key(n))
             .collect();
-        list.retain(|l| l.since.elapsed() < LAUNCH_TTL && !joined.contains(&l.node));
+        let provider = self
+            .compute_environments
+            .get(&ObjectRef::new(ce))
+            .and_then(|c| self.providers.get(c.spec.provider));
+        list.retain(|l| {
+            l.since.elapsed() < LAUNCH_TTL
+                && !joined.contains(&l.node)
+                && !provider.is_some_and(|p| p.launch_failed(&l.node))
+        });
         list.clone()
     }
 }
@@ -185,7 +194,9 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     );
     // A node that goes away takes its pods' attempts with it: their jobs must hear of it.
     // All nodes are watched: a cloud instance's node joins before Barge labels it.
-    let (lost_tx, mut lost_rx) = mpsc::unbounded::<(String, Option<String>)>();
+    let (lost_tx, mut lost_rx) = mpsc::unbounded::<String>();
+    let lost_hosts: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let lost_why = lost_hosts.clone();
     let joined = Arc::new(Notify::new());
     let joined_tx = joined.clone();
     let (nodes, drive_nodes) = plain_watch(
@@ -200,7 +211,12 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
                 .and_then(crate::provider::ec2::instance_id)
                 .map(str::to_string);
             if deleted {
-                let _ = lost_tx.unbounded_send((node.name_any(), instance));
+                // Recorded before any job can see the node gone.
+                if let Some(id) = instance {
+                    let why = format!("Host EC2 (instance {id}) terminated.");
+                    lost_why.lock().expect("lost hosts lock").insert(node.name_any(), why);
+                }
+                let _ = lost_tx.unbounded_send(node.name_any());
             } else if instance.is_some() && node_compute_environment(node).is_none() {
                 joined_tx.notify_one();
             }
@@ -230,7 +246,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         blocked: Mutex::default(),
         idle_since: Mutex::default(),
         cannot_grow: Mutex::default(),
-        lost_hosts: Mutex::default(),
+        lost_hosts,
         launching: Mutex::default(),
         ready: AtomicBool::new(false),
     });
@@ -253,11 +269,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     let lost_hosts = {
         let s = shared.clone();
         async move {
-            while let Some((node, instance)) = lost_rx.next().await {
-                if let Some(id) = instance {
-                    let why = format!("Host EC2 (instance {id}) terminated.");
-                    s.lost_hosts.lock().expect("lost hosts lock").insert(node.clone(), why);
-                }
+            while let Some(node) = lost_rx.next().await {
                 for pod in s.pods.state() {
                     if pod.spec.as_ref().and_then(|p| p.node_name.as_deref()) == Some(node.as_str())
                         && let Some(job) = owning_job(&pod)

@@ -680,6 +680,11 @@ impl NodeProvider for Ec2Provider {
         })
     }
 
+    fn launch_failed(&self, key: &str) -> bool {
+        let st = self.state.lock().expect("ec2 state lock");
+        st.instances.get(key).is_some_and(|i| is_going_away(&i.state))
+    }
+
     fn price(&self, ce: &ComputeEnvironment, ty: &InstanceType) -> f64 {
         match Market::of(ce) {
             Market::OnDemand => ty.price,

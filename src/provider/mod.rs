@@ -65,6 +65,10 @@ pub trait NodeProvider: Send + Sync {
     ) -> BoxFuture<'a, Result<SyncReport>> {
         Box::pin(async { Ok(SyncReport::default()) })
     }
+    /// Whether a launched node (by key) is known never to join: its instance is gone.
+    fn launch_failed(&self, _key: &str) -> bool {
+        false
+    }
     /// Estimated USD per hour of a node of this environment.
     fn price(&self, ce: &ComputeEnvironment, ty: &InstanceType) -> f64 {
         let _ = ce;

@@ -2,6 +2,12 @@
 //! `make test` starts, kwok nodes, namespaces, and polling until state is reached.
 #![allow(dead_code)]
 
+pub mod ec2;
+pub mod env;
+
+#[allow(unused_imports)]
+pub use env::{Env, WAIT, vcpus_of};
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -109,10 +115,16 @@ pub fn log_path(name: &str) -> std::path::PathBuf {
 
 /// Starts `barge run` as a child process that dies with the test process.
 pub fn spawn_operator(log: &str) -> std::process::Child {
+    spawn_operator_with(log, &[])
+}
+
+/// Starts `barge run` with extra environment variables.
+pub fn spawn_operator_with(log: &str, env: &[(&str, &str)]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log_path(log)).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_barge"));
     cmd.arg("run").env("RUST_LOG", "info,barge=debug").stdout(out.try_clone().unwrap()).stderr(out);
+    cmd.envs(env.iter().copied());
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
     unsafe {
         cmd.pre_exec(|| {
@@ -128,20 +140,27 @@ pub fn spawn_operator(log: &str) -> std::process::Child {
 pub async fn shared_operator(client: &Client) {
     static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     install_crds(client).await;
-    STARTED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut child = spawn_operator("shared");
-            tx.send(()).unwrap();
-            // Lives until the operator exits (it should not before the tests end).
-            let status = child.wait();
-            eprintln!("shared operator exited: {status:?}; see {}", log_path("shared").display());
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().unwrap();
+    STARTED.get_or_init(|| spawn_operator_for_process("shared", &[]));
+}
+
+/// Starts an operator on a thread that lives as long as the test process: the child gets
+/// SIGKILL when the thread that started it ends, and this one never does.
+pub fn spawn_operator_for_process(log: &str, env: &[(&str, &str)]) {
+    let log = log.to_string();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut child = spawn_operator_with(&log, &env);
+        tx.send(()).unwrap();
+        // Lives until the operator exits (it should not before the tests end).
+        let status = child.wait();
+        eprintln!("operator exited: {status:?}; see {}", log_path(&log).display());
+        loop {
+            std::thread::park();
+        }
     });
+    rx.recv().unwrap();
 }
 
 /// Server-side applies any object given as JSON.

@@ -27,6 +27,7 @@ fn at(secs: i64) -> DateTime<Utc> {
 fn pod(phase: &str, node: Option<&str>, exit: Option<i32>) -> PodFacts {
     PodFacts {
         node: node.map(Into::into),
+        compute_environment: Some("ce".into()),
         phase: phase.into(),
         started_at: Some(at(1)),
         finished_at: exit.map(|_| at(5)),
