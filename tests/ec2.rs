@@ -224,6 +224,13 @@ async fn a_spot_environment_requests_spot_and_a_lost_spot_instance_is_a_retried_
     let live = instances(aws, &ce, LIVE).await;
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    // The cost shown is the Spot price (moto's is near zero), not the On-Demand price.
+    let ces: Api<barge::api::ComputeEnvironment> = Api::all(e.client.clone());
+    eventually("a Spot cost in status", WAIT, || async {
+        let s = ces.get(&ce).await.ok()?.status?;
+        (s.nodes == 1 && s.cost_per_hour? < 0.01).then_some(())
+    })
+    .await;
 
     // The Spot instance is taken away mid-attempt.
     let node =
@@ -310,6 +317,7 @@ async fn throttled_and_failing_launch_calls_back_off_and_then_succeed() {
     // Six faults, then success: the SDK's retries plus the environment's backoff add up
     // to a handful of calls, not a storm.
     assert!(calls.len() <= 9, "{} CreateFleet calls", calls.len());
+    eprintln!("throttled launch: {} CreateFleet calls, {injected} answered with a fault", calls.len());
     assert_eq!(instances(aws, &ce, LIVE).await.len(), 1, "one instance, not one per retry");
     e.cleanup(&[&ce]).await;
 }

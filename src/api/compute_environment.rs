@@ -168,7 +168,8 @@ pub struct ComputeEnvironmentStatus {
     /// vCPUs requested by Barge pods placed on these nodes.
     #[serde(default, rename = "allocatedvCpus")]
     pub allocated_vcpus: f64,
-    /// On-demand price of the nodes per hour, in USD.
+    /// Estimated price of the nodes per hour, in USD: the On-Demand list price, or for Spot
+    /// the current Spot price (capped by bidPercentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_per_hour: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -120,7 +120,13 @@ struct State {
     instances: HashMap<String, Instance>,
     /// Per environment: no launch before this instant, after this many failures in a row.
     backoff: HashMap<String, (Instant, u32)>,
+    /// Latest Spot price per (region, type), lowest across zones, and when it was read.
+    spot_prices: HashMap<(String, String), f64>,
+    spot_prices_read: HashMap<String, Instant>,
 }
+
+/// How often Spot prices are read again.
+const SPOT_PRICE_REFRESH: Duration = Duration::from_secs(600);
 
 pub struct Ec2Provider {
     settings: Ec2Settings,
@@ -475,6 +481,44 @@ impl Ec2Provider {
         Ok(out)
     }
 
+    /// Reads the current Spot prices of the Spot environments' types in `region`.
+    async fn refresh_spot_prices(&self, region: &str, ces: &[Arc<ComputeEnvironment>]) -> Result<()> {
+        let due = {
+            let st = self.state.lock().expect("ec2 state lock");
+            st.spot_prices_read.get(region).is_none_or(|t| t.elapsed() > SPOT_PRICE_REFRESH)
+        };
+        let types: BTreeSet<&'static str> = ces
+            .iter()
+            .filter(|c| Market::of(c) == Market::Spot && self.region_of(c) == region)
+            .flat_map(|c| catalog::resolve(&c.spec.instance_types).0)
+            .map(|t| t.name)
+            .collect();
+        if !due || types.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .client(region)
+            .describe_spot_price_history()
+            .set_instance_types(Some(types.iter().map(|t| Ec2Type::from(*t)).collect()))
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_sdk_ec2::primitives::DateTime::from(SystemTime::now()))
+            .send()
+            .await
+            .map_err(|e| Error::Provider(describe_error("DescribeSpotPriceHistory", &e)))?;
+        let mut st = self.state.lock().expect("ec2 state lock");
+        for p in out.spot_price_history() {
+            let (Some(ty), Some(price)) = (p.instance_type(), p.spot_price().and_then(|s| s.parse::<f64>().ok()))
+            else {
+                continue;
+            };
+            let key = (region.to_string(), ty.as_str().to_string());
+            let entry = st.spot_prices.entry(key).or_insert(price);
+            *entry = entry.min(price);
+        }
+        st.spot_prices_read.insert(region.to_string(), Instant::now());
+        Ok(())
+    }
+
     fn regions(&self, ces: &[Arc<ComputeEnvironment>]) -> BTreeSet<String> {
         let mut regions: BTreeSet<String> = ces
             .iter()
@@ -620,6 +664,9 @@ impl NodeProvider for Ec2Provider {
         Box::pin(async move {
             let mut report = SyncReport::default();
             for region in self.regions(ces) {
+                if let Err(e) = self.refresh_spot_prices(&region, ces).await {
+                    warn!(error = %e, "could not read Spot prices; costs use the On-Demand price");
+                }
                 let described = self.describe(&region).await?;
                 let instances: HashMap<String, Instance> = {
                     let mut st = self.state.lock().expect("ec2 state lock");
@@ -688,8 +735,12 @@ impl NodeProvider for Ec2Provider {
     fn price(&self, ce: &ComputeEnvironment, ty: &InstanceType) -> f64 {
         match Market::of(ce) {
             Market::OnDemand => ty.price,
-            // What a Spot node may cost at most: the bid cap, else the On-Demand price.
-            Market::Spot => ty.price * ce.spec.bid_percentage.unwrap_or(100) as f64 / 100.0,
+            // The current Spot price, else what a Spot node may cost at most.
+            Market::Spot => {
+                let st = self.state.lock().expect("ec2 state lock");
+                let cap = ty.price * ce.spec.bid_percentage.unwrap_or(100) as f64 / 100.0;
+                st.spot_prices.get(&(self.region_of(ce), ty.name.to_string())).map_or(cap, |p| p.min(cap))
+            }
         }
     }
 }
