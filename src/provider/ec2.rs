@@ -507,7 +507,8 @@ impl Ec2Provider {
             .map_err(|e| Error::Provider(describe_error("DescribeSpotPriceHistory", &e)))?;
         let mut st = self.state.lock().expect("ec2 state lock");
         for p in out.spot_price_history() {
-            let (Some(ty), Some(price)) = (p.instance_type(), p.spot_price().and_then(|s| s.parse::<f64>().ok()))
+            let (Some(ty), Some(price)) =
+                (p.instance_type(), p.spot_price().and_then(|s| s.parse::<f64>().ok()))
             else {
                 continue;
             };
