@@ -126,6 +126,7 @@ up() {
   KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port); MOTO_PORT=$(free_port)
   declare -p ETCD_PORT APISERVER_PORT MOTO_PORT KWOK_PORT | sed 's/^declare -- //' >"$state/ports.env"
   echo "BIN_DIR=$K8S_BIN" >>"$state/ports.env"
+  echo "HELM_DIR=$HELM_BIN" >>"$state/ports.env"
   gen_certs
   local pki="$state/pki"
   write_kubeconfig admin "$state/kubeconfig"
@@ -188,7 +189,7 @@ env_lines() {
   # shellcheck disable=SC1091
   source "$state/ports.env"
   echo "export KUBECONFIG=$state/kubeconfig"
-  echo "export PATH=$BIN_DIR:\$PATH"
+  echo "export PATH=$BIN_DIR:${HELM_DIR:+$HELM_DIR:}\$PATH"
   if alive moto; then
     echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
     echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"

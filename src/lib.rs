@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod capacity;
+pub mod cli;
 pub mod controller;
+pub mod lease;
+pub mod metrics;
 pub mod provider;
 pub mod resources;
 pub mod scheduler;

@@ -13,6 +13,7 @@ k8s_bin="$cache/k8s-$K8S_VERSION"
 etcd_bin="$cache/etcd-$ETCD_VERSION"
 kwok_bin="$cache/kwok-$KWOK_VERSION"
 moto_venv="$cache/moto-$MOTO_VERSION"
+helm_bin="$cache/helm-$HELM_VERSION"
 
 log() { printf '[build] %s\n' "$*" >&2; }
 
@@ -48,6 +49,15 @@ build_kwok() {
   rm -rf "$kwok_bin"; mv "$kwok_bin.tmp" "$kwok_bin"
 }
 
+build_helm() {
+  [ -x "$helm_bin/helm" ] && return
+  log "building helm $HELM_VERSION"
+  mkdir -p "$helm_bin.tmp"
+  (cd "$here/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    -o "$helm_bin.tmp/helm" helm.sh/helm/v3/cmd/helm)
+  rm -rf "$helm_bin"; mv "$helm_bin.tmp" "$helm_bin"
+}
+
 build_moto() {
   [ -f "$moto_venv/.complete" ] && return
   log "installing moto $MOTO_VERSION into a venv"
@@ -58,8 +68,9 @@ build_moto() {
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_k8s; build_moto ;;
-  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;;
-  paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|paths]" >&2; exit 2 ;;
+  all) build_etcd; build_kwok; build_k8s; build_moto; build_helm ;;
+  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; helm) build_helm ;;
+  paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
+         echo "HELM_BIN=$helm_bin" ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|helm|paths]" >&2; exit 2 ;;
 esac

@@ -202,6 +202,7 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     let price = |t: &capacity::InstanceType| provider.map_or(t.price, |p| p.price(ce, t));
     let mut status = status_for(ce, &nodes, &busy, total_vcpus, message, &all_types, price);
     status.desired_vcpus = status.desired_vcpus.max(total_vcpus + launched_vcpus);
+    publish_metrics(ce, &status);
     write_status(ctx, ce, status).await?;
     Ok(Action::requeue(RESYNC))
 }
@@ -266,6 +267,37 @@ fn status_for(
     s
 }
 
+/// The environment's vCPUs, nodes and cost for `/metrics`.
+fn publish_metrics(ce: &ComputeEnvironment, s: &ComputeEnvironmentStatus) {
+    use crate::metrics::{CeLabel, CeVcpus, metrics};
+    let m = metrics();
+    let name = ce.name_any();
+    for (kind, v) in [
+        ("desired", s.desired_vcpus as i64),
+        ("current", s.total_vcpus as i64),
+        ("allocated", s.allocated_vcpus.ceil() as i64),
+        ("max", ce.spec.max_vcpus as i64),
+    ] {
+        m.ce_vcpus.get_or_create(&CeVcpus { compute_environment: name.clone(), kind: kind.into() }).set(v);
+    }
+    let label = CeLabel { compute_environment: name };
+    m.ce_nodes.get_or_create(&label).set(s.nodes as i64);
+    m.ce_cost_per_hour.get_or_create(&label).set(s.cost_per_hour.unwrap_or(0.0));
+}
+
+/// Drops a deleted environment's series.
+fn forget_metrics(ce: &ComputeEnvironment) {
+    use crate::metrics::{CeLabel, CeVcpus, metrics};
+    let m = metrics();
+    let name = ce.name_any();
+    for kind in ["desired", "current", "allocated", "max"] {
+        m.ce_vcpus.remove(&CeVcpus { compute_environment: name.clone(), kind: kind.into() });
+    }
+    let label = CeLabel { compute_environment: name };
+    m.ce_nodes.remove(&label);
+    m.ce_cost_per_hour.remove(&label);
+}
+
 async fn write_status(ctx: &Shared, ce: &ComputeEnvironment, status: ComputeEnvironmentStatus) -> Result<()> {
     if ce.status.as_ref() == Some(&status) {
         return Ok(());
@@ -292,6 +324,7 @@ async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     if provider.cleanup(ce, &nodes).await? {
         ctx.cannot_grow.lock().expect("cannot_grow lock").remove(&ce.name_any());
         publish(ctx, ce, EventType::Normal, "Deleted", "All nodes removed".into()).await;
+        forget_metrics(ce);
         return Ok(Action::await_change());
     }
     Err(Error::Provider(format!("waiting for the nodes and instances of {} to go away", ce.name_any())))

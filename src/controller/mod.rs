@@ -136,6 +136,8 @@ impl Shared {
 pub struct Options {
     /// Identifies this operator in events.
     pub instance: String,
+    /// Set once every store has synced (for `/readyz`).
+    pub synced: Arc<AtomicBool>,
 }
 
 /// Watches a kind into a store; every event rings `wake` and is handed to `on_event`.
@@ -259,11 +261,19 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         .with_config(
             kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY).debounce(JOB_DEBOUNCE),
         )
-        .run(job::reconcile, job::error_policy, shared.clone())
+        .run(
+            |j, c| crate::metrics::timed("batchjob", job::reconcile(j, c)),
+            job::error_policy,
+            shared.clone(),
+        )
         .for_each(|_| ready(()));
     let ce_controller = ce_controller
         .reconcile_on(capacity_rx)
-        .run(capacity::reconcile, capacity::error_policy, shared.clone())
+        .run(
+            |ce, c| crate::metrics::timed("computeenvironment", capacity::reconcile(ce, c)),
+            capacity::error_policy,
+            shared.clone(),
+        )
         .for_each(|_| ready(()));
 
     let lost_hosts = {
@@ -283,6 +293,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
 
     let readiness = {
         let s = shared.clone();
+        let synced = options.synced.clone();
         async move {
             let _ = tokio::join!(
                 s.jobs.wait_until_ready(),
@@ -293,6 +304,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
                 s.namespaces.wait_until_ready(),
             );
             s.ready.store(true, Ordering::Release);
+            synced.store(true, Ordering::Release);
             s.schedule_now.notify_one();
             info!(jobs = s.jobs.len(), pods = s.pods.len(), "caches synced; scheduling");
             futures::future::pending::<()>().await

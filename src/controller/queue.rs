@@ -18,6 +18,7 @@ use crate::FIELD_MANAGER;
 use crate::api::batch_job::JobPhase;
 use crate::api::job_queue::JobCounts;
 use crate::api::{Condition, JobQueue, JobQueueStatus, State, set_condition};
+use crate::metrics::QueuePhase;
 
 /// Queue statuses are aggregates: refreshing them this often is plenty.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -56,6 +57,7 @@ pub async fn run(ctx: Arc<Shared>) {
                 JobPhase::Failed => c.failed += 1,
             }
         }
+        publish_counts(&tallies);
         let blocked = ctx.blocked.lock().expect("blocked lock").clone();
         for queue in ctx.queues.state() {
             let tally = tallies.remove(&queue.name_any()).unwrap_or_default();
@@ -79,6 +81,27 @@ pub async fn run(ctx: Arc<Shared>) {
                 };
                 let _ = ctx.recorder.publish(&ev, &queue.object_ref(&())).await;
             }
+        }
+    }
+}
+
+/// Jobs per queue and phase, as the queues' statuses count them, for `/metrics`.
+fn publish_counts(tallies: &HashMap<String, Tally>) {
+    let jobs = &crate::metrics::metrics().jobs;
+    jobs.clear();
+    for (queue, t) in tallies {
+        let c = &t.counts;
+        for (phase, n) in [
+            (JobPhase::Submitted, c.submitted),
+            (JobPhase::Pending, c.pending),
+            (JobPhase::Runnable, c.runnable),
+            (JobPhase::Starting, c.starting),
+            (JobPhase::Running, c.running),
+            (JobPhase::Succeeded, c.succeeded),
+            (JobPhase::Failed, c.failed),
+        ] {
+            let labels = QueuePhase { queue: queue.clone(), phase: phase.as_str().into() };
+            jobs.get_or_create(&labels).set(n as i64);
         }
     }
 }

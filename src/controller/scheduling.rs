@@ -75,6 +75,7 @@ pub async fn run(
         }
         let started = Instant::now();
         let (admitted, waiting) = pass(&ctx, &mut inflight, &mut usage, &verdicts, &capacity).await;
+        crate::metrics::metrics().scheduling_pass_seconds.observe(started.elapsed().as_secs_f64());
         if admitted > 0 {
             info!(admitted, waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
         } else {
@@ -350,8 +351,14 @@ async fn pass(
     let ce_by_name: HashMap<String, Arc<ComputeEnvironment>> =
         ces.iter().map(|c| (c.name_any(), c.clone())).collect();
     let mut creations = Vec::new();
+    let metrics = crate::metrics::metrics();
+    let now = chrono::Utc::now();
     for adm in &plan.admitted {
         let (job, index, attempt) = &pending_jobs[adm.job];
+        metrics.admissions.inc();
+        if let Some(since) = job.status.as_ref().and_then(|s| s.runnable_at) {
+            metrics.runnable_seconds.observe((now - since).num_milliseconds().max(0) as f64 / 1000.0);
+        }
         let ce = &ce_by_name[&adm.compute_environment];
         let uid = job.uid().unwrap_or_default();
         match build_pod(job, ce, *attempt, *index) {

@@ -316,8 +316,9 @@ impl Ec2Provider {
             .launch_template_configs(config)
             .tag_specifications(self.tags(ce))
             .send()
-            .await
-            .map_err(|e| Error::Provider(describe_error("CreateFleet", &e)))?;
+            .await;
+        let out =
+            counted("CreateFleet", out).map_err(|e| Error::Provider(describe_error("CreateFleet", &e)))?;
         for inst in out.instances() {
             let ty_name = inst.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default();
             let ty = options.iter().find(|t| t.name == ty_name).copied().unwrap_or(options[0]);
@@ -396,7 +397,7 @@ impl Ec2Provider {
                             .build(),
                     );
                 }
-                match req.send().await {
+                match counted("RunInstances", req.send().await) {
                     Ok(out) => {
                         for inst in out.instances() {
                             if let Some(id) = inst.instance_id() {
@@ -428,7 +429,8 @@ impl Ec2Provider {
             return Ok(());
         }
         info!(region, instances = ?ids, "terminating instances");
-        match self.client(region).terminate_instances().set_instance_ids(Some(ids.clone())).send().await {
+        let out = self.client(region).terminate_instances().set_instance_ids(Some(ids.clone())).send().await;
+        match counted("TerminateInstances", out) {
             Ok(_) => {}
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => {}
             Err(e) => return Err(Error::Provider(describe_error("TerminateInstances", &e))),
@@ -454,7 +456,8 @@ impl Ec2Provider {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::Provider(describe_error("DescribeInstances", &e)))?;
+            let page = counted("DescribeInstances", page)
+                .map_err(|e| Error::Provider(describe_error("DescribeInstances", &e)))?;
             for inst in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = inst.instance_id() else { continue };
                 let tag = |k: &str| inst.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
@@ -503,7 +506,8 @@ impl Ec2Provider {
             .product_descriptions("Linux/UNIX")
             .start_time(aws_sdk_ec2::primitives::DateTime::from(SystemTime::now()))
             .send()
-            .await
+            .await;
+        let out = counted("DescribeSpotPriceHistory", out)
             .map_err(|e| Error::Provider(describe_error("DescribeSpotPriceHistory", &e)))?;
         let mut st = self.state.lock().expect("ec2 state lock");
         for p in out.spot_price_history() {
@@ -530,6 +534,19 @@ impl Ec2Provider {
             .extend(self.state.lock().expect("ec2 state lock").instances.values().map(|i| i.region.clone()));
         regions
     }
+}
+
+/// Counts an EC2 call (and its error code) in the metrics; passes the result on.
+fn counted<T, E, R>(
+    operation: &str,
+    r: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
+) -> std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>
+where
+    E: ProvideErrorMetadata,
+{
+    let code = r.as_ref().err().map(|e| e.code().unwrap_or("Unknown").to_string());
+    crate::metrics::metrics().ec2_call(operation, code.as_deref());
+    r
 }
 
 fn describe_error<E, R>(op: &str, e: &aws_sdk_ec2::error::SdkError<E, R>) -> String

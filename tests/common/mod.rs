@@ -124,6 +124,8 @@ pub fn spawn_operator_with(log: &str, env: &[(&str, &str)]) -> std::process::Chi
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log_path(log)).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_barge"));
     cmd.arg("run").env("RUST_LOG", "info,barge=debug").stdout(out.try_clone().unwrap()).stderr(out);
+    // Each operator serves metrics on a port of its own unless a test asks for one.
+    cmd.env("BARGE_METRICS_BIND", "127.0.0.1:0");
     cmd.envs(env.iter().copied());
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
     unsafe {

@@ -1,0 +1,411 @@
+//! The user commands: read and write the three resources through the API server, as
+//! kubectl would, and explain what the operator wrote into their statuses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::output::{self, age, bar, phase, structured, table};
+use super::{Common, Format};
+use crate::api::batch_job::JobPhase;
+use crate::api::{BatchJob, ComputeEnvironment, JobQueue};
+
+async fn client() -> anyhow::Result<Client> {
+    Client::try_default().await.context(
+        "cannot reach a cluster: set KUBECONFIG (or run inside a cluster) as for kubectl, \
+         e.g. `eval \"$(hack/cluster.sh env)\"` for the local one",
+    )
+}
+
+fn jobs_api(client: &Client, common: &Common) -> Api<BatchJob> {
+    match &common.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::default_namespaced(client.clone()),
+    }
+}
+
+/// A friendlier error for a missing job.
+async fn get_job(api: &Api<BatchJob>, name: &str) -> anyhow::Result<BatchJob> {
+    match api.get_opt(name).await? {
+        Some(j) => Ok(j),
+        None => bail!("no BatchJob {name} in this namespace: check the name, or pass -n <namespace>"),
+    }
+}
+
+fn blocked_reason(q: &JobQueue) -> String {
+    q.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Blocked" && c.status == "True"))
+        .map_or_else(String::new, |c| c.message.clone())
+}
+
+pub async fn queues(common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let mut queues = Api::<JobQueue>::all(client).list(&ListParams::default()).await?.items;
+    queues.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.name_any().cmp(&b.name_any())));
+    if structured(common.output, &queues)? {
+        return Ok(());
+    }
+    if queues.is_empty() {
+        println!("No job queues. Create one with `kubectl apply -f` (see examples/job-queues.yaml).");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            let s = q.status.clone().unwrap_or_default();
+            let c = s.jobs;
+            vec![
+                q.name_any(),
+                q.spec.priority.to_string(),
+                format!("{:?}", q.spec.state).to_uppercase(),
+                c.submitted.to_string(),
+                c.pending.to_string(),
+                c.runnable.to_string(),
+                c.starting.to_string(),
+                c.running.to_string(),
+                c.succeeded.to_string(),
+                c.failed.to_string(),
+                age(s.oldest_runnable_since),
+                blocked_reason(q),
+            ]
+        })
+        .collect();
+    let header = [
+        "QUEUE",
+        "PRIORITY",
+        "STATE",
+        "SUBMITTED",
+        "PENDING",
+        "RUNNABLE",
+        "STARTING",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "OLDEST-RUNNABLE",
+        "BLOCKED",
+    ];
+    print!("{}", table(&header, &rows));
+    Ok(())
+}
+
+pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let job = get_job(&jobs_api(&client, common), name).await?;
+    if structured(common.output, &job)? {
+        return Ok(());
+    }
+    let s = job.status.clone().unwrap_or_default();
+    let ns = job.namespace().unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<20}{v}\n", format!("{k}:")));
+    line("Name", format!("{ns}/{}", job.name_any()));
+    line("Queue", job.spec.job_queue.clone());
+    line("Phase", phase(s.phase.as_str()));
+    line("Reason", s.status_reason.clone().unwrap_or_else(|| "-".into()));
+    if let Some(c) = &job.spec.container {
+        let r = &c.resources;
+        line("Container", format!("{} ({} vCPU, {} memory, {} GPU)", c.image, r.vcpus, r.memory, r.gpus));
+    }
+    if let Some(ce) = &s.compute_environment {
+        line("Compute environment", ce.clone());
+    }
+    if let Some(node) = &s.node_name {
+        line("Node", node.clone());
+    }
+    line("Created", age(s.created_at) + " ago");
+    if let Some(t) = s.started_at {
+        line("Started", age(Some(t)) + " ago");
+    }
+    if let Some(t) = s.stopped_at {
+        line("Stopped", age(Some(t)) + " ago");
+    }
+    if let Some(a) = &s.array {
+        line(
+            "Array",
+            format!(
+                "{} {} of {} succeeded, {} failed, {} running, {} waiting",
+                bar(a.succeeded as u64, a.failed as u64, a.size as u64, 20),
+                a.succeeded,
+                a.size,
+                a.failed,
+                a.running + a.starting,
+                a.runnable + a.pending
+            ),
+        );
+        if !a.failed_indexes.is_empty() {
+            line("Failed indexes", a.failed_indexes.clone());
+        }
+    }
+    print!("{out}");
+
+    if !s.attempts.is_empty() {
+        println!("\nAttempts:");
+        let rows: Vec<Vec<String>> = s
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let took = match (a.started_at, a.stopped_at) {
+                    (Some(b), Some(e)) => output::duration((e - b).num_seconds()),
+                    (Some(b), None) => output::duration((chrono::Utc::now() - b).num_seconds()) + "+",
+                    _ => "-".into(),
+                };
+                vec![
+                    (i + 1).to_string(),
+                    a.node_name.clone().unwrap_or_else(|| "-".into()),
+                    a.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                    took,
+                    a.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!("{}", indent(&table(&["#", "NODE", "EXIT", "TOOK", "REASON"], &rows)));
+    }
+
+    // For a waiting job: everything that could hold it.
+    if matches!(s.phase, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable) {
+        println!("\nWhy it waits:");
+        println!("  {}", s.status_reason.clone().unwrap_or_else(|| "not looked at by Barge yet".into()));
+        match Api::<JobQueue>::all(client.clone()).get_opt(&job.spec.job_queue).await? {
+            None => println!("  Queue {} does not exist.", job.spec.job_queue),
+            Some(q) => {
+                let st = q.status.clone().unwrap_or_default();
+                println!(
+                    "  Queue {}: {}, priority {}, {} runnable, {} running{}",
+                    q.name_any(),
+                    format!("{:?}", q.spec.state).to_uppercase(),
+                    q.spec.priority,
+                    st.jobs.runnable,
+                    st.jobs.running,
+                    match blocked_reason(&q) {
+                        r if r.is_empty() => String::new(),
+                        r => format!("; blocked: {r}"),
+                    }
+                );
+                let ces = Api::<ComputeEnvironment>::all(client.clone());
+                for o in &q.spec.compute_environment_order {
+                    match ces.get_opt(&o.compute_environment).await? {
+                        None => println!("  Compute environment {} does not exist.", o.compute_environment),
+                        Some(ce) => {
+                            let cs = ce.status.clone().unwrap_or_default();
+                            println!(
+                                "  Compute environment {}: {} of max {} vCPUs, {} nodes; {}",
+                                ce.name_any(),
+                                cs.total_vcpus,
+                                ce.spec.max_vcpus,
+                                cs.nodes,
+                                cs.message.unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let jobs = jobs_api(&client, common);
+        for d in &job.spec.depends_on {
+            let state = match jobs.get_opt(&d.job_name).await? {
+                None => "does not exist".to_string(),
+                Some(dep) => dep.status.map_or("SUBMITTED".into(), |s| s.phase.as_str().to_string()),
+            };
+            println!("  Depends on {}: {state}", d.job_name);
+        }
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SubmitArgs {
+    /// Job queue to submit to.
+    #[arg(long, short = 'q', required_unless_present = "file")]
+    queue: Option<String>,
+    /// Container image.
+    #[arg(long, required_unless_present = "file")]
+    image: Option<String>,
+    /// Name of the job (default: generated from the image).
+    #[arg(long)]
+    name: Option<String>,
+    /// vCPUs per job (or per array child).
+    #[arg(long, default_value_t = 1.0)]
+    vcpus: f64,
+    /// Memory per job, as a Kubernetes quantity.
+    #[arg(long, default_value = "2Gi")]
+    memory: String,
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Run as an array job of this many children (2-10000).
+    #[arg(long)]
+    array_size: Option<u32>,
+    /// Attempts per job, 1-10.
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// Seconds an attempt may run (at least 60).
+    #[arg(long)]
+    timeout: Option<u32>,
+    /// Jobs (in the namespace) that must succeed first.
+    #[arg(long, value_delimiter = ',')]
+    depends_on: Vec<String>,
+    /// Submit a BatchJob manifest (YAML or JSON; `-` for standard input) instead of flags.
+    #[arg(long, short = 'f', conflicts_with_all = ["queue", "image"])]
+    file: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let client = client().await?;
+    let api = jobs_api(&client, &args.common);
+    let job: BatchJob = match &args.file {
+        Some(path) => serde_yaml::from_str(&super::read_file(path)?)
+            .with_context(|| format!("{} is not a BatchJob manifest", path.display()))?,
+        None => {
+            let image = args.image.clone().unwrap_or_default();
+            let base = image.rsplit('/').next().unwrap_or("job").split([':', '@']).next().unwrap_or("job");
+            let mut spec = json!({
+                "jobQueue": args.queue,
+                "container": {
+                    "image": image,
+                    "resources": {"vcpus": args.vcpus, "memory": args.memory, "gpus": args.gpus},
+                },
+            });
+            if !args.command.is_empty() {
+                spec["container"]["command"] = json!(args.command);
+            }
+            if let Some(n) = args.array_size {
+                spec["array"] = json!({"size": n});
+            }
+            if let Some(n) = args.attempts {
+                spec["retryStrategy"] = json!({"attempts": n});
+            }
+            if let Some(t) = args.timeout {
+                spec["timeout"] = json!({"attemptDurationSeconds": t});
+            }
+            if !args.depends_on.is_empty() {
+                spec["dependsOn"] = args.depends_on.iter().map(|d| json!({"jobName": d})).collect();
+            }
+            let metadata = match &args.name {
+                Some(n) => json!({"name": n}),
+                None => json!({"generateName": format!("{}-", sanitize(base))}),
+            };
+            serde_json::from_value(json!({
+                "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": metadata, "spec": spec,
+            }))?
+        }
+    };
+    let created = api.create(&PostParams::default(), &job).await.map_err(|e| match e {
+        kube::Error::Api(s) => anyhow::anyhow!("the API server refused the job: {}", s.message),
+        e => e.into(),
+    })?;
+    if !structured(args.common.output, &created)? {
+        println!(
+            "batchjob/{} submitted to queue {}. Follow it with `barge watch {}`.",
+            created.name_any(),
+            created.spec.job_queue,
+            created.name_any()
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-label-safe name stem.
+fn sanitize(s: &str) -> String {
+    let s: String =
+        s.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let s = s.trim_matches('-');
+    if s.is_empty() { "job".into() } else { s.chars().take(40).collect() }
+}
+
+/// Sets `spec.cancel` or `spec.terminate`.
+pub async fn stop(name: &str, field: &str, reason: &str, common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let api = jobs_api(&client, common);
+    let job = get_job(&api, name).await?;
+    let patch = json!({"spec": {field: {"reason": reason}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    if common.output == Format::Table {
+        let phase = job.status.map(|s| s.phase.as_str().to_string()).unwrap_or_default();
+        println!("batchjob/{name} ({phase}): {field} requested: {reason}");
+    }
+    Ok(())
+}
+
+/// Polls until the job (or every job of the queue) has ended, redrawing progress.
+pub async fn watch(job: Option<String>, queue: Option<String>, common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let api = jobs_api(&client, common);
+    if job.is_none() && queue.is_none() {
+        bail!("name a job (`barge watch my-job`) or a queue (`barge watch --queue bulk`)");
+    }
+    let tty = output::colour_enabled();
+    let mut last = String::new();
+    loop {
+        let (text, done) = match (&job, &queue) {
+            (Some(name), _) => {
+                let j = get_job(&api, name).await?;
+                let s = j.status.clone().unwrap_or_default();
+                let p = s.phase.as_str();
+                let text = match &s.array {
+                    Some(a) => format!(
+                        "{name} {} {} {}/{} succeeded, {} failed, {} running",
+                        phase(p),
+                        bar(a.succeeded as u64, a.failed as u64, a.size as u64, 30),
+                        a.succeeded,
+                        a.size,
+                        a.failed,
+                        a.running + a.starting
+                    ),
+                    None => format!("{name} {} {}", phase(p), s.status_reason.unwrap_or_default()),
+                };
+                (text, matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
+            }
+            (None, Some(q)) => {
+                let jobs: Vec<BatchJob> = api
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|j| &j.spec.job_queue == q)
+                    .collect();
+                let count = |p: JobPhase| {
+                    jobs.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase == p)).count()
+                };
+                let (ok, bad) = (count(JobPhase::Succeeded), count(JobPhase::Failed));
+                let running = count(JobPhase::Running) + count(JobPhase::Starting);
+                let text = format!(
+                    "queue {q} {} {ok}/{} succeeded, {bad} failed, {running} running",
+                    bar(ok as u64, bad as u64, jobs.len() as u64, 30),
+                    jobs.len()
+                );
+                (text, !jobs.is_empty() && ok + bad == jobs.len())
+            }
+            _ => unreachable!("checked above"),
+        };
+        if text != last {
+            if tty {
+                print!("\r\x1b[2K{text}");
+                std::io::Write::flush(&mut std::io::stdout())?;
+            } else {
+                println!("{text}");
+            }
+            last = text;
+        }
+        if done {
+            if tty {
+                println!();
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

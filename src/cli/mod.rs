@@ -1,0 +1,134 @@
+//! The `barge` command line: the operator (`barge run`) and the user commands (`queues`,
+//! `describe`, `submit`, `cancel`, `terminate`, `watch`). Installed as `kubectl-barge`, the
+//! same binary is the kubectl plugin: `kubectl barge queues`.
+
+mod commands;
+mod operator;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use operator::RunArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "barge",
+    version,
+    about = "AWS Batch-style job queues and compute environments for Kubernetes",
+    long_about = "AWS Batch-style job queues and compute environments for Kubernetes.\n\n\
+        Submit jobs to queues, see why they wait, and follow them to the end. Every command \
+        uses the cluster and namespace of your kubeconfig (KUBECONFIG), like kubectl; as the \
+        kubectl plugin it is `kubectl barge …`.",
+    after_help = "Examples:\n  \
+        barge queues\n  \
+        barge submit --queue bulk --image busybox --vcpus 2 --memory 4Gi -- sh -c 'echo hi'\n  \
+        barge submit --queue bulk --image busybox --array-size 100 -- ./work.sh\n  \
+        barge describe my-job\n  \
+        barge watch my-job\n  \
+        barge cancel my-job --reason 'wrong input'"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to print objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Namespace of the jobs (default: the kubeconfig's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster in KUBECONFIG (or the in-cluster config).
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Every job queue: priority, state, jobs per phase, oldest RUNNABLE job and why it is blocked.
+    Queues {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A job's phase, reason, attempts and, for a waiting job, everything it waits for.
+    Describe {
+        job: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Submit a job from flags (the command after `--`) or from a file.
+    Submit(Box<commands::SubmitArgs>),
+    /// Cancel a job that has not started yet.
+    Cancel {
+        job: String,
+        /// Why; shown in the job's status.
+        #[arg(long, default_value = "Cancelled by user")]
+        reason: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a job, running or not; its current attempt is ended.
+    Terminate {
+        job: String,
+        /// Why; shown in the job's status.
+        #[arg(long, default_value = "Terminated by user")]
+        reason: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Follow a job (or every job of a queue) with progress bars until it is done.
+    Watch {
+        /// The job to follow.
+        job: Option<String>,
+        /// Follow the jobs of this queue (in the namespace) instead.
+        #[arg(long, conflicts_with = "job")]
+        queue: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Runs the command line.
+pub async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => operator::run(*args).await,
+        Command::Crd => {
+            print!("{}", crate::api::crds_yaml());
+            Ok(())
+        }
+        Command::Queues { common } => commands::queues(&common).await,
+        Command::Describe { job, common } => commands::describe(&job, &common).await,
+        Command::Submit(args) => commands::submit(*args).await,
+        Command::Cancel { job, reason, common } => commands::stop(&job, "cancel", &reason, &common).await,
+        Command::Terminate { job, reason, common } => {
+            commands::stop(&job, "terminate", &reason, &common).await
+        }
+        Command::Watch { job, queue, common } => commands::watch(job, queue, &common).await,
+    }
+}
+
+/// A file argument: `-` is standard input.
+fn read_file(path: &PathBuf) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}

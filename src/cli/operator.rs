@@ -1,0 +1,115 @@
+//! `barge run`: logging, providers, the metrics and probe server, leader election, and then
+//! the controllers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use tracing_subscriber::EnvFilter;
+
+use crate::controller::{self, Options};
+use crate::lease::LeaseLock;
+use crate::metrics::{self, metrics};
+use crate::provider::Providers;
+use crate::provider::ec2::{Ec2Provider, Ec2Settings};
+use crate::provider::local::LocalProvider;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Enable the local provider (simulated kwok nodes).
+    #[arg(long, env = "BARGE_LOCAL_PROVIDER", default_value_t = true, action = clap::ArgAction::Set)]
+    local_provider: bool,
+    /// Enable the ec2 provider (credentials, region and endpoint from the AWS chain).
+    #[arg(long, env = "BARGE_EC2_PROVIDER", default_value_t = false, action = clap::ArgAction::Set)]
+    ec2_provider: bool,
+    /// Name of this installation, tagged on every instance as barge.dev/cluster.
+    #[arg(long, env = "BARGE_CLUSTER_NAME", default_value = "barge")]
+    cluster_name: String,
+    /// How long an instance type that had no EC2 capacity is skipped.
+    #[arg(long, env = "BARGE_CAPACITY_COOLDOWN_SECONDS", default_value_t = 180)]
+    capacity_cooldown_seconds: u64,
+    /// How long an instance may run without its node joining before it is terminated.
+    #[arg(long, env = "BARGE_REGISTRATION_TIMEOUT_SECONDS", default_value_t = 600)]
+    registration_timeout_seconds: u64,
+    /// Run only while holding the leader Lease (for several replicas).
+    #[arg(long, env = "BARGE_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "BARGE_LEASE_NAME", default_value = "barge-leader")]
+    lease_name: String,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, env = "BARGE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "BARGE_METRICS_BIND", default_value = "0.0.0.0:8080")]
+    metrics_bind: SocketAddr,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, env = "BARGE_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "BARGE_LOG_JSON")]
+    log_json: bool,
+    /// Name of this replica, in events and in the leader Lease.
+    #[arg(long, env = "POD_NAME", default_value = "barge")]
+    instance: String,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},kube=warn,aws=warn", args.log_level)));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init()
+    } else {
+        logs.init()
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        local_provider = args.local_provider,
+        ec2_provider = args.ec2_provider,
+        leader_elect = args.leader_elect,
+        instance = %args.instance,
+        "starting Barge"
+    );
+    let client = Client::try_default().await?;
+
+    // /readyz: the stores have synced, or this replica is a standby waiting for the Lease.
+    let synced = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let (synced, elect) = (synced.clone(), args.leader_elect);
+        Arc::new(move || synced.load(Ordering::Acquire) || (elect && metrics().leader.get() == 0))
+    };
+    tokio::spawn(metrics::serve(args.metrics_bind, ready));
+
+    let providers = Providers {
+        local: args.local_provider.then(|| Box::new(LocalProvider::new(client.clone())) as _),
+        ec2: if args.ec2_provider {
+            let settings = Ec2Settings {
+                cluster: args.cluster_name.clone(),
+                capacity_cooldown: Duration::from_secs(args.capacity_cooldown_seconds),
+                registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
+            };
+            Some(Box::new(Ec2Provider::new(client.clone(), settings).await) as _)
+        } else {
+            None
+        },
+    };
+    let options = Options { instance: args.instance.clone(), synced };
+    let operator = controller::run(client.clone(), providers, options);
+    if !args.leader_elect {
+        return Ok(operator.await?);
+    }
+    let lock = LeaseLock::new(
+        Api::<Lease>::namespaced(client, &args.lease_namespace),
+        &args.lease_name,
+        &args.instance,
+        Duration::from_secs(args.lease_duration_seconds),
+    );
+    Ok(lock.lead(operator).await??)
+}
