@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds crds-check demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -26,9 +26,10 @@ integration:
 	$(CARGO) build --tests --bin barge
 	hack/with-cluster.sh $(CARGO) test --test '*' -- --test-threads=4
 
-## Regenerate crds/ from the Rust types.
-crds:
-	$(CARGO) run --quiet --bin barge -- crd > crds/barge.dev.yaml
+## Regenerate crds/ (and the chart's copy) from the Rust types, deploy/ from the chart, and
+## the Argo CD health-check ConfigMap from its Lua scripts.
+crds generate:
+	hack/generate.sh
 
 demo:
 	hack/demo.sh
@@ -41,6 +42,11 @@ cluster-up:
 
 cluster-down:
 	hack/cluster.sh down
+
+## The static binary the container image ships (see Dockerfile).
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
+	  --target x86_64-unknown-linux-gnu --bin barge
 
 bench:
 	$(CARGO) bench --bench core

@@ -556,3 +556,90 @@ async fn fair_share_gives_weights_one_and_two_about_two_to_one_on_a_saturated_qu
     assert!((1.4..=2.6).contains(&ratio), "gold {gold} : bronze {bronze} = {ratio:.2}, expected about 2");
     e.cleanup(&[&ce]).await;
 }
+
+/// Runs the `barge` CLI against the test cluster.
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_barge")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_cli_submits_an_array_watches_it_explains_a_waiting_job_and_cancels_it() {
+    let e = env("cli").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8})).await;
+    let q = e.queue("q", 10, "ENABLED", &[&ce]).await;
+    let ns = e.ns.as_str();
+
+    let (ok, help) = cli(&["--help"]);
+    assert!(ok && help.contains("Examples:") && help.contains("describe"), "{help}");
+
+    let (ok, out) = cli(&[
+        "submit",
+        "-n",
+        ns,
+        "--queue",
+        &q,
+        "--image",
+        "busybox",
+        "--name",
+        "arr",
+        "--array-size",
+        "5",
+        "--annotate",
+        "sim.barge.dev/duration=1s",
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("batchjob/arr submitted to queue"), "{out}");
+    let (ok, watched) = cli(&["watch", "arr", "-n", ns]);
+    assert!(ok, "{watched}");
+    assert!(watched.trim_end().ends_with("5/5 succeeded, 0 failed, 0 running"), "{watched}");
+    let arr = e.jobs.get("arr").await.unwrap();
+    assert_eq!(arr.spec.container.unwrap().command, vec!["sh", "-c", "echo hi"]);
+
+    // A job that can never fit: describe says why, naming the queue and the environment.
+    let (ok, out) =
+        cli(&["submit", "-n", ns, "--queue", &q, "--image", "busybox", "--name", "huge", "--vcpus", "64"]);
+    assert!(ok, "{out}");
+    e.wait_phase("huge", JobPhase::Runnable).await;
+    let described = eventually("describe to explain the wait", WAIT, || async {
+        let (ok, out) = cli(&["describe", "huge", "-n", ns]);
+        (ok && out.contains("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT")).then_some(out)
+    })
+    .await;
+    assert!(described.contains("Why it waits:"), "{described}");
+    assert!(described.contains(&format!("Queue {q}: ENABLED")), "{described}");
+    assert!(described.contains(&format!("Compute environment {ce}:")), "{described}");
+    let (ok, json_out) = cli(&["describe", "huge", "-n", ns, "-o", "json"]);
+    assert!(ok);
+    let parsed: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(parsed["spec"]["jobQueue"], json!(q));
+
+    let (ok, queues) = cli(&["queues"]);
+    assert!(ok && queues.starts_with("QUEUE") && queues.contains(&q), "{queues}");
+
+    let (ok, out) = cli(&["cancel", "huge", "-n", ns, "--reason", "too big"]);
+    assert!(ok, "{out}");
+    let cancelled = e.wait_phase("huge", JobPhase::Failed).await;
+    assert_eq!(cancelled.status.unwrap().status_reason.as_deref(), Some("Cancelled: too big"));
+
+    // Mistakes get a message that says what to do.
+    let (ok, out) = cli(&["describe", "nope", "-n", ns]);
+    assert!(!ok && out.contains("no BatchJob nope"), "{out}");
+
+    // The same binary is the kubectl plugin.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("kubectl-barge");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_barge"), &plugin).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    let out =
+        std::process::Command::new("kubectl").args(["barge", "queues"]).env("PATH", path).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&q));
+    e.cleanup(&[&ce]).await;
+}

@@ -253,6 +253,9 @@ pub struct SubmitArgs {
     /// Jobs (in the namespace) that must succeed first.
     #[arg(long, value_delimiter = ',')]
     depends_on: Vec<String>,
+    /// Annotations of the job, as KEY=VALUE (repeatable).
+    #[arg(long = "annotate", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    annotations: Vec<(String, String)>,
     /// Submit a BatchJob manifest (YAML or JSON; `-` for standard input) instead of flags.
     #[arg(long, short = 'f', conflicts_with_all = ["queue", "image"])]
     file: Option<PathBuf>,
@@ -294,10 +297,15 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             if !args.depends_on.is_empty() {
                 spec["dependsOn"] = args.depends_on.iter().map(|d| json!({"jobName": d})).collect();
             }
-            let metadata = match &args.name {
+            let mut metadata = match &args.name {
                 Some(n) => json!({"name": n}),
                 None => json!({"generateName": format!("{}-", sanitize(base))}),
             };
+            if !args.annotations.is_empty() {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    args.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                metadata["annotations"] = serde_json::Value::Object(map);
+            }
             serde_json::from_value(json!({
                 "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": metadata, "spec": spec,
             }))?
@@ -316,6 +324,13 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// A DNS-label-safe name stem.
