@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds generate static demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-cluster demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -48,5 +48,17 @@ static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
 	  --target x86_64-unknown-linux-gnu --bin barge
 
-bench:
+## Criterion benches of the pure core, then the cluster benchmark on a fresh local cluster:
+## ceiling vs batch/v1 vs Barge, BENCH_JOBS (default 10000) one-pod jobs. The Job
+## controller gets the same generous client limits as the scheduler (QPS 200, burst 400).
+BENCH_JOBS ?= 10000
+bench: bench-core bench-cluster
+
+bench-core:
 	$(CARGO) bench --bench core
+
+bench-cluster:
+	$(CARGO) build --release --bin barge
+	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) \
+	  hack/with-cluster.sh $(CARGO) bench --bench cluster
+	hack/bench-plot.sh $(BENCH_JOBS)

@@ -365,8 +365,21 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         reserve_left.insert(q.name.as_str(), (max - reserved - running, reserved.round() as u32));
     }
 
+    // Jobs of one queue asking for the same resources get the same "at capacity" answer
+    // until an admission or new demand changes some environment: most of a large backlog
+    // is answered from here instead of walking every environment and node again.
+    let mut generation = 0u64;
+    let mut at_capacity: HashMap<(&str, Res), (u64, Waiting)> = HashMap::new();
     for i in order {
         let job = &snapshot.jobs[i];
+        if let Some((g, why)) = at_capacity.get(&(job.queue.as_str(), job.request))
+            && *g == generation
+            && job.namespace_allowed
+            && !reserve_left.contains_key(job.queue.as_str())
+        {
+            plan.waiting.push((i, why.clone()));
+            continue;
+        }
         if let Some((left, reserved)) = reserve_left.get_mut(job.queue.as_str())
             && job.request.vcpus() > *left + 1e-9
         {
@@ -384,6 +397,19 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             &mut ces,
             &mut plan.demand,
         );
+        match &verdict {
+            Err(Waiting::AtMaxCapacity { compute_environment, max_vcpus, .. }) => {
+                let why = Waiting::AtMaxCapacity {
+                    compute_environment: compute_environment.clone(),
+                    max_vcpus: *max_vcpus,
+                    behind_others: true,
+                };
+                at_capacity.insert((job.queue.as_str(), job.request), (generation, why));
+            }
+            // Admissions and demand change what later jobs find.
+            Ok(_) | Err(Waiting::ScalingUp { .. } | Waiting::NodesLaunching { .. }) => generation += 1,
+            Err(_) => {}
+        }
         match verdict {
             Ok(adm) => {
                 if let Some((left, _)) = reserve_left.get_mut(job.queue.as_str()) {

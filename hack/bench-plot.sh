@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Plots a cluster benchmark's timeline (bench/results/timeline-N.csv) to a PNG next to it:
+# pods done over time per contender, and the throughputs side by side. matplotlib comes from
+# PyPI into a venv in the cache; without it the CSV and Markdown results still stand.
+set -euo pipefail
+n=${1:?usage: hack/bench-plot.sh N}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${BARGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/barge}
+venv="$cache/plot-venv"
+if [ ! -f "$venv/.complete" ]; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check matplotlib==3.10.7 \
+    && touch "$venv/.complete" || { echo "matplotlib unavailable: no plot" >&2; exit 0; }
+fi
+"$venv/bin/python" - "$repo/bench/results" "$n" <<'PY'
+import csv, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+out, n = sys.argv[1], sys.argv[2]
+series = {}
+for row in csv.DictReader(open(f"{out}/timeline-{n}.csv")):
+    series.setdefault(row["contender"], []).append((float(row["t_s"]), int(row["pods_done"]), int(row["pods_created"])))
+rows = list(csv.DictReader(open(f"{out}/cluster-{n}.csv")))
+fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+for name, pts in series.items():
+    a.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name}: pods done")
+    a.plot([p[0] for p in pts], [p[2] for p in pts], linestyle=":", label=f"{name}: pods created")
+a.set_xlabel("seconds since the first submission"); a.set_ylabel("pods"); a.legend(fontsize=7)
+a.set_title(f"{n} one-pod jobs, 1 s each")
+names = [r["contender"] for r in rows]
+x = range(len(names))
+b.bar([i - 0.2 for i in x], [float(r["admission_pods_per_s"]) for r in rows], width=0.4, label="admission (pods/s)")
+b.bar([i + 0.2 for i in x], [float(r["end_to_end_per_s"]) for r in rows], width=0.4, label="end-to-end (jobs/s)")
+b.set_xticks(list(x)); b.set_xticklabels(names, fontsize=8); b.legend(); b.set_title("throughput")
+fig.tight_layout()
+fig.savefig(f"{out}/cluster-{n}.png", dpi=110)
+print(f"wrote {out}/cluster-{n}.png")
+PY
