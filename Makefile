@@ -58,7 +58,6 @@ bench-core:
 	$(CARGO) bench --bench core
 
 bench-cluster:
-	$(CARGO) build --release --bin barge
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) \
 	  hack/with-cluster.sh $(CARGO) bench --bench cluster
 	hack/bench-plot.sh $(BENCH_JOBS)

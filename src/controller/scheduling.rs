@@ -418,7 +418,10 @@ async fn pass(
     {
         let mut old = ctx.verdicts.lock().expect("verdicts lock");
         for (uid, v) in &new_verdicts {
+            // An admitted job hears of it from its new pod: a status write of its own
+            // ("admitted, creating the pod") would only add load for a moment's state.
             if old.get(uid) != Some(v)
+                && !matches!(v, Verdict::Admitted { .. })
                 && let Some(job) = by_uid.get(uid)
             {
                 let _ = verdict_tx.unbounded_send(ObjectRef::from_obj(job.as_ref()));
