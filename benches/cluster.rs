@@ -503,9 +503,9 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row]) {
     let ceiling = &rows[0];
     let batch = &rows[1];
     let barge = &rows[2];
-    let mut md = format!(
-        "| contender | N | all pods created | all done | admission (pods/s) | end-to-end (jobs/s) | controller CPU s | peak RSS MiB | apiserver requests |\n\
-         |---|---|---|---|---|---|---|---|---|\n"
+    let mut md = String::from(
+        "| contender | N | all pods created | all done | admission (pods/s) | end-to-end (jobs/s) | \
+         controller CPU s | peak RSS MiB | apiserver requests |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(

@@ -23,8 +23,11 @@ alive() { # alive <component>: its recorded pid is running
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 gen_certs() {
@@ -122,8 +125,8 @@ up() {
   "$repo/hack/cluster/build.sh" all
   eval "$("$repo/hack/cluster/build.sh" paths)"
   mkdir -p "$state"/{pids,logs,etcd}
-  ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); APISERVER_PORT=$(free_port)
-  KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port); MOTO_PORT=$(free_port)
+  # All seven at once, held open together so that no two are the same.
+  read -r ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHED_PORT KWOK_PORT MOTO_PORT < <(free_ports 7)
   declare -p ETCD_PORT APISERVER_PORT MOTO_PORT KWOK_PORT | sed 's/^declare -- //' >"$state/ports.env"
   echo "BIN_DIR=$K8S_BIN" >>"$state/ports.env"
   echo "HELM_DIR=$HELM_BIN" >>"$state/ports.env"

@@ -13,7 +13,8 @@ say "Building barge"
 cargo build --quiet --bin barge
 
 say "Starting the local control plane (first run builds it from Go modules: ~15 min)"
-eval "$(hack/cluster.sh up)"
+env_lines=$(hack/cluster.sh up)
+eval "$env_lines"
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
 
 say "Installing the CRDs"

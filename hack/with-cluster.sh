@@ -6,5 +6,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 export BARGE_CLUSTER_DIR=${BARGE_CLUSTER_DIR:-$repo/.barge/test-cluster}
 trap '"$repo/hack/cluster.sh" down' EXIT
 "$repo/hack/cluster.sh" down >/dev/null 2>&1 || true
-eval "$("$repo/hack/cluster.sh" up)"
+# Assigned first: a cluster that fails to start stops the run here.
+env_lines=$("$repo/hack/cluster.sh" up)
+eval "$env_lines"
 "$@"
