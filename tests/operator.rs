@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use barge::api::BatchJob;
 use barge::api::batch_job::JobPhase;
 use common::*;
 use k8s_openapi::api::core::v1::Event;
@@ -537,16 +536,17 @@ async fn fair_share_gives_weights_one_and_two_about_two_to_one_on_a_saturated_qu
         }
     }
     apply(&e.queues, queue("ENABLED")).await.unwrap();
-    // Measure while both shares still have work waiting: started jobs ~ vCPU-seconds (equal runtimes).
-    let started = |jobs: &[BatchJob], share: &str| {
-        jobs.iter()
-            .filter(|j| j.name_any().starts_with(share))
-            .filter(|j| j.status.as_ref().is_some_and(|s| !s.attempts.is_empty()))
-            .count() as f64
+    // Measure while both shares still have work waiting: admitted jobs ~ vCPU-seconds (equal
+    // runtimes). Admissions are counted as the pods the scheduler created, per share label, so
+    // that status writes lagging under load do not blur the count.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
+    let started = |pods: &[k8s_openapi::api::core::v1::Pod], share: &str| {
+        pods.iter().filter(|p| p.labels().get("barge.dev/share").map(String::as_str) == Some(share)).count()
+            as f64
     };
     let (gold, bronze) = eventually("enough work done to compare", Duration::from_secs(120), || async {
-        let jobs = e.jobs.list(&ListParams::default()).await.ok()?.items;
-        let (g, b) = (started(&jobs, "gold"), started(&jobs, "bronze"));
+        let pods = pods.list(&ListParams::default()).await.ok()?.items;
+        let (g, b) = (started(&pods, "gold"), started(&pods, "bronze"));
         (g >= 30.0).then_some((g, b))
     })
     .await;
