@@ -139,21 +139,7 @@ async fn batch_v1_job_completes_under_the_controller_manager() {
 
 #[tokio::test]
 async fn ec2_instances_run_describe_and_terminate_against_moto() {
-    let endpoint =
-        std::env::var("BARGE_MOTO_URL").expect("BARGE_MOTO_URL: the moto server `make test` starts");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "barge-tests",
-        ))
-        .load()
-        .await;
-    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let ec2 = common::ec2::moto().await;
     let tag = format!("testbed-{}", suffix());
     let run = ec2
         .run_instances()
