@@ -202,6 +202,33 @@ async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
         "spec": {"jobQueue": "q", "container": {"image": "busybox"}, "timeout": {"attemptDurationSeconds": 5}}});
     assert!(err(apply(&e.jobs, tiny_timeout).await.map(|_| ())).contains("at least 60"));
 
+    // The ec2 provider's settings are checked by the API server too.
+    let ec2_ce = |extra: Value| {
+        let mut spec = json!({"provider": "ec2", "instanceTypes": ["m6i"], "maxvCpus": 8});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
+            "metadata": {"name": format!("{}-ec2", e.tag)}, "spec": spec})
+    };
+    for (extra, message) in [
+        (json!({"imageId": "ami-1"}), "an ec2 compute environment needs at least one subnet in subnets"),
+        (json!({"subnets": ["subnet-1"]}), "an ec2 compute environment needs a launchTemplate or an imageId"),
+        (
+            json!({"subnets": ["subnet-1"], "launchTemplate": {"id": "lt-1", "name": "nodes"}}),
+            "launchTemplate needs exactly one of id or name",
+        ),
+        (
+            json!({"subnets": ["subnet-1"], "imageId": "ami-1", "bidPercentage": 50}),
+            "bidPercentage only applies to capacityType SPOT",
+        ),
+        (
+            json!({"subnets": ["subnet-1"], "imageId": "ami-1", "tags": {"barge.dev/cluster": "x"}}),
+            "tags may not use the barge.dev/ prefix",
+        ),
+    ] {
+        let got = err(apply(&e.ces, ec2_ce(extra)).await.map(|_| ()));
+        assert!(got.contains(message), "{got}");
+    }
+
     // An unknown queue is not an error at submission (GitOps may create it later) but says so.
     let ghost = format!("{}-ghost", e.tag);
     e.job("orphan", &ghost, 1.0, json!({}), json!({})).await;
