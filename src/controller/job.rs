@@ -163,6 +163,10 @@ pub fn next_status(
     };
 
     if pod.node.is_some() && s.attempts.len() == attempt {
+        // Admitted before its RUNNABLE status was written: it was runnable from the start.
+        if s.runnable_at.is_none() {
+            s.runnable_at = s.created_at;
+        }
         s.attempts.push(Attempt {
             pod_name: pod_name.clone(),
             node_name: pod.node.clone(),
@@ -527,6 +531,9 @@ async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> 
         })
 }
 
+/// Events mark what a user may act on: a job's end, a failed attempt, a misconfiguration.
+/// The steps between (RUNNABLE, STARTING, RUNNING) are in the status alone: an event each
+/// would add three API writes per job for nothing `kubectl get` does not show.
 async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, new: &BatchJobStatus) {
     let misconfigured =
         |s: &BatchJobStatus| s.status_reason.as_deref().is_some_and(|r| r.starts_with("MISCONFIGURATION:"));
@@ -540,9 +547,6 @@ async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, 
             JobPhase::Runnable if current_attempt(new) > current_attempt(old) => {
                 (EventType::Warning, "AttemptFailed")
             }
-            JobPhase::Runnable => (EventType::Normal, "Runnable"),
-            JobPhase::Starting => (EventType::Normal, "Starting"),
-            JobPhase::Running => (EventType::Normal, "Running"),
             JobPhase::Succeeded => (EventType::Normal, "Succeeded"),
             _ => return,
         }

@@ -4,6 +4,7 @@
 
 pub mod array;
 pub mod capacity;
+pub mod coalesce;
 pub mod job;
 pub mod pod;
 pub mod queue;
@@ -29,8 +30,10 @@ use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONME
 use crate::provider::{Providers, local};
 use crate::resources::Res;
 
-/// Coalesces bursts of triggers for one job (an array parent hears from every child pod).
-const JOB_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+/// A job is reconciled at most once per window, a window after its first trigger: its
+/// pod's quick steps (created, bound, started) and an array's many children make one status
+/// write, and a new job is usually admitted before its first status write.
+const JOB_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 /// Parallel reconciles of the job controller: status writes are independent.
 const JOB_CONCURRENCY: u16 = 64;
 
@@ -168,16 +171,25 @@ where
 /// Runs every loop of the operator until one of them ends (they do not, short of a signal).
 pub async fn run(client: Client, providers: Providers, options: Options) -> crate::Result<()> {
     let wake = Arc::new(Notify::new());
-    // Each controller owns the watch of its kind; its store is the one every loop reads.
-    let job_controller = Controller::new(Api::<BatchJob>::all(client.clone()), watcher::Config::default());
+    // Every trigger of the job controller (the job's own changes, its pods, the scheduling
+    // pass's verdicts) goes through one unbounded channel and the coalescer, so that a busy
+    // controller never holds up a watch (and with it every store reader).
+    let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
+    let (pod_tx, owner_tx, verdict_tx) = (trigger_tx.clone(), trigger_tx.clone(), trigger_tx.clone());
+    // A new job wakes the scheduling pass at once: admission does not wait for a status write.
+    let (jobs, drive_jobs) = plain_watch(
+        Api::<BatchJob>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+        move |job: &BatchJob, _| {
+            let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(job));
+        },
+    );
+    let job_controller = Controller::for_stream(futures::stream::pending(), jobs.clone());
     let ce_controller =
         Controller::new(Api::<ComputeEnvironment>::all(client.clone()), watcher::Config::default());
-    let (jobs, ces) = (job_controller.store(), ce_controller.store());
+    let ces = ce_controller.store();
 
-    // Pod changes reach the job controller through an unbounded channel, so that a busy
-    // controller never holds up the pod watch (and with it every store reader).
-    let (pod_tx, pod_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
-    let owner_tx = pod_tx.clone();
     let (pods, drive_pods) = plain_watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(LABEL_JOB_UID),
@@ -253,14 +265,11 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         ready: AtomicBool::new(false),
     });
 
-    let (verdict_tx, verdict_rx) = mpsc::unbounded::<ObjectRef<BatchJob>>();
     let (capacity_tx, capacity_rx) = mpsc::unbounded::<ObjectRef<ComputeEnvironment>>();
 
     let job_controller = job_controller
-        .reconcile_on(futures::stream::select(pod_rx, verdict_rx))
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY).debounce(JOB_DEBOUNCE),
-        )
+        .reconcile_on(coalesce::coalesce(trigger_rx, JOB_WINDOW))
+        .with_config(kube::runtime::controller::Config::default().concurrency(JOB_CONCURRENCY))
         .run(
             |j, c| crate::metrics::timed("batchjob", job::reconcile(j, c)),
             job::error_policy,
@@ -313,7 +322,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
 
     info!("Barge is running");
     tokio::select! {
-        _ = drive_pods => {},
+        _ = drive_pods => {}, _ = drive_jobs => {},
         _ = drive_queues => {}, _ = drive_nodes => {}, _ = drive_namespaces => {},
         _ = job_controller => {}, _ = ce_controller => {},
         _ = scheduling::run(shared.clone(), verdict_tx, capacity_tx) => {},

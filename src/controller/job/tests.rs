@@ -69,6 +69,21 @@ fn a_bound_pod_is_starting_then_running_then_succeeded() {
 }
 
 #[test]
+fn a_job_first_seen_running_skips_the_steps_between_in_one_write() {
+    // Admitted and started within the controller's window: one status, RUNNING, that still
+    // says when it became runnable (at creation) and records the attempt.
+    let mut j = job(1, None);
+    j.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(at(0).timestamp()).unwrap(),
+    ));
+    let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+    assert_eq!(s.phase, JobPhase::Running);
+    assert_eq!(s.runnable_at, Some(at(0)));
+    assert_eq!(s.attempts.len(), 1);
+    assert_eq!(s.attempts[0].started_at, Some(at(1)));
+}
+
+#[test]
 fn a_failed_attempt_is_retried_while_attempts_remain() {
     let j = job(2, None);
     let first = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
