@@ -51,13 +51,15 @@ static:
 ## Criterion benches of the pure core, then the cluster benchmark on a fresh local cluster:
 ## ceiling vs batch/v1 vs Barge, BENCH_JOBS (default 10000) one-pod jobs. The Job
 ## controller gets the same generous client limits as the scheduler (QPS 200, burst 400).
+## BENCH_HOLD=100000 also holds that many BatchJobs for the operator's memory and pass time.
 BENCH_JOBS ?= 10000
+BENCH_HOLD ?= 0
 bench: bench-core bench-cluster
 
 bench-core:
 	$(CARGO) bench --bench core
 
 bench-cluster:
-	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) \
+	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \
 	  hack/with-cluster.sh $(CARGO) bench --bench cluster
 	hack/bench-plot.sh $(BENCH_JOBS)

@@ -2,9 +2,15 @@
 //! through three contenders, and their throughputs are compared:
 //!
 //! 1. **ceiling**: this program creates the N pods itself, 64 at a time (Barge's own pod
-//!    creation concurrency): as fast as the apiserver, scheduler and kwok take them;
+//!    creation concurrency), shaped as Barge shapes them: as fast as the apiserver,
+//!    scheduler and kwok take them;
 //! 2. **batch/v1**: N Jobs of one pod each, run by kube-controller-manager's Job controller;
-//! 3. **barge**: N BatchJobs through the operator (release build), then one array job.
+//! 3. **barge**: N BatchJobs through the operator (release build), submitted and run at once;
+//!    then N BatchJobs held in a DISABLED queue until the operator has taken each in, and
+//!    released by enabling it (admission from a backlog, Barge's own rate); then one array job.
+//!
+//! `BENCH_HOLD=100000` adds a hold: that many BatchJobs waiting in the DISABLED queue, with
+//! the operator's peak RSS and its scheduling pass time over them (its own histogram).
 //!
 //! Every pod asks for 1 vCPU and runs 1 s (kwok, `sim.barge.dev/duration`), on nodes that are
 //! Ready before the clock starts. Run with `make bench` (or `BENCH_JOBS=1000 make bench`);
@@ -90,6 +96,11 @@ fn batch_job_done(j: &BatchJob) -> bool {
     j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
 }
 
+/// Held in a DISABLED queue, with the reason written: the operator has taken the job in.
+fn batch_job_held(j: &BatchJob) -> bool {
+    j.status.as_ref().is_some_and(|s| s.phase == JobPhase::Runnable && s.status_reason.is_some())
+}
+
 #[derive(Clone, Debug, Default)]
 struct Row {
     contender: String,
@@ -173,6 +184,21 @@ fn process_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, hwm_kib / 1024.0))
 }
 
+/// The sum of every series of a metric on the operator's /metrics.
+fn operator_metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let series = text.lines().filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])));
+    Some(series.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 fn pid_of(component: &str) -> Option<u32> {
     let dir = std::env::var("BARGE_CLUSTER_DIR").ok()?;
     std::fs::read_to_string(format!("{dir}/pids/{component}")).ok()?.trim().parse().ok()
@@ -194,13 +220,24 @@ async fn drop_namespace(client: &Client, name: &str) {
     }
 }
 
-fn pod_spec(selector: Value) -> Value {
-    json!({
-        "restartPolicy": "Never",
-        "nodeSelector": selector,
-        "containers": [{"name": "main", "image": "busybox", "command": ["true"],
-            "resources": {"requests": {"cpu": "1", "memory": "64Mi"}}}],
-    })
+/// The pod Barge creates for one of the benchmark's BatchJobs (same labels, annotations,
+/// environment, requests), for the ceiling and batch/v1 to create in its place: same pod
+/// shape for every contender. It has no owner (there is no such BatchJob) and runs on the
+/// plain nodes.
+fn barge_shaped_pod(i: usize, bench: &str) -> Pod {
+    let mut job = barge_job(&format!("p-{i}"), "bench", None);
+    job.metadata.uid = Some(format!("00000000-0000-4000-8000-{i:012}"));
+    let ce: barge::api::ComputeEnvironment = serde_json::from_value(json!({
+        "apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": "bench"},
+        "spec": {"instanceTypes": ["m6i.32xlarge"], "minvCpus": 0, "maxvCpus": 128}}))
+    .unwrap();
+    let mut pod = barge::controller::pod::build_pod(&job, &ce, 0, None).expect("a valid job");
+    pod.metadata.owner_references = None;
+    pod.labels_mut().insert("bench".into(), bench.into());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_selector = Some([("bench".to_string(), "plain".to_string())].into());
+    }
+    pod
 }
 
 async fn kwok_nodes(client: &Client, count: usize, labels: Value) {
@@ -267,16 +304,7 @@ async fn ceiling(client: &Client, n: usize) -> Row {
     let before = apiserver_requests(client).await;
     let start = Instant::now();
     let progress = track(api.clone(), "bench=ceiling", n, start, pod_done);
-    let pods: Vec<Pod> = (0..n)
-        .map(|i| {
-            serde_json::from_value(json!({
-                "metadata": {"name": format!("p-{i}"), "labels": {"bench": "ceiling"},
-                    "annotations": {"sim.barge.dev/duration": POD_SECONDS}},
-                "spec": pod_spec(json!({"bench": "plain"})),
-            }))
-            .unwrap()
-        })
-        .collect();
+    let pods: Vec<Pod> = (0..n).map(|i| barge_shaped_pod(i, "ceiling")).collect();
     let submit_s = create_all(&api, pods, start).await;
     wait_for("ceiling pods to finish", Duration::from_secs(3600), || {
         progress.lock().unwrap().all_done.is_some()
@@ -301,11 +329,12 @@ async fn batch_v1(client: &Client, n: usize) -> Row {
     let job_progress = track(jobs.clone(), "bench=batch-v1", n, start, job_done);
     let objects: Vec<Job> = (0..n)
         .map(|i| {
+            let pod = barge_shaped_pod(i, "batch-v1");
             serde_json::from_value(json!({
                 "metadata": {"name": format!("j-{i}"), "labels": {"bench": "batch-v1"}},
                 "spec": {"backoffLimit": 0, "template": {
-                    "metadata": {"labels": {"bench": "batch-v1"}, "annotations": {"sim.barge.dev/duration": POD_SECONDS}},
-                    "spec": pod_spec(json!({"bench": "plain"})),
+                    "metadata": {"labels": pod.metadata.labels, "annotations": pod.metadata.annotations},
+                    "spec": pod.spec,
                 }},
             }))
             .unwrap()
@@ -340,7 +369,28 @@ fn barge_job(name: &str, queue: &str, array: Option<usize>) -> BatchJob {
     .unwrap()
 }
 
-async fn barge(client: &Client, n: usize, array: usize, nodes: usize) -> (Row, Row) {
+/// What holding many BatchJobs costs the operator (`BENCH_HOLD`).
+struct Hold {
+    jobs: usize,
+    taken_in_s: f64,
+    peak_rss_mib: f64,
+    cpu_s: f64,
+    pass_ms: f64,
+    passes: f64,
+}
+
+fn queue_manifest(name: &str, state: &str) -> Value {
+    json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
+        "spec": {"priority": 1, "state": state, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "bench"}]}})
+}
+
+async fn barge(
+    client: &Client,
+    n: usize,
+    array: usize,
+    nodes: usize,
+    hold: usize,
+) -> (Vec<Row>, Option<Hold>) {
     let ns = "bench-barge";
     fresh_namespace(client, ns).await;
     let ssa = PatchParams::apply("barge-bench").force();
@@ -350,14 +400,15 @@ async fn barge(client: &Client, n: usize, array: usize, nodes: usize) -> (Row, R
         "spec": {"instanceTypes": ["m6i.32xlarge"], "minvCpus": vcpus, "maxvCpus": vcpus, "scaleDownDelaySeconds": 3600}});
     ces.patch("bench", &ssa, &Patch::Apply(&ce)).await.unwrap();
     let queues: Api<barge::api::JobQueue> = Api::all(client.clone());
-    let q = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": "bench"},
-        "spec": {"priority": 1, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": "bench"}]}});
-    queues.patch("bench", &ssa, &Patch::Apply(&q)).await.unwrap();
+    queues.patch("bench", &ssa, &Patch::Apply(&queue_manifest("bench", "ENABLED"))).await.unwrap();
+    // Jobs wait here until it is enabled: the backlog scenario and the hold.
+    queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "DISABLED"))).await.unwrap();
 
+    let port = free_port();
     let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_barge"))
         .arg("run")
         .env("RUST_LOG", "warn")
-        .env("BARGE_METRICS_BIND", "127.0.0.1:0")
+        .env("BARGE_METRICS_BIND", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(std::env::temp_dir().join("barge-bench-operator.log")).unwrap())
         .spawn()
@@ -391,15 +442,47 @@ async fn barge(client: &Client, n: usize, array: usize, nodes: usize) -> (Row, R
     let usage = process_usage(pid);
     row.controller_cpu_s = usage.map(|u| u.0 - cpu0);
     row.controller_peak_rss_mib = usage.map(|u| u.1);
-    row.note = format!("peak RSS while holding {n} BatchJobs and their pods");
+    row.note = format!("submitted and run at once; peak RSS while holding {n} BatchJobs and their pods");
+    drop_namespace(client, ns).await;
+
+    // A backlog: N jobs wait in a DISABLED queue until the operator has taken each in;
+    // the clock starts when the queue is enabled, so admission is Barge's alone.
+    let ns = "bench-barge-backlog";
+    fresh_namespace(client, ns).await;
+    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let fill_start = Instant::now();
+    let held = track(jobs.clone(), "bench=barge", n, fill_start, batch_job_held);
+    let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("q-{i}"), "bench-held", None)).collect();
+    create_all(&jobs, objects, fill_start).await;
+    wait_for("the backlog to be held", Duration::from_secs(3600), || held.lock().unwrap().all_done.is_some())
+        .await;
+    let fill_s = fill_start.elapsed().as_secs_f64();
+    let (cpu1, _) = process_usage(pid).unwrap_or_default();
+    let before = apiserver_requests(client).await;
+    let start = Instant::now();
+    let pod_progress = track(pods, "barge.dev/job-name", n, start, pod_done);
+    let job_progress = track(jobs, "bench=barge", n, start, batch_job_done);
+    queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "ENABLED"))).await.unwrap();
+    wait_for("the backlog to succeed", Duration::from_secs(7200), || {
+        job_progress.lock().unwrap().all_done.is_some()
+    })
+    .await;
+    let requests = apiserver_requests(client).await - before;
+    let mut backlog = finish("Barge backlog", n, &pod_progress, Some(&job_progress), 0.0, requests).await;
+    backlog.controller_cpu_s = process_usage(pid).map(|u| u.0 - cpu1);
+    backlog.controller_peak_rss_mib = process_usage(pid).map(|u| u.1);
+    backlog.note =
+        format!("{n} jobs held RUNNABLE in a DISABLED queue ({fill_s:.1} s to take in), then it is enabled");
+    queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "DISABLED"))).await.unwrap();
+    drop_namespace(client, ns).await;
 
     // One array job, in a namespace of its own so the pod count starts at zero.
-    drop_namespace(client, ns).await;
     let ns = "bench-barge-array";
     fresh_namespace(client, ns).await;
     let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let (cpu1, _) = process_usage(pid).unwrap_or_default();
+    let (cpu2, _) = process_usage(pid).unwrap_or_default();
     let before = apiserver_requests(client).await;
     let start = Instant::now();
     let pod_progress = track(pods, "barge.dev/job-name", array, start, pod_done);
@@ -411,7 +494,7 @@ async fn barge(client: &Client, n: usize, array: usize, nodes: usize) -> (Row, R
     let requests = apiserver_requests(client).await - before;
     let mut arr = finish("Barge array", array, &pod_progress, Some(&parent), submit_s, requests).await;
     let usage = process_usage(pid);
-    arr.controller_cpu_s = usage.map(|u| u.0 - cpu1);
+    arr.controller_cpu_s = usage.map(|u| u.0 - cpu2);
     arr.controller_peak_rss_mib = usage.map(|u| u.1);
     let status = jobs.get("array").await.unwrap().status.unwrap();
     let size = serde_json::to_vec(&status).unwrap().len();
@@ -421,10 +504,51 @@ async fn barge(client: &Client, n: usize, array: usize, nodes: usize) -> (Row, R
         size as f64 / 1024.0,
         arr.all_done_s - last_pod
     );
+    drop_namespace(client, ns).await;
+
+    let held = if hold > 0 { Some(hold_jobs(client, hold, pid, port).await) } else { None };
     let _ = operator.kill();
     let _ = operator.wait();
-    drop_namespace(client, ns).await;
-    (row, arr)
+    (vec![row, backlog, arr], held)
+}
+
+/// Submits `count` BatchJobs to the DISABLED queue and waits until the operator has taken
+/// each in; then reads its peak RSS and how long a scheduling pass over them takes.
+async fn hold_jobs(client: &Client, count: usize, pid: u32, port: u16) -> Hold {
+    let ns = "bench-barge-hold";
+    fresh_namespace(client, ns).await;
+    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+    let (cpu0, _) = process_usage(pid).unwrap_or_default();
+    let start = Instant::now();
+    let held = track(jobs.clone(), "bench=barge", count, start, batch_job_held);
+    let objects: Vec<BatchJob> =
+        (0..count).map(|i| barge_job(&format!("h-{i}"), "bench-held", None)).collect();
+    create_all(&jobs, objects, start).await;
+    eprintln!("hold: {count} BatchJobs submitted in {:.0} s", start.elapsed().as_secs_f64());
+    wait_for("the hold to be taken in", Duration::from_secs(7200), || {
+        held.lock().unwrap().all_done.is_some()
+    })
+    .await;
+    let taken_in_s = start.elapsed().as_secs_f64();
+    // Passes over the full backlog: the operator's own histogram, over 30 s.
+    let read = || {
+        (
+            operator_metric(port, "barge_scheduling_pass_seconds_sum").unwrap_or(f64::NAN),
+            operator_metric(port, "barge_scheduling_pass_seconds_count").unwrap_or(f64::NAN),
+        )
+    };
+    let (sum0, count0) = read();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (sum1, count1) = read();
+    let (cpu1, peak) = process_usage(pid).unwrap_or_default();
+    Hold {
+        jobs: count,
+        taken_in_s,
+        peak_rss_mib: peak,
+        cpu_s: cpu1 - cpu0,
+        pass_ms: (sum1 - sum0) / (count1 - count0) * 1000.0,
+        passes: count1 - count0,
+    }
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -437,6 +561,7 @@ async fn main() {
     let n: usize = arg("BENCH_JOBS").map_or(10_000, |v| v.parse().expect("BENCH_JOBS is a number"));
     let array: usize =
         arg("BENCH_ARRAY").map_or(n.min(10_000), |v| v.parse().expect("BENCH_ARRAY is a number"));
+    let hold: usize = arg("BENCH_HOLD").map_or(0, |v| v.parse().expect("BENCH_HOLD is a number"));
     let out = std::path::PathBuf::from(arg("BENCH_OUT").unwrap_or_else(|| "bench/results".into()));
     std::fs::create_dir_all(&out).unwrap();
     let client =
@@ -466,14 +591,15 @@ async fn main() {
     eprintln!("ceiling done: {:.1} s", rows[0].all_done_s);
     rows.push(batch_v1(&client, n).await);
     eprintln!("batch/v1 done: {:.1} s", rows[1].all_done_s);
-    let (b, a) = barge(&client, n, array, nodes).await;
-    eprintln!("barge done: {:.1} s; array {:.1} s", b.all_done_s, a.all_done_s);
-    rows.push(b);
-    rows.push(a);
-    report(&out, n, &rows);
+    let (barge_rows, hold) = barge(&client, n, array, nodes, hold).await;
+    for r in &barge_rows {
+        eprintln!("{} done: {:.1} s", r.contender, r.all_done_s);
+    }
+    rows.extend(barge_rows);
+    report(&out, n, &rows, hold.as_ref());
 }
 
-fn report(out: &std::path::Path, n: usize, rows: &[Row]) {
+fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
     let mut csv = String::from(
         "contender,n,submit_s,first_pod_s,all_pods_created_s,all_done_s,admission_pods_per_s,end_to_end_per_s,\
@@ -500,9 +626,9 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row]) {
             timeline += &format!("{},{t:.2},{s},{d}\n", r.contender);
         }
     }
-    let ceiling = &rows[0];
-    let batch = &rows[1];
-    let barge = &rows[2];
+    let row = |name: &str| rows.iter().find(|r| r.contender == name).expect("every contender ran");
+    let (ceiling, batch) = (row("ceiling (pods)"), row("batch/v1 Job"));
+    let (barge, backlog) = (row("Barge BatchJob"), row("Barge backlog"));
     let mut md = String::from(
         "| contender | N | all pods created | all done | admission (pods/s) | end-to-end (jobs/s) | \
          controller CPU s | peak RSS MiB | apiserver requests |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -522,10 +648,18 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row]) {
         );
     }
     let ratios: BTreeMap<&str, f64> = BTreeMap::from([
-        ("admission, Barge / ceiling (target >= 0.8)", barge.admission_rate() / ceiling.admission_rate()),
+        (
+            "admission, Barge backlog / ceiling (target >= 0.8)",
+            backlog.admission_rate() / ceiling.admission_rate(),
+        ),
+        ("admission, Barge submit-and-run / ceiling", barge.admission_rate() / ceiling.admission_rate()),
         ("admission, Barge / batch/v1", barge.admission_rate() / batch.admission_rate()),
         ("end-to-end, Barge / ceiling", barge.e2e_rate() / ceiling.e2e_rate()),
         ("end-to-end, Barge / batch/v1 (target >= 3)", barge.e2e_rate() / batch.e2e_rate()),
+        (
+            "end-to-end, ceiling / batch/v1 (the most a kube-scheduler client reaches)",
+            ceiling.e2e_rate() / batch.e2e_rate(),
+        ),
     ]);
     md += "\n";
     for (k, v) in &ratios {
@@ -533,6 +667,21 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row]) {
     }
     for r in rows.iter().filter(|r| !r.note.is_empty()) {
         md += &format!("- {}: {}\n", r.contender, r.note);
+    }
+    if let Some(h) = hold {
+        md += &format!(
+            "- Barge holding {} BatchJobs (RUNNABLE in a DISABLED queue, taken in after {:.0} s): peak RSS \
+             **{:.0} MiB** (target <= 256), scheduling pass **{:.0} ms** on average over {:.0} passes, \
+             {:.0} CPU s\n",
+            h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
+        );
+    }
+    if let Some(h) = hold {
+        let csv = format!(
+            "jobs,taken_in_s,peak_rss_mib,scheduling_pass_ms,passes,cpu_s\n{},{:.1},{:.1},{:.1},{:.0},{:.1}\n",
+            h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
+        );
+        std::fs::write(out.join(format!("hold-{}.csv", h.jobs)), csv).unwrap();
     }
     std::fs::write(out.join(format!("cluster-{n}.csv")), &csv).unwrap();
     std::fs::write(out.join(format!("timeline-{n}.csv")), &timeline).unwrap();

@@ -515,6 +515,7 @@ fn apply_time_limit(
 }
 
 async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
+    let _turn = ctx.status_write_turn().await;
     let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": "barge.dev/v1alpha1",

@@ -72,17 +72,48 @@ pub struct Shared {
     pub lost_hosts: Arc<Mutex<HashMap<String, String>>>,
     /// When each node was last seen without a Barge pod (scale-down clock).
     pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// Pod creations of the scheduling pass in flight, and the few job status writes
+    /// allowed meanwhile (see `Shared::status_write_turn`).
+    creating: std::sync::atomic::AtomicUsize,
+    writes_while_creating: tokio::sync::Semaphore,
     ready: AtomicBool,
 }
+
+/// Job status writes in flight while the scheduling pass creates pods. Admission comes
+/// first: a status write to a custom resource costs the API server more than a pod
+/// create, and a write that waits merges with the job's later changes.
+const WRITES_WHILE_CREATING: usize = 8;
 
 impl Shared {
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Marks a burst of pod creations; status writes yield to it until the guard drops.
+    pub fn creating(&self) -> CreatingGuard<'_> {
+        self.creating.fetch_add(1, Ordering::AcqRel);
+        CreatingGuard(self)
+    }
+
+    /// Waits for a job status write's turn: at once, unless pods are being created.
+    pub async fn status_write_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if self.creating.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.writes_while_creating.acquire().await.ok()
+    }
+
     pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
         let uid = job.uid()?;
         self.verdicts.lock().expect("verdicts lock").get(&uid).cloned()
+    }
+}
+
+pub struct CreatingGuard<'a>(&'a Shared);
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.creating.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -155,7 +186,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let drive = watcher(api, config).default_backoff().reflect(writer).for_each(move |ev| {
+    // managedFields are a large share of each object and no loop reads them: the stores
+    // hold every job and pod, so they are dropped on the way in.
+    let watch = watcher(api, config).default_backoff().modify(|obj| obj.managed_fields_mut().clear());
+    let drive = watch.reflect(writer).for_each(move |ev| {
         match ev {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(&obj, false),
             Ok(watcher::Event::Delete(obj)) => on_event(&obj, true),
@@ -262,6 +296,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         cannot_grow: Mutex::default(),
         lost_hosts,
         launching: Mutex::default(),
+        creating: Default::default(),
+        writes_while_creating: tokio::sync::Semaphore::new(WRITES_WHILE_CREATING),
         ready: AtomicBool::new(false),
     });
 

@@ -383,6 +383,7 @@ async fn pass(
             }
         }
     }
+    let creating = (!creations.is_empty()).then(|| ctx.creating());
     let failures: Vec<(String, String, String)> = stream::iter(creations)
         .map(|(uid, pod)| async move {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -401,6 +402,7 @@ async fn pass(
         .filter_map(|r| async move { r })
         .collect()
         .await;
+    drop(creating);
     for (uid, key, why) in failures {
         inflight.remove(&key);
         new_verdicts.insert(uid, Verdict::Waiting(why));
