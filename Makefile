@@ -62,4 +62,4 @@ bench-core:
 bench-cluster:
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \
 	  hack/with-cluster.sh $(CARGO) bench --bench cluster
-	hack/bench-plot.sh $(BENCH_JOBS)
+	[ "$(BENCH_JOBS)" = 0 ] || hack/bench-plot.sh $(BENCH_JOBS)

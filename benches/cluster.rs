@@ -109,6 +109,8 @@ struct Row {
     first_pod_s: f64,
     all_pods_s: f64,
     all_done_s: f64,
+    /// When the last pod ended (for Barge, before its BatchJob says so).
+    pods_done_s: f64,
     controller_cpu_s: Option<f64>,
     controller_peak_rss_mib: Option<f64>,
     apiserver_requests: u64,
@@ -274,26 +276,56 @@ async fn ready_nodes(client: &Client, labels: &str) -> usize {
         .count()
 }
 
-async fn finish(
-    contender: &str,
+/// What a measured run watches: its pods, and the objects whose end ends it (if not the
+/// pods themselves).
+struct Watch<K> {
+    contender: &'static str,
     n: usize,
-    progress: &Arc<Mutex<Progress>>,
-    done: Option<&Arc<Mutex<Progress>>>,
-    submit_s: f64,
-    requests: u64,
-) -> Row {
-    let p = progress.lock().unwrap();
-    let all_done = done.map_or(p.all_done, |d| d.lock().unwrap().all_done);
+    pods: (Api<Pod>, &'static str),
+    owners: Option<Owners<K>>,
+    /// The controller process to charge CPU seconds and peak RSS to.
+    controller: Option<u32>,
+}
+
+/// The objects that own the pods: `count` of them, under `labels`, each done when `done`.
+struct Owners<K> {
+    api: Api<K>,
+    labels: &'static str,
+    count: usize,
+    done: fn(&K) -> bool,
+}
+
+/// One contender's run: counts apiserver requests, starts the clock and the trackers,
+/// calls `submit` (which returns how long submitting took), and waits until all is done.
+async fn measure<K, F>(client: &Client, w: Watch<K>, submit: impl FnOnce(Instant) -> F) -> Row
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: std::future::Future<Output = f64>,
+{
+    let cpu0 = w.controller.and_then(process_usage).map(|u| u.0);
+    let before = apiserver_requests(client).await;
+    let start = Instant::now();
+    let pods = track(w.pods.0, w.pods.1, w.n, start, pod_done);
+    let owners = w.owners.map(|o| track(o.api, o.labels, o.count, start, o.done));
+    let submit_s = submit(start).await;
+    let done = owners.as_ref().unwrap_or(&pods);
+    wait_for(w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
+    let requests = apiserver_requests(client).await - before;
+    let usage = w.controller.and_then(process_usage);
+    let p = pods.lock().unwrap();
     Row {
-        contender: contender.into(),
-        n,
+        contender: w.contender.into(),
+        n: w.n,
         submit_s,
         first_pod_s: p.first_seen.unwrap_or(f64::NAN),
         all_pods_s: p.all_seen.unwrap_or(f64::NAN),
-        all_done_s: all_done.unwrap_or(f64::NAN),
+        all_done_s: done.lock().unwrap().all_done.unwrap_or(f64::NAN),
+        pods_done_s: p.all_done.unwrap_or(f64::NAN),
+        controller_cpu_s: usage.zip(cpu0).map(|(u, c)| u.0 - c),
+        controller_peak_rss_mib: usage.map(|u| u.1),
         apiserver_requests: requests,
         timeline: p.timeline.clone(),
-        ..Default::default()
+        note: String::new(),
     }
 }
 
@@ -301,17 +333,15 @@ async fn ceiling(client: &Client, n: usize) -> Row {
     let ns = "bench-ceiling";
     fresh_namespace(client, ns).await;
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let before = apiserver_requests(client).await;
-    let start = Instant::now();
-    let progress = track(api.clone(), "bench=ceiling", n, start, pod_done);
     let pods: Vec<Pod> = (0..n).map(|i| barge_shaped_pod(i, "ceiling")).collect();
-    let submit_s = create_all(&api, pods, start).await;
-    wait_for("ceiling pods to finish", Duration::from_secs(3600), || {
-        progress.lock().unwrap().all_done.is_some()
-    })
-    .await;
-    let requests = apiserver_requests(client).await - before;
-    let row = finish("ceiling (pods)", n, &progress, None, submit_s, requests).await;
+    let w = Watch::<Pod> {
+        contender: "ceiling (pods)",
+        n,
+        pods: (api.clone(), "bench=ceiling"),
+        owners: None,
+        controller: None,
+    };
+    let row = measure(client, w, |start| create_all(&api, pods, start)).await;
     drop_namespace(client, ns).await;
     row
 }
@@ -321,12 +351,6 @@ async fn batch_v1(client: &Client, n: usize) -> Row {
     fresh_namespace(client, ns).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let kcm = pid_of("kube-controller-manager");
-    let cpu_before = kcm.and_then(process_usage).map(|u| u.0);
-    let before = apiserver_requests(client).await;
-    let start = Instant::now();
-    let pod_progress = track(pods, "bench=batch-v1", n, start, pod_done);
-    let job_progress = track(jobs.clone(), "bench=batch-v1", n, start, job_done);
     let objects: Vec<Job> = (0..n)
         .map(|i| {
             let pod = barge_shaped_pod(i, "batch-v1");
@@ -340,17 +364,17 @@ async fn batch_v1(client: &Client, n: usize) -> Row {
             .unwrap()
         })
         .collect();
-    let submit_s = create_all(&jobs, objects, start).await;
-    wait_for("Jobs to complete", Duration::from_secs(7200), || {
-        job_progress.lock().unwrap().all_done.is_some()
-    })
-    .await;
-    let requests = apiserver_requests(client).await - before;
-    let mut row = finish("batch/v1 Job", n, &pod_progress, Some(&job_progress), submit_s, requests).await;
-    if let (Some(pid), Some(b)) = (kcm, cpu_before) {
-        row.controller_cpu_s = process_usage(pid).map(|u| u.0 - b);
-        row.note = "CPU: kube-controller-manager (all its controllers)".into();
-    }
+    let w = Watch {
+        contender: "batch/v1 Job",
+        n,
+        pods: (pods, "bench=batch-v1"),
+        owners: Some(Owners { api: jobs.clone(), labels: "bench=batch-v1", count: n, done: job_done }),
+        controller: pid_of("kube-controller-manager"),
+    };
+    let mut row = measure(client, w, |start| create_all(&jobs, objects, start)).await;
+    // kube-controller-manager runs every controller: its memory says nothing of the Job one.
+    row.controller_peak_rss_mib = None;
+    row.note = "CPU: kube-controller-manager (all its controllers)".into();
     drop_namespace(client, ns).await;
     row
 }
@@ -423,93 +447,89 @@ async fn barge(
         assert!(start_wait.elapsed() < Duration::from_secs(600), "Barge's nodes did not become ready");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (cpu0, _) = process_usage(pid).unwrap_or_default();
+    let watch = |contender, ns: &str, n| Watch {
+        contender,
+        n,
+        pods: (Api::namespaced(client.clone(), ns), "barge.dev/job-name"),
+        owners: Some(Owners {
+            api: Api::namespaced(client.clone(), ns),
+            labels: "bench=barge",
+            count: n,
+            done: batch_job_done,
+        }),
+        controller: Some(pid),
+    };
 
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let before = apiserver_requests(client).await;
-    let start = Instant::now();
-    let pod_progress = track(pods.clone(), "barge.dev/job-name", n, start, pod_done);
-    let job_progress = track(jobs.clone(), "bench=barge", n, start, batch_job_done);
-    let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("b-{i}"), "bench", None)).collect();
-    let submit_s = create_all(&jobs, objects, start).await;
-    wait_for("BatchJobs to succeed", Duration::from_secs(7200), || {
-        job_progress.lock().unwrap().all_done.is_some()
-    })
-    .await;
-    let requests = apiserver_requests(client).await - before;
-    let mut row = finish("Barge BatchJob", n, &pod_progress, Some(&job_progress), submit_s, requests).await;
-    let usage = process_usage(pid);
-    row.controller_cpu_s = usage.map(|u| u.0 - cpu0);
-    row.controller_peak_rss_mib = usage.map(|u| u.1);
-    row.note = format!("submitted and run at once; peak RSS while holding {n} BatchJobs and their pods");
-    drop_namespace(client, ns).await;
+    let rows = if n == 0 {
+        Vec::new()
+    } else {
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+        let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("b-{i}"), "bench", None)).collect();
+        let mut row =
+            measure(client, watch("Barge BatchJob", ns, n), |start| create_all(&jobs, objects, start)).await;
+        row.note = format!("submitted and run at once; peak RSS while holding {n} BatchJobs and their pods");
+        drop_namespace(client, ns).await;
 
-    // A backlog: N jobs wait in a DISABLED queue until the operator has taken each in;
-    // the clock starts when the queue is enabled, so admission is Barge's alone.
-    let ns = "bench-barge-backlog";
-    fresh_namespace(client, ns).await;
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let fill_start = Instant::now();
-    let held = track(jobs.clone(), "bench=barge", n, fill_start, batch_job_held);
-    let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("q-{i}"), "bench-held", None)).collect();
-    create_all(&jobs, objects, fill_start).await;
-    wait_for("the backlog to be held", Duration::from_secs(3600), || held.lock().unwrap().all_done.is_some())
+        // A backlog: N jobs wait in a DISABLED queue until the operator has taken each in;
+        // the clock starts when the queue is enabled, so admission is Barge's alone.
+        let ns = "bench-barge-backlog";
+        fresh_namespace(client, ns).await;
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+        let fill_start = Instant::now();
+        let held = track(jobs.clone(), "bench=barge", n, fill_start, batch_job_held);
+        let objects: Vec<BatchJob> =
+            (0..n).map(|i| barge_job(&format!("q-{i}"), "bench-held", None)).collect();
+        create_all(&jobs, objects, fill_start).await;
+        wait_for("the backlog to be held", Duration::from_secs(3600), || {
+            held.lock().unwrap().all_done.is_some()
+        })
         .await;
-    let fill_s = fill_start.elapsed().as_secs_f64();
-    let (cpu1, _) = process_usage(pid).unwrap_or_default();
-    let before = apiserver_requests(client).await;
-    let start = Instant::now();
-    let pod_progress = track(pods, "barge.dev/job-name", n, start, pod_done);
-    let job_progress = track(jobs, "bench=barge", n, start, batch_job_done);
-    queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "ENABLED"))).await.unwrap();
-    wait_for("the backlog to succeed", Duration::from_secs(7200), || {
-        job_progress.lock().unwrap().all_done.is_some()
-    })
-    .await;
-    let requests = apiserver_requests(client).await - before;
-    let mut backlog = finish("Barge backlog", n, &pod_progress, Some(&job_progress), 0.0, requests).await;
-    backlog.controller_cpu_s = process_usage(pid).map(|u| u.0 - cpu1);
-    backlog.controller_peak_rss_mib = process_usage(pid).map(|u| u.1);
-    backlog.note =
-        format!("{n} jobs held RUNNABLE in a DISABLED queue ({fill_s:.1} s to take in), then it is enabled");
-    queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "DISABLED"))).await.unwrap();
-    drop_namespace(client, ns).await;
-
-    // One array job, in a namespace of its own so the pod count starts at zero.
-    let ns = "bench-barge-array";
-    fresh_namespace(client, ns).await;
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let (cpu2, _) = process_usage(pid).unwrap_or_default();
-    let before = apiserver_requests(client).await;
-    let start = Instant::now();
-    let pod_progress = track(pods, "barge.dev/job-name", array, start, pod_done);
-    let parent = track(jobs.clone(), "bench=barge", 1, start, batch_job_done);
-    jobs.create(&PostParams::default(), &barge_job("array", "bench", Some(array))).await.unwrap();
-    let submit_s = start.elapsed().as_secs_f64();
-    wait_for("the array to succeed", Duration::from_secs(7200), || parent.lock().unwrap().all_done.is_some())
+        let fill_s = fill_start.elapsed().as_secs_f64();
+        let (enable, held_queue) = (queue_manifest("bench-held", "ENABLED"), queues.clone());
+        let mut backlog = measure(client, watch("Barge backlog", ns, n), |_| async move {
+            held_queue
+                .patch("bench-held", &PatchParams::apply("barge-bench").force(), &Patch::Apply(&enable))
+                .await
+                .unwrap();
+            0.0
+        })
         .await;
-    let requests = apiserver_requests(client).await - before;
-    let mut arr = finish("Barge array", array, &pod_progress, Some(&parent), submit_s, requests).await;
-    let usage = process_usage(pid);
-    arr.controller_cpu_s = usage.map(|u| u.0 - cpu2);
-    arr.controller_peak_rss_mib = usage.map(|u| u.1);
-    let status = jobs.get("array").await.unwrap().status.unwrap();
-    let size = serde_json::to_vec(&status).unwrap().len();
-    let last_pod = pod_progress.lock().unwrap().all_done.unwrap_or(f64::NAN);
-    arr.note = format!(
-        "parent status {:.1} KiB; parent SUCCEEDED {:.1} s after the last child pod ended",
-        size as f64 / 1024.0,
-        arr.all_done_s - last_pod
-    );
-    drop_namespace(client, ns).await;
+        backlog.note = format!(
+            "{n} jobs held RUNNABLE in a DISABLED queue ({fill_s:.1} s to take in), then it is enabled"
+        );
+        queues
+            .patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "DISABLED")))
+            .await
+            .unwrap();
+        drop_namespace(client, ns).await;
+
+        // One array job, in a namespace of its own so the pod count starts at zero.
+        let ns = "bench-barge-array";
+        fresh_namespace(client, ns).await;
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+        let mut w = watch("Barge array", ns, array);
+        w.owners.as_mut().expect("the parent").count = 1;
+        let mut arr = measure(client, w, |start| async move {
+            jobs.create(&PostParams::default(), &barge_job("array", "bench", Some(array))).await.unwrap();
+            start.elapsed().as_secs_f64()
+        })
+        .await;
+        let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+        let status = jobs.get("array").await.unwrap().status.unwrap();
+        let size = serde_json::to_vec(&status).unwrap().len();
+        arr.note = format!(
+            "parent status {:.1} KiB; parent SUCCEEDED {:.1} s after the last child pod ended",
+            size as f64 / 1024.0,
+            arr.all_done_s - arr.pods_done_s
+        );
+        drop_namespace(client, ns).await;
+        vec![row, backlog, arr]
+    };
 
     let held = if hold > 0 { Some(hold_jobs(client, hold, pid, port).await) } else { None };
     let _ = operator.kill();
     let _ = operator.wait();
-    (vec![row, backlog, arr], held)
+    (rows, held)
 }
 
 /// Submits `count` BatchJobs to the DISABLED queue and waits until the operator has taken
@@ -579,7 +599,7 @@ async fn main() {
         crds.patch(&name, &PatchParams::apply("barge-bench").force(), &Patch::Apply(&crd)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let nodes = n.max(array).div_ceil(PODS_PER_NODE);
+    let nodes = n.max(array).div_ceil(PODS_PER_NODE).max(1);
     kwok_nodes(&client, nodes, json!({"bench": "plain"})).await;
     let start_wait = Instant::now();
     while ready_nodes(&client, "bench=plain").await < nodes {
@@ -587,16 +607,38 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    let mut rows = vec![ceiling(&client, n).await];
-    eprintln!("ceiling done: {:.1} s", rows[0].all_done_s);
-    rows.push(batch_v1(&client, n).await);
-    eprintln!("batch/v1 done: {:.1} s", rows[1].all_done_s);
+    // BENCH_JOBS=0: the hold alone.
+    let mut rows = Vec::new();
+    if n > 0 {
+        rows.push(ceiling(&client, n).await);
+        eprintln!("ceiling done: {:.1} s", rows[0].all_done_s);
+        rows.push(batch_v1(&client, n).await);
+        eprintln!("batch/v1 done: {:.1} s", rows[1].all_done_s);
+    }
     let (barge_rows, hold) = barge(&client, n, array, nodes, hold).await;
     for r in &barge_rows {
         eprintln!("{} done: {:.1} s", r.contender, r.all_done_s);
     }
     rows.extend(barge_rows);
-    report(&out, n, &rows, hold.as_ref());
+    match (n, hold) {
+        (0, Some(h)) => println!("{}", report_hold(&out, &h)),
+        (_, hold) => report(&out, n, &rows, hold.as_ref()),
+    }
+}
+
+/// Writes hold-N.csv; returns the Markdown line.
+fn report_hold(out: &std::path::Path, h: &Hold) -> String {
+    let csv = format!(
+        "jobs,taken_in_s,peak_rss_mib,scheduling_pass_ms,passes,cpu_s\n{},{:.1},{:.1},{:.1},{:.0},{:.1}\n",
+        h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
+    );
+    std::fs::write(out.join(format!("hold-{}.csv", h.jobs)), csv).unwrap();
+    format!(
+        "- Barge holding {} BatchJobs (RUNNABLE in a DISABLED queue, taken in after {:.0} s): peak RSS \
+         **{:.0} MiB** (target <= 256), scheduling pass **{:.0} ms** on average over {:.0} passes, \
+         {:.0} CPU s\n",
+        h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
+    )
 }
 
 fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
@@ -669,19 +711,7 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
         md += &format!("- {}: {}\n", r.contender, r.note);
     }
     if let Some(h) = hold {
-        md += &format!(
-            "- Barge holding {} BatchJobs (RUNNABLE in a DISABLED queue, taken in after {:.0} s): peak RSS \
-             **{:.0} MiB** (target <= 256), scheduling pass **{:.0} ms** on average over {:.0} passes, \
-             {:.0} CPU s\n",
-            h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
-        );
-    }
-    if let Some(h) = hold {
-        let csv = format!(
-            "jobs,taken_in_s,peak_rss_mib,scheduling_pass_ms,passes,cpu_s\n{},{:.1},{:.1},{:.1},{:.0},{:.1}\n",
-            h.jobs, h.taken_in_s, h.peak_rss_mib, h.pass_ms, h.passes, h.cpu_s
-        );
-        std::fs::write(out.join(format!("hold-{}.csv", h.jobs)), csv).unwrap();
+        md += &report_hold(out, h);
     }
     std::fs::write(out.join(format!("cluster-{n}.csv")), &csv).unwrap();
     std::fs::write(out.join(format!("timeline-{n}.csv")), &timeline).unwrap();

@@ -188,7 +188,11 @@ where
     let (store, writer) = reflector::store();
     // managedFields are a large share of each object and no loop reads them: the stores
     // hold every job and pod, so they are dropped on the way in.
-    let watch = watcher(api, config).default_backoff().modify(|obj| obj.managed_fields_mut().clear());
+    // So is kubectl's copy of the last applied manifest.
+    let watch = watcher(api, config).default_backoff().modify(|obj| {
+        obj.managed_fields_mut().clear();
+        obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    });
     let drive = watch.reflect(writer).for_each(move |ev| {
         match ev {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(&obj, false),

@@ -61,7 +61,7 @@ pub fn job_request(job: &BatchJob) -> Result<Res> {
 pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: Option<u32>) -> Result<Pod> {
     let name = job.name_any();
     let uid = job.uid().ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
-    let template = job.spec.pod_template.clone().unwrap_or_default();
+    let template = *job.spec.pod_template.clone().unwrap_or_default();
     let mut meta = template.metadata.unwrap_or_default();
     let mut spec = match (&job.spec.container, template.spec) {
         (Some(c), _) => container_pod_spec(c, job_request(job)?),

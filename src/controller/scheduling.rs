@@ -75,11 +75,17 @@ pub async fn run(
         }
         let started = Instant::now();
         let (admitted, waiting) = pass(&ctx, &mut inflight, &mut usage, &verdicts, &capacity).await;
-        crate::metrics::metrics().scheduling_pass_seconds.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        crate::metrics::metrics().scheduling_pass_seconds.observe(took.as_secs_f64());
         if admitted > 0 {
-            info!(admitted, waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
+            info!(admitted, waiting, took_ms = took.as_millis() as u64, "scheduling pass");
         } else {
-            debug!(waiting, took_ms = started.elapsed().as_millis() as u64, "scheduling pass");
+            debug!(waiting, took_ms = took.as_millis() as u64, "scheduling pass");
+        }
+        // Over a large backlog a pass is costly and wake-ups never stop (every submission
+        // rings): rest as long as the pass took, so passes use at most half a core.
+        if took > DEBOUNCE {
+            tokio::time::sleep(took).await;
         }
     }
 }
@@ -251,8 +257,9 @@ async fn pass(
     let mut pending_jobs: Vec<(Arc<BatchJob>, Option<u32>, u32)> = Vec::new();
     let mut snapshot_jobs: Vec<PendingJob> = Vec::new();
     let mut new_verdicts: HashMap<String, Verdict> = HashMap::new();
+    let no_status = crate::api::batch_job::BatchJobStatus::default();
     for job in ctx.jobs.state() {
-        let status = job.status.clone().unwrap_or_default();
+        let status = job.status.as_ref().unwrap_or(&no_status);
         let ns = job.namespace().unwrap_or_default();
         let whole_job_deps =
             job.spec.array.is_none() || job.spec.depends_on.iter().any(|d| d.type_.is_none());
@@ -295,7 +302,7 @@ async fn pass(
                 .map(|i| (Some(i), children.attempt(i)))
                 .collect()
         } else {
-            vec![(None, super::job::current_attempt(&status))]
+            vec![(None, super::job::current_attempt(status))]
         };
         let wanted: Vec<(Option<u32>, u32)> = wanted
             .into_iter()
