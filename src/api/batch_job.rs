@@ -264,7 +264,7 @@ pub struct BatchJobSpec {
     pub container: Option<ContainerSpec>,
     /// A full pod template, for what `container` cannot say. Its first container is the job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// Boxed: a pod template is 1.7 KB inline, and the operator holds every job in memory.
+    // Boxed: a pod template is 1.7 KB inline, and the operator holds every job in memory.
     #[schemars(schema_with = "pod_template_schema")]
     pub pod_template: Option<Box<PodTemplateSpec>>,
     /// Within a queue, higher runs first.
