@@ -312,6 +312,8 @@ where
     wait_for(w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
     let requests = apiserver_requests(client).await - before;
     let usage = w.controller.and_then(process_usage);
+    // Read before taking the pods' lock: without owners, `done` is that same lock.
+    let all_done_s = done.lock().unwrap().all_done.unwrap_or(f64::NAN);
     let p = pods.lock().unwrap();
     Row {
         contender: w.contender.into(),
@@ -319,7 +321,7 @@ where
         submit_s,
         first_pod_s: p.first_seen.unwrap_or(f64::NAN),
         all_pods_s: p.all_seen.unwrap_or(f64::NAN),
-        all_done_s: done.lock().unwrap().all_done.unwrap_or(f64::NAN),
+        all_done_s,
         pods_done_s: p.all_done.unwrap_or(f64::NAN),
         controller_cpu_s: usage.zip(cpu0).map(|(u, c)| u.0 - c),
         controller_peak_rss_mib: usage.map(|u| u.1),
