@@ -186,9 +186,8 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    // managedFields are a large share of each object and no loop reads them: the stores
-    // hold every job and pod, so they are dropped on the way in.
-    // So is kubectl's copy of the last applied manifest.
+    // The stores hold every job and pod: what no loop reads is dropped on the way in
+    // (managedFields, and kubectl's copy of the last applied manifest).
     let watch = watcher(api, config).default_backoff().modify(|obj| {
         obj.managed_fields_mut().clear();
         obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
