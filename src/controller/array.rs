@@ -292,7 +292,7 @@ pub fn next_status(
         }
         s.phase = JobPhase::Runnable;
         s.status_reason = Some(match verdict {
-            Some(Verdict::Waiting(why)) => why.clone(),
+            Some(Verdict::Waiting(why)) => why.to_string(),
             Some(Verdict::Admitted { compute_environment }) => {
                 format!("Child jobs admitted to compute environment {compute_environment}")
             }

@@ -153,7 +153,7 @@ pub fn next_status(
         }
         runnable(&mut s, now);
         s.status_reason = Some(match verdict {
-            Some(Verdict::Waiting(why)) => why.clone(),
+            Some(Verdict::Waiting(why)) => why.to_string(),
             Some(Verdict::Admitted { compute_environment }) => {
                 format!("Admitted to compute environment {compute_environment}; creating its pod")
             }

@@ -1,9 +1,9 @@
-//! The scheduling pass: one task that takes a snapshot of the stores, asks the pure
-//! planner what to admit, creates the admitted pods with bounded concurrency, and hands
-//! the "why waiting" verdicts to the job controller and the demand to the capacity
-//! controller.
+//! The scheduling pass: one task that keeps the backlog of waiting pods up to date from
+//! the watches, asks the pure planner what to admit, creates the admitted pods with
+//! bounded concurrency, and hands the "why waiting" verdicts to the job controller and the
+//! demand to the capacity controller.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,20 +13,21 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
-use super::array::{ChildGate, Children, Gates};
+use super::backlog::{Backlog, Change, Lookups};
 use super::pod::LABEL_SHARE;
-use super::pod::{build_pod, job_request, pod_is_active, pod_request};
+use super::pod::{build_pod, pod_is_active, pod_request};
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
 use crate::api::LABEL_JOB_QUEUE;
-use crate::api::batch_job::{JobPhase, child_pod_name, pod_name};
+use crate::api::job_queue::LabelSelector;
 use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
 use crate::capacity::catalog;
 use crate::resources::Res;
-use crate::scheduler::{self, CeInfo, FairShare, NodeInfo, PendingJob, QueueInfo, Snapshot};
+use crate::scheduler::{self, CeInfo, FairShare, NodeInfo, QueueInfo, Snapshot, Waiting};
 
 /// A pass runs at least this often, to notice time passing (and lost wake-ups).
 const TICK: Duration = Duration::from_secs(2);
@@ -53,28 +54,75 @@ struct UsageState {
 }
 
 struct Inflight {
+    job: ObjectRef<BatchJob>,
     compute_environment: String,
     request: Res,
     since: Instant,
 }
 
+/// What the pass carries from one run to the next.
+struct PassState {
+    /// Pods created (or being created) but not yet in the pod store, by "namespace/name".
+    inflight: HashMap<String, Inflight>,
+    usage: UsageState,
+    backlog: Backlog,
+    /// Jobs to look at again, and whether to look at every job.
+    dirty: HashSet<ObjectRef<BatchJob>>,
+    rebuild: bool,
+    /// Queue namespace selectors and namespace labels the backlog was built against.
+    selection: Selection,
+    /// Numbers the passes; a verdict not renewed in a pass is dropped.
+    number: u64,
+}
+
+#[derive(Default, PartialEq)]
+struct Selection {
+    selectors: HashMap<String, Option<LabelSelector>>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Selection {
+    fn allows(&self, queue: &str, namespace: &str) -> bool {
+        match self.selectors.get(queue) {
+            Some(Some(sel)) => self.namespaces.get(namespace).is_some_and(|l| sel.matches(l)),
+            _ => true,
+        }
+    }
+}
+
 pub async fn run(
     ctx: Arc<Shared>,
+    mut changes: UnboundedReceiver<Change>,
     verdicts: UnboundedSender<ObjectRef<BatchJob>>,
     capacity: UnboundedSender<ObjectRef<ComputeEnvironment>>,
 ) {
-    let mut inflight: HashMap<String, Inflight> = HashMap::new();
-    let mut usage = UsageState { usage: HashMap::new(), last: Instant::now() };
+    let mut state = PassState {
+        inflight: HashMap::new(),
+        usage: UsageState { usage: HashMap::new(), last: Instant::now() },
+        backlog: Backlog::default(),
+        dirty: HashSet::new(),
+        rebuild: true,
+        selection: Selection::default(),
+        number: 0,
+    };
     loop {
         tokio::select! {
             _ = ctx.schedule_now.notified() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep(TICK) => {}
         }
+        while let Ok(change) = changes.try_recv() {
+            match change {
+                Change::Job(job) => {
+                    state.dirty.insert(job);
+                }
+                Change::All => state.rebuild = true,
+            }
+        }
         if !ctx.ready() {
             continue;
         }
         let started = Instant::now();
-        let (admitted, waiting) = pass(&ctx, &mut inflight, &mut usage, &verdicts, &capacity).await;
+        let (admitted, waiting) = pass(&ctx, &mut state, &verdicts, &capacity).await;
         let took = started.elapsed();
         crate::metrics::metrics().scheduling_pass_seconds.observe(took.as_secs_f64());
         if admitted > 0 {
@@ -93,11 +141,11 @@ pub async fn run(
 /// One pass; returns (admitted, waiting).
 async fn pass(
     ctx: &Shared,
-    inflight: &mut HashMap<String, Inflight>,
-    usage_state: &mut UsageState,
+    st: &mut PassState,
     verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>,
     capacity_tx: &UnboundedSender<ObjectRef<ComputeEnvironment>>,
 ) -> (usize, usize) {
+    let (inflight, usage_state) = (&mut st.inflight, &mut st.usage);
     let ces = ctx.compute_environments.state();
     let mut ce_infos: Vec<CeInfo> = ces
         .iter()
@@ -143,12 +191,12 @@ async fn pass(
 
     let mut running_by_share: HashMap<(String, String), f64> = HashMap::new();
     // Resources held by Barge pods: on their node when bound, else against their environment.
-    let mut present: HashSet<String> = HashSet::new();
     let mut unbound: Vec<(usize, Res)> = Vec::new();
     for p in ctx.pods.state() {
-        let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-        inflight.remove(&key);
-        present.insert(key);
+        if !inflight.is_empty() {
+            // Seen in the store: no longer in flight (its job heard of it from the pod watch).
+            inflight.remove(&format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+        }
         if !pod_is_active(&p) {
             continue;
         }
@@ -171,7 +219,14 @@ async fn pass(
             }
         }
     }
-    inflight.retain(|_, f| f.since.elapsed() < INFLIGHT_TTL);
+    // A pod that never showed up: its job waits for it again.
+    inflight.retain(|_, f| {
+        let fresh = f.since.elapsed() < INFLIGHT_TTL;
+        if !fresh {
+            st.dirty.insert(f.job.clone());
+        }
+        fresh
+    });
     for f in inflight.values() {
         if let Some(&ci) = ce_index.get(&f.compute_environment) {
             unbound.push((ci, f.request));
@@ -249,150 +304,69 @@ async fn pass(
             }
         })
         .collect();
-    let selectors: HashMap<String, _> =
-        queue_objects.iter().map(|q| (q.name_any(), q.spec.namespace_selector.clone())).collect();
-    let namespace_labels: HashMap<String, _> =
-        ctx.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
-
-    let mut pending_jobs: Vec<(Arc<BatchJob>, Option<u32>, u32)> = Vec::new();
-    let mut snapshot_jobs: Vec<PendingJob> = Vec::new();
-    let mut new_verdicts: HashMap<String, Verdict> = HashMap::new();
-    let no_status = crate::api::batch_job::BatchJobStatus::default();
-    for job in ctx.jobs.state() {
-        let status = job.status.as_ref().unwrap_or(&no_status);
-        let ns = job.namespace().unwrap_or_default();
-        let whole_job_deps =
-            job.spec.array.is_none() || job.spec.depends_on.iter().any(|d| d.type_.is_none());
-        let gated = whole_job_deps
-            && !job.spec.depends_on.is_empty()
-            && matches!(status.phase, JobPhase::Pending | JobPhase::Submitted);
-        if gated {
-            // Wake the job controller once every dependency has ended, so that it moves on.
-            let ended = job.spec.depends_on.iter().all(|d| {
-                ctx.jobs
-                    .get(&ObjectRef::new(&d.job_name).within(&ns))
-                    .is_some_and(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-            });
-            if ended {
-                let _ = verdict_tx.unbounded_send(ObjectRef::from_obj(job.as_ref()));
-            }
-            continue;
-        }
-        // Only a job waiting for its next attempt is admitted: a STARTING or RUNNING job whose
-        // pod just vanished is the job controller's to record first (never re-run the attempt).
-        let open_attempt = status.attempts.iter().any(|a| a.stopped_at.is_none());
-        let waiting = matches!(status.phase, JobPhase::Submitted | JobPhase::Runnable);
-        let stopping = job.spec.cancel.is_some() || job.spec.terminate.is_some();
-        let is_array = job.spec.array.is_some();
-        if stopping || status.phase.is_finished() || job.meta().deletion_timestamp.is_some() {
-            continue;
-        }
-        if !is_array && (!waiting || open_attempt) {
-            continue;
-        }
-        // The pods this job waits for: (child index, attempt) of each waiting child of an
-        // array, or its next attempt.
-        let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
-        let wanted: Vec<(Option<u32>, u32)> = if is_array {
-            let children = Children::of(&job);
-            let gates = Gates::of(&job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
-            children
-                .waiting()
-                .filter(|i| gates.gate(*i) == ChildGate::Ready)
-                .map(|i| (Some(i), children.attempt(i)))
-                .collect()
-        } else {
-            vec![(None, super::job::current_attempt(status))]
-        };
-        let wanted: Vec<(Option<u32>, u32)> = wanted
-            .into_iter()
-            .filter(|(i, a)| {
-                let pod = match i {
-                    Some(i) => child_pod_name(&name, &uid, *i, *a),
-                    None => pod_name(&name, &uid, *a),
-                };
-                let key = format!("{ns}/{pod}");
-                !present.contains(&key) && !inflight.contains_key(&key)
-            })
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let request = match job_request(&job) {
-            Ok(r) => r,
-            Err(e) => {
-                new_verdicts
-                    .insert(job.uid().unwrap_or_default(), Verdict::Waiting(format!("Invalid job: {e}")));
-                continue;
-            }
-        };
-        let namespace_allowed = match selectors.get(&job.spec.job_queue) {
-            Some(Some(sel)) => namespace_labels.get(&ns).is_some_and(|l| sel.matches(l)),
-            _ => true,
-        };
-        for (index, attempt) in wanted {
-            snapshot_jobs.push(PendingJob {
-                // Children sort by index within their parent.
-                name: match index {
-                    Some(i) => format!("{ns}/{name}[{i:05}]"),
-                    None => format!("{ns}/{name}"),
-                },
-                queue: job.spec.job_queue.clone(),
-                namespace_allowed,
-                scheduling_priority: job.spec.scheduling_priority,
-                submitted_ms: job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
-                request,
-                share: job.spec.share_identifier.clone(),
-            });
-            pending_jobs.push((job.clone(), index, attempt));
-        }
+    let selection = Selection {
+        selectors: queue_objects.iter().map(|q| (q.name_any(), q.spec.namespace_selector.clone())).collect(),
+        namespaces: ctx.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect(),
+    };
+    if selection != st.selection {
+        // Which namespaces a queue takes is part of every entry: look at every job again.
+        st.selection = selection;
+        st.rebuild = true;
     }
+    refresh_backlog(ctx, st, verdict_tx);
 
     for q in queues.iter().filter(|q| q.fair_share.is_some()) {
         debug!(queue = %q.name, usage = ?q.fair_share.as_ref().map(|f| &f.usage), "fair-share usage");
     }
-    let snapshot = Snapshot { jobs: snapshot_jobs, queues, compute_environments: ce_infos };
+    // The planner reads the backlog's list in place; it is handed back after the plan.
+    let snapshot =
+        Snapshot { jobs: std::mem::take(&mut st.backlog.jobs), queues, compute_environments: ce_infos };
     let plan = scheduler::plan(&snapshot);
+    st.backlog.jobs = snapshot.jobs;
+    let (backlog, inflight) = (&st.backlog, &mut st.inflight);
 
     // Create the admitted pods.
     let ce_by_name: HashMap<String, Arc<ComputeEnvironment>> =
         ces.iter().map(|c| (c.name_any(), c.clone())).collect();
     let mut creations = Vec::new();
+    let mut admitted_verdicts = Vec::new();
+    let mut leaving = Vec::new();
     let metrics = crate::metrics::metrics();
     let now = chrono::Utc::now();
     for adm in &plan.admitted {
-        let (job, index, attempt) = &pending_jobs[adm.job];
+        let owner = &backlog.owners[adm.job];
+        // Admitted or gone, the job leaves the backlog at the next pass.
+        leaving.push(owner.job.as_ref().clone());
+        let Some(job) = ctx.jobs.get(&owner.job) else { continue };
         metrics.admissions.inc();
         if let Some(since) = job.status.as_ref().and_then(|s| s.runnable_at) {
             metrics.runnable_seconds.observe((now - since).num_milliseconds().max(0) as f64 / 1000.0);
         }
         let ce = &ce_by_name[&adm.compute_environment];
-        let uid = job.uid().unwrap_or_default();
-        match build_pod(job, ce, *attempt, *index) {
+        match build_pod(&job, ce, owner.attempt, owner.index) {
             Ok(pod) => {
                 let key = format!("{}/{}", job.namespace().unwrap_or_default(), pod.name_any());
                 inflight.insert(
-                    key,
+                    key.clone(),
                     Inflight {
+                        job: owner.job.as_ref().clone(),
                         compute_environment: adm.compute_environment.clone(),
-                        request: snapshot.jobs[adm.job].request,
+                        request: backlog.jobs[adm.job].request,
                         since: Instant::now(),
                     },
                 );
-                new_verdicts.insert(
-                    uid.clone(),
+                admitted_verdicts.push((
+                    adm.job,
                     Verdict::Admitted { compute_environment: adm.compute_environment.clone() },
-                );
-                creations.push((uid, pod));
+                ));
+                creations.push((adm.job, key, pod));
             }
-            Err(e) => {
-                new_verdicts.insert(uid, Verdict::Waiting(format!("Invalid job: {e}")));
-            }
+            Err(e) => admitted_verdicts.push((adm.job, Verdict::Waiting(format!("Invalid job: {e}").into()))),
         }
     }
     let creating = (!creations.is_empty()).then(|| ctx.creating());
-    let failures: Vec<(String, String, String)> = stream::iter(creations)
-        .map(|(uid, pod)| async move {
+    let failures: Vec<(usize, String, String)> = stream::iter(creations)
+        .map(|(at, key, pod)| async move {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
             match api.create(&PostParams::default(), &pod).await {
                 Ok(_) => None,
@@ -400,8 +374,7 @@ async fn pass(
                 Err(kube::Error::Api(e)) if e.code == 409 => None,
                 Err(e) => {
                     warn!(pod = %pod.name_any(), error = %e, "creating pod failed");
-                    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                    Some((uid, key, format!("Could not create pod {}: {e}; will retry", pod.name_any())))
+                    Some((at, key, format!("Could not create pod {}: {e}; will retry", pod.name_any())))
                 }
             }
         })
@@ -410,33 +383,54 @@ async fn pass(
         .collect()
         .await;
     drop(creating);
-    for (uid, key, why) in failures {
+    let mut first = Vec::new();
+    for (at, key, why) in failures {
         inflight.remove(&key);
-        new_verdicts.insert(uid, Verdict::Waiting(why));
+        first.push((at, Verdict::Waiting(why.into())));
     }
-    for (i, why) in &plan.waiting {
-        // An array's verdict is its first waiting child's.
-        new_verdicts
-            .entry(pending_jobs[*i].0.uid().unwrap_or_default())
-            .or_insert_with(|| Verdict::Waiting(why.to_string()));
-    }
+    st.dirty.extend(leaving);
 
-    // Hand the verdicts that changed to the job controller.
-    let by_uid: HashMap<String, &Arc<BatchJob>> =
-        pending_jobs.iter().map(|(j, _, _)| (j.uid().unwrap_or_default(), j)).collect();
+    // Hand the verdicts that changed to the job controller. Each job keeps the first
+    // verdict of the pass: a failure, else an admission, else why its first entry waits.
+    st.number += 1;
+    let number = st.number;
     {
-        let mut old = ctx.verdicts.lock().expect("verdicts lock");
-        for (uid, v) in &new_verdicts {
+        let mut verdicts = ctx.verdicts.lock().expect("verdicts lock");
+        let mut give = |uid: &Arc<str>, job: &ObjectRef<BatchJob>, verdict: Verdict| {
+            let changed = match verdicts.get_mut(uid) {
+                Some((_, seen)) if *seen == number => false,
+                Some((old, seen)) => {
+                    *seen = number;
+                    let changed = *old != verdict;
+                    *old = verdict.clone();
+                    changed
+                }
+                None => {
+                    verdicts.insert(uid.clone(), (verdict.clone(), number));
+                    true
+                }
+            };
             // An admitted job hears of it from its new pod: a status write of its own
             // ("admitted, creating the pod") would only add load for a moment's state.
-            if old.get(uid) != Some(v)
-                && !matches!(v, Verdict::Admitted { .. })
-                && let Some(job) = by_uid.get(uid)
-            {
-                let _ = verdict_tx.unbounded_send(ObjectRef::from_obj(job.as_ref()));
+            if changed && !matches!(verdict, Verdict::Admitted { .. }) {
+                let _ = verdict_tx.unbounded_send(job.clone());
             }
+        };
+        for (at, verdict) in first.into_iter().chain(admitted_verdicts) {
+            let owner = &st.backlog.owners[at];
+            give(&owner.uid, &owner.job, verdict);
         }
-        *old = new_verdicts;
+        for (job, (uid, why)) in &st.backlog.invalid {
+            give(uid, job, Verdict::Waiting(why.clone()));
+        }
+        // Most waiting jobs share a few reasons: each is put in words once.
+        let mut words: HashMap<&Waiting, Arc<str>> = HashMap::new();
+        for (at, why) in &plan.waiting {
+            let text = words.entry(why).or_insert_with(|| why.to_string().into()).clone();
+            let owner = &st.backlog.owners[*at];
+            give(&owner.uid, &owner.job, Verdict::Waiting(text));
+        }
+        verdicts.retain(|_, (_, seen)| *seen == number);
     }
 
     // Hand the demand to the capacity controller.
@@ -455,4 +449,41 @@ async fn pass(
     *ctx.blocked.lock().expect("blocked lock") =
         plan.blocked_queues.iter().map(|(q, w)| (q.clone(), w.to_string())).collect();
     (plan.admitted.len(), plan.waiting.len())
+}
+
+/// Brings the backlog up to date: every job after a watch started over or the namespace
+/// selection changed, else the jobs that changed and those whose standing hangs on others.
+fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>) {
+    let (inflight, selection) = (&st.inflight, &st.selection);
+    let job = |k: &ObjectRef<BatchJob>| ctx.jobs.get(k);
+    let pod_known = |ns: &str, pod: &str| {
+        inflight.contains_key(&format!("{ns}/{pod}"))
+            || ctx.pods.get(&ObjectRef::new(pod).within(ns)).is_some()
+    };
+    let allowed = |queue: &str, ns: &str| selection.allows(queue, ns);
+    let lookups = Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed };
+    let mut ended = Vec::new();
+    if std::mem::take(&mut st.rebuild) {
+        st.backlog.clear();
+        st.dirty.clear();
+        for job in ctx.jobs.state() {
+            let key = ObjectRef::from_obj(job.as_ref());
+            if st.backlog.refresh(&key, Some(&job), &lookups) {
+                ended.push(key);
+            }
+        }
+    } else {
+        let mut keys: HashSet<ObjectRef<BatchJob>> = st.dirty.drain().collect();
+        keys.extend(st.backlog.volatile());
+        for key in keys {
+            let job = ctx.jobs.get(&key);
+            if st.backlog.refresh(&key, job.as_deref(), &lookups) {
+                ended.push(key);
+            }
+        }
+    }
+    // Wake each job whose dependencies have all ended, so that the job controller moves it on.
+    for key in ended {
+        let _ = verdict_tx.unbounded_send(key);
+    }
 }

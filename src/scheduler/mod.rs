@@ -138,7 +138,7 @@ pub struct Admission {
 }
 
 /// Why a job is still waiting, in words a user understands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Waiting {
     QueueNotFound { queue: String },
     QueueDisabled { queue: String },

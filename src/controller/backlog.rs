@@ -1,0 +1,360 @@
+//! The scheduling pass's standing list of the pods jobs wait for. It is kept up to date
+//! from the watches (a job changed, or a pod of it did) instead of being rebuilt from
+//! every stored job in every pass: over a backlog of 100,000 jobs a pass reads one dense
+//! list, and only the jobs that changed are looked at again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
+
+use super::array::{ChildGate, Children, Gates};
+use super::job::current_attempt;
+use super::pod::job_request;
+use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase, child_pod_name, pod_name};
+use crate::resources::Res;
+use crate::scheduler::PendingJob;
+
+/// What changed since the last pass.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A job changed or went away, or one of its pods did.
+    Job(ObjectRef<BatchJob>),
+    /// A watch started over (its store was replaced): any job may have changed.
+    All,
+}
+
+/// Where a job stands for the scheduling pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Standing {
+    /// Not waiting for a pod: finished, stopping, started, or its pods exist already.
+    Idle,
+    /// Held by its dependencies; `ended` once every one of them has ended, when the job
+    /// controller should move it on.
+    Gated { ended: bool },
+    /// Its request cannot be read: it waits with this reason until it is fixed.
+    Invalid(String),
+    /// Waiting for these pods: (child index of an array, attempt).
+    Waiting { pods: Vec<(Option<u32>, u32)>, request: Res },
+}
+
+/// What a job's standing is read against.
+pub struct Lookups<'a> {
+    /// Another job, for dependencies.
+    pub job: &'a dyn Fn(&ObjectRef<BatchJob>) -> Option<Arc<BatchJob>>,
+    /// Whether a pod of that name exists or is being created, by (namespace, name).
+    pub pod_known: &'a dyn Fn(&str, &str) -> bool,
+    /// Whether a queue takes jobs from a namespace: (queue, namespace).
+    pub namespace_allowed: &'a dyn Fn(&str, &str) -> bool,
+}
+
+/// Where `job` stands: which of its pods the pass should admit, if any.
+pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
+    let no_status = BatchJobStatus::default();
+    let status = job.status.as_ref().unwrap_or(&no_status);
+    let ns = job.meta().namespace.as_deref().unwrap_or_default();
+    let whole_job_deps = job.spec.array.is_none() || job.spec.depends_on.iter().any(|d| d.type_.is_none());
+    if whole_job_deps
+        && !job.spec.depends_on.is_empty()
+        && matches!(status.phase, JobPhase::Pending | JobPhase::Submitted)
+    {
+        let ended = job.spec.depends_on.iter().all(|d| {
+            (lookups.job)(&ObjectRef::new(&d.job_name).within(ns))
+                .is_some_and(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+        });
+        return Standing::Gated { ended };
+    }
+    let stopping = job.spec.cancel.is_some() || job.spec.terminate.is_some();
+    if stopping || status.phase.is_finished() || job.meta().deletion_timestamp.is_some() {
+        return Standing::Idle;
+    }
+    // Only a job waiting for its next attempt is admitted: a STARTING or RUNNING job whose
+    // pod just vanished is the job controller's to record first (never re-run the attempt).
+    let is_array = job.spec.array.is_some();
+    let waiting = matches!(status.phase, JobPhase::Submitted | JobPhase::Runnable);
+    let open_attempt = status.attempts.iter().any(|a| a.stopped_at.is_none());
+    if !is_array && (!waiting || open_attempt) {
+        return Standing::Idle;
+    }
+    let name = job.meta().name.as_deref().unwrap_or_default();
+    let uid = job.meta().uid.as_deref().unwrap_or_default();
+    let wanted: Vec<(Option<u32>, u32)> = if is_array {
+        let children = Children::of(job);
+        let gates = Gates::of(job, |n| (lookups.job)(&ObjectRef::new(n).within(ns)));
+        children
+            .waiting()
+            .filter(|i| gates.gate(*i) == ChildGate::Ready)
+            .map(|i| (Some(i), children.attempt(i)))
+            .collect()
+    } else {
+        vec![(None, current_attempt(status))]
+    };
+    let pods: Vec<(Option<u32>, u32)> = wanted
+        .into_iter()
+        .filter(|(i, a)| {
+            let pod = match i {
+                Some(i) => child_pod_name(name, uid, *i, *a),
+                None => pod_name(name, uid, *a),
+            };
+            !(lookups.pod_known)(ns, &pod)
+        })
+        .collect();
+    if pods.is_empty() {
+        return Standing::Idle;
+    }
+    match job_request(job) {
+        Ok(request) => Standing::Waiting { pods, request },
+        Err(e) => Standing::Invalid(format!("Invalid job: {e}")),
+    }
+}
+
+/// Whose pod an entry of the backlog waits for.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub job: Arc<ObjectRef<BatchJob>>,
+    pub uid: Arc<str>,
+    pub index: Option<u32>,
+    pub attempt: u32,
+}
+
+/// The pods jobs wait for, as the planner reads them.
+#[derive(Default)]
+pub struct Backlog {
+    /// One entry per waiting pod: the planner's job list as it stands.
+    pub jobs: Vec<PendingJob>,
+    /// Whose each entry of `jobs` is (same positions).
+    pub owners: Vec<Owner>,
+    /// Positions in `jobs` of each job's entries.
+    positions: HashMap<Arc<ObjectRef<BatchJob>>, Vec<usize>>,
+    /// Jobs looked at again in every pass: their standing depends on other jobs.
+    volatile: HashSet<ObjectRef<BatchJob>>,
+    /// Jobs that cannot be admitted as they stand: uid and why.
+    pub invalid: HashMap<ObjectRef<BatchJob>, (Arc<str>, Arc<str>)>,
+}
+
+impl Backlog {
+    /// Jobs whose standing depends on other jobs (dependencies), to refresh every pass.
+    pub fn volatile(&self) -> Vec<ObjectRef<BatchJob>> {
+        self.volatile.iter().cloned().collect()
+    }
+
+    /// Forgets everything, for a full rebuild.
+    pub fn clear(&mut self) {
+        *self = Backlog::default();
+    }
+
+    /// Looks at one job again (`job` is its stored object, `None` when it is gone).
+    /// Returns whether it is a gated job whose dependencies have all ended.
+    pub fn refresh(
+        &mut self,
+        key: &ObjectRef<BatchJob>,
+        job: Option<&BatchJob>,
+        lookups: &Lookups<'_>,
+    ) -> bool {
+        self.remove(key);
+        let Some(job) = job else { return false };
+        let key = ObjectRef::new(&key.name).within(key.namespace.as_deref().unwrap_or_default());
+        let has_deps = !job.spec.depends_on.is_empty();
+        let uid = || Arc::<str>::from(job.meta().uid.as_deref().unwrap_or_default());
+        match standing(job, lookups) {
+            Standing::Idle => false,
+            Standing::Gated { ended } => {
+                self.volatile.insert(key);
+                ended
+            }
+            Standing::Invalid(why) => {
+                if has_deps {
+                    self.volatile.insert(key.clone());
+                }
+                self.invalid.insert(key, (uid(), why.into()));
+                false
+            }
+            Standing::Waiting { pods, request } => {
+                if has_deps {
+                    self.volatile.insert(key.clone());
+                }
+                let ns = key.namespace.clone().unwrap_or_default();
+                let allowed = (lookups.namespace_allowed)(&job.spec.job_queue, &ns);
+                let submitted_ms = job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond());
+                let (key, uid) = (Arc::new(key), uid());
+                let mut at = Vec::with_capacity(pods.len());
+                for (index, attempt) in pods {
+                    at.push(self.jobs.len());
+                    self.jobs.push(PendingJob {
+                        // Children sort by index within their parent.
+                        name: match index {
+                            Some(i) => format!("{ns}/{}[{i:05}]", key.name),
+                            None => format!("{ns}/{}", key.name),
+                        },
+                        queue: job.spec.job_queue.clone(),
+                        namespace_allowed: allowed,
+                        scheduling_priority: job.spec.scheduling_priority,
+                        submitted_ms,
+                        request,
+                        share: job.spec.share_identifier.clone(),
+                    });
+                    self.owners.push(Owner { job: key.clone(), uid: uid.clone(), index, attempt });
+                }
+                self.positions.insert(key, at);
+                false
+            }
+        }
+    }
+
+    /// Drops a job's entries; the last entries move into the holes.
+    fn remove(&mut self, key: &ObjectRef<BatchJob>) {
+        self.volatile.remove(key);
+        self.invalid.remove(key);
+        let Some(mut at) = self.positions.remove(key) else { return };
+        at.sort_unstable_by(|a, b| b.cmp(a));
+        for p in at {
+            let last = self.jobs.len() - 1;
+            self.jobs.swap_remove(p);
+            self.owners.swap_remove(p);
+            if p < last {
+                let moved = &self.owners[p].job;
+                let list = self.positions.get_mut(moved).expect("every entry has an owner");
+                let slot = list.iter_mut().find(|x| **x == last).expect("the moved entry is listed");
+                *slot = p;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(name: &str, extra: serde_json::Value) -> BatchJob {
+        let mut j = json!({
+            "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"jobQueue": "q", "container": {"image": "busybox", "resources": {"vcpus": 1, "memory": "64Mi"}}},
+        });
+        merge(&mut j, extra);
+        serde_json::from_value(j).unwrap()
+    }
+
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn none(_: &ObjectRef<BatchJob>) -> Option<Arc<BatchJob>> {
+        None
+    }
+
+    fn lookups<'a>(pods: &'a dyn Fn(&str, &str) -> bool) -> Lookups<'a> {
+        Lookups { job: &none, pod_known: pods, namespace_allowed: &|_, _| true }
+    }
+
+    fn key(name: &str) -> ObjectRef<BatchJob> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    /// The backlog's lists agree with each other: every position points back at its owner.
+    fn check(b: &Backlog) {
+        assert_eq!(b.jobs.len(), b.owners.len());
+        let listed: usize = b.positions.values().map(Vec::len).sum();
+        assert_eq!(listed, b.jobs.len());
+        for (k, at) in &b.positions {
+            for p in at {
+                assert_eq!(&b.owners[*p].job, k);
+                assert!(b.jobs[*p].name.starts_with(&format!("ns/{}", k.name)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_job_waits_for_its_first_pod_and_leaves_once_it_exists() {
+        let j = job("a", json!({}));
+        let l = lookups(&|_, _| false);
+        assert_eq!(
+            standing(&j, &l),
+            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(1000, 64, 0) }
+        );
+        let exists = lookups(&|ns, pod| ns == "ns" && pod.starts_with("a-"));
+        assert_eq!(standing(&j, &exists), Standing::Idle);
+    }
+
+    #[test]
+    fn an_array_waits_for_its_children_not_started() {
+        let j = job(
+            "arr",
+            json!({"spec": {"array": {"size": 5}},
+                   "status": {"phase": "RUNNABLE", "array": {"size": 5, "progress": "1/5", "runnable": 3, "starting": 0, "running": 1, "succeeded": 1, "failed": 0, "succeededIndexes": "0", "startedIndexes": "0-1"}}}),
+        );
+        let l = lookups(&|_, _| false);
+        let Standing::Waiting { pods, .. } = standing(&j, &l) else { panic!("waiting") };
+        assert_eq!(pods, vec![(Some(2), 0), (Some(3), 0), (Some(4), 0)]);
+    }
+
+    #[test]
+    fn gated_until_dependencies_end_and_bad_requests_say_why() {
+        let j = job("d", json!({"spec": {"dependsOn": [{"jobName": "up"}]}}));
+        assert_eq!(standing(&j, &lookups(&|_, _| false)), Standing::Gated { ended: false });
+        let done = job("up", json!({"status": {"phase": "SUCCEEDED"}}));
+        let found = move |_: &ObjectRef<BatchJob>| Some(Arc::new(done.clone()));
+        let l = Lookups { job: &found, pod_known: &|_, _| false, namespace_allowed: &|_, _| true };
+        assert_eq!(standing(&j, &l), Standing::Gated { ended: true });
+
+        let bad = job("b", json!({"spec": {"container": {"resources": {"memory": "lots"}}}}));
+        let Standing::Invalid(why) = standing(&bad, &lookups(&|_, _| false)) else { panic!("invalid") };
+        assert!(why.starts_with("Invalid job:"), "{why}");
+    }
+
+    #[test]
+    fn stopping_running_and_finished_jobs_wait_for_nothing() {
+        let l = lookups(&|_, _| false);
+        for extra in [
+            json!({"spec": {"cancel": {"reason": "no"}}}),
+            json!({"status": {"phase": "SUCCEEDED"}}),
+            json!({"status": {"phase": "RUNNING", "attempts": [{"podName": "p"}]}}),
+        ] {
+            assert_eq!(standing(&job("x", extra.clone()), &l), Standing::Idle, "{extra}");
+        }
+    }
+
+    #[test]
+    fn refreshes_keep_positions_consistent() {
+        let mut b = Backlog::default();
+        let l = lookups(&|_, _| false);
+        let arr = job("arr", json!({"spec": {"array": {"size": 4}}}));
+        b.refresh(&key("a"), Some(&job("a", json!({}))), &l);
+        b.refresh(&key("arr"), Some(&arr), &l);
+        b.refresh(&key("c"), Some(&job("c", json!({}))), &l);
+        check(&b);
+        assert_eq!(b.jobs.len(), 6);
+
+        // A job removed from the front: the last entries fill its hole.
+        b.refresh(&key("a"), None, &l);
+        check(&b);
+        assert_eq!(b.jobs.len(), 5);
+        // The array's children start: it leaves; refreshing twice changes nothing.
+        let started = job(
+            "arr",
+            json!({"spec": {"array": {"size": 4}}, "status": {"phase": "RUNNING", "array": {"size": 4, "progress": "0/4", "runnable": 0, "starting": 0, "running": 4, "succeeded": 0, "failed": 0, "startedIndexes": "0-3"}}}),
+        );
+        b.refresh(&key("arr"), Some(&started), &l);
+        b.refresh(&key("arr"), Some(&started), &l);
+        check(&b);
+        assert_eq!(b.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["ns/c"]);
+
+        let bad = job("b", json!({"spec": {"container": {"resources": {"memory": "lots"}}}}));
+        b.refresh(&key("b"), Some(&bad), &l);
+        assert!(b.invalid.contains_key(&key("b")));
+        b.refresh(&key("b"), Some(&job("b", json!({}))), &l);
+        assert!(b.invalid.is_empty());
+        check(&b);
+        assert_eq!(b.jobs.len(), 2);
+    }
+}
