@@ -50,6 +50,7 @@ fn snapshot(jobs: usize) -> Snapshot {
     let jobs = (0..jobs)
         .map(|i| PendingJob {
             name: format!("ns/job-{i}"),
+            index: None,
             queue: format!("q{}", i % QUEUES),
             namespace_allowed: true,
             scheduling_priority: (i % 5) as i32,
@@ -71,6 +72,35 @@ fn scheduling_pass(c: &mut Criterion) {
     group.finish();
 }
 
+/// `jobs` jobs held in one DISABLED queue, submitted a thousand a second: the cluster
+/// benchmark's hold (`BENCH_HOLD`), where every job waits for the same reason.
+fn held(jobs: usize) -> Snapshot {
+    let mut s = snapshot(0);
+    s.queues[0].enabled = false;
+    s.queues[0].fair_share = None;
+    s.jobs = (0..jobs)
+        .map(|i| PendingJob {
+            name: format!("bench-hold/h-{i}"),
+            index: None,
+            queue: "q0".into(),
+            namespace_allowed: true,
+            scheduling_priority: 0,
+            submitted_ms: 1_800_000_000_000 + (i / 1000) as i64 * 1000,
+            request: Res::new(1000, 64, 0),
+            share: None,
+        })
+        .collect();
+    s
+}
+
+fn held_pass(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scheduling_pass_held");
+    group.sample_size(10);
+    let s = held(100_000);
+    group.bench_with_input(BenchmarkId::from_parameter(100_000), &s, |b, s| b.iter(|| plan(black_box(s))));
+    group.finish();
+}
+
 fn bin_packing(c: &mut Criterion) {
     let (types, _) = catalog::resolve(&["m6i".into(), "c6i".into(), "r6i".into()]);
     let demand: Vec<Res> =
@@ -85,5 +115,5 @@ fn bin_packing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scheduling_pass, bin_packing);
+criterion_group!(benches, scheduling_pass, held_pass, bin_packing);
 criterion_main!(benches);

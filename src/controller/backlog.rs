@@ -182,11 +182,8 @@ impl Backlog {
                 for (index, attempt) in pods {
                     at.push(self.jobs.len());
                     self.jobs.push(PendingJob {
-                        // Children sort by index within their parent.
-                        name: match index {
-                            Some(i) => format!("{ns}/{}[{i:05}]", key.name),
-                            None => format!("{ns}/{}", key.name),
-                        },
+                        name: format!("{ns}/{}", key.name),
+                        index,
                         queue: job.spec.job_queue.clone(),
                         namespace_allowed: allowed,
                         scheduling_priority: job.spec.scheduling_priority,
@@ -269,7 +266,7 @@ mod tests {
         for (k, at) in &b.positions {
             for p in at {
                 assert_eq!(&b.owners[*p].job, k);
-                assert!(b.jobs[*p].name.starts_with(&format!("ns/{}", k.name)));
+                assert_eq!(b.jobs[*p].name, format!("ns/{}", k.name));
             }
         }
     }

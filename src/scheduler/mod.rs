@@ -12,7 +12,10 @@ use crate::resources::{Res, fmt_vcpus};
 /// A job waiting for admission.
 #[derive(Clone, Debug)]
 pub struct PendingJob {
+    /// "namespace/name" of the job.
     pub name: String,
+    /// The child's index, for a child of an array job.
+    pub index: Option<u32>,
     pub queue: String,
     /// False when the queue's namespace selector does not match the job's namespace.
     pub namespace_allowed: bool,
@@ -63,26 +66,32 @@ impl FairShare {
     }
 }
 
-/// Orders one fair-share queue's jobs: repeatedly the next job of the share whose usage
-/// (counting the jobs ordered before it) times its weight is lowest.
-fn fair_share_order(jobs: &[PendingJob], mut idx: Vec<usize>, policy: &FairShare) -> Vec<usize> {
-    idx.sort_by(|&a, &b| {
-        let (ja, jb) = (&jobs[a], &jobs[b]);
-        jb.scheduling_priority
-            .cmp(&ja.scheduling_priority)
-            .then_with(|| ja.submitted_ms.cmp(&jb.submitted_ms))
-            .then_with(|| ja.name.cmp(&jb.name))
-    });
+/// Orders one fair-share queue's jobs (`idx`, in queue order): repeatedly the next job of
+/// the share whose usage (counting the jobs ordered before it) times its weight is lowest.
+fn fair_share_order(jobs: &[PendingJob], idx: Vec<usize>, policy: &FairShare) -> Vec<usize> {
     // Shares by name (the order breaks ties), each with its weight, usage and jobs.
-    let mut names: Vec<&str> = idx.iter().map(|&i| jobs[i].share.as_deref().unwrap_or("")).collect();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let share_of: Vec<usize> = idx
+        .iter()
+        .map(|&i| {
+            let next = index.len();
+            *index.entry(jobs[i].share.as_deref().unwrap_or("")).or_insert(next)
+        })
+        .collect();
+    let mut names: Vec<&str> = index.keys().copied().collect();
     names.sort_unstable();
-    names.dedup();
+    let position: Vec<usize> = {
+        let mut p = vec![0; names.len()];
+        for (k, n) in names.iter().enumerate() {
+            p[index[n]] = k;
+        }
+        p
+    };
     let weight: Vec<f64> = names.iter().map(|n| policy.weight(n)).collect();
     let mut usage: Vec<f64> = names.iter().map(|n| policy.usage.get(*n).copied().unwrap_or(0.0)).collect();
     let mut queues: Vec<std::collections::VecDeque<usize>> = vec![Default::default(); names.len()];
-    for i in idx {
-        let share = jobs[i].share.as_deref().unwrap_or("");
-        queues[names.binary_search(&share).expect("share was collected")].push_back(i);
+    for (i, s) in idx.into_iter().zip(share_of) {
+        queues[position[s]].push_back(i);
     }
     let mut out = Vec::with_capacity(jobs.len());
     loop {
@@ -297,19 +306,35 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut ces: HashMap<&str, CeState> =
         snapshot.compute_environments.iter().map(|c| (c.name.as_str(), CeState::new(c))).collect();
 
-    // Queues ranked by priority (highest first), then name; unknown queues last.
-    let mut queue_names: Vec<&str> = snapshot.jobs.iter().map(|j| j.queue.as_str()).collect();
-    queue_names.sort_unstable();
-    queue_names.dedup();
-    let priority_of = |q: &str| queues.get(q).map_or(i32::MIN, |q| q.priority);
-    queue_names.sort_by(|a, b| priority_of(b).cmp(&priority_of(a)).then_with(|| a.cmp(b)));
-    let queue_rank: HashMap<&str, u32> =
-        queue_names.iter().enumerate().map(|(r, q)| (*q, r as u32)).collect();
-    // One key per job, so the sort compares integers, not strings.
-    let keys: Vec<(u32, i32, i64)> = snapshot
+    // Queues ranked by priority (highest first), then name; unknown queues last. Each
+    // job's queue name is read once: from here on the pass works with its rank.
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let appearance: Vec<u32> = snapshot
         .jobs
         .iter()
-        .map(|j| (queue_rank[j.queue.as_str()], -j.scheduling_priority, j.submitted_ms))
+        .map(|j| {
+            let next = seen.len() as u32;
+            *seen.entry(j.queue.as_str()).or_insert(next)
+        })
+        .collect();
+    let mut queue_names: Vec<&str> = seen.keys().copied().collect();
+    let priority_of = |q: &str| queues.get(q).map_or(i32::MIN, |q| q.priority);
+    queue_names.sort_by(|a, b| priority_of(b).cmp(&priority_of(a)).then_with(|| a.cmp(b)));
+    let mut rank_of_appearance = vec![0u32; queue_names.len()];
+    for (rank, q) in queue_names.iter().enumerate() {
+        rank_of_appearance[seen[q] as usize] = rank as u32;
+    }
+    let rank: Vec<u32> = appearance.iter().map(|a| rank_of_appearance[*a as usize]).collect();
+    let queue_at: Vec<Option<&QueueInfo>> = queue_names.iter().map(|q| queues.get(q).copied()).collect();
+    // One key per job, so the sort compares integers, not strings. Jobs submitted in the
+    // same millisecond (Kubernetes keeps creation times to the second) follow a hash of
+    // their name, the same in every pass and every run; an array's children follow
+    // their index.
+    let keys: Vec<(u32, i32, i64, u64, Option<u32>)> = snapshot
+        .jobs
+        .iter()
+        .zip(&rank)
+        .map(|(j, r)| (*r, -j.scheduling_priority, j.submitted_ms, name_hash(&j.name), j.index))
         .collect();
     let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
     order.sort_unstable_by(|&a, &b| {
@@ -319,9 +344,9 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     // Fair-share queues reorder their own run of the order.
     let mut start = 0;
     while start < order.len() {
-        let (rank, q) = (keys[order[start]].0, &snapshot.jobs[order[start]].queue);
-        let end = start + order[start..].iter().take_while(|&&i| keys[i].0 == rank).count();
-        if let Some(policy) = queues.get(q.as_str()).and_then(|q| q.fair_share.as_ref()) {
+        let r = rank[order[start]];
+        let end = start + order[start..].iter().take_while(|&&i| rank[i] == r).count();
+        if let Some(policy) = queue_at[r as usize].and_then(|q| q.fair_share.as_ref()) {
             let ordered = fair_share_order(&snapshot.jobs, order[start..end].to_vec(), policy);
             order.splice(start..end, ordered);
         }
@@ -345,13 +370,19 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         .collect();
 
     // computeReservation: how many vCPUs each fair-share queue may still take this pass.
-    let mut reserve_left: HashMap<&str, (f64, u32)> = HashMap::new();
-    for q in &snapshot.queues {
+    let mut reserve_left: Vec<Option<(f64, u32)>> = vec![None; queue_names.len()];
+    for (r, q) in queue_at.iter().enumerate() {
+        let Some(q) = q else { continue };
         let Some(policy) = q.fair_share.as_ref().filter(|p| p.compute_reservation > 0) else { continue };
         let mut active: std::collections::HashSet<&str> =
             policy.running.iter().filter(|(_, v)| **v > 0.0).map(|(k, _)| k.as_str()).collect();
         active.extend(
-            snapshot.jobs.iter().filter(|j| j.queue == q.name).map(|j| j.share.as_deref().unwrap_or("")),
+            snapshot
+                .jobs
+                .iter()
+                .zip(&rank)
+                .filter(|(_, jr)| **jr as usize == r)
+                .map(|(j, _)| j.share.as_deref().unwrap_or("")),
         );
         let max: f64 = q
             .compute_environments
@@ -362,25 +393,36 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         let reserved =
             max * (policy.compute_reservation.min(99) as f64 / 100.0).powi(active.len().max(1) as i32);
         let running: f64 = policy.running.values().sum();
-        reserve_left.insert(q.name.as_str(), (max - reserved - running, reserved.round() as u32));
+        reserve_left[r] = Some((max - reserved - running, reserved.round() as u32));
     }
 
     // Jobs of one queue asking for the same resources get the same "at capacity" answer
     // until an admission or new demand changes some environment: most of a large backlog
-    // is answered from here instead of walking every environment and node again.
+    // is answered from here instead of walking every environment and node again. So does
+    // every job of a queue that admits nothing (missing, DISABLED, no environments).
     let mut generation = 0u64;
-    let mut at_capacity: HashMap<(&str, Res), (u64, Waiting)> = HashMap::new();
+    let mut at_capacity: HashMap<(u32, Res), (u64, Waiting)> = HashMap::new();
+    let mut queue_blocked: Vec<Option<Waiting>> = vec![None; queue_names.len()];
     for i in order {
         let job = &snapshot.jobs[i];
-        if let Some((g, why)) = at_capacity.get(&(job.queue.as_str(), job.request))
-            && *g == generation
-            && job.namespace_allowed
-            && !reserve_left.contains_key(job.queue.as_str())
+        let r = rank[i];
+        if let Some(why) = &queue_blocked[r as usize]
+            && (job.namespace_allowed
+                || matches!(why, Waiting::QueueNotFound { .. } | Waiting::QueueDisabled { .. }))
         {
             plan.waiting.push((i, why.clone()));
             continue;
         }
-        if let Some((left, reserved)) = reserve_left.get_mut(job.queue.as_str())
+        let reserve = &mut reserve_left[r as usize];
+        if let Some((g, why)) = at_capacity.get(&(r, job.request))
+            && *g == generation
+            && job.namespace_allowed
+            && reserve.is_none()
+        {
+            plan.waiting.push((i, why.clone()));
+            continue;
+        }
+        if let Some((left, reserved)) = reserve
             && job.request.vcpus() > *left + 1e-9
         {
             let why = Waiting::ComputeReserved { queue: job.queue.clone(), reserved_vcpus: *reserved };
@@ -390,13 +432,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             plan.waiting.push((i, why));
             continue;
         }
-        let verdict = decide(
-            job,
-            queues.get(job.queue.as_str()).copied(),
-            &usable_by_queue,
-            &mut ces,
-            &mut plan.demand,
-        );
+        let verdict = decide(job, queue_at[r as usize], &usable_by_queue, &mut ces, &mut plan.demand);
         match &verdict {
             Err(Waiting::AtMaxCapacity { compute_environment, max_vcpus, .. }) => {
                 let why = Waiting::AtMaxCapacity {
@@ -404,15 +440,21 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     max_vcpus: *max_vcpus,
                     behind_others: true,
                 };
-                at_capacity.insert((job.queue.as_str(), job.request), (generation, why));
+                at_capacity.insert((r, job.request), (generation, why));
             }
+            Err(
+                why @ (Waiting::QueueNotFound { .. }
+                | Waiting::QueueDisabled { .. }
+                | Waiting::NoComputeEnvironment { .. }
+                | Waiting::ComputeEnvironmentsDisabled { .. }),
+            ) => queue_blocked[r as usize] = Some(why.clone()),
             // Admissions and demand change what later jobs find.
             Ok(_) | Err(Waiting::ScalingUp { .. } | Waiting::NodesLaunching { .. }) => generation += 1,
             Err(_) => {}
         }
         match verdict {
             Ok(adm) => {
-                if let Some((left, _)) = reserve_left.get_mut(job.queue.as_str()) {
+                if let Some((left, _)) = &mut reserve_left[r as usize] {
                     *left -= job.request.vcpus();
                 }
                 plan.admitted.push(Admission { job: i, ..adm })
@@ -426,6 +468,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         }
     }
     plan
+}
+
+/// FNV-1a: a hash that is the same in every process, unlike the standard library's.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Per queue: its compute environments that do not exist, and those that are enabled.

@@ -7,6 +7,7 @@ fn res(vcpus: u64) -> Res {
 fn job(name: &str, queue: &str, prio: i32, t: i64, vcpus: u64) -> PendingJob {
     PendingJob {
         name: name.into(),
+        index: None,
         queue: queue.into(),
         namespace_allowed: true,
         scheduling_priority: prio,
@@ -72,6 +73,25 @@ fn within_a_queue_scheduling_priority_then_submit_time_orders_jobs() {
     };
     let p = plan(&s);
     assert_eq!(names(&s, &p), vec!["b", "c"]);
+}
+
+#[test]
+fn jobs_of_the_same_moment_keep_one_order_and_children_go_by_index() {
+    let child = |i: u32| PendingJob { index: Some(i), ..job("arr", "q", 0, 7, 1) };
+    let jobs = vec![child(3), job("x", "q", 0, 7, 1), child(0), job("y", "q", 0, 7, 1), child(2), child(1)];
+    let order = |jobs: Vec<PendingJob>| {
+        let s = Snapshot {
+            jobs,
+            queues: vec![queue("q", 1, &["ce"])],
+            compute_environments: vec![ce("ce", 8, &[(8, true)])],
+        };
+        let p = plan(&s);
+        p.admitted.iter().map(|a| (s.jobs[a.job].name.clone(), s.jobs[a.job].index)).collect::<Vec<_>>()
+    };
+    let first = order(jobs.clone());
+    let children: Vec<Option<u32>> = first.iter().filter(|(n, _)| n == "arr").map(|(_, i)| *i).collect();
+    assert_eq!(children, [Some(0), Some(1), Some(2), Some(3)]);
+    assert_eq!(order(jobs.into_iter().rev().collect()), first, "the order does not depend on the input's");
 }
 
 #[test]
