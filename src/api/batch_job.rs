@@ -362,7 +362,8 @@ pub struct BatchJobStatus {
     pub attempts: Vec<Attempt>,
     /// For array jobs: the roll-up of the children.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub array: Option<ArrayStatus>,
+    // Boxed: most jobs are not arrays, and every job in the store would carry its room.
+    pub array: Option<Box<ArrayStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

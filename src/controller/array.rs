@@ -27,7 +27,7 @@ impl Children {
         let status = job
             .status
             .as_ref()
-            .and_then(|s| s.array.clone())
+            .and_then(|s| s.array.as_deref().cloned())
             .unwrap_or(ArrayStatus { size, ..Default::default() });
         Children {
             succeeded: ranges::decode(&status.succeeded_indexes),
@@ -264,7 +264,7 @@ pub fn next_status(
         failed_attempts: std::mem::take(&mut c.status.failed_attempts),
     };
     let failed_list = c.status.failed_indexes.clone();
-    s.array = Some(c.status);
+    s.array = Some(Box::new(c.status));
     if finished == size {
         s.stopped_at = Some(now);
         if c.failed.is_empty() {
