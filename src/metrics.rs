@@ -119,7 +119,7 @@ impl Metrics {
         );
         r.register(
             "scheduling_pass_seconds",
-            "Duration of one scheduling pass",
+            "Time one scheduling pass spends deciding (the pod creations it waits for excluded)",
             m.scheduling_pass_seconds.clone(),
         );
         r.register("reconciles", "Reconciles per controller", m.reconciles.clone());

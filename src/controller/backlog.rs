@@ -116,6 +116,18 @@ pub struct Owner {
     pub uid: Arc<str>,
     pub index: Option<u32>,
     pub attempt: u32,
+    /// The reason this entry gave in the last pass: a job whose reason is unchanged costs
+    /// the verdict hand-off nothing.
+    pub said: Option<Arc<str>>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Refreshed {
+    /// A gated job whose dependencies have all ended: the job controller moves it on.
+    pub ended: bool,
+    /// The uid of a job that left the backlog (its verdict goes with it).
+    pub left: Option<Arc<str>>,
 }
 
 /// The pods jobs wait for, as the planner reads them.
@@ -144,31 +156,40 @@ impl Backlog {
         *self = Backlog::default();
     }
 
+    /// The uids of every job in the backlog.
+    pub fn uids(&self) -> HashSet<Arc<str>> {
+        self.owners
+            .iter()
+            .map(|o| o.uid.clone())
+            .chain(self.invalid.values().map(|(u, _)| u.clone()))
+            .collect()
+    }
+
     /// Looks at one job again (`job` is its stored object, `None` when it is gone).
-    /// Returns whether it is a gated job whose dependencies have all ended.
     pub fn refresh(
         &mut self,
         key: &ObjectRef<BatchJob>,
         job: Option<&BatchJob>,
         lookups: &Lookups<'_>,
-    ) -> bool {
-        self.remove(key);
-        let Some(job) = job else { return false };
+    ) -> Refreshed {
+        let was = self.remove(key);
+        let left = Refreshed { ended: false, left: was };
+        let Some(job) = job else { return left };
         let key = ObjectRef::new(&key.name).within(key.namespace.as_deref().unwrap_or_default());
         let has_deps = !job.spec.depends_on.is_empty();
         let uid = || Arc::<str>::from(job.meta().uid.as_deref().unwrap_or_default());
         match standing(job, lookups) {
-            Standing::Idle => false,
+            Standing::Idle => left,
             Standing::Gated { ended } => {
                 self.volatile.insert(key);
-                ended
+                Refreshed { ended, ..left }
             }
             Standing::Invalid(why) => {
                 if has_deps {
                     self.volatile.insert(key.clone());
                 }
                 self.invalid.insert(key, (uid(), why.into()));
-                false
+                Refreshed::default()
             }
             Standing::Waiting { pods, request } => {
                 if has_deps {
@@ -191,19 +212,27 @@ impl Backlog {
                         request,
                         share: job.spec.share_identifier.clone(),
                     });
-                    self.owners.push(Owner { job: key.clone(), uid: uid.clone(), index, attempt });
+                    self.owners.push(Owner {
+                        job: key.clone(),
+                        uid: uid.clone(),
+                        index,
+                        attempt,
+                        said: None,
+                    });
                 }
                 self.positions.insert(key, at);
-                false
+                Refreshed::default()
             }
         }
     }
 
-    /// Drops a job's entries; the last entries move into the holes.
-    fn remove(&mut self, key: &ObjectRef<BatchJob>) {
+    /// Drops a job's entries (the last entries move into the holes); returns its uid if it
+    /// had any.
+    fn remove(&mut self, key: &ObjectRef<BatchJob>) -> Option<Arc<str>> {
         self.volatile.remove(key);
-        self.invalid.remove(key);
-        let Some(mut at) = self.positions.remove(key) else { return };
+        let invalid = self.invalid.remove(key).map(|(uid, _)| uid);
+        let Some(mut at) = self.positions.remove(key) else { return invalid };
+        let uid = at.first().map(|p| self.owners[*p].uid.clone());
         at.sort_unstable_by(|a, b| b.cmp(a));
         for p in at {
             let last = self.jobs.len() - 1;
@@ -216,6 +245,7 @@ impl Backlog {
                 *slot = p;
             }
         }
+        uid
     }
 }
 
@@ -333,7 +363,8 @@ mod tests {
         assert_eq!(b.jobs.len(), 6);
 
         // A job removed from the front: the last entries fill its hole.
-        b.refresh(&key("a"), None, &l);
+        assert_eq!(b.refresh(&key("a"), None, &l).left.as_deref(), Some("uid-a"));
+        assert_eq!(b.refresh(&key("a"), None, &l), Refreshed::default(), "gone already");
         check(&b);
         assert_eq!(b.jobs.len(), 5);
         // The array's children start: it leaves; refreshing twice changes nothing.
@@ -349,8 +380,9 @@ mod tests {
         let bad = job("b", json!({"spec": {"container": {"resources": {"memory": "lots"}}}}));
         b.refresh(&key("b"), Some(&bad), &l);
         assert!(b.invalid.contains_key(&key("b")));
-        b.refresh(&key("b"), Some(&job("b", json!({}))), &l);
+        assert_eq!(b.refresh(&key("b"), Some(&job("b", json!({}))), &l), Refreshed::default(), "still here");
         assert!(b.invalid.is_empty());
+        assert_eq!(b.uids().len(), 2);
         check(&b);
         assert_eq!(b.jobs.len(), 2);
     }

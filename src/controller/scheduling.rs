@@ -71,8 +71,11 @@ struct PassState {
     rebuild: bool,
     /// Queue namespace selectors and namespace labels the backlog was built against.
     selection: Selection,
-    /// Numbers the passes; a verdict not renewed in a pass is dropped.
+    /// Numbers the passes: a job keeps the first verdict of a pass.
     number: u64,
+    /// The reasons of the last pass in words, kept so that an unchanged reason is the same
+    /// shared text from pass to pass.
+    words: HashMap<Waiting, Arc<str>>,
 }
 
 #[derive(Default, PartialEq)]
@@ -104,6 +107,7 @@ pub async fn run(
         rebuild: true,
         selection: Selection::default(),
         number: 0,
+        words: HashMap::new(),
     };
     loop {
         tokio::select! {
@@ -122,29 +126,40 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let (admitted, waiting) = pass(&ctx, &mut state, &verdicts, &capacity).await;
-        let took = started.elapsed();
+        let Outcome { admitted, waiting, creating } = pass(&ctx, &mut state, &verdicts, &capacity).await;
+        // The pass's own work, without the pod creations it waited for.
+        let took = started.elapsed().saturating_sub(creating);
         crate::metrics::metrics().scheduling_pass_seconds.observe(took.as_secs_f64());
         if admitted > 0 {
-            info!(admitted, waiting, took_ms = took.as_millis() as u64, "scheduling pass");
+            let (took_ms, creating_ms) = (took.as_millis() as u64, creating.as_millis() as u64);
+            info!(admitted, waiting, took_ms, creating_ms, "scheduling pass");
         } else {
             debug!(waiting, took_ms = took.as_millis() as u64, "scheduling pass");
         }
         // Over a large backlog a pass is costly and wake-ups never stop (every submission
-        // rings): rest as long as the pass took, so passes use at most half a core.
+        // rings): rest as long as the pass worked, so passes use at most half a core. Time
+        // spent waiting for pod creations is not work: resting for it would hold up the
+        // jobs that arrived meanwhile.
         if took > DEBOUNCE {
             tokio::time::sleep(took).await;
         }
     }
 }
 
-/// One pass; returns (admitted, waiting).
+/// What one pass did.
+struct Outcome {
+    admitted: usize,
+    waiting: usize,
+    /// Time spent waiting for the admitted pods to be created.
+    creating: Duration,
+}
+
 async fn pass(
     ctx: &Shared,
     st: &mut PassState,
     verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>,
     capacity_tx: &UnboundedSender<ObjectRef<ComputeEnvironment>>,
-) -> (usize, usize) {
+) -> Outcome {
     let (inflight, usage_state) = (&mut st.inflight, &mut st.usage);
     let ces = ctx.compute_environments.state();
     let mut ce_infos: Vec<CeInfo> = ces
@@ -364,7 +379,8 @@ async fn pass(
             Err(e) => admitted_verdicts.push((adm.job, Verdict::Waiting(format!("Invalid job: {e}").into()))),
         }
     }
-    let creating = (!creations.is_empty()).then(|| ctx.creating());
+    let burst = (!creations.is_empty()).then(|| ctx.creating());
+    let creating_since = Instant::now();
     let failures: Vec<(usize, String, String)> = stream::iter(creations)
         .map(|(at, key, pod)| async move {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -382,7 +398,8 @@ async fn pass(
         .filter_map(|r| async move { r })
         .collect()
         .await;
-    drop(creating);
+    drop(burst);
+    let creating = creating_since.elapsed();
     let mut first = Vec::new();
     for (at, key, why) in failures {
         inflight.remove(&key);
@@ -417,20 +434,43 @@ async fn pass(
             }
         };
         for (at, verdict) in first.into_iter().chain(admitted_verdicts) {
-            let owner = &st.backlog.owners[at];
+            let owner = &mut st.backlog.owners[at];
+            owner.said = None;
             give(&owner.uid, &owner.job, verdict);
         }
         for (job, (uid, why)) in &st.backlog.invalid {
             give(uid, job, Verdict::Waiting(why.clone()));
         }
-        // Most waiting jobs share a few reasons: each is put in words once.
-        let mut words: HashMap<&Waiting, Arc<str>> = HashMap::new();
+        // Most waiting jobs share a few reasons: each is put in words once, and a job that
+        // is not an array and waits for the reason it gave last time is passed over.
+        let mut words: HashMap<Waiting, Arc<str>> = HashMap::new();
+        let mut last: Option<(&Waiting, Arc<str>)> = None;
         for (at, why) in &plan.waiting {
-            let text = words.entry(why).or_insert_with(|| why.to_string().into()).clone();
-            let owner = &st.backlog.owners[*at];
+            let text = match &last {
+                Some((w, text)) if *w == why => text.clone(),
+                _ => {
+                    let text = match words.get(why) {
+                        Some(text) => text.clone(),
+                        None => {
+                            let text = st.words.remove(why).unwrap_or_else(|| why.to_string().into());
+                            words.insert(why.clone(), text.clone());
+                            text
+                        }
+                    };
+                    last = Some((why, text.clone()));
+                    text
+                }
+            };
+            let owner = &mut st.backlog.owners[*at];
+            if owner.index.is_none() {
+                if owner.said.as_ref().is_some_and(|s| Arc::ptr_eq(s, &text)) {
+                    continue;
+                }
+                owner.said = Some(text.clone());
+            }
             give(&owner.uid, &owner.job, Verdict::Waiting(text));
         }
-        verdicts.retain(|_, (_, seen)| *seen == number);
+        st.words = words;
     }
 
     // Hand the demand to the capacity controller.
@@ -448,7 +488,7 @@ async fn pass(
     }
     *ctx.blocked.lock().expect("blocked lock") =
         plan.blocked_queues.iter().map(|(q, w)| (q.clone(), w.to_string())).collect();
-    (plan.admitted.len(), plan.waiting.len())
+    Outcome { admitted: plan.admitted.len(), waiting: plan.waiting.len(), creating }
 }
 
 /// Brings the backlog up to date: every job after a watch started over or the namespace
@@ -468,18 +508,28 @@ fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSende
         st.dirty.clear();
         for job in ctx.jobs.state() {
             let key = ObjectRef::from_obj(job.as_ref());
-            if st.backlog.refresh(&key, Some(&job), &lookups) {
+            if st.backlog.refresh(&key, Some(&job), &lookups).ended {
                 ended.push(key);
             }
         }
+        let waiting = st.backlog.uids();
+        ctx.verdicts.lock().expect("verdicts lock").retain(|uid, _| waiting.contains(uid));
     } else {
         let mut keys: HashSet<ObjectRef<BatchJob>> = st.dirty.drain().collect();
         keys.extend(st.backlog.volatile());
+        let mut left = Vec::new();
         for key in keys {
             let job = ctx.jobs.get(&key);
-            if st.backlog.refresh(&key, job.as_deref(), &lookups) {
+            let refreshed = st.backlog.refresh(&key, job.as_deref(), &lookups);
+            if refreshed.ended {
                 ended.push(key);
             }
+            left.extend(refreshed.left);
+        }
+        // A job that no longer waits has no verdict.
+        let mut verdicts = ctx.verdicts.lock().expect("verdicts lock");
+        for uid in left {
+            verdicts.remove(&uid);
         }
     }
     // Wake each job whose dependencies have all ended, so that the job controller moves it on.
