@@ -47,11 +47,13 @@ fn snapshot(jobs: usize) -> Snapshot {
             cannot_grow: None,
         })
         .collect();
+    // As in the operator, the jobs of a queue share one copy of its name.
+    let queue_names: Vec<std::sync::Arc<str>> = (0..QUEUES).map(|q| format!("q{q}").into()).collect();
     let jobs = (0..jobs)
         .map(|i| PendingJob {
-            name: format!("ns/job-{i}"),
+            name: format!("ns/job-{i}").into(),
             index: None,
-            queue: format!("q{}", i % QUEUES),
+            queue: queue_names[i % QUEUES].clone(),
             namespace_allowed: true,
             scheduling_priority: (i % 5) as i32,
             submitted_ms: 1_800_000_000_000 + i as i64,
@@ -78,11 +80,12 @@ fn held(jobs: usize) -> Snapshot {
     let mut s = snapshot(0);
     s.queues[0].enabled = false;
     s.queues[0].fair_share = None;
+    let queue: std::sync::Arc<str> = "q0".into();
     s.jobs = (0..jobs)
         .map(|i| PendingJob {
-            name: format!("bench-hold/h-{i}"),
+            name: format!("bench-hold/h-{i}").into(),
             index: None,
-            queue: "q0".into(),
+            queue: queue.clone(),
             namespace_allowed: true,
             scheduling_priority: 0,
             submitted_ms: 1_800_000_000_000 + (i / 1000) as i64 * 1000,

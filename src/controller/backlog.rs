@@ -109,10 +109,22 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     }
 }
 
+/// A job's "namespace/name", the backlog's key for it.
+fn key_of(job: &ObjectRef<BatchJob>) -> String {
+    format!("{}/{}", job.namespace.as_deref().unwrap_or_default(), job.name)
+}
+
+/// The job a backlog key names.
+pub fn job_ref(key: &str) -> ObjectRef<BatchJob> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    ObjectRef::new(name).within(ns)
+}
+
 /// Whose pod an entry of the backlog waits for.
 #[derive(Clone, Debug)]
 pub struct Owner {
-    pub job: Arc<ObjectRef<BatchJob>>,
+    /// The job's "namespace/name" (see `job_ref`), shared with its entries' `name`.
+    pub job: Arc<str>,
     pub uid: Arc<str>,
     pub index: Option<u32>,
     pub attempt: u32,
@@ -137,18 +149,20 @@ pub struct Backlog {
     pub jobs: Vec<PendingJob>,
     /// Whose each entry of `jobs` is (same positions).
     pub owners: Vec<Owner>,
-    /// Positions in `jobs` of each job's entries.
-    positions: HashMap<Arc<ObjectRef<BatchJob>>, Vec<usize>>,
+    /// Positions in `jobs` of each job's entries, by job key.
+    positions: HashMap<Arc<str>, Vec<usize>>,
     /// Jobs looked at again in every pass: their standing depends on other jobs.
-    volatile: HashSet<ObjectRef<BatchJob>>,
-    /// Jobs that cannot be admitted as they stand: uid and why.
-    pub invalid: HashMap<ObjectRef<BatchJob>, (Arc<str>, Arc<str>)>,
+    volatile: HashSet<String>,
+    /// Jobs that cannot be admitted as they stand, by job key: uid and why.
+    pub invalid: HashMap<String, (Arc<str>, Arc<str>)>,
+    /// Queue names, one copy each.
+    queues: HashMap<String, Arc<str>>,
 }
 
 impl Backlog {
     /// Jobs whose standing depends on other jobs (dependencies), to refresh every pass.
     pub fn volatile(&self) -> Vec<ObjectRef<BatchJob>> {
-        self.volatile.iter().cloned().collect()
+        self.volatile.iter().map(|k| job_ref(k)).collect()
     }
 
     /// Forgets everything, for a full rebuild.
@@ -172,10 +186,10 @@ impl Backlog {
         job: Option<&BatchJob>,
         lookups: &Lookups<'_>,
     ) -> Refreshed {
-        let was = self.remove(key);
+        let key = key_of(key);
+        let was = self.remove(&key);
         let left = Refreshed { ended: false, left: was };
         let Some(job) = job else { return left };
-        let key = ObjectRef::new(&key.name).within(key.namespace.as_deref().unwrap_or_default());
         let has_deps = !job.spec.depends_on.is_empty();
         let uid = || Arc::<str>::from(job.meta().uid.as_deref().unwrap_or_default());
         match standing(job, lookups) {
@@ -195,17 +209,25 @@ impl Backlog {
                 if has_deps {
                     self.volatile.insert(key.clone());
                 }
-                let ns = key.namespace.clone().unwrap_or_default();
-                let allowed = (lookups.namespace_allowed)(&job.spec.job_queue, &ns);
+                let ns = job.meta().namespace.as_deref().unwrap_or_default();
+                let allowed = (lookups.namespace_allowed)(&job.spec.job_queue, ns);
                 let submitted_ms = job.meta().creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond());
-                let (key, uid) = (Arc::new(key), uid());
+                let queue = match self.queues.get(&job.spec.job_queue) {
+                    Some(q) => q.clone(),
+                    None => {
+                        let q: Arc<str> = job.spec.job_queue.as_str().into();
+                        self.queues.insert(job.spec.job_queue.clone(), q.clone());
+                        q
+                    }
+                };
+                let (key, uid) = (Arc::<str>::from(key), uid());
                 let mut at = Vec::with_capacity(pods.len());
                 for (index, attempt) in pods {
                     at.push(self.jobs.len());
                     self.jobs.push(PendingJob {
-                        name: format!("{ns}/{}", key.name),
+                        name: key.clone(),
                         index,
-                        queue: job.spec.job_queue.clone(),
+                        queue: queue.clone(),
                         namespace_allowed: allowed,
                         scheduling_priority: job.spec.scheduling_priority,
                         submitted_ms,
@@ -228,7 +250,7 @@ impl Backlog {
 
     /// Drops a job's entries (the last entries move into the holes); returns its uid if it
     /// had any.
-    fn remove(&mut self, key: &ObjectRef<BatchJob>) -> Option<Arc<str>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<str>> {
         self.volatile.remove(key);
         let invalid = self.invalid.remove(key).map(|(uid, _)| uid);
         let Some(mut at) = self.positions.remove(key) else { return invalid };
@@ -240,7 +262,7 @@ impl Backlog {
             self.owners.swap_remove(p);
             if p < last {
                 let moved = &self.owners[p].job;
-                let list = self.positions.get_mut(moved).expect("every entry has an owner");
+                let list = self.positions.get_mut(&**moved).expect("every entry has an owner");
                 let slot = list.iter_mut().find(|x| **x == last).expect("the moved entry is listed");
                 *slot = p;
             }
@@ -296,7 +318,7 @@ mod tests {
         for (k, at) in &b.positions {
             for p in at {
                 assert_eq!(&b.owners[*p].job, k);
-                assert_eq!(b.jobs[*p].name, format!("ns/{}", k.name));
+                assert_eq!(&b.jobs[*p].name, k);
             }
         }
     }
@@ -375,11 +397,11 @@ mod tests {
         b.refresh(&key("arr"), Some(&started), &l);
         b.refresh(&key("arr"), Some(&started), &l);
         check(&b);
-        assert_eq!(b.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["ns/c"]);
+        assert_eq!(b.jobs.iter().map(|j| &*j.name).collect::<Vec<_>>(), ["ns/c"]);
 
         let bad = job("b", json!({"spec": {"container": {"resources": {"memory": "lots"}}}}));
         b.refresh(&key("b"), Some(&bad), &l);
-        assert!(b.invalid.contains_key(&key("b")));
+        assert!(b.invalid.contains_key("ns/b"));
         assert_eq!(b.refresh(&key("b"), Some(&job("b", json!({}))), &l), Refreshed::default(), "still here");
         assert!(b.invalid.is_empty());
         assert_eq!(b.uids().len(), 2);

@@ -37,7 +37,11 @@ pub async fn run(ctx: Arc<Shared>) {
         }
         let mut tallies: HashMap<String, Tally> = HashMap::new();
         for job in ctx.jobs.state() {
-            let t = tallies.entry(job.spec.job_queue.clone()).or_default();
+            // Looked up before inserting: a queue's name is copied once, not once per job.
+            if !tallies.contains_key(&job.spec.job_queue) {
+                tallies.insert(job.spec.job_queue.clone(), Tally::default());
+            }
+            let t = tallies.get_mut(&job.spec.job_queue).expect("inserted above");
             let status = job.status.as_ref();
             let c = &mut t.counts;
             match status.map(|s| s.phase).unwrap_or_default() {

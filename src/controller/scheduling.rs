@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
-use super::backlog::{Backlog, Change, Lookups};
+use super::backlog::{Backlog, Change, Lookups, job_ref};
 use super::pod::LABEL_SHARE;
 use super::pod::{build_pod, pod_is_active, pod_request};
 use super::{
@@ -351,8 +351,9 @@ async fn pass(
     for adm in &plan.admitted {
         let owner = &backlog.owners[adm.job];
         // Admitted or gone, the job leaves the backlog at the next pass.
-        leaving.push(owner.job.as_ref().clone());
-        let Some(job) = ctx.jobs.get(&owner.job) else { continue };
+        let reference = job_ref(&owner.job);
+        leaving.push(reference.clone());
+        let Some(job) = ctx.jobs.get(&reference) else { continue };
         metrics.admissions.inc();
         if let Some(since) = job.status.as_ref().and_then(|s| s.runnable_at) {
             metrics.runnable_seconds.observe((now - since).num_milliseconds().max(0) as f64 / 1000.0);
@@ -364,7 +365,7 @@ async fn pass(
                 inflight.insert(
                     key.clone(),
                     Inflight {
-                        job: owner.job.as_ref().clone(),
+                        job: reference,
                         compute_environment: adm.compute_environment.clone(),
                         request: backlog.jobs[adm.job].request,
                         since: Instant::now(),
@@ -413,7 +414,7 @@ async fn pass(
     let number = st.number;
     {
         let mut verdicts = ctx.verdicts.lock().expect("verdicts lock");
-        let mut give = |uid: &Arc<str>, job: &ObjectRef<BatchJob>, verdict: Verdict| {
+        let mut give = |uid: &Arc<str>, job: &str, verdict: Verdict| {
             let changed = match verdicts.get_mut(uid) {
                 Some((_, seen)) if *seen == number => false,
                 Some((old, seen)) => {
@@ -430,7 +431,7 @@ async fn pass(
             // An admitted job hears of it from its new pod: a status write of its own
             // ("admitted, creating the pod") would only add load for a moment's state.
             if changed && !matches!(verdict, Verdict::Admitted { .. }) {
-                let _ = verdict_tx.unbounded_send(job.clone());
+                let _ = verdict_tx.unbounded_send(job_ref(job));
             }
         };
         for (at, verdict) in first.into_iter().chain(admitted_verdicts) {

@@ -6,17 +6,20 @@ pub mod ranges;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::resources::{Res, fmt_vcpus};
 
 /// A job waiting for admission.
 #[derive(Clone, Debug)]
 pub struct PendingJob {
-    /// "namespace/name" of the job.
-    pub name: String,
+    /// "namespace/name" of the job; shared by an array's children (and, in the operator, by
+    /// everything that names the job).
+    pub name: Arc<str>,
     /// The child's index, for a child of an array job.
     pub index: Option<u32>,
-    pub queue: String,
+    /// Shared by the jobs of a queue.
+    pub queue: Arc<str>,
     /// False when the queue's namespace selector does not match the job's namespace.
     pub namespace_allowed: bool,
     pub scheduling_priority: i32,
@@ -314,7 +317,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         .iter()
         .map(|j| {
             let next = seen.len() as u32;
-            *seen.entry(j.queue.as_str()).or_insert(next)
+            *seen.entry(&*j.queue).or_insert(next)
         })
         .collect();
     let mut queue_names: Vec<&str> = seen.keys().copied().collect();
@@ -425,9 +428,9 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         if let Some((left, reserved)) = reserve
             && job.request.vcpus() > *left + 1e-9
         {
-            let why = Waiting::ComputeReserved { queue: job.queue.clone(), reserved_vcpus: *reserved };
-            if !plan.blocked_queues.contains_key(&job.queue) {
-                plan.blocked_queues.insert(job.queue.clone(), why.clone());
+            let why = Waiting::ComputeReserved { queue: job.queue.to_string(), reserved_vcpus: *reserved };
+            if !plan.blocked_queues.contains_key(&*job.queue) {
+                plan.blocked_queues.insert(job.queue.to_string(), why.clone());
             }
             plan.waiting.push((i, why));
             continue;
@@ -460,8 +463,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 plan.admitted.push(Admission { job: i, ..adm })
             }
             Err(why) => {
-                if !plan.blocked_queues.contains_key(&job.queue) {
-                    plan.blocked_queues.insert(job.queue.clone(), why.clone());
+                if !plan.blocked_queues.contains_key(&*job.queue) {
+                    plan.blocked_queues.insert(job.queue.to_string(), why.clone());
                 }
                 plan.waiting.push((i, why));
             }
@@ -486,7 +489,7 @@ fn decide<'a>(
     demand: &mut HashMap<String, Vec<Res>>,
 ) -> Result<Admission, Waiting> {
     // The queue's name is only copied into the reasons that name it.
-    let qname = || job.queue.clone();
+    let qname = || job.queue.to_string();
     let Some(queue) = queue else {
         return Err(Waiting::QueueNotFound { queue: qname() });
     };

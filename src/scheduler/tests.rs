@@ -44,11 +44,11 @@ fn ce(name: &str, max: u32, nodes: &[(u64, bool)]) -> CeInfo {
 }
 
 fn names(s: &Snapshot, p: &Plan) -> Vec<String> {
-    p.admitted.iter().map(|a| s.jobs[a.job].name.clone()).collect()
+    p.admitted.iter().map(|a| s.jobs[a.job].name.to_string()).collect()
 }
 
 fn reason_of<'a>(s: &Snapshot, p: &'a Plan, name: &str) -> &'a Waiting {
-    let i = s.jobs.iter().position(|j| j.name == name).unwrap();
+    let i = s.jobs.iter().position(|j| &*j.name == name).unwrap();
     &p.waiting.iter().find(|(j, _)| *j == i).unwrap().1
 }
 
@@ -86,7 +86,7 @@ fn jobs_of_the_same_moment_keep_one_order_and_children_go_by_index() {
             compute_environments: vec![ce("ce", 8, &[(8, true)])],
         };
         let p = plan(&s);
-        p.admitted.iter().map(|a| (s.jobs[a.job].name.clone(), s.jobs[a.job].index)).collect::<Vec<_>>()
+        p.admitted.iter().map(|a| (s.jobs[a.job].name.to_string(), s.jobs[a.job].index)).collect::<Vec<_>>()
     };
     let first = order(jobs.clone());
     let children: Vec<Option<u32>> = first.iter().filter(|(n, _)| n == "arr").map(|(_, i)| *i).collect();
