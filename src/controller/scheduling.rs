@@ -442,36 +442,26 @@ async fn pass(
         for (job, (uid, why)) in &st.backlog.invalid {
             give(uid, job, Verdict::Waiting(why.clone()));
         }
-        // Most waiting jobs share a few reasons: each is put in words once, and a job that
-        // is not an array and waits for the reason it gave last time is passed over.
-        let mut words: HashMap<Waiting, Arc<str>> = HashMap::new();
-        let mut last: Option<(&Waiting, Arc<str>)> = None;
-        for (at, why) in &plan.waiting {
-            let text = match &last {
-                Some((w, text)) if *w == why => text.clone(),
-                _ => {
-                    let text = match words.get(why) {
-                        Some(text) => text.clone(),
-                        None => {
-                            let text = st.words.remove(why).unwrap_or_else(|| why.to_string().into());
-                            words.insert(why.clone(), text.clone());
-                            text
-                        }
-                    };
-                    last = Some((why, text.clone()));
-                    text
-                }
-            };
+        // Most waiting jobs share a few reasons: each is put in words once (and kept from
+        // pass to pass), and a job that is not an array and waits for the reason it gave
+        // last pass is passed over.
+        let texts: Vec<Arc<str>> = plan
+            .reasons
+            .iter()
+            .map(|why| st.words.remove(why).unwrap_or_else(|| why.to_string().into()))
+            .collect();
+        for (at, reason) in &plan.waiting {
+            let text = &texts[*reason];
             let owner = &mut st.backlog.owners[*at];
             if owner.index.is_none() {
-                if owner.said.as_ref().is_some_and(|s| Arc::ptr_eq(s, &text)) {
+                if owner.said.as_ref().is_some_and(|s| Arc::ptr_eq(s, text)) {
                     continue;
                 }
                 owner.said = Some(text.clone());
             }
-            give(&owner.uid, &owner.job, Verdict::Waiting(text));
+            give(&owner.uid, &owner.job, Verdict::Waiting(text.clone()));
         }
-        st.words = words;
+        st.words = plan.reasons.iter().cloned().zip(texts).collect();
     }
 
     // Hand the demand to the capacity controller.

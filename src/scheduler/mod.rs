@@ -238,8 +238,10 @@ impl fmt::Display for Waiting {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub admitted: Vec<Admission>,
-    /// Index into `Snapshot::jobs` and why that job waits.
-    pub waiting: Vec<(usize, Waiting)>,
+    /// Index into `Snapshot::jobs` and why that job waits, as an index into `reasons`.
+    pub waiting: Vec<(usize, usize)>,
+    /// The distinct reasons of this pass: most of a large backlog waits for a few.
+    pub reasons: Vec<Waiting>,
     /// Requests of the jobs each compute environment should grow for.
     pub demand: HashMap<String, Vec<Res>>,
     /// Per queue, why its first waiting job (in order) cannot run.
@@ -311,13 +313,23 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
     // Queues ranked by priority (highest first), then name; unknown queues last. Each
     // job's queue name is read once: from here on the pass works with its rank.
+    // Jobs of a queue share one copy of its name, and often come in runs: the same copy as
+    // the job before needs no lookup.
     let mut seen: HashMap<&str, u32> = HashMap::new();
+    let mut last: Option<(&str, u32)> = None;
     let appearance: Vec<u32> = snapshot
         .jobs
         .iter()
         .map(|j| {
+            if let Some((q, a)) = last
+                && std::ptr::eq(q, &*j.queue)
+            {
+                return a;
+            }
             let next = seen.len() as u32;
-            *seen.entry(&*j.queue).or_insert(next)
+            let a = *seen.entry(&*j.queue).or_insert(next);
+            last = Some((&*j.queue, a));
+            a
         })
         .collect();
     let mut queue_names: Vec<&str> = seen.keys().copied().collect();
@@ -404,25 +416,32 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     // is answered from here instead of walking every environment and node again. So does
     // every job of a queue that admits nothing (missing, DISABLED, no environments).
     let mut generation = 0u64;
-    let mut at_capacity: HashMap<(u32, Res), (u64, Waiting)> = HashMap::new();
-    let mut queue_blocked: Vec<Option<Waiting>> = vec![None; queue_names.len()];
+    let mut at_capacity: HashMap<(u32, Res), (u64, usize)> = HashMap::new();
+    let mut queue_blocked: Vec<Option<usize>> = vec![None; queue_names.len()];
+    let mut reason_ids: HashMap<Waiting, usize> = HashMap::new();
+    let mut reason = |plan: &mut Plan, why: Waiting| -> usize {
+        *reason_ids.entry(why).or_insert_with_key(|why| {
+            plan.reasons.push(why.clone());
+            plan.reasons.len() - 1
+        })
+    };
     for i in order {
         let job = &snapshot.jobs[i];
         let r = rank[i];
-        if let Some(why) = &queue_blocked[r as usize]
+        if let Some(id) = queue_blocked[r as usize]
             && (job.namespace_allowed
-                || matches!(why, Waiting::QueueNotFound { .. } | Waiting::QueueDisabled { .. }))
+                || matches!(plan.reasons[id], Waiting::QueueNotFound { .. } | Waiting::QueueDisabled { .. }))
         {
-            plan.waiting.push((i, why.clone()));
+            plan.waiting.push((i, id));
             continue;
         }
         let reserve = &mut reserve_left[r as usize];
-        if let Some((g, why)) = at_capacity.get(&(r, job.request))
+        if let Some((g, id)) = at_capacity.get(&(r, job.request))
             && *g == generation
             && job.namespace_allowed
             && reserve.is_none()
         {
-            plan.waiting.push((i, why.clone()));
+            plan.waiting.push((i, *id));
             continue;
         }
         if let Some((left, reserved)) = reserve
@@ -432,7 +451,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             if !plan.blocked_queues.contains_key(&*job.queue) {
                 plan.blocked_queues.insert(job.queue.to_string(), why.clone());
             }
-            plan.waiting.push((i, why));
+            let id = reason(&mut plan, why);
+            plan.waiting.push((i, id));
             continue;
         }
         let verdict = decide(job, queue_at[r as usize], &usable_by_queue, &mut ces, &mut plan.demand);
@@ -443,14 +463,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     max_vcpus: *max_vcpus,
                     behind_others: true,
                 };
-                at_capacity.insert((r, job.request), (generation, why));
+                at_capacity.insert((r, job.request), (generation, reason(&mut plan, why)));
             }
-            Err(
-                why @ (Waiting::QueueNotFound { .. }
-                | Waiting::QueueDisabled { .. }
-                | Waiting::NoComputeEnvironment { .. }
-                | Waiting::ComputeEnvironmentsDisabled { .. }),
-            ) => queue_blocked[r as usize] = Some(why.clone()),
             // Admissions and demand change what later jobs find.
             Ok(_) | Err(Waiting::ScalingUp { .. } | Waiting::NodesLaunching { .. }) => generation += 1,
             Err(_) => {}
@@ -466,7 +480,18 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 if !plan.blocked_queues.contains_key(&*job.queue) {
                     plan.blocked_queues.insert(job.queue.to_string(), why.clone());
                 }
-                plan.waiting.push((i, why));
+                let queue_wide = matches!(
+                    why,
+                    Waiting::QueueNotFound { .. }
+                        | Waiting::QueueDisabled { .. }
+                        | Waiting::NoComputeEnvironment { .. }
+                        | Waiting::ComputeEnvironmentsDisabled { .. }
+                );
+                let id = reason(&mut plan, why);
+                if queue_wide {
+                    queue_blocked[r as usize] = Some(id);
+                }
+                plan.waiting.push((i, id));
             }
         }
     }

@@ -49,7 +49,7 @@ fn names(s: &Snapshot, p: &Plan) -> Vec<String> {
 
 fn reason_of<'a>(s: &Snapshot, p: &'a Plan, name: &str) -> &'a Waiting {
     let i = s.jobs.iter().position(|j| &*j.name == name).unwrap();
-    &p.waiting.iter().find(|(j, _)| *j == i).unwrap().1
+    &p.reasons[p.waiting.iter().find(|(j, _)| *j == i).unwrap().1]
 }
 
 #[test]
