@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-cluster demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -54,10 +54,13 @@ static:
 ## BENCH_HOLD=100000 also holds that many BatchJobs for the operator's memory and pass time.
 BENCH_JOBS ?= 10000
 BENCH_HOLD ?= 0
-bench: bench-core bench-cluster
+bench: bench-core bench-memory bench-cluster
 
 bench-core:
 	$(CARGO) bench --bench core
+
+bench-memory:
+	$(CARGO) bench --bench memory
 
 bench-cluster:
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \

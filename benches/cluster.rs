@@ -197,6 +197,32 @@ fn operator_metric(port: u16, name: &str) -> Option<f64> {
     Some(series.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
 }
 
+/// The operator's own process: `spawned` itself, or under BENCH_OPERATOR_WRAP the
+/// wrapper's descendant that runs the barge binary.
+fn operator_pid(spawned: u32) -> u32 {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_barge"));
+    let parent = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    for _ in 0..100 {
+        let found = std::fs::read_dir("/proc").into_iter().flatten().flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+            let mut up = pid;
+            while up > 1 && up != spawned {
+                up = parent(up)?;
+            }
+            (up == spawned && exe == binary).then_some(pid)
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    spawned
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -443,7 +469,13 @@ async fn barge(
     queues.patch("bench-held", &ssa, &Patch::Apply(&queue_manifest("bench-held", "DISABLED"))).await.unwrap();
 
     let port = free_port();
-    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_barge"))
+    // BENCH_OPERATOR_WRAP runs the operator under a profiler (e.g. `heaptrack`, or
+    // `perf record -g --`); its CPU and memory figures are then the profiler's.
+    let wrap = arg("BENCH_OPERATOR_WRAP").unwrap_or_default();
+    let mut command = wrap.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    command.push(env!("CARGO_BIN_EXE_barge").to_string());
+    let mut operator = std::process::Command::new(&command[0])
+        .args(&command[1..])
         .arg("run")
         .env("RUST_LOG", "warn")
         .env("BARGE_METRICS_BIND", format!("127.0.0.1:{port}"))
@@ -451,7 +483,7 @@ async fn barge(
         .stderr(std::fs::File::create(std::env::temp_dir().join("barge-bench-operator.log")).unwrap())
         .spawn()
         .expect("the barge binary");
-    let pid = operator.id();
+    let pid = operator_pid(operator.id());
     // The environment's nodes (minvCpus) are Ready before the clock starts.
     let start_wait = Instant::now();
     loop {
@@ -541,6 +573,12 @@ async fn barge(
     };
 
     let held = if hold > 0 { Some(hold_jobs(client, hold, pid, port).await) } else { None };
+    // SIGTERM, so that a profiler wrapping the operator writes its data out.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let stop_wait = Instant::now();
+    while operator.try_wait().ok().flatten().is_none() && stop_wait.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = operator.kill();
     let _ = operator.wait();
     (rows, held)

@@ -273,10 +273,12 @@ pub struct BatchJobSpec {
     /// The share this job counts against in a fair-share queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_identifier: Option<String>,
+    // Boxed, as are other fields most jobs leave out: that keeps a job held in memory
+    // within 896 bytes, the allocator's size class below 1 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Timeout>,
+    pub timeout: Option<Box<Timeout>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_strategy: Option<RetryStrategy>,
+    pub retry_strategy: Option<Box<RetryStrategy>>,
     /// Jobs that must succeed before this one becomes RUNNABLE.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]

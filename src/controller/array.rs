@@ -314,7 +314,7 @@ mod tests {
                 job_queue: "q".into(),
                 container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
                 array: Some(ArrayProperties { size }),
-                retry_strategy: Some(RetryStrategy { attempts, ..Default::default() }),
+                retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
                 ..Default::default()
             },
         );

@@ -120,11 +120,10 @@ pub fn job_ref(key: &str) -> ObjectRef<BatchJob> {
     ObjectRef::new(name).within(ns)
 }
 
-/// Whose pod an entry of the backlog waits for.
+/// Whose pod an entry of the backlog waits for (the job's "namespace/name", see `job_ref`,
+/// is the entry's `name`).
 #[derive(Clone, Debug)]
 pub struct Owner {
-    /// The job's "namespace/name" (see `job_ref`), shared with its entries' `name`.
-    pub job: Arc<str>,
     pub uid: Arc<str>,
     pub index: Option<u32>,
     pub attempt: u32,
@@ -234,13 +233,7 @@ impl Backlog {
                         request,
                         share: job.spec.share_identifier.clone(),
                     });
-                    self.owners.push(Owner {
-                        job: key.clone(),
-                        uid: uid.clone(),
-                        index,
-                        attempt,
-                        said: None,
-                    });
+                    self.owners.push(Owner { uid: uid.clone(), index, attempt, said: None });
                 }
                 self.positions.insert(key, at);
                 Refreshed::default()
@@ -261,7 +254,7 @@ impl Backlog {
             self.jobs.swap_remove(p);
             self.owners.swap_remove(p);
             if p < last {
-                let moved = &self.owners[p].job;
+                let moved = &self.jobs[p].name;
                 let list = self.positions.get_mut(&**moved).expect("every entry has an owner");
                 let slot = list.iter_mut().find(|x| **x == last).expect("the moved entry is listed");
                 *slot = p;
@@ -317,7 +310,7 @@ mod tests {
         assert_eq!(listed, b.jobs.len());
         for (k, at) in &b.positions {
             for p in at {
-                assert_eq!(&b.owners[*p].job, k);
+                assert_eq!(&b.jobs[*p].name, k);
                 assert_eq!(&b.jobs[*p].name, k);
             }
         }

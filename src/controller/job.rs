@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -346,6 +346,10 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     }
     let limit_recheck = apply_time_limit(&ctx, &job, &mut new, now);
 
+    let reworded_only = old.phase == JobPhase::Runnable && new.phase == JobPhase::Runnable;
+    if new != old && reworded_only && ctx.defer_while_creating(&job) {
+        return Ok(Action::await_change());
+    }
     if new != old {
         write_status(&ctx, &job, &new).await?;
         publish_transition(&ctx, &job, &old, &new).await;
@@ -554,7 +558,11 @@ async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, 
     };
     let note = new.status_reason.clone();
     let ev = Event { type_, reason: reason.into(), note, action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
+    // Not the shared recorder: it keeps each event it published for six minutes and scans
+    // them all on every publish, which over a hundred thousand jobs ending is hundreds of
+    // MiB and quadratic time. A job's events are few, and each says something of its own.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&ev, &job.object_ref(&())).await {
         debug!(error = %e, "could not publish event");
     }
 }

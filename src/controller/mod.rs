@@ -59,7 +59,10 @@ pub struct Shared {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Events of queues and compute environments (few objects: repeats become a series).
     pub recorder: Recorder,
+    /// Who publishes Barge's events; each job's events get a recorder of their own.
+    pub reporter: Reporter,
     pub providers: Providers,
     /// Rings when something the scheduling pass reads has changed.
     pub schedule_now: Arc<Notify>,
@@ -81,6 +84,8 @@ pub struct Shared {
     /// allowed meanwhile (see `Shared::status_write_turn`).
     creating: std::sync::atomic::AtomicUsize,
     writes_while_creating: tokio::sync::Semaphore,
+    /// Jobs whose new waiting reason was put off until the pod creations end.
+    deferred: Mutex<Vec<ObjectRef<BatchJob>>>,
     ready: AtomicBool,
 }
 
@@ -106,6 +111,26 @@ impl Shared {
             return None;
         }
         self.writes_while_creating.acquire().await.ok()
+    }
+
+    /// Puts off a status write that only rewords why a RUNNABLE job waits, while pods are
+    /// being created (a mass admission would otherwise write each admitted job's "waiting
+    /// for kube-scheduler" between the creations). Returns whether it did; the scheduling
+    /// pass hands the job back to the job controller when its creations are done (see
+    /// `take_deferred`), with whatever happened meanwhile.
+    pub fn defer_while_creating(&self, job: &BatchJob) -> bool {
+        let mut deferred = self.deferred.lock().expect("deferred lock");
+        // Read under the lock: a burst that ends after this reads the list after this push.
+        if self.creating.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        deferred.push(ObjectRef::from_obj(job));
+        true
+    }
+
+    /// The jobs whose writes were put off, once the burst of creations is over.
+    pub fn take_deferred(&self) -> Vec<ObjectRef<BatchJob>> {
+        std::mem::take(&mut *self.deferred.lock().expect("deferred lock"))
     }
 
     pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
@@ -205,8 +230,7 @@ where
     // The stores hold every job and pod: what no loop reads is dropped on the way in
     // (managedFields, and kubectl's copy of the last applied manifest).
     let watch = watcher(api, config).default_backoff().modify(move |obj| {
-        obj.managed_fields_mut().clear();
-        obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+        prune_object(obj);
         prune(obj);
     });
     let drive = watch.reflect(writer).for_each(move |ev| {
@@ -223,10 +247,17 @@ where
     (store, drive)
 }
 
+/// What no store keeps of any object: managedFields, and kubectl's copy of the last
+/// applied manifest.
+pub fn prune_object<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// What the job store keeps of a job: no loop reads its labels, and of its annotations only
 /// those copied to its pods. A job's labels and annotations are maps of their own, which
 /// over 100,000 held jobs is a fifth of the operator's memory.
-fn prune_job(job: &mut BatchJob) {
+pub fn prune_job(job: &mut BatchJob) {
     job.metadata.labels = None;
     if let Some(a) = job.metadata.annotations.as_mut() {
         a.retain(|k, _| k.starts_with(pod::COPIED_ANNOTATION_PREFIX));
@@ -344,7 +375,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         pods,
         nodes,
         namespaces: ns_store,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         providers,
         schedule_now: wake.clone(),
         verdicts: Mutex::default(),
@@ -355,6 +387,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         lost_hosts,
         launching: Mutex::default(),
         creating: Default::default(),
+        deferred: Mutex::default(),
         writes_while_creating: tokio::sync::Semaphore::new(WRITES_WHILE_CREATING),
         ready: AtomicBool::new(false),
     });

@@ -351,7 +351,7 @@ async fn pass(
     for adm in &plan.admitted {
         let owner = &backlog.owners[adm.job];
         // Admitted or gone, the job leaves the backlog at the next pass.
-        let reference = job_ref(&owner.job);
+        let reference = job_ref(&backlog.jobs[adm.job].name);
         leaving.push(reference.clone());
         let Some(job) = ctx.jobs.get(&reference) else { continue };
         metrics.admissions.inc();
@@ -400,6 +400,10 @@ async fn pass(
         .collect()
         .await;
     drop(burst);
+    // The status writes put off while creating: their jobs are looked at again now.
+    for job in ctx.take_deferred() {
+        let _ = verdict_tx.unbounded_send(job);
+    }
     let creating = creating_since.elapsed();
     let mut first = Vec::new();
     for (at, key, why) in failures {
@@ -437,7 +441,7 @@ async fn pass(
         for (at, verdict) in first.into_iter().chain(admitted_verdicts) {
             let owner = &mut st.backlog.owners[at];
             owner.said = None;
-            give(&owner.uid, &owner.job, verdict);
+            give(&owner.uid, &st.backlog.jobs[at].name, verdict);
         }
         for (job, (uid, why)) in &st.backlog.invalid {
             give(uid, job, Verdict::Waiting(why.clone()));
@@ -459,7 +463,7 @@ async fn pass(
                 }
                 owner.said = Some(text.clone());
             }
-            give(&owner.uid, &owner.job, Verdict::Waiting(text.clone()));
+            give(&owner.uid, &st.backlog.jobs[*at].name, Verdict::Waiting(text.clone()));
         }
         st.words = plan.reasons.iter().cloned().zip(texts).collect();
     }

@@ -11,8 +11,8 @@ fn job(attempts: u32, timeout: Option<u64>) -> BatchJob {
             container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
             pod_template: None,
             scheduling_priority: 0,
-            timeout: timeout.map(|s| Timeout { attempt_duration_seconds: s }),
-            retry_strategy: Some(RetryStrategy { attempts, ..Default::default() }),
+            timeout: timeout.map(|s| Box::new(Timeout { attempt_duration_seconds: s })),
+            retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
             ..Default::default()
         },
     );
