@@ -17,7 +17,7 @@ use barge::scheduler::{CeInfo, QueueInfo, Snapshot, plan};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::Event;
 
-/// mimalloc, as in the operator, counting the bytes live.
+/// The system allocator, as in the operator, counting the bytes live.
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -25,15 +25,15 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc(l) }
+        unsafe { std::alloc::System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
+        unsafe { std::alloc::System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.realloc(p, l, new) }
+        unsafe { std::alloc::System.realloc(p, l, new) }
     }
 }
 
