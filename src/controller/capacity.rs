@@ -15,12 +15,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use super::pod::{pod_is_active, pod_request};
 use super::{Shared, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus};
 use crate::api::compute_environment::AllocationStrategy;
-use crate::api::{
-    ComputeEnvironment, ComputeEnvironmentStatus, Condition, LABEL_COMPUTE_ENVIRONMENT, State, set_condition,
-};
+use crate::api::{ComputeEnvironment, ComputeEnvironmentStatus, Condition, State, set_condition};
 use crate::capacity::{self, Fleet, NodeUse, Strategy, catalog};
 use crate::{Error, FIELD_MANAGER, Result};
 
@@ -73,12 +70,11 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
 
     // Which nodes run Barge pods, and how much they request.
     let mut busy: HashMap<String, f64> = HashMap::new();
-    for p in ctx.pods.state() {
-        if p.labels().get(LABEL_COMPUTE_ENVIRONMENT) != Some(&name) || !pod_is_active(&p) {
-            continue;
-        }
-        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-            *busy.entry(node).or_default() += pod_request(&p).vcpus();
+    for held in ctx.usage.lock().expect("pod usage lock").held() {
+        if let (Some(node), Some(ce)) = (&held.node, &held.compute_environment)
+            && *ce == name
+        {
+            *busy.entry(node.clone()).or_default() += held.request.vcpus();
         }
     }
     let now = Instant::now();

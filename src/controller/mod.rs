@@ -10,6 +10,7 @@ pub mod job;
 pub mod pod;
 pub mod queue;
 pub mod scheduling;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::future::ready;
@@ -31,6 +32,7 @@ use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONME
 use crate::provider::{Providers, local};
 use crate::resources::Res;
 use backlog::Change;
+use usage::PodUsage;
 
 /// A job is reconciled at most once per window, a window after its first trigger: its
 /// pod's quick steps (created, bound, started) and an array's many children make one status
@@ -57,6 +59,8 @@ pub struct Shared {
     pub queues: Store<JobQueue>,
     pub compute_environments: Store<ComputeEnvironment>,
     pub pods: Store<Pod>,
+    /// What the active pods of `pods` hold, kept from the pod watch.
+    pub usage: Arc<Mutex<PodUsage>>,
     pub nodes: Store<Node>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Events of queues and compute environments (few objects: repeats become a series).
@@ -208,6 +212,8 @@ pub struct Options {
 enum Seen<'a, K> {
     Applied(&'a K),
     Deleted(&'a K),
+    /// The watch begins to list everything again (each object then comes as `Applied`).
+    Relisting,
     /// The watch listed everything again and its store was replaced: objects deleted
     /// meanwhile left without a `Deleted`.
     Relisted,
@@ -238,7 +244,7 @@ where
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(Seen::Applied(&obj)),
             Ok(watcher::Event::Delete(obj)) => on_event(Seen::Deleted(&obj)),
             Ok(watcher::Event::InitDone) => on_event(Seen::Relisted),
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => on_event(Seen::Relisting),
             Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
         }
         wake.notify_one();
@@ -292,6 +298,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
             Seen::Relisted => {
                 let _ = backlog_tx.send(Change::All);
             }
+            Seen::Relisting => {}
         },
     );
     let job_controller = Controller::for_stream(futures::stream::pending(), jobs.clone());
@@ -299,20 +306,34 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         Controller::new(Api::<ComputeEnvironment>::all(client.clone()), watcher::Config::default());
     let ces = ce_controller.store();
 
+    let usage = Arc::new(Mutex::new(PodUsage::default()));
+    let usage_tx = usage.clone();
     let (pods, drive_pods) = plain_watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(LABEL_JOB_UID),
         wake.clone(),
         |_| {},
-        move |seen: Seen<'_, Pod>| match seen {
-            Seen::Applied(pod) | Seen::Deleted(pod) => {
-                if let Some(job) = owning_job(pod) {
-                    let _ = pod_backlog_tx.send(Change::Job(job.clone()));
-                    let _ = pod_tx.unbounded_send(job);
+        move |seen: Seen<'_, Pod>| {
+            let mut usage = usage_tx.lock().expect("pod usage lock");
+            let pod = match seen {
+                Seen::Applied(pod) => {
+                    usage.applied(pod);
+                    pod
                 }
-            }
-            Seen::Relisted => {
-                let _ = pod_backlog_tx.send(Change::All);
+                Seen::Deleted(pod) => {
+                    usage.deleted(pod);
+                    pod
+                }
+                Seen::Relisting => return usage.relisting(),
+                Seen::Relisted => {
+                    usage.relisted();
+                    let _ = pod_backlog_tx.send(Change::All);
+                    return;
+                }
+            };
+            if let Some(job) = owning_job(pod) {
+                let _ = pod_backlog_tx.send(Change::Job(job.clone()));
+                let _ = pod_tx.unbounded_send(job);
             }
         },
     );
@@ -339,7 +360,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
             let (node, deleted) = match seen {
                 Seen::Applied(node) => (node, false),
                 Seen::Deleted(node) => (node, true),
-                Seen::Relisted => return,
+                Seen::Relisting | Seen::Relisted => return,
             };
             let instance = node
                 .spec
@@ -373,6 +394,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         queues,
         compute_environments: ces.clone(),
         pods,
+        usage,
         nodes,
         namespaces: ns_store,
         recorder: Recorder::new(client.clone(), reporter.clone()),

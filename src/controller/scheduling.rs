@@ -17,14 +17,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
 use super::backlog::{Backlog, Change, Lookups, job_ref};
-use super::pod::LABEL_SHARE;
-use super::pod::{build_pod, pod_is_active, pod_request};
+use super::pod::build_pod;
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
-use crate::api::LABEL_JOB_QUEUE;
 use crate::api::job_queue::LabelSelector;
-use crate::api::{BatchJob, ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT, State};
+use crate::api::{BatchJob, ComputeEnvironment, State};
 use crate::capacity::catalog;
 use crate::resources::Res;
 use crate::scheduler::{self, CeInfo, FairShare, NodeInfo, QueueInfo, Snapshot, Waiting};
@@ -204,32 +202,27 @@ async fn pass(
         }
     }
 
+    // Seen in the store: no longer in flight (its job heard of it from the pod watch).
+    inflight.retain(|key, _| {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        ctx.pods.get(&ObjectRef::new(name).within(ns)).is_none()
+    });
     let mut running_by_share: HashMap<(String, String), f64> = HashMap::new();
     // Resources held by Barge pods: on their node when bound, else against their environment.
     let mut unbound: Vec<(usize, Res)> = Vec::new();
-    for p in ctx.pods.state() {
-        if !inflight.is_empty() {
-            // Seen in the store: no longer in flight (its job heard of it from the pod watch).
-            inflight.remove(&format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
-        }
-        if !pod_is_active(&p) {
-            continue;
-        }
-        let request = pod_request(&p);
-        if let (Some(q), Some(share)) = (p.labels().get(LABEL_JOB_QUEUE), p.labels().get(LABEL_SHARE))
-            && p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
-        {
-            *running_by_share.entry((q.clone(), share.clone())).or_default() += request.vcpus();
-        }
-        match p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+    for held in ctx.usage.lock().expect("pod usage lock").held() {
+        match &held.node {
             Some(node) => {
+                if let Some(share) = &held.share {
+                    *running_by_share.entry(share.clone()).or_default() += held.request.vcpus();
+                }
                 if let Some(&(ci, ni)) = node_slot.get(node) {
-                    ce_infos[ci].nodes[ni].free -= request;
+                    ce_infos[ci].nodes[ni].free -= held.request;
                 }
             }
             None => {
-                if let Some(&ci) = p.labels().get(LABEL_COMPUTE_ENVIRONMENT).and_then(|c| ce_index.get(c)) {
-                    unbound.push((ci, request));
+                if let Some(&ci) = held.compute_environment.as_ref().and_then(|c| ce_index.get(c)) {
+                    unbound.push((ci, held.request));
                 }
             }
         }
