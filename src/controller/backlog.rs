@@ -311,7 +311,6 @@ mod tests {
         for (k, at) in &b.positions {
             for p in at {
                 assert_eq!(&b.jobs[*p].name, k);
-                assert_eq!(&b.jobs[*p].name, k);
             }
         }
     }

@@ -233,8 +233,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    // The stores hold every job and pod: what no loop reads is dropped on the way in
-    // (managedFields, and kubectl's copy of the last applied manifest).
+    // The stores hold every job and pod: what no loop reads is dropped on the way in.
     let watch = watcher(api, config).default_backoff().modify(move |obj| {
         prune_object(obj);
         prune(obj);
@@ -314,19 +313,18 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         wake.clone(),
         |_| {},
         move |seen: Seen<'_, Pod>| {
-            let mut usage = usage_tx.lock().expect("pod usage lock");
             let pod = match seen {
                 Seen::Applied(pod) => {
-                    usage.applied(pod);
+                    usage_tx.lock().expect("pod usage lock").applied(pod);
                     pod
                 }
                 Seen::Deleted(pod) => {
-                    usage.deleted(pod);
+                    usage_tx.lock().expect("pod usage lock").deleted(pod);
                     pod
                 }
-                Seen::Relisting => return usage.relisting(),
+                Seen::Relisting => return usage_tx.lock().expect("pod usage lock").relisting(),
                 Seen::Relisted => {
-                    usage.relisted();
+                    usage_tx.lock().expect("pod usage lock").relisted();
                     let _ = pod_backlog_tx.send(Change::All);
                     return;
                 }
