@@ -114,6 +114,8 @@ struct Row {
     controller_cpu_s: Option<f64>,
     controller_peak_rss_mib: Option<f64>,
     apiserver_requests: u64,
+    /// CPU seconds of kube-apiserver and etcd, which every contender shares.
+    apiserver_cpu_s: Option<f64>,
     timeline: Vec<(f64, usize, usize)>,
     note: String,
 }
@@ -227,6 +229,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// CPU seconds kube-apiserver and etcd have used so far.
+fn server_cpu_s() -> Option<f64> {
+    ["kube-apiserver", "etcd"].into_iter().map(|c| pid_of(c).and_then(process_usage).map(|u| u.0)).sum()
+}
+
 fn pid_of(component: &str) -> Option<u32> {
     let dir = std::env::var("BARGE_CLUSTER_DIR").ok()?;
     std::fs::read_to_string(format!("{dir}/pids/{component}")).ok()?.trim().parse().ok()
@@ -330,6 +337,7 @@ where
 {
     let cpu0 = w.controller.and_then(process_usage).map(|u| u.0);
     let before = apiserver_requests(client).await;
+    let server0 = server_cpu_s();
     let start = Instant::now();
     let pods = track(w.pods.0, w.pods.1, w.n, start, pod_done);
     let owners = w.owners.map(|o| track(o.api, o.labels, o.count, start, o.done));
@@ -337,6 +345,7 @@ where
     let done = owners.as_ref().unwrap_or(&pods);
     wait_for(w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
     let requests = apiserver_requests(client).await - before;
+    let server_cpu = server_cpu_s().zip(server0).map(|(a, b)| a - b);
     let usage = w.controller.and_then(process_usage);
     // Read before taking the pods' lock: without owners, `done` is that same lock.
     let all_done_s = done.lock().unwrap().all_done.unwrap_or(f64::NAN);
@@ -352,6 +361,7 @@ where
         controller_cpu_s: usage.zip(cpu0).map(|(u, c)| u.0 - c),
         controller_peak_rss_mib: usage.map(|u| u.1),
         apiserver_requests: requests,
+        apiserver_cpu_s: server_cpu,
         timeline: p.timeline.clone(),
         note: String::new(),
     }
@@ -660,7 +670,9 @@ async fn main() {
 
     // BENCH_JOBS=0: the hold alone.
     let mut rows = Vec::new();
-    if n > 0 {
+    // BENCH_BASELINES=0 runs Barge alone (to profile it); the report then has no ratios.
+    let baselines = arg("BENCH_BASELINES").is_none_or(|v| v != "0");
+    if n > 0 && baselines {
         rows.push(ceiling(&client, n).await);
         eprintln!("ceiling done: {:.1} s", rows[0].all_done_s);
         rows.push(batch_v1(&client, n).await);
@@ -696,12 +708,12 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
     let mut csv = String::from(
         "contender,n,submit_s,first_pod_s,all_pods_created_s,all_done_s,admission_pods_per_s,end_to_end_per_s,\
-         controller_cpu_s,controller_peak_rss_mib,apiserver_requests,note\n",
+         controller_cpu_s,controller_peak_rss_mib,apiserver_requests,apiserver_cpu_s,note\n",
     );
     let mut timeline = String::from("contender,t_s,pods_created,pods_done\n");
     for r in rows {
         csv += &format!(
-            "{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},\"{}\"\n",
+            "{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},{},\"{}\"\n",
             r.contender,
             r.n,
             r.submit_s,
@@ -713,22 +725,21 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
             opt(r.controller_cpu_s),
             opt(r.controller_peak_rss_mib),
             r.apiserver_requests,
+            opt(r.apiserver_cpu_s),
             r.note
         );
         for (t, s, d) in &r.timeline {
             timeline += &format!("{},{t:.2},{s},{d}\n", r.contender);
         }
     }
-    let row = |name: &str| rows.iter().find(|r| r.contender == name).expect("every contender ran");
-    let (ceiling, batch) = (row("ceiling (pods)"), row("batch/v1 Job"));
-    let (barge, backlog) = (row("Barge BatchJob"), row("Barge backlog"));
     let mut md = String::from(
         "| contender | N | all pods created | all done | admission (pods/s) | end-to-end (jobs/s) | \
-         controller CPU s | peak RSS MiB | apiserver requests |\n|---|---|---|---|---|---|---|---|---|\n",
+         controller CPU s | peak RSS MiB | apiserver requests | apiserver+etcd CPU s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {:.1} s | {:.1} s | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} s | {:.1} s | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             r.contender,
             r.n,
             r.all_pods_s,
@@ -737,23 +748,31 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
             r.e2e_rate(),
             opt(r.controller_cpu_s),
             opt(r.controller_peak_rss_mib),
-            r.apiserver_requests
+            r.apiserver_requests,
+            opt(r.apiserver_cpu_s)
         );
     }
-    let ratios: BTreeMap<&str, f64> = BTreeMap::from([
-        (
-            "admission, Barge backlog / ceiling (target >= 0.8)",
-            backlog.admission_rate() / ceiling.admission_rate(),
-        ),
-        ("admission, Barge submit-and-run / ceiling", barge.admission_rate() / ceiling.admission_rate()),
-        ("admission, Barge / batch/v1", barge.admission_rate() / batch.admission_rate()),
-        ("end-to-end, Barge / ceiling", barge.e2e_rate() / ceiling.e2e_rate()),
-        ("end-to-end, Barge / batch/v1 (target >= 3)", barge.e2e_rate() / batch.e2e_rate()),
-        (
-            "end-to-end, ceiling / batch/v1 (the most a kube-scheduler client reaches)",
-            ceiling.e2e_rate() / batch.e2e_rate(),
-        ),
-    ]);
+    let row = |name: &str| rows.iter().find(|r| r.contender == name).expect("every contender ran");
+    let ratios: BTreeMap<&str, f64> = if rows.iter().any(|r| r.contender == "ceiling (pods)") {
+        let (ceiling, batch) = (row("ceiling (pods)"), row("batch/v1 Job"));
+        let (barge, backlog) = (row("Barge BatchJob"), row("Barge backlog"));
+        BTreeMap::from([
+            (
+                "admission, Barge backlog / ceiling (target >= 0.8)",
+                backlog.admission_rate() / ceiling.admission_rate(),
+            ),
+            ("admission, Barge submit-and-run / ceiling", barge.admission_rate() / ceiling.admission_rate()),
+            ("admission, Barge / batch/v1", barge.admission_rate() / batch.admission_rate()),
+            ("end-to-end, Barge / ceiling", barge.e2e_rate() / ceiling.e2e_rate()),
+            ("end-to-end, Barge / batch/v1 (target >= 3)", barge.e2e_rate() / batch.e2e_rate()),
+            (
+                "end-to-end, ceiling / batch/v1 (the most a kube-scheduler client reaches)",
+                ceiling.e2e_rate() / batch.e2e_rate(),
+            ),
+        ])
+    } else {
+        BTreeMap::new()
+    };
     md += "\n";
     for (k, v) in &ratios {
         md += &format!("- {k}: **{v:.2}**\n");

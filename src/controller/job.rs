@@ -326,32 +326,26 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     if !ctx.ready() {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let ns = job.namespace().unwrap_or_default();
-    let old = job.status.clone().unwrap_or_default();
-    let attempt = current_attempt(&old);
-    let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
-    let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
-    // A pod on a vanished node counts as gone: the attempt's host is lost.
-    let host_lost = pod.as_ref().is_some_and(|p| super::pod_host_lost(&ctx, p));
-    let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
-    let verdict = ctx.verdict(&job);
-    let now = Utc::now();
-    let (deps, deps_recheck) = dependencies(&ctx, &job, now);
     if job.spec.array.is_some() {
-        return reconcile_array(&ctx, &job, &deps, verdict.as_ref(), now).await;
+        return reconcile_array(&ctx, &job).await;
     }
-    let mut new = next_status(&job, &deps, facts.as_ref(), verdict.as_ref(), now);
-    if host_lost || pod.is_none() {
-        name_lost_hosts(&ctx, &old, &mut new);
-    }
-    let limit_recheck = apply_time_limit(&ctx, &job, &mut new, now);
-
-    let reworded_only = old.phase == JobPhase::Runnable && new.phase == JobPhase::Runnable;
-    if new != old && reworded_only && ctx.defer_while_creating(&job) {
+    let mut job = job;
+    let mut step = Step::of(&ctx, &job);
+    let reworded_only = step.old.phase == JobPhase::Runnable && step.new.phase == JobPhase::Runnable;
+    if step.new != step.old && reworded_only && ctx.defer_while_creating(&job) {
         return Ok(Action::await_change());
     }
+    let turn = if step.new != step.old { ctx.status_write_turn().await } else { None };
+    if turn.is_some() {
+        // The write waited behind pod creations: write what holds now. A job whose pod
+        // started, or ended, meanwhile gets one write, not one for each step.
+        job = ctx.jobs.get(&ObjectRef::from_obj(&*job)).unwrap_or(job);
+        step = Step::of(&ctx, &job);
+    }
+    let Step { old, new, pod, host_lost, wake } = step;
     if new != old {
         write_status(&ctx, &job, &new).await?;
+        drop(turn);
         publish_transition(&ctx, &job, &old, &new).await;
     }
     // A job that ended (timeout, terminate, cancel) while its pod still runs: stop the pod,
@@ -361,17 +355,11 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         && super::pod::pod_is_active(p)
         && p.metadata.deletion_timestamp.is_none()
     {
-        super::delete_if_present(&Api::<Pod>::namespaced(ctx.client.clone(), &ns), &name).await?;
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        super::delete_if_present(&api, &p.name_any()).await?;
     }
-    // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
-    let deadline = job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
-        let started = a.started_at?;
-        let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
-        Some(Duration::from_secs(left.max(1) as u64))
-    });
     // The job changed: the scheduling pass may have something to do.
     ctx.schedule_now.notify_one();
-    let wake = [deadline, deps_recheck, limit_recheck].into_iter().flatten().min();
     Ok(match (new.phase.is_finished(), wake) {
         (true, _) => Action::await_change(),
         (false, Some(d)) => Action::requeue(d),
@@ -379,14 +367,56 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     })
 }
 
+/// What a single job's reconcile decided, from the stores alone.
+struct Step {
+    old: BatchJobStatus,
+    new: BatchJobStatus,
+    /// The current attempt's pod.
+    pod: Option<Arc<Pod>>,
+    /// That pod's node vanished: the attempt's host is lost.
+    host_lost: bool,
+    /// When to look again: the attempt's deadline, a dependency's or a time limit's recheck.
+    wake: Option<Duration>,
+}
+
+impl Step {
+    fn of(ctx: &Shared, job: &BatchJob) -> Step {
+        let ns = job.namespace().unwrap_or_default();
+        let old = job.status.clone().unwrap_or_default();
+        let attempt = current_attempt(&old);
+        let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
+        let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
+        // A pod on a vanished node counts as gone: the attempt's host is lost.
+        let host_lost = pod.as_ref().is_some_and(|p| super::pod_host_lost(ctx, p));
+        let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
+        let verdict = ctx.verdict(job);
+        let now = Utc::now();
+        let (deps, deps_recheck) = dependencies(ctx, job, now);
+        let mut new = next_status(job, &deps, facts.as_ref(), verdict.as_ref(), now);
+        if host_lost || pod.is_none() {
+            name_lost_hosts(ctx, &old, &mut new);
+        }
+        let limit_recheck = apply_time_limit(ctx, job, &mut new, now);
+        // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
+        let deadline =
+            job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
+                let started = a.started_at?;
+                let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
+                Some(Duration::from_secs(left.max(1) as u64))
+            });
+        let wake = [deadline, deps_recheck, limit_recheck].into_iter().flatten().min();
+        Step { old, new, pod, host_lost, wake }
+    }
+}
+
 /// An array parent: roll the children up, then stop the child pods that must stop.
-async fn reconcile_array(
-    ctx: &Shared,
-    job: &BatchJob,
-    deps: &Deps,
-    verdict: Option<&Verdict>,
-    now: DateTime<Utc>,
-) -> Result<Action> {
+async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
+    // The roll-up reads every child: after a wait for the write's turn, so that it is fresh.
+    let turn = ctx.status_write_turn().await;
+    let job = &*ctx.jobs.get(&ObjectRef::from_obj(job)).unwrap_or_else(|| Arc::new(job.clone()));
+    let verdict = ctx.verdict(job);
+    let now = Utc::now();
+    let (deps, _) = dependencies(ctx, job, now);
     let ns = job.namespace().unwrap_or_default();
     let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
     let lost = std::cell::RefCell::new(Vec::new());
@@ -400,9 +430,10 @@ async fn reconcile_array(
     };
     let old = job.status.clone().unwrap_or_default();
     let gates = super::array::Gates::of(job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
-    let (new, stop) = super::array::next_status(job, deps, &gates, pod_of, verdict, now);
+    let (new, stop) = super::array::next_status(job, &deps, &gates, pod_of, verdict.as_ref(), now);
     if new != old {
         write_status(ctx, job, &new).await?;
+        drop(turn);
         publish_transition(ctx, job, &old, &new).await;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -518,8 +549,8 @@ fn apply_time_limit(
     recheck.or(Some(Duration::from_secs(30)).filter(|_| !queue.spec.job_state_time_limit_actions.is_empty()))
 }
 
+/// Writes a job's status; the caller has waited for its turn (`Shared::status_write_turn`).
 async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
-    let _turn = ctx.status_write_turn().await;
     let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": "barge.dev/v1alpha1",

