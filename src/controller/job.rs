@@ -332,10 +332,10 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let mut job = job;
     let mut step = Step::of(&ctx, &job);
     let reworded_only = step.old.phase == JobPhase::Runnable && step.new.phase == JobPhase::Runnable;
-    if step.new != step.old && reworded_only && ctx.defer_while_creating(&job) {
+    if step.new != step.old && reworded_only && ctx.bursts.put_off(&job) {
         return Ok(Action::await_change());
     }
-    let turn = if step.new != step.old { ctx.status_write_turn().await } else { None };
+    let turn = if step.new != step.old { ctx.bursts.write_turn().await } else { None };
     if turn.is_some() {
         // The write waited behind pod creations: write what holds now. A job whose pod
         // started, or ended, meanwhile gets one write, not one for each step.
@@ -412,7 +412,7 @@ impl Step {
 /// An array parent: roll the children up, then stop the child pods that must stop.
 async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     // The roll-up reads every child: after a wait for the write's turn, so that it is fresh.
-    let turn = ctx.status_write_turn().await;
+    let turn = ctx.bursts.write_turn().await;
     let job = &*ctx.jobs.get(&ObjectRef::from_obj(job)).unwrap_or_else(|| Arc::new(job.clone()));
     let verdict = ctx.verdict(job);
     let now = Utc::now();
@@ -549,7 +549,7 @@ fn apply_time_limit(
     recheck.or(Some(Duration::from_secs(30)).filter(|_| !queue.spec.job_state_time_limit_actions.is_empty()))
 }
 
-/// Writes a job's status; the caller has waited for its turn (`Shared::status_write_turn`).
+/// Writes a job's status; the caller has waited for its turn (`Bursts::write_turn`).
 async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
     let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch = json!({

@@ -4,6 +4,7 @@
 
 pub mod array;
 pub mod backlog;
+pub mod burst;
 pub mod capacity;
 pub mod coalesce;
 pub mod job;
@@ -84,71 +85,19 @@ pub struct Shared {
     pub lost_hosts: Arc<Mutex<HashMap<String, String>>>,
     /// When each node was last seen without a Barge pod (scale-down clock).
     pub idle_since: Mutex<HashMap<String, std::time::Instant>>,
-    /// Pod creations of the scheduling pass in flight, and the few job status writes
-    /// allowed meanwhile (see `Shared::status_write_turn`).
-    creating: std::sync::atomic::AtomicUsize,
-    writes_while_creating: tokio::sync::Semaphore,
-    /// Jobs whose new waiting reason was put off until the pod creations end.
-    deferred: Mutex<Vec<ObjectRef<BatchJob>>>,
+    /// The scheduling pass's pod creations, which job status writes yield to.
+    pub bursts: burst::Bursts,
     ready: AtomicBool,
 }
-
-/// Job status writes in flight while the scheduling pass creates pods. Admission comes
-/// first: a status write to a custom resource costs the API server about twice a pod
-/// create (4 ms of its and etcd's CPU against 2), and a write that waits is decided again
-/// after the wait, so it merges with the job's later changes.
-const WRITES_WHILE_CREATING: usize = 8;
 
 impl Shared {
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Marks a burst of pod creations; status writes yield to it until the guard drops.
-    pub fn creating(&self) -> CreatingGuard<'_> {
-        self.creating.fetch_add(1, Ordering::AcqRel);
-        CreatingGuard(self)
-    }
-
-    /// Waits for a job status write's turn: at once, unless pods are being created.
-    pub async fn status_write_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        if self.creating.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        self.writes_while_creating.acquire().await.ok()
-    }
-
-    /// Puts off a status write that only rewords why a RUNNABLE job waits, while pods are
-    /// being created (a mass admission would otherwise write each admitted job's "waiting
-    /// for kube-scheduler" between the creations). Returns whether it did; the scheduling
-    /// pass hands the job back to the job controller when its creations are done (see
-    /// `take_deferred`), with whatever happened meanwhile.
-    pub fn defer_while_creating(&self, job: &BatchJob) -> bool {
-        let mut deferred = self.deferred.lock().expect("deferred lock");
-        // Read under the lock: a burst that ends after this reads the list after this push.
-        if self.creating.load(Ordering::Acquire) == 0 {
-            return false;
-        }
-        deferred.push(ObjectRef::from_obj(job));
-        true
-    }
-
-    /// The jobs whose writes were put off, once the burst of creations is over.
-    pub fn take_deferred(&self) -> Vec<ObjectRef<BatchJob>> {
-        std::mem::take(&mut *self.deferred.lock().expect("deferred lock"))
-    }
-
     pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
         let uid = job.uid()?;
         self.verdicts.lock().expect("verdicts lock").get(uid.as_str()).map(|(v, _)| v.clone())
-    }
-}
-
-pub struct CreatingGuard<'a>(&'a Shared);
-
-impl Drop for CreatingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.creating.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -407,9 +356,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         cannot_grow: Mutex::default(),
         lost_hosts,
         launching: Mutex::default(),
-        creating: Default::default(),
-        deferred: Mutex::default(),
-        writes_while_creating: tokio::sync::Semaphore::new(WRITES_WHILE_CREATING),
+        bursts: burst::Bursts::default(),
         ready: AtomicBool::new(false),
     });
 

@@ -373,7 +373,7 @@ async fn pass(
             Err(e) => admitted_verdicts.push((adm.job, Verdict::Waiting(format!("Invalid job: {e}").into()))),
         }
     }
-    let burst = (!creations.is_empty()).then(|| ctx.creating());
+    let burst = (!creations.is_empty()).then(|| ctx.bursts.begin());
     let creating_since = Instant::now();
     let failures: Vec<(usize, String, String)> = stream::iter(creations)
         .map(|(at, key, pod)| async move {
@@ -392,9 +392,8 @@ async fn pass(
         .filter_map(|r| async move { r })
         .collect()
         .await;
-    drop(burst);
     // The status writes put off while creating: their jobs are looked at again now.
-    for job in ctx.take_deferred() {
+    for job in burst.map(super::burst::Burst::end).unwrap_or_default() {
         let _ = verdict_tx.unbounded_send(job);
     }
     let creating = creating_since.elapsed();
