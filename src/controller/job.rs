@@ -37,6 +37,7 @@ pub struct PodFacts {
     pub reason: Option<String>,
     /// Why kube-scheduler has not placed it, if it says.
     pub unschedulable: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl PodFacts {
@@ -64,8 +65,37 @@ impl PodFacts {
             exit_code: term.map(|t| t.exit_code),
             reason: term.and_then(|t| t.reason.clone()).or(status.reason.clone()),
             unschedulable,
+            created_at: pod.metadata.creation_timestamp.as_ref().and_then(ts),
         }
     }
+}
+
+/// How long a new pod may wait for kube-scheduler, or its container take to start, before
+/// the job's status says so. Most pods pass both steps within a second or two; a status
+/// write for each costs the API server more than the pod's own create, so a step is written
+/// only if it lasts (or as part of the write of whatever comes next).
+pub const PASSING_STEP: Duration = Duration::from_secs(3);
+
+/// When `new` differs from `old` only by a step that a new pod usually passes in a moment
+/// (placed by kube-scheduler, its container starting): how long until it is worth writing.
+/// A step the pod is stuck in (kube-scheduler says why it cannot place it) is never passing.
+pub fn passing_step(
+    old: &BatchJobStatus,
+    new: &BatchJobStatus,
+    pod: Option<&PodFacts>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let pod = pod?;
+    let not_started = |p: JobPhase| matches!(p, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable);
+    let passing = pod.phase == "Pending"
+        && pod.unschedulable.is_none()
+        && not_started(old.phase)
+        && (new.phase == JobPhase::Starting || (new.phase == JobPhase::Runnable && pod.node.is_none()));
+    if !passing {
+        return None;
+    }
+    let age = (now - pod.created_at?).to_std().unwrap_or_default();
+    PASSING_STEP.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// The attempt the job is on: finished attempts are never reopened.
@@ -397,6 +427,11 @@ impl Step {
             name_lost_hosts(ctx, &old, &mut new);
         }
         let limit_recheck = apply_time_limit(ctx, job, &mut new, now);
+        // A step the pod will likely have passed by the next look is not written yet.
+        let passing = passing_step(&old, &new, facts.as_ref(), now);
+        if passing.is_some() {
+            new = old.clone();
+        }
         // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
         let deadline =
             job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
@@ -404,7 +439,7 @@ impl Step {
                 let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
                 Some(Duration::from_secs(left.max(1) as u64))
             });
-        let wake = [deadline, deps_recheck, limit_recheck].into_iter().flatten().min();
+        let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
         Step { old, new, pod, host_lost, wake }
     }
 }

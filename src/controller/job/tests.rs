@@ -34,6 +34,7 @@ fn pod(phase: &str, node: Option<&str>, exit: Option<i32>) -> PodFacts {
         exit_code: exit,
         reason: exit.map(|c| if c == 0 { "Completed" } else { "Error" }.into()),
         unschedulable: None,
+        created_at: Some(at(0)),
     }
 }
 
@@ -187,4 +188,29 @@ fn unmet_dependencies_keep_a_job_pending_and_a_failed_one_fails_it() {
     let j = with(j, s);
     let s = next_status(&j, &Deps::Failed("Dependent job a failed".into()), None, None, at(1));
     assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Dependent job a failed")));
+}
+
+#[test]
+fn a_new_pod_s_passing_steps_are_written_only_if_they_last() {
+    let runnable = next_status(&job(1, None), &Deps::Met, None, None, at(0));
+    assert_eq!(runnable.phase, JobPhase::Runnable);
+    let with_pod =
+        |p: &PodFacts| next_status(&with(job(1, None), runnable.clone()), &Deps::Met, Some(p), None, at(1));
+    // Waiting for kube-scheduler, then starting: 1 s into the pod's life, 2 s to go.
+    for p in [pod("Pending", None, None), pod("Pending", Some("n1"), None)] {
+        let new = with_pod(&p);
+        assert_ne!(new, runnable);
+        assert_eq!(passing_step(&runnable, &new, Some(&p), at(1)), Some(Duration::from_secs(2)));
+        assert_eq!(passing_step(&runnable, &new, Some(&p), at(3)), None, "it lasted: written");
+    }
+    // Stuck (kube-scheduler says why), or past the steps: written at once.
+    let stuck =
+        PodFacts { unschedulable: Some("0/3 nodes are available".into()), ..pod("Pending", None, None) };
+    assert_eq!(passing_step(&runnable, &with_pod(&stuck), Some(&stuck), at(1)), None);
+    let running = pod("Running", Some("n1"), None);
+    assert_eq!(passing_step(&runnable, &with_pod(&running), Some(&running), at(1)), None);
+    // A job already STARTING is not held back again, nor one without a pod.
+    let starting = with_pod(&pod("Pending", Some("n1"), None));
+    assert_eq!(passing_step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), at(1)), None);
+    assert_eq!(passing_step(&runnable, &runnable, None, at(1)), None);
 }
