@@ -114,6 +114,8 @@ struct Row {
     controller_cpu_s: Option<f64>,
     controller_peak_rss_mib: Option<f64>,
     apiserver_requests: u64,
+    /// The same, by verb and resource.
+    requests_by_kind: BTreeMap<String, u64>,
     /// CPU seconds of kube-apiserver and etcd, which every contender shares.
     apiserver_cpu_s: Option<f64>,
     timeline: Vec<(f64, usize, usize)>,
@@ -168,13 +170,26 @@ where
     start.elapsed().as_secs_f64()
 }
 
-async fn apiserver_requests(client: &Client) -> u64 {
+/// The apiserver's requests so far, by verb and resource (`create pods`, `patch
+/// batchjobs/status`, ...).
+async fn apiserver_requests(client: &Client) -> BTreeMap<String, u64> {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(req).await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |name: &str| {
+            let at = labels.find(&format!("{name}=\""))? + name.len() + 2;
+            Some(&labels[at..at + labels[at..].find('"')?])
+        };
+        let resource = match (label("resource"), label("subresource")) {
+            (Some(r), Some(sub)) if !sub.is_empty() => format!("{r}/{sub}"),
+            (r, _) => r.unwrap_or("").to_string(),
+        };
+        let kind = format!("{} {resource}", label("verb").unwrap_or("?"));
+        *counts.entry(kind).or_default() += value.parse::<f64>().unwrap_or(0.0) as u64;
+    }
+    counts
 }
 
 /// CPU seconds (user + system) and peak RSS in MiB of a process, from /proc.
@@ -344,7 +359,13 @@ where
     let submit_s = submit(start).await;
     let done = owners.as_ref().unwrap_or(&pods);
     wait_for(w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
-    let requests = apiserver_requests(client).await - before;
+    let requests: BTreeMap<String, u64> = apiserver_requests(client)
+        .await
+        .into_iter()
+        .map(|(kind, n)| (n - before.get(&kind).copied().unwrap_or(0), kind))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, kind)| (kind, n))
+        .collect();
     let server_cpu = server_cpu_s().zip(server0).map(|(a, b)| a - b);
     let usage = w.controller.and_then(process_usage);
     // Read before taking the pods' lock: without owners, `done` is that same lock.
@@ -360,7 +381,8 @@ where
         pods_done_s: p.all_done.unwrap_or(f64::NAN),
         controller_cpu_s: usage.zip(cpu0).map(|(u, c)| u.0 - c),
         controller_peak_rss_mib: usage.map(|u| u.1),
-        apiserver_requests: requests,
+        apiserver_requests: requests.values().sum(),
+        requests_by_kind: requests,
         apiserver_cpu_s: server_cpu,
         timeline: p.timeline.clone(),
         note: String::new(),
@@ -484,13 +506,15 @@ async fn barge(
     let wrap = arg("BENCH_OPERATOR_WRAP").unwrap_or_default();
     let mut command = wrap.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     command.push(env!("CARGO_BIN_EXE_barge").to_string());
+    // The operator logs to stdout; a profiler wrapping it may use stderr.
+    let log = std::fs::File::create(std::env::temp_dir().join("barge-bench-operator.log")).unwrap();
     let mut operator = std::process::Command::new(&command[0])
         .args(&command[1..])
         .arg("run")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", arg("BENCH_OPERATOR_LOG").unwrap_or_else(|| "warn".into()))
         .env("BARGE_METRICS_BIND", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(std::env::temp_dir().join("barge-bench-operator.log")).unwrap())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("the barge binary");
     let pid = operator_pid(operator.id());
@@ -711,6 +735,7 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
          controller_cpu_s,controller_peak_rss_mib,apiserver_requests,apiserver_cpu_s,note\n",
     );
     let mut timeline = String::from("contender,t_s,pods_created,pods_done\n");
+    let mut requests = String::from("contender,request,count\n");
     for r in rows {
         csv += &format!(
             "{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{},{},\"{}\"\n",
@@ -728,6 +753,9 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
             opt(r.apiserver_cpu_s),
             r.note
         );
+        for (kind, count) in &r.requests_by_kind {
+            requests += &format!("{},{kind},{count}\n", r.contender);
+        }
         for (t, s, d) in &r.timeline {
             timeline += &format!("{},{t:.2},{s},{d}\n", r.contender);
         }
@@ -785,6 +813,7 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     }
     std::fs::write(out.join(format!("cluster-{n}.csv")), &csv).unwrap();
     std::fs::write(out.join(format!("timeline-{n}.csv")), &timeline).unwrap();
+    std::fs::write(out.join(format!("requests-{n}.csv")), &requests).unwrap();
     std::fs::write(out.join(format!("cluster-{n}.md")), &md).unwrap();
     println!("{md}");
 }

@@ -374,6 +374,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     }
     let Step { old, new, pod, host_lost, wake } = step;
     if new != old {
+        debug!(job = %job.name_any(), from = ?old.phase, to = ?new.phase, reason = ?new.status_reason, "status");
         write_status(&ctx, &job, &new).await?;
         drop(turn);
         publish_transition(&ctx, &job, &old, &new).await;
