@@ -113,8 +113,7 @@ struct Row {
     pods_done_s: f64,
     controller_cpu_s: Option<f64>,
     controller_peak_rss_mib: Option<f64>,
-    apiserver_requests: u64,
-    /// The same, by verb and resource.
+    /// The apiserver's requests meanwhile, by verb and resource.
     requests_by_kind: BTreeMap<String, u64>,
     /// CPU seconds of kube-apiserver and etcd, which every contender shares.
     apiserver_cpu_s: Option<f64>,
@@ -128,6 +127,9 @@ impl Row {
     }
     fn e2e_rate(&self) -> f64 {
         self.n as f64 / self.all_done_s
+    }
+    fn apiserver_requests(&self) -> u64 {
+        self.requests_by_kind.values().sum()
     }
 }
 
@@ -362,9 +364,10 @@ where
     let requests: BTreeMap<String, u64> = apiserver_requests(client)
         .await
         .into_iter()
-        .map(|(kind, n)| (n - before.get(&kind).copied().unwrap_or(0), kind))
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, kind)| (kind, n))
+        .filter_map(|(kind, n)| {
+            let since = n - before.get(&kind).copied().unwrap_or(0);
+            (since > 0).then_some((kind, since))
+        })
         .collect();
     let server_cpu = server_cpu_s().zip(server0).map(|(a, b)| a - b);
     let usage = w.controller.and_then(process_usage);
@@ -381,7 +384,6 @@ where
         pods_done_s: p.all_done.unwrap_or(f64::NAN),
         controller_cpu_s: usage.zip(cpu0).map(|(u, c)| u.0 - c),
         controller_peak_rss_mib: usage.map(|u| u.1),
-        apiserver_requests: requests.values().sum(),
         requests_by_kind: requests,
         apiserver_cpu_s: server_cpu,
         timeline: p.timeline.clone(),
@@ -749,7 +751,7 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
             r.e2e_rate(),
             opt(r.controller_cpu_s),
             opt(r.controller_peak_rss_mib),
-            r.apiserver_requests,
+            r.apiserver_requests(),
             opt(r.apiserver_cpu_s),
             r.note
         );
@@ -776,14 +778,16 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
             r.e2e_rate(),
             opt(r.controller_cpu_s),
             opt(r.controller_peak_rss_mib),
-            r.apiserver_requests,
+            r.apiserver_requests(),
             opt(r.apiserver_cpu_s)
         );
     }
-    let row = |name: &str| rows.iter().find(|r| r.contender == name).expect("every contender ran");
-    let ratios: BTreeMap<&str, f64> = if rows.iter().any(|r| r.contender == "ceiling (pods)") {
-        let (ceiling, batch) = (row("ceiling (pods)"), row("batch/v1 Job"));
-        let (barge, backlog) = (row("Barge BatchJob"), row("Barge backlog"));
+    let row = |name: &str| rows.iter().find(|r| r.contender == name);
+    let contenders =
+        [row("ceiling (pods)"), row("batch/v1 Job"), row("Barge BatchJob"), row("Barge backlog")];
+    let ratios: BTreeMap<&str, f64> = if let [Some(ceiling), Some(batch), Some(barge), Some(backlog)] =
+        contenders
+    {
         BTreeMap::from([
             (
                 "admission, Barge backlog / ceiling (target >= 0.8)",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Plots a cluster benchmark's timeline (bench/results/timeline-N.csv) to a PNG next to it:
+# Plots a cluster benchmark's timeline (timeline-N.csv in BENCH_OUT, by default bench/results)
+# to a PNG next to it:
 # pods done over time per contender, and the throughputs side by side. matplotlib comes from
 # PyPI into a venv in the cache; without it the CSV and Markdown results still stand.
 set -euo pipefail
@@ -11,7 +12,7 @@ if [ ! -f "$venv/.complete" ]; then
   python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check matplotlib==3.10.7 \
     && touch "$venv/.complete" || { echo "matplotlib unavailable: no plot" >&2; exit 0; }
 fi
-"$venv/bin/python" - "$repo/bench/results" "$n" <<'PY'
+"$venv/bin/python" - "${BENCH_OUT:-$repo/bench/results}" "$n" <<'PY'
 import csv, sys
 import matplotlib
 matplotlib.use("Agg")

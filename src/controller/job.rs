@@ -449,7 +449,8 @@ impl Step {
 async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     // The roll-up reads every child: after a wait for the write's turn, so that it is fresh.
     let turn = ctx.bursts.write_turn().await;
-    let job = &*ctx.jobs.get(&ObjectRef::from_obj(job)).unwrap_or_else(|| Arc::new(job.clone()));
+    let fresh = turn.as_ref().and_then(|_| ctx.jobs.get(&ObjectRef::from_obj(job)));
+    let job = fresh.as_deref().unwrap_or(job);
     let verdict = ctx.verdict(job);
     let now = Utc::now();
     let (deps, _) = dependencies(ctx, job, now);
