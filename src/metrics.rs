@@ -89,57 +89,70 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("barge");
-        let m = Metrics {
-            jobs: Family::default(),
-            runnable_seconds: Histogram::new(exponential_buckets(0.05, 3.0, 14)),
-            admissions: Counter::default(),
-            scheduling_pass_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            reconciles: Family::default(),
-            reconcile_errors: Family::default(),
-            reconcile_seconds: Family::new_with_constructor(seconds_histogram),
-            ce_vcpus: Family::default(),
-            ce_nodes: Family::default(),
-            ce_cost_per_hour: Family::default(),
-            ec2_calls: Family::default(),
-            ec2_errors: Family::default(),
-            leader: Gauge::default(),
-            registry: Registry::default(),
-        };
+        let jobs = Family::<QueuePhase, Gauge>::default();
+        let runnable_seconds = Histogram::new(exponential_buckets(0.05, 3.0, 14));
+        let admissions = Counter::default();
+        let scheduling_pass_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let reconciles = Family::<ControllerLabel, Counter>::default();
+        let reconcile_errors = Family::<ControllerLabel, Counter>::default();
+        let reconcile_seconds: HistogramFamily<ControllerLabel> =
+            Family::new_with_constructor(seconds_histogram);
+        let ce_vcpus = Family::<CeVcpus, Gauge>::default();
+        let ce_nodes = Family::<CeLabel, Gauge>::default();
+        let ce_cost_per_hour = Family::<CeLabel, FloatGauge>::default();
+        let ec2_calls = Family::<Ec2Call, Counter>::default();
+        let ec2_errors = Family::<Ec2Error, Counter>::default();
+        let leader = Gauge::default();
+        // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
-        r.register("jobs", "BatchJobs per queue and phase", m.jobs.clone());
+        r.register("jobs", "BatchJobs per queue and phase", jobs.clone());
         r.register(
             "job_runnable_seconds",
             "Time jobs spent RUNNABLE before admission",
-            m.runnable_seconds.clone(),
+            runnable_seconds.clone(),
         );
         r.register(
             "admissions",
             "Jobs and array children admitted onto a compute environment",
-            m.admissions.clone(),
+            admissions.clone(),
         );
         r.register(
             "scheduling_pass_seconds",
             "Time one scheduling pass spends deciding (the pod creations it waits for excluded)",
-            m.scheduling_pass_seconds.clone(),
+            scheduling_pass_seconds.clone(),
         );
-        r.register("reconciles", "Reconciles per controller", m.reconciles.clone());
-        r.register("reconcile_errors", "Failed reconciles per controller", m.reconcile_errors.clone());
-        r.register("reconcile_seconds", "Reconcile duration per controller", m.reconcile_seconds.clone());
-        r.register("compute_environment_vcpus", "vCPUs of a compute environment by kind", m.ce_vcpus.clone());
-        r.register("compute_environment_nodes", "Nodes of a compute environment", m.ce_nodes.clone());
+        r.register("reconciles", "Reconciles per controller", reconciles.clone());
+        r.register("reconcile_errors", "Failed reconciles per controller", reconcile_errors.clone());
+        r.register("reconcile_seconds", "Reconcile duration per controller", reconcile_seconds.clone());
+        r.register("compute_environment_vcpus", "vCPUs of a compute environment by kind", ce_vcpus.clone());
+        r.register("compute_environment_nodes", "Nodes of a compute environment", ce_nodes.clone());
         r.register(
             "compute_environment_cost_per_hour",
             "Estimated USD per hour of a compute environment's nodes",
-            m.ce_cost_per_hour.clone(),
+            ce_cost_per_hour.clone(),
         );
-        r.register("ec2_api_calls", "EC2 API calls by operation", m.ec2_calls.clone());
-        r.register("ec2_api_errors", "EC2 API errors by operation and code", m.ec2_errors.clone());
-        r.register("leader", "1 while this replica is the leader", m.leader.clone());
+        r.register("ec2_api_calls", "EC2 API calls by operation", ec2_calls.clone());
+        r.register("ec2_api_errors", "EC2 API errors by operation and code", ec2_errors.clone());
+        r.register("leader", "1 while this replica is the leader", leader.clone());
         let build: Family<BuildInfo, Gauge> = Family::default();
         build.get_or_create(&BuildInfo { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "Barge's version", build);
-        // The registry only holds clones of the metrics above: install it last.
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            jobs,
+            runnable_seconds,
+            admissions,
+            scheduling_pass_seconds,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            ce_vcpus,
+            ce_nodes,
+            ce_cost_per_hour,
+            ec2_calls,
+            ec2_errors,
+            leader,
+        }
     }
 
     /// The text exposition of every metric.
