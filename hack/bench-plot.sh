@@ -23,16 +23,17 @@ for row in csv.DictReader(open(f"{out}/timeline-{n}.csv")):
     series.setdefault(row["contender"], []).append((float(row["t_s"]), int(row["pods_done"]), int(row["pods_created"])))
 rows = list(csv.DictReader(open(f"{out}/cluster-{n}.csv")))
 fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-for name, pts in series.items():
-    a.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name}: pods done")
-    a.plot([p[0] for p in pts], [p[2] for p in pts], linestyle=":", label=f"{name}: pods created")
+for i, (name, pts) in enumerate(series.items()):
+    # One colour per contender: solid for pods done, dotted for pods created.
+    a.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i}", label=f"{name}: pods done")
+    a.plot([p[0] for p in pts], [p[2] for p in pts], color=f"C{i}", linestyle=":", label=f"{name}: pods created")
 a.set_xlabel("seconds since the first submission"); a.set_ylabel("pods"); a.legend(fontsize=7)
 a.set_title(f"{n} one-pod jobs, 1 s each")
 names = [r["contender"] for r in rows]
 x = range(len(names))
 b.bar([i - 0.2 for i in x], [float(r["admission_pods_per_s"]) for r in rows], width=0.4, label="admission (pods/s)")
 b.bar([i + 0.2 for i in x], [float(r["end_to_end_per_s"]) for r in rows], width=0.4, label="end-to-end (jobs/s)")
-b.set_xticks(list(x)); b.set_xticklabels(names, fontsize=8); b.legend(); b.set_title("throughput")
+b.set_xticks(list(x)); b.set_xticklabels(names, fontsize=8, rotation=20, ha="right"); b.legend(); b.set_title("throughput")
 fig.tight_layout()
 fig.savefig(f"{out}/cluster-{n}.png", dpi=110)
 print(f"wrote {out}/cluster-{n}.png")
