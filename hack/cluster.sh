@@ -172,7 +172,7 @@ up() {
   log "starting kwok"
   start kwok "$KWOK_BIN/kwok" --kubeconfig "$state/kwok.kubeconfig" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --config "$repo/hack/cluster/kwok-stages.yaml" --server-address "127.0.0.1:$KWOK_PORT" \
+    --config "$repo/hack/cluster/kwok.yaml" --config "$repo/hack/cluster/kwok-stages.yaml" --server-address "127.0.0.1:$KWOK_PORT" \
     --node-lease-duration-seconds=40 --cidr 10.128.0.1/9 --node-ip 10.127.0.1
   wait_for kwok 30 curl -sf "http://127.0.0.1:$KWOK_PORT/healthz"
 
