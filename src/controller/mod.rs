@@ -11,6 +11,7 @@ pub mod job;
 pub mod pod;
 pub mod queue;
 pub mod scheduling;
+pub mod tally;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -18,8 +19,8 @@ use std::future::ready;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
@@ -33,6 +34,7 @@ use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONME
 use crate::provider::{Providers, local};
 use crate::resources::Res;
 use backlog::Change;
+use tally::JobTally;
 use usage::PodUsage;
 
 /// A job is reconciled at most once per window, a window after its first trigger: its
@@ -62,6 +64,8 @@ pub struct Shared {
     pub pods: Store<Pod>,
     /// What the active pods of `pods` hold, kept from the pod watch.
     pub usage: Arc<Mutex<PodUsage>>,
+    /// Jobs per queue and phase, kept from the job watch (for the queues' statuses).
+    pub tally: Arc<Mutex<JobTally>>,
     pub nodes: Store<Node>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Events of queues and compute environments (few objects: repeats become a series).
@@ -170,12 +174,14 @@ enum Seen<'a, K> {
 }
 
 /// Watches a kind into a store; every event rings `wake` and is handed to `on_event`.
-/// `prune` drops, on the way in, what no loop reads of this kind.
+/// `prune` drops, on the way in, what no loop reads of this kind; `before` sees each event
+/// while the store still holds what it replaces.
 fn plain_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     wake: Arc<Notify>,
     prune: impl Fn(&mut K) + Send + 'static,
+    before: impl Fn(&watcher::Event<K>, &Store<K>) + Send + 'static,
     on_event: impl Fn(Seen<'_, K>) + Send + 'static,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
@@ -188,6 +194,8 @@ where
         prune_object(obj);
         prune(obj);
     });
+    let previous = store.clone();
+    let watch = watch.inspect_ok(move |ev| before(ev, &previous));
     let drive = watch.reflect(writer).for_each(move |ev| {
         match ev {
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(Seen::Applied(&obj)),
@@ -234,11 +242,24 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     let (backlog_tx, backlog_rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
     let pod_backlog_tx = backlog_tx.clone();
     // A new job wakes the scheduling pass at once: admission does not wait for a status write.
+    let tally = Arc::new(Mutex::new(JobTally::default()));
+    let tally_tx = tally.clone();
     let (jobs, drive_jobs) = plain_watch(
         Api::<BatchJob>::all(client.clone()),
         watcher::Config::default(),
         wake.clone(),
         prune_job,
+        move |ev, store| {
+            let mut tally = tally_tx.lock().expect("job tally lock");
+            let held = |job: &BatchJob| store.get(&ObjectRef::from_obj(job));
+            match ev {
+                watcher::Event::Init => tally.relisting(),
+                watcher::Event::InitApply(job) => tally.applied(None, job),
+                watcher::Event::Apply(job) => tally.applied(held(job).as_deref(), job),
+                watcher::Event::Delete(job) => tally.deleted(held(job).as_deref()),
+                watcher::Event::InitDone => tally.relisted(),
+            }
+        },
         move |seen: Seen<'_, BatchJob>| match seen {
             Seen::Applied(job) | Seen::Deleted(job) => {
                 let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(job));
@@ -262,6 +283,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         watcher::Config::default().labels(LABEL_JOB_UID),
         wake.clone(),
         |_| {},
+        |_, _| {},
         move |seen: Seen<'_, Pod>| {
             let pod = match seen {
                 Seen::Applied(pod) => {
@@ -290,6 +312,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         watcher::Config::default(),
         wake.clone(),
         |_| {},
+        |_, _| {},
         |_| {},
     );
     // A node that goes away takes its pods' attempts with it: their jobs must hear of it.
@@ -304,6 +327,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         watcher::Config::default(),
         wake.clone(),
         |_| {},
+        |_, _| {},
         move |seen: Seen<'_, Node>| {
             let (node, deleted) = match seen {
                 Seen::Applied(node) => (node, false),
@@ -343,6 +367,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         compute_environments: ces.clone(),
         pods,
         usage,
+        tally,
         nodes,
         namespaces: ns_store,
         recorder: Recorder::new(client.clone(), reporter.clone()),

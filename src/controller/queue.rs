@@ -1,5 +1,5 @@
 //! JobQueue status: job counts per phase, the oldest RUNNABLE job, and whether the
-//! queue is blocked and why, aggregated from the job store on a short tick.
+//! queue is blocked and why, written on a short tick from the counts the job watch keeps.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,32 +35,15 @@ pub async fn run(ctx: Arc<Shared>) {
         if !ctx.ready() {
             continue;
         }
-        let mut tallies: HashMap<String, Tally> = HashMap::new();
-        for job in ctx.jobs.state() {
-            // Looked up before inserting: a queue's name is copied once, not once per job.
-            if !tallies.contains_key(&job.spec.job_queue) {
-                tallies.insert(job.spec.job_queue.clone(), Tally::default());
-            }
-            let t = tallies.get_mut(&job.spec.job_queue).expect("inserted above");
-            let status = job.status.as_ref();
-            let c = &mut t.counts;
-            match status.map(|s| s.phase).unwrap_or_default() {
-                JobPhase::Submitted => c.submitted += 1,
-                JobPhase::Pending => c.pending += 1,
-                JobPhase::Runnable => {
-                    c.runnable += 1;
-                    let since = status.and_then(|s| s.runnable_at);
-                    t.oldest_runnable = match (t.oldest_runnable, since) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                }
-                JobPhase::Starting => c.starting += 1,
-                JobPhase::Running => c.running += 1,
-                JobPhase::Succeeded => c.succeeded += 1,
-                JobPhase::Failed => c.failed += 1,
-            }
-        }
+        let mut tallies: HashMap<String, Tally> = ctx
+            .tally
+            .lock()
+            .expect("job tally lock")
+            .queues()
+            .map(|(q, t)| {
+                (q.to_string(), Tally { counts: t.counts.clone(), oldest_runnable: t.oldest_runnable() })
+            })
+            .collect();
         publish_counts(&tallies);
         let blocked = ctx.blocked.lock().expect("blocked lock").clone();
         for queue in ctx.queues.state() {
