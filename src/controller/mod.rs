@@ -241,9 +241,9 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     // The scheduling pass's backlog hears of every job and pod change.
     let (backlog_tx, backlog_rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
     let pod_backlog_tx = backlog_tx.clone();
-    // A new job wakes the scheduling pass at once: admission does not wait for a status write.
     let tally = Arc::new(Mutex::new(JobTally::default()));
     let tally_tx = tally.clone();
+    // A new job wakes the scheduling pass at once: admission does not wait for a status write.
     let (jobs, drive_jobs) = plain_watch(
         Api::<BatchJob>::all(client.clone()),
         watcher::Config::default(),
