@@ -191,7 +191,15 @@ impl Backlog {
         let Some(job) = job else { return left };
         let has_deps = !job.spec.depends_on.is_empty();
         let uid = || Arc::<str>::from(job.meta().uid.as_deref().unwrap_or_default());
+        let finished = job.status.as_ref().is_some_and(|s| s.phase.is_finished());
         match standing(job, lookups) {
+            // An array whose children wait for another job's children (N_TO_N) may have none
+            // ready now, and nothing of its own changes when they become ready: it is looked
+            // at again every pass until it ends.
+            Standing::Idle if has_deps && job.spec.array.is_some() && !finished => {
+                self.volatile.insert(key);
+                left
+            }
             Standing::Idle => left,
             Standing::Gated { ended } => {
                 self.volatile.insert(key);
@@ -363,6 +371,20 @@ mod tests {
         ] {
             assert_eq!(standing(&job("x", extra.clone()), &l), Standing::Idle, "{extra}");
         }
+    }
+
+    #[test]
+    fn an_n_to_n_array_with_no_child_ready_is_looked_at_again_until_it_ends() {
+        let mut b = Backlog::default();
+        let l = lookups(&|_, _| false);
+        let deps = json!({"array": {"size": 4}, "dependsOn": [{"jobName": "up", "type": "N_TO_N"}]});
+        let gated = job("down", json!({"spec": deps.clone(), "status": {"phase": "PENDING"}}));
+        assert_eq!(standing(&gated, &l), Standing::Idle, "no child of up has succeeded");
+        b.refresh(&key("down"), Some(&gated), &l);
+        assert_eq!(b.volatile(), vec![key("down")]);
+        let done = job("down", json!({"spec": deps, "status": {"phase": "SUCCEEDED"}}));
+        b.refresh(&key("down"), Some(&done), &l);
+        assert!(b.volatile().is_empty());
     }
 
     #[test]
