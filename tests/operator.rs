@@ -440,7 +440,7 @@ async fn an_array_of_a_thousand_runs_every_index_once_and_failed_children_are_li
     let bytes = serde_json::to_vec(&done).unwrap().len();
     assert!(bytes < 100 * 1024, "parent object is {bytes} bytes");
 
-    // Every index ran exactly once: one pod per index, attempt 0.
+    // Every index ran exactly once: one pod per index, attempt 1 (attempts count from 1).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(e.client.clone(), &e.ns);
     let uid = done.uid().unwrap();
     let list = pods.list(&ListParams::default().labels(&format!("barge.dev/job-uid={uid}"))).await.unwrap();
@@ -448,7 +448,9 @@ async fn an_array_of_a_thousand_runs_every_index_once_and_failed_children_are_li
         list.items.iter().map(|p| p.labels()["barge.dev/array-index"].parse().unwrap()).collect();
     indexes.sort();
     assert_eq!(indexes, (0..1000).collect::<Vec<_>>());
-    assert!(list.items.iter().all(|p| p.name_any().ends_with("-0")));
+    assert!(
+        list.items.iter().all(|p| p.name_any().ends_with("-1") && p.labels()["barge.dev/attempt"] == "1")
+    );
     let env = &list.items[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
     assert!(env.iter().any(|v| v.name == "AWS_BATCH_JOB_ARRAY_INDEX"));
 

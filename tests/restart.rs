@@ -83,7 +83,7 @@ async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
         assert_eq!(s.attempts.len(), 1, "{} ran once: {:?}", job.name_any(), s.attempts);
         let names = &per_job[&job.uid().unwrap()];
         assert_eq!(names, &vec![s.attempts[0].pod_name.clone()], "one pod per job, the attempt's");
-        assert!(names[0].ends_with("-0"));
+        assert!(names[0].ends_with("-1"), "the first attempt is attempt 1: {}", names[0]);
     }
     let _ = ces.delete(&tag, &DeleteParams::default()).await;
     operator.kill().unwrap();

@@ -377,20 +377,33 @@ pub fn child_pod_name(job_name: &str, job_uid: &str, index: u32, attempt: u32) -
     let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX - 6).collect();
     let prefix = prefix.trim_end_matches(['-', '.']);
     let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
-    format!("{prefix}-{uid}-{index}-{attempt}")
+    format!("{prefix}-{uid}-{index}-{}", attempt_number(attempt))
+}
+
+/// The number users see for the attempt at `attempt` (its index in `status.attempts`):
+/// counted from 1, as AWS Batch counts them (`AWS_BATCH_JOB_ATTEMPT`). Pod names, the
+/// `barge.dev/attempt` label, `BARGE_JOB_ATTEMPT` and the CLI all use it.
+pub fn attempt_number(attempt: u32) -> u32 {
+    attempt + 1
+}
+
+/// The attempt index behind a user-facing attempt number (`None` for 0, which is no attempt).
+pub fn attempt_index(number: u32) -> Option<u32> {
+    number.checked_sub(1)
 }
 
 /// Longest pod-name prefix taken from the job name: 63 (a label-safe length) minus the
 /// uid and attempt suffix.
 const POD_NAME_PREFIX_MAX: usize = 44;
 
-/// The pod that runs `attempt` of a job. Deterministic, so that every scheduling pass and
+/// The pod that runs `attempt` (an index from 0) of a job; its name ends in the attempt's
+/// number, from 1. Deterministic, so that every scheduling pass and
 /// every restart of Barge names the same pod and never starts a second copy.
 pub fn pod_name(job_name: &str, job_uid: &str, attempt: u32) -> String {
     let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX).collect();
     let prefix = prefix.trim_end_matches(['-', '.']);
     let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
-    format!("{prefix}-{uid}-{attempt}")
+    format!("{prefix}-{uid}-{}", attempt_number(attempt))
 }
 
 #[cfg(test)]
@@ -403,6 +416,9 @@ mod tests {
         let name = pod_name(&long, "0f1e2d3c-aaaa-bbbb", 9);
         assert_eq!(name, pod_name(&long, "0f1e2d3c-aaaa-bbbb", 9));
         assert!(name.len() <= 63, "{name}");
-        assert_eq!(pod_name("etl-", "12345678-9", 0), "etl-12345678-0");
+        assert_eq!(pod_name("etl-", "12345678-9", 0), "etl-12345678-1");
+        assert_eq!(child_pod_name("etl", "12345678-9", 7, 1), "etl-12345678-7-2");
+        assert_eq!(attempt_index(attempt_number(4)), Some(4));
+        assert_eq!(attempt_index(0), None);
     }
 }

@@ -22,7 +22,7 @@ pub const LABEL_COMPUTE_ENVIRONMENT: &str = "barge.dev/compute-environment";
 pub const LABEL_JOB_NAME: &str = "barge.dev/job-name";
 /// Label on Barge pods carrying the job's uid (names can be reused, uids cannot).
 pub const LABEL_JOB_UID: &str = "barge.dev/job-uid";
-/// Label on Barge pods carrying the attempt number, from 0.
+/// Label on Barge pods carrying the attempt number, from 1 as in AWS Batch.
 pub const LABEL_ATTEMPT: &str = "barge.dev/attempt";
 /// Label on Barge pods naming the queue that admitted them.
 pub const LABEL_JOB_QUEUE: &str = "barge.dev/job-queue";

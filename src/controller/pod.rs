@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use crate::api::batch_job::{child_pod_name, pod_name};
+use crate::api::batch_job::{attempt_index, attempt_number, child_pod_name, pod_name};
 use crate::api::compute_environment::ComputeEnvironment;
 use crate::api::{
     BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
@@ -74,7 +74,8 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: O
     let mut labels = meta.labels.take().unwrap_or_default();
     labels.insert(LABEL_JOB_NAME.into(), label_safe(&name));
     labels.insert(LABEL_JOB_UID.into(), uid.clone());
-    labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    let number = attempt_number(attempt).to_string();
+    labels.insert(LABEL_ATTEMPT.into(), number.clone());
     labels.insert(LABEL_JOB_QUEUE.into(), label_safe(&job.spec.job_queue));
     labels.insert(LABEL_COMPUTE_ENVIRONMENT.into(), ce.name_any());
     if let Some(share) = &job.spec.share_identifier {
@@ -104,7 +105,8 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: O
     let mut env = vec![
         env_var("BARGE_JOB_NAME", &name),
         env_var("BARGE_JOB_QUEUE", &job.spec.job_queue),
-        env_var("BARGE_JOB_ATTEMPT", &attempt.to_string()),
+        env_var("BARGE_JOB_ATTEMPT", &number),
+        env_var("AWS_BATCH_JOB_ATTEMPT", &number),
         env_var("BARGE_COMPUTE_ENVIRONMENT", &ce.name_any()),
     ];
     if let Some(i) = index {
@@ -172,11 +174,11 @@ fn label_safe(s: &str) -> String {
     v.trim_end_matches(['-', '.', '_']).to_string()
 }
 
-/// The owner of a pod, if it is a Barge pod: (job uid, attempt).
+/// The owner of a pod, if it is a Barge pod: (job uid, attempt index from 0).
 pub fn pod_job(pod: &Pod) -> Option<(&str, u32)> {
     let labels = pod.metadata.labels.as_ref()?;
     let uid = labels.get(LABEL_JOB_UID)?;
-    let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let attempt = attempt_index(labels.get(LABEL_ATTEMPT)?.parse().ok()?)?;
     Some((uid.as_str(), attempt))
 }
 
@@ -236,9 +238,12 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_is_pinned_owned_and_named_for_its_attempt() {
+    fn the_pod_is_pinned_owned_and_named_for_its_attempt_counted_from_one() {
+        // The third attempt (index 2) is attempt 3 wherever a user reads it.
         let pod = build_pod(&job(), &ce(), 2, None).unwrap();
-        assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-2"));
+        assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-3"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[LABEL_ATTEMPT], "3");
+        assert_eq!(pod_job(&pod).map(|(_, a)| a), Some(2));
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_selector.unwrap()[LABEL_COMPUTE_ENVIRONMENT], "ce-a");
         assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
@@ -246,7 +251,9 @@ mod tests {
         assert_eq!(annotations["sim.barge.dev/duration"], "3s");
         assert!(!annotations.contains_key("other"));
         let env = spec.containers[0].env.clone().unwrap();
-        assert!(env.iter().any(|e| e.name == "BARGE_JOB_ATTEMPT" && e.value.as_deref() == Some("2")));
+        for name in ["BARGE_JOB_ATTEMPT", "AWS_BATCH_JOB_ATTEMPT"] {
+            assert!(env.iter().any(|e| e.name == name && e.value.as_deref() == Some("3")), "{name}");
+        }
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
     }
 
