@@ -123,11 +123,13 @@ pub struct ShareWeight {
 }
 
 /// As AWS Batch: after `maxTimeSeconds` RUNNABLE with a status reason matching `reason`
-/// (a trailing `*` matches a prefix), the job is cancelled.
+/// (a trailing `*` matches a prefix), the job is cancelled. A reason written as AWS Batch
+/// documents it, the code alone (`CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY`), matches a status
+/// reason that starts with that code and goes on with ` - ` and an explanation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStateTimeLimitAction {
-    /// e.g. "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT*" or "CAPACITY:*".
+    /// e.g. "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT" or "CAPACITY:*".
     pub reason: String,
     /// Only RUNNABLE is supported, as in AWS Batch.
     #[serde(default = "runnable")]
@@ -139,6 +141,19 @@ pub struct JobStateTimeLimitAction {
     #[serde(default = "cancel")]
     #[x_kube(validation = Rule::new("self == 'CANCEL'").message("action must be CANCEL"))]
     pub action: String,
+}
+
+/// What separates a status reason's code from its explanation: `CODE - words`.
+pub const REASON_CODE_SEPARATOR: &str = " - ";
+
+impl JobStateTimeLimitAction {
+    /// Whether a RUNNABLE job's status reason is one this action applies to: the pattern
+    /// matches the reason's code (the part before ` - `) or the whole reason.
+    pub fn applies_to(&self, status_reason: &str) -> bool {
+        let code = status_reason.split_once(REASON_CODE_SEPARATOR).map_or(status_reason, |(c, _)| c);
+        crate::api::batch_job::glob_matches(&self.reason, code)
+            || crate::api::batch_job::glob_matches(&self.reason, status_reason)
+    }
 }
 
 fn runnable() -> String {
@@ -172,4 +187,39 @@ pub struct JobQueueStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(reason: &str) -> JobStateTimeLimitAction {
+        JobStateTimeLimitAction {
+            reason: reason.into(),
+            state: runnable(),
+            max_time_seconds: 600,
+            action: cancel(),
+        }
+    }
+
+    #[test]
+    fn a_time_limit_reason_written_the_aws_way_matches_barge_s_reason_with_its_explanation() {
+        let waiting =
+            "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs 200 vCPU, more than any node";
+        assert!(action("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT").applies_to(waiting));
+        assert!(action("MISCONFIGURATION:*").applies_to(waiting));
+        assert!(action("MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job*").applies_to(waiting));
+        assert!(action(waiting).applies_to(waiting));
+        let full = "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - compute environment ce is at maxvCpus";
+        assert!(action("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY").applies_to(full));
+    }
+
+    #[test]
+    fn a_time_limit_reason_for_another_code_does_not_match() {
+        let waiting = "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job needs 200 vCPU";
+        assert!(!action("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY").applies_to(waiting));
+        assert!(!action("MISCONFIGURATION:JOB_RESOURCE").applies_to(waiting));
+        assert!(!action("MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE").applies_to(waiting));
+        assert!(!action("CAPACITY:*").applies_to(""));
+    }
 }

@@ -570,7 +570,7 @@ fn apply_time_limit(
     let since = s.runnable_at?;
     let mut recheck = None;
     for action in &queue.spec.job_state_time_limit_actions {
-        if !crate::api::batch_job::glob_matches(&action.reason, &reason) {
+        if !action.applies_to(&reason) {
             continue;
         }
         let left = action.max_time_seconds as i64 - (now - since).num_seconds();
