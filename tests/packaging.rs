@@ -57,6 +57,10 @@ fn the_chart_lints_and_the_generated_files_are_in_sync() {
         .unwrap();
     assert!(!bad.status.success());
     assert_eq!(read("charts/barge/crds/barge.dev.yaml"), barge::api::crds_yaml(), "run `make generate`");
+    // Offline, as a user renders it for GitOps: helm assumes the Kubernetes version of the
+    // client libraries it was built with, which the chart's kubeVersion accepts.
+    let offline = run("helm", &["template", "t", "charts/barge"]);
+    assert!(offline.contains("kind: Deployment"), "{offline}");
     let rendered = run(
         "helm",
         &[

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-scheduler, kube-controller-manager,
-# kubectl, etcd, kwok) from the Go module proxy into a cache keyed by version, and the moto
-# venv. A warm cache makes this a no-op.
+# kubectl, etcd, kwok) and helm from the Go module proxy into a cache keyed by version, and
+# the moto venv. A warm cache makes this a no-op.
+#
+# Safe to run from two checkouts (or a test run beside a demo) sharing one cache: each
+# component is built under its own lock, and a component counts as built only when each of
+# its binaries runs. A half-built or broken one is built again, not found missing later.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -13,16 +17,48 @@ k8s_bin="$cache/k8s-$K8S_VERSION"
 etcd_bin="$cache/etcd-$ETCD_VERSION"
 kwok_bin="$cache/kwok-$KWOK_VERSION"
 moto_venv="$cache/moto-$MOTO_VERSION"
-helm_bin="$cache/helm-$HELM_VERSION"
+# "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
+helm_bin="$cache/helm-$HELM_VERSION-2"
 
 log() { printf '[build] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 
-build_k8s() {
-  [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kubectl" ] && return
-  log "building Kubernetes $K8S_VERSION (several minutes when cold)"
+runs() { # runs <dir> <command line>...: each command, relative to dir, exits 0
+  local dir=$1 cmd; shift
+  for cmd in "$@"; do
+    # shellcheck disable=SC2086
+    (cd "$dir" 2>/dev/null && ./$cmd) >/dev/null 2>&1 || return 1
+  done
+}
+
+# ensure <name> <dir> <cold minutes> <build function> <check command>...
+# Builds into <dir>.tmp.<pid> and moves it into place, under <name>'s lock.
+ensure() {
+  local name=$1 dir=$2 cold=$3 build=$4; shift 4
+  runs "$dir" "$@" && return
+  mkdir -p "$cache"
+  local lock
+  exec {lock}>"$cache/.$name.lock"
+  if ! flock -n "$lock"; then
+    log "waiting for another build of $name to finish"
+    flock "$lock"
+  fi
+  if ! runs "$dir" "$@"; then
+    log "building $name (about $cold min on a cold 2-core machine)"
+    local start=$SECONDS tmp="$dir.tmp.$$"
+    rm -rf "$dir".tmp.*; mkdir -p "$tmp"  # what an interrupted build left
+    "$build" "$tmp"
+    runs "$tmp" "$@" || die "$name was built but does not run: $* in $tmp"
+    rm -rf "$dir"; mv "$tmp" "$dir"
+    log "built $name in $((SECONDS - start)) s"
+  fi
+  flock -u "$lock"
+  exec {lock}>&-
+}
+
+go_k8s() {
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local tmp="$k8s_bin.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$here/k8s" && go build -trimpath -o "$tmp/" \
+  (cd "$here/k8s" && go build -trimpath -o "$1/" \
     -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
       -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
       -X k8s.io/component-base/version.gitTreeState=clean \
@@ -30,45 +66,69 @@ build_k8s() {
       -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
-  rm -rf "$k8s_bin"; mv "$tmp" "$k8s_bin"
 }
 
-build_etcd() {
-  [ -x "$etcd_bin/etcd" ] && return
-  log "building etcd $ETCD_VERSION"
-  mkdir -p "$etcd_bin.tmp"
-  (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$etcd_bin.tmp/etcd" .)
-  rm -rf "$etcd_bin"; mv "$etcd_bin.tmp" "$etcd_bin"
+go_etcd() {
+  (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$1/etcd" .)
 }
 
-build_kwok() {
-  [ -x "$kwok_bin/kwok" ] && return
-  log "building kwok $KWOK_VERSION"
-  mkdir -p "$kwok_bin.tmp"
-  (cd "$here/kwok" && go build -trimpath -ldflags "-s -w" -o "$kwok_bin.tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
-  rm -rf "$kwok_bin"; mv "$kwok_bin.tmp" "$kwok_bin"
+go_kwok() {
+  (cd "$here/kwok" && go build -trimpath -ldflags "-s -w" -o "$1/kwok" sigs.k8s.io/kwok/cmd/kwok)
 }
 
-build_helm() {
-  [ -x "$helm_bin/helm" ] && return
-  log "building helm $HELM_VERSION"
-  mkdir -p "$helm_bin.tmp"
-  (cd "$here/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    -o "$helm_bin.tmp/helm" helm.sh/helm/v3/cmd/helm)
-  rm -rf "$helm_bin"; mv "$helm_bin.tmp" "$helm_bin"
+go_helm() {
+  # As Helm's own Makefile does: the Kubernetes version Helm assumes offline (`helm template`
+  # without a cluster) comes from its client-go module, v0.M.N meaning Kubernetes 1.M.
+  local client_go major minor
+  client_go=$(cd "$here/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)
+  client_go=${client_go#v}
+  major=$(( ${client_go%%.*} + 1 )); minor=${client_go#*.}; minor=${minor%%.*}
+  (cd "$here/helm" && go build -trimpath -o "$1/helm" \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$major \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$major \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    helm.sh/helm/v3/cmd/helm)
 }
 
 build_moto() {
-  [ -f "$moto_venv/.complete" ] && return
-  log "installing moto $MOTO_VERSION into a venv"
-  rm -rf "$moto_venv"
-  python3 -m venv "$moto_venv"
-  "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server,ec2]==$MOTO_VERSION"
-  touch "$moto_venv/.complete"
+  [ -f "$moto_venv/.complete" ] && "$moto_venv/bin/python" -c 'import moto.server' 2>/dev/null && return
+  mkdir -p "$cache"
+  local lock start=$SECONDS
+  exec {lock}>"$cache/.moto.lock"
+  flock "$lock"
+  if ! { [ -f "$moto_venv/.complete" ] && "$moto_venv/bin/python" -c 'import moto.server' 2>/dev/null; }; then
+    # A venv is not relocatable (its scripts name its path), so it is made in place.
+    log "installing moto $MOTO_VERSION into a venv (about 1 min)"
+    rm -rf "$moto_venv"
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server,ec2]==$MOTO_VERSION"
+    "$moto_venv/bin/python" -c 'import moto.server' || die "moto installed but does not import"
+    touch "$moto_venv/.complete"
+    log "installed moto in $((SECONDS - start)) s"
+  fi
+  flock -u "$lock"
+  exec {lock}>&-
+}
+
+build_etcd() { ensure "etcd-$ETCD_VERSION" "$etcd_bin" 2 go_etcd "etcd --version"; }
+build_kwok() { ensure "kwok-$KWOK_VERSION" "$kwok_bin" 2 go_kwok "kwok --help"; }
+build_k8s() {
+  ensure "kubernetes-$K8S_VERSION" "$k8s_bin" 10 go_k8s "kube-apiserver --version" \
+    "kube-scheduler --version" "kube-controller-manager --version" "kubectl version --client"
+}
+build_helm() { ensure "helm-$HELM_VERSION" "$helm_bin" 2 go_helm "helm version"; }
+
+all() {
+  local start=$SECONDS
+  runs "$k8s_bin" "kube-apiserver --version" || log "the first build of the control plane takes about 15 min on 2 cores (etcd, kwok, Kubernetes, moto, helm; ~2 GB of Go modules); later runs reuse $cache"
+  build_etcd; build_kwok; build_k8s; build_moto; build_helm
+  [ $((SECONDS - start)) -lt 5 ] || log "test bed ready in $((SECONDS - start)) s"
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_k8s; build_moto; build_helm ;;
+  all) all ;;
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; helm) build_helm ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
          echo "HELM_BIN=$helm_bin" ;;
