@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # `make demo`: a local control plane, Barge with simulated nodes, ~200 jobs on two queues,
 # progress until they are done, a summary. The cluster stays up to explore afterwards.
+#
+# Environment: DEMO_JOBS (how many jobs, default 200), DEMO_TIMEOUT (seconds the jobs may
+# take before the demo gives up and fails, default 900).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 NS=barge-demo
 JOBS=${DEMO_JOBS:-200}
+TIMEOUT=${DEMO_TIMEOUT:-900}
+case $JOBS$TIMEOUT in *[!0-9]*) echo "demo: DEMO_JOBS and DEMO_TIMEOUT must be whole numbers" >&2; exit 2 ;; esac
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "Building barge"
-cargo build --quiet --bin barge
+say "Building barge (a cold build compiles ~400 crates: about 6 minutes on 2 cores)"
+cargo build --bin barge
 
-say "Starting the local control plane (first run builds it from Go modules: ~15 min)"
+say "Starting the local control plane (the first run builds it from Go modules: ~15 min on 2 cores)"
 env_lines=$(hack/cluster.sh up)
 eval "$env_lines"
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
@@ -39,7 +44,7 @@ say "Submitting $JOBS jobs of mixed size and duration, and one that can never fi
   for i in $(seq 1 "$JOBS"); do
     queue=bulk; [ $((i % 4)) -eq 0 ] && queue=urgent
     vcpus=$(( (i % 3) + 1 )); secs=$(( (i % 7) + 2 )); code=0
-    [ $((i % 50)) -eq 0 ] && code=1  # a few fail, to show failure reasons
+    [ $((i % 25)) -eq 0 ] && code=1  # a few fail, to show failure reasons
     cat <<JOB
 ---
 apiVersion: barge.dev/v1alpha1
@@ -57,16 +62,25 @@ kubectl apply -n "$NS" -f examples/too-large-job.yaml >/dev/null
 
 say "Progress (Ctrl-C stops watching; the cluster keeps running)"
 start=$SECONDS; peak_nodes=0
-phases() { kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
+# A job Barge has not written a status for yet is SUBMITTED, the phase the API defaults to.
+job_phases() { kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sed 's/^$/SUBMITTED/'; }
+phases() { job_phases | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
+fail() { # fail <message>: say why, with the operator's last words
+  echo "demo: $1" >&2
+  echo "--- last lines of the operator log ($state/logs/barge.log):" >&2
+  tail -n 30 "$state/logs/barge.log" >&2 || true
+  exit 1
+}
 while :; do
   line=$(phases)
   nodes=$(kubectl get nodes -l barge.dev/compute-environment=demo-ondemand --no-headers 2>/dev/null | wc -l)
   vcpus=$(kubectl get ce demo-ondemand -o jsonpath='{.status.totalvCpus}' 2>/dev/null)
   [ "$nodes" -gt "$peak_nodes" ] && peak_nodes=$nodes
   printf '[%3ss] %-75s nodes=%-3s vCPUs=%s/64\n' $((SECONDS - start)) "$line" "$nodes" "${vcpus:-0}"
-  finished=$(kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cE 'SUCCEEDED|FAILED' || true)
+  finished=$(job_phases | grep -cE 'SUCCEEDED|FAILED' || true)
   [ "$finished" -ge "$JOBS" ] && break
-  [ $((SECONDS - start)) -gt 900 ] && { echo "demo: jobs not finished after 15 minutes; see $state/logs/barge.log"; exit 1; }
+  kill -0 "$(cat "$state/pids/barge")" 2>/dev/null || fail "the operator exited"
+  [ $((SECONDS - start)) -gt "$TIMEOUT" ] && fail "$((JOBS - finished)) of $JOBS jobs not finished after $TIMEOUT s"
   sleep 3
 done
 
@@ -75,8 +89,11 @@ echo "$JOBS jobs finished in $((SECONDS - start)) s on at most $peak_nodes simul
 echo
 echo "Why the too-large job waits:"
 kubectl get bj too-large -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason}{"\n"}'
-echo "A failed job:"
-kubectl get bj job-50 -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason} (attempts: {.status.attemptCount}){"\n"}'
+failed=$(kubectl get bj -n "$NS" -o jsonpath='{range .items[?(@.status.phase=="FAILED")]}{.metadata.name}{"\n"}{end}' | head -n 1)
+if [ -n "$failed" ]; then
+  echo "A failed job ($failed):"
+  kubectl get bj "$failed" -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason} (attempts: {.status.attemptCount}){"\n"}'
+fi
 echo
 kubectl get ce,jq
 echo
