@@ -36,19 +36,7 @@ async fn aws(client: &Client) -> &'static Aws {
 
 async fn start_aws() -> Aws {
     let ec2 = moto().await;
-    let subnets: Vec<String> = ec2
-        .describe_subnets()
-        .send()
-        .await
-        .unwrap()
-        .subnets()
-        .iter()
-        .filter(|s| s.availability_zone().is_some_and(|z| z == "us-east-1a" || z == "us-east-1b"))
-        .filter_map(|s| s.subnet_id().map(str::to_string))
-        .take(2)
-        .collect();
-    assert!(!subnets.is_empty(), "moto has default subnets");
-    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    let (subnets, image) = common::ec2::moto_subnets_and_image().await;
     let lt_name = format!("barge-nodes-{}", suffix());
     ec2.create_launch_template()
         .launch_template_name(&lt_name)

@@ -214,18 +214,7 @@ struct MotoAccount {
 
 async fn moto_account() -> MotoAccount {
     let ec2 = moto().await;
-    let mut subnets: Vec<(String, String)> = ec2
-        .describe_subnets()
-        .send()
-        .await
-        .unwrap()
-        .subnets()
-        .iter()
-        .filter_map(|s| Some((s.availability_zone()?.to_string(), s.subnet_id()?.to_string())))
-        .filter(|(zone, _)| zone == "us-east-1a" || zone == "us-east-1b")
-        .collect();
-    subnets.sort();
-    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    let (subnets, image) = common::ec2::moto_subnets_and_image().await;
     let templates = ec2.describe_launch_templates().send().await.unwrap();
     if !templates.launch_templates().iter().any(|t| t.launch_template_name() == Some("batch-nodes")) {
         ec2.create_launch_template()
@@ -237,7 +226,7 @@ async fn moto_account() -> MotoAccount {
             .await
             .unwrap();
     }
-    MotoAccount { subnets: subnets.into_iter().map(|(_, id)| id).collect(), image }
+    MotoAccount { subnets, image }
 }
 
 /// The file as applied here: the ec2 example's placeholders become moto's ids.

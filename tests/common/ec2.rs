@@ -72,6 +72,27 @@ pub fn moto_url() -> String {
     std::env::var("BARGE_MOTO_URL").expect("BARGE_MOTO_URL: the moto server `make test` starts")
 }
 
+/// moto's default subnets of us-east-1a and us-east-1b (zone order), and an AMI it knows:
+/// what stands in for an account's own in the tests.
+pub async fn moto_subnets_and_image() -> (Vec<String>, String) {
+    let ec2 = moto().await;
+    let mut subnets: Vec<(String, String)> = ec2
+        .describe_subnets()
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+        .iter()
+        .filter_map(|s| Some((s.availability_zone()?.to_string(), s.subnet_id()?.to_string())))
+        .filter(|(zone, _)| zone == "us-east-1a" || zone == "us-east-1b")
+        .collect();
+    subnets.sort();
+    subnets.dedup_by(|a, b| a.0 == b.0);
+    assert!(!subnets.is_empty(), "moto has default subnets");
+    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    (subnets.into_iter().map(|(_, id)| id).collect(), image)
+}
+
 /// A client straight to moto (not through the proxy): what the tests use to look.
 pub async fn moto() -> aws_sdk_ec2::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
