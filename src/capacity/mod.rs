@@ -341,3 +341,6 @@ mod tests {
         assert!(plan_scale_down(&nodes, 2, 300, 64).is_empty());
     }
 }
+
+#[cfg(test)]
+mod proptests;

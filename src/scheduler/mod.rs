@@ -600,3 +600,6 @@ fn decide<'a>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
