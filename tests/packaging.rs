@@ -343,3 +343,111 @@ async fn kubectl_apply_k_deploy_runs_a_job_under_its_rbac() {
     run("kubectl", &["delete", "-k", "deploy/", "-l", "app.kubernetes.io/instance=barge", "--wait=false"]);
     run("kubectl", &["delete", "namespace", "barge-system", "--wait=false"]);
 }
+
+/// What `kubectl auth can-i` answers for `user` (exit code 1 is a "no", not a failure).
+/// `resource/sub` asks about a subresource (kubectl would read `sub` as an object's name).
+fn user_can(user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    if let Some(sub) = sub {
+        args.extend(["--subresource", sub]);
+    }
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    let out = Command::new("kubectl").args(&args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+async fn namespace_users_submit_jobs_through_the_aggregated_roles_and_touch_nothing_else() {
+    let client = client().await;
+    install_crds(&client).await;
+    // The chart's user roles under a release name of their own (no clash with the installs).
+    let roles = run("helm", &["template", "users", "charts/barge", "-s", "templates/user-roles.yaml"]);
+    let mut apply = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    apply.stdin.take().unwrap().write_all(roles.as_bytes()).unwrap();
+    assert!(apply.wait().unwrap().success(), "the user roles apply");
+
+    let (mine, theirs) = (namespace(&client, "rbac-mine").await, namespace(&client, "rbac-theirs").await);
+    let (alice, bob) = (format!("alice-{}", suffix()), format!("bob-{}", suffix()));
+    for (user, role) in [(&alice, "edit"), (&bob, "view")] {
+        run(
+            "kubectl",
+            &[
+                "create",
+                "rolebinding",
+                &format!("{role}-{user}"),
+                "--clusterrole",
+                role,
+                "--user",
+                user,
+                "-n",
+                &mine,
+            ],
+        );
+    }
+    // The controller-manager folds the aggregated rules into edit and view.
+    eventually("Barge's rules aggregated into edit and view", WAIT, || async {
+        (user_can(&alice, "create", "batchjobs.barge.dev", Some(&mine))
+            && user_can(&bob, "list", "batchjobs.barge.dev", Some(&mine)))
+        .then_some(())
+    })
+    .await;
+    assert!(user_can(&alice, "patch", "batchjobs.barge.dev", Some(&mine)), "cancel or terminate");
+    assert!(!user_can(&alice, "patch", "batchjobs.barge.dev/status", Some(&mine)), "status is Barge's");
+    assert!(!user_can(&alice, "create", "batchjobs.barge.dev", Some(&theirs)), "another namespace");
+    assert!(!user_can(&alice, "list", "batchjobs.barge.dev", Some(&theirs)));
+    for resource in ["jobqueues.barge.dev", "computeenvironments.barge.dev"] {
+        for verb in ["create", "patch", "delete"] {
+            assert!(!user_can(&alice, verb, resource, None), "alice may not {verb} {resource}");
+        }
+    }
+    assert!(!user_can(&bob, "create", "batchjobs.barge.dev", Some(&mine)), "view cannot submit");
+    // The cluster operator's role: queues and environments, bound cluster-wide.
+    let carol = format!("carol-{}", suffix());
+    run(
+        "kubectl",
+        &["create", "clusterrolebinding", &carol, "--clusterrole", "users-barge-admin", "--user", &carol],
+    );
+    for resource in ["jobqueues.barge.dev", "computeenvironments.barge.dev"] {
+        assert!(user_can(&carol, "create", resource, None), "the admin role may create {resource}");
+    }
+    assert!(!user_can(&carol, "patch", "computeenvironments.barge.dev/status", None), "status is Barge's");
+    assert!(!user_can(&carol, "create", "pods", Some(&mine)), "nothing beyond Barge's resources");
+
+    // And for real, through the API server as alice.
+    let job = |ns: &str| {
+        format!(
+            "apiVersion: barge.dev/v1alpha1\nkind: BatchJob\nmetadata: {{name: hello, namespace: {ns}}}\n\
+             spec: {{jobQueue: q, container: {{image: busybox:1.36}}}}\n"
+        )
+    };
+    let submit = |ns: &str| {
+        let mut c = Command::new("kubectl")
+            .args(["create", "--as", &alice, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(job(ns).as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    assert!(submit(&mine).0, "alice submits in her namespace");
+    let (ok, err) = submit(&theirs);
+    assert!(!ok && err.contains("forbidden"), "alice is refused elsewhere: {err}");
+
+    for ns in [&mine, &theirs] {
+        run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
+    }
+    run("kubectl", &["delete", "clusterrolebinding", &carol]);
+    run("kubectl", &["delete", "clusterrole", "users-barge-view", "users-barge-edit", "users-barge-admin"]);
+}
