@@ -672,3 +672,46 @@ async fn the_cli_submits_an_array_watches_it_explains_a_waiting_job_and_cancels_
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&q));
     e.cleanup(&[&ce]).await;
 }
+
+#[tokio::test]
+async fn a_privileged_pod_template_in_a_restricted_namespace_fails_the_job_with_pod_securitys_words() {
+    let e = env("psa").await;
+    // Pod Security Admission enforces `restricted` on the namespace's pods, Barge's included.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e.client.clone());
+    let label = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .patch(&e.ns, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label))
+        .await
+        .unwrap();
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    // Privileged in the ways the API server itself allows (`privileged: true` it refuses
+    // outright unless started with --allow-privileged): the host's PIDs and a capability.
+    let privileged = json!({"spec": {"hostPID": true, "containers": [{
+        "name": "main", "image": "busybox",
+        "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}},
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}
+    }]}});
+    e.job(
+        "root",
+        &q,
+        1.0,
+        runs(1),
+        json!({"container": null, "podTemplate": privileged, "retryStrategy": {"attempts": 3}}),
+    )
+    .await;
+    let failed = e.wait_phase("root", JobPhase::Failed).await.status.unwrap();
+    let why = failed.status_reason.unwrap_or_default();
+    assert!(why.starts_with("The cluster refused the job's pod root-"), "{why}");
+    assert!(why.contains("violates PodSecurity \"restricted:latest\""), "{why}");
+    assert!(failed.attempts.is_empty(), "no attempt ran: {:?}", failed.attempts);
+    let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
+    let warned = eventually("a Warning event on the job", WAIT, || async {
+        let lp = ListParams::default().fields("involvedObject.name=root");
+        let list = events.list(&lp).await.ok()?;
+        list.items.into_iter().find(|ev| ev.type_.as_deref() == Some("Warning"))
+    })
+    .await;
+    assert!(warned.message.unwrap_or_default().contains("PodSecurity"));
+    e.cleanup(&[&ce]).await;
+}

@@ -286,13 +286,18 @@ pub fn next_status(
     } else if runnable == 0 && pending > 0 {
         s.phase = JobPhase::Pending;
         s.status_reason = Some(format!("{pending} child jobs wait for their dependencies"));
+    } else if let Some(Verdict::Rejected(why)) = verdict {
+        // The children's pods are refused as they are: none of them can ever run.
+        s.phase = JobPhase::Failed;
+        s.stopped_at = Some(now);
+        s.status_reason = Some(why.to_string());
     } else {
         if s.phase != JobPhase::Runnable {
             s.runnable_at = Some(now);
         }
         s.phase = JobPhase::Runnable;
         s.status_reason = Some(match verdict {
-            Some(Verdict::Waiting(why)) => why.to_string(),
+            Some(Verdict::Rejected(why)) | Some(Verdict::Waiting(why)) => why.to_string(),
             Some(Verdict::Admitted { compute_environment }) => {
                 format!("Child jobs admitted to compute environment {compute_environment}")
             }
@@ -346,6 +351,17 @@ mod tests {
         assert_eq!(a.succeeded_indexes, "0-6");
         assert_eq!(a.progress, "7/10");
         assert_eq!(s.phase, JobPhase::Running);
+    }
+
+    #[test]
+    fn an_array_whose_child_pods_the_cluster_refuses_for_good_fails_with_the_refusal() {
+        let why = "The cluster refused the job's pod arr-abcdef12-0-1: violates PodSecurity";
+        let verdict = Verdict::Rejected(why.into());
+        let (s, stop) =
+            next_status(&array(4, 3), &Deps::Met, &Gates::default(), |_, _| None, Some(&verdict), Utc::now());
+        assert_eq!(s.phase, JobPhase::Failed);
+        assert_eq!(s.status_reason.as_deref(), Some(why));
+        assert!(stop.is_empty());
     }
 
     #[test]

@@ -181,9 +181,15 @@ pub fn next_status(
             let node = s.attempts[attempt].node_name.clone().unwrap_or_else(|| "unknown".into());
             return finish_attempt(s, &retry, None, None, format!("Host {node} terminated"), now, true);
         }
+        if let Some(Verdict::Rejected(why)) = verdict {
+            s.phase = JobPhase::Failed;
+            s.stopped_at = Some(now);
+            s.status_reason = Some(why.to_string());
+            return s;
+        }
         runnable(&mut s, now);
         s.status_reason = Some(match verdict {
-            Some(Verdict::Waiting(why)) => why.to_string(),
+            Some(Verdict::Rejected(why)) | Some(Verdict::Waiting(why)) => why.to_string(),
             Some(Verdict::Admitted { compute_environment }) => {
                 format!("Admitted to compute environment {compute_environment}; creating its pod")
             }

@@ -52,6 +52,9 @@ pub enum Verdict {
     Admitted {
         compute_environment: String,
     },
+    /// The API server refused the job's pod for a reason no retry can mend (Pod Security
+    /// Admission, an invalid pod spec): the job fails with this reason.
+    Rejected(Arc<str>),
 }
 
 /// State shared by every loop: the stores (the in-memory truth) and the hand-offs

@@ -375,7 +375,7 @@ async fn pass(
     }
     let burst = (!creations.is_empty()).then(|| ctx.bursts.begin());
     let creating_since = Instant::now();
-    let failures: Vec<(usize, String, String)> = stream::iter(creations)
+    let failures: Vec<(usize, String, Verdict)> = stream::iter(creations)
         .map(|(at, key, pod)| async move {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
             match api.create(&PostParams::default(), &pod).await {
@@ -384,7 +384,19 @@ async fn pass(
                 Err(kube::Error::Api(e)) if e.code == 409 => None,
                 Err(e) => {
                     warn!(pod = %pod.name_any(), error = %e, "creating pod failed");
-                    Some((at, key, format!("Could not create pod {}: {e}; will retry", pod.name_any())))
+                    let name = pod.name_any();
+                    Some((
+                        at,
+                        key,
+                        match e {
+                            kube::Error::Api(ref a) if refusal_is_final(a) => Verdict::Rejected(
+                                format!("The cluster refused the job's pod {name}: {}", a.message).into(),
+                            ),
+                            e => Verdict::Waiting(
+                                format!("Could not create pod {name}: {e}; will retry").into(),
+                            ),
+                        },
+                    ))
                 }
             }
         })
@@ -398,9 +410,9 @@ async fn pass(
     }
     let creating = creating_since.elapsed();
     let mut first = Vec::new();
-    for (at, key, why) in failures {
+    for (at, key, verdict) in failures {
         inflight.remove(&key);
-        first.push((at, Verdict::Waiting(why.into())));
+        first.push((at, verdict));
     }
     st.dirty.extend(leaving);
 
@@ -522,5 +534,43 @@ fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSende
     // Wake each job whose dependencies have all ended, so that the job controller moves it on.
     for key in ended {
         let _ = verdict_tx.unbounded_send(key);
+    }
+}
+
+/// Whether the API server's refusal of a pod stands however often it is asked: Pod
+/// Security Admission and an invalid pod do; a quota that is used up, or a webhook or the
+/// server failing, may pass (those are retried, the job saying why it waits).
+fn refusal_is_final(e: &kube::core::Status) -> bool {
+    match e.code {
+        400 | 422 => true,
+        403 => e.message.contains("violates PodSecurity"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_is_final;
+
+    fn refusal(code: u16, message: &str) -> kube::core::Status {
+        serde_json::from_value(
+            serde_json::json!({"code": code, "message": message, "reason": "", "status": "Failure"}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_security_and_invalid_pods_are_final_refusals_and_used_up_quota_is_not() {
+        assert!(refusal_is_final(&refusal(
+            403,
+            "pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\""
+        )));
+        assert!(refusal_is_final(&refusal(
+            422,
+            "Pod \"p\" is invalid: spec.containers[0].image: Required value"
+        )));
+        assert!(!refusal_is_final(&refusal(403, "pods \"p\" is forbidden: exceeded quota: compute")));
+        assert!(!refusal_is_final(&refusal(500, "etcdserver: request timed out")));
+        assert!(!refusal_is_final(&refusal(429, "too many requests")));
     }
 }

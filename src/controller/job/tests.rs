@@ -53,6 +53,17 @@ fn a_new_job_becomes_runnable_and_says_why_it_waits() {
 }
 
 #[test]
+fn a_job_whose_pod_the_cluster_refuses_for_good_fails_with_the_refusal_and_is_not_retried() {
+    let why = "The cluster refused the job's pod etl-abcdef12-1: violates PodSecurity \"restricted:latest\"";
+    let verdict = Verdict::Rejected(why.into());
+    let s = next_status(&job(3, None), &Deps::Met, None, Some(&verdict), at(0));
+    assert_eq!(s.phase, JobPhase::Failed);
+    assert_eq!(s.status_reason.as_deref(), Some(why));
+    assert_eq!(s.stopped_at, Some(at(0)));
+    assert!(s.attempts.is_empty(), "no attempt ran");
+}
+
+#[test]
 fn a_bound_pod_is_starting_then_running_then_succeeded() {
     let j = job(1, None);
     let starting = next_status(&j, &Deps::Met, Some(&pod("Pending", Some("n1"), None)), None, at(0));
