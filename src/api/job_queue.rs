@@ -175,6 +175,25 @@ pub struct JobCounts {
     pub failed: u32,
 }
 
+/// Fair-share usage per share identifier at one moment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FairShareUsage {
+    pub recorded_at: DateTime<Utc>,
+    /// vCPU-seconds of each share, halved every shareDecaySeconds.
+    pub vcpu_seconds: BTreeMap<String, f64>,
+}
+
+impl FairShareUsage {
+    /// The usage now, `half_life_seconds` after each halving: what was recorded, decayed
+    /// for the time since.
+    pub fn decayed_to(&self, now: DateTime<Utc>, half_life_seconds: u32) -> BTreeMap<String, f64> {
+        let elapsed = (now - self.recorded_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let factor = 0.5f64.powf(elapsed / half_life_seconds.max(1) as f64);
+        self.vcpu_seconds.iter().map(|(share, v)| (share.clone(), v * factor)).collect()
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobQueueStatus {
@@ -183,6 +202,10 @@ pub struct JobQueueStatus {
     /// When the job that has waited longest became RUNNABLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_runnable_since: Option<DateTime<Utc>>,
+    /// A fair-share queue's usage as Barge last recorded it: a restarted Barge goes on
+    /// from it (decayed for the time in between) instead of from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fair_share_usage: Option<FairShareUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
@@ -192,6 +215,20 @@ pub struct JobQueueStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_usage_is_halved_for_each_half_life_since_it_was_recorded() {
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let record =
+            FairShareUsage { recorded_at: at, vcpu_seconds: BTreeMap::from([("gold".into(), 800.0)]) };
+        assert_eq!(record.decayed_to(at, 60)["gold"], 800.0);
+        assert_eq!(record.decayed_to(at + chrono::Duration::seconds(120), 60)["gold"], 200.0);
+        assert_eq!(
+            record.decayed_to(at - chrono::Duration::seconds(30), 60)["gold"],
+            800.0,
+            "a clock behind"
+        );
+    }
 
     fn action(reason: &str) -> JobStateTimeLimitAction {
         JobStateTimeLimitAction {

@@ -84,6 +84,9 @@ pub struct Shared {
     pub demand: Mutex<HashMap<String, Vec<Res>>>,
     /// Per queue, why its first waiting job cannot run.
     pub blocked: Mutex<HashMap<String, String>>,
+    /// Per fair-share queue, its usage as the scheduling pass last recorded it (for the
+    /// queue's status, from which a restarted Barge goes on).
+    pub share_usage: Mutex<HashMap<String, crate::api::job_queue::FairShareUsage>>,
     /// Nodes launched but not yet seen in the node store, per compute environment.
     pub launching: Mutex<HashMap<String, Vec<Launching>>>,
     /// Per compute environment, why it cannot launch nodes now (no instance capacity).
@@ -380,6 +383,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         verdicts: Mutex::default(),
         demand: Mutex::default(),
         blocked: Mutex::default(),
+        share_usage: Mutex::default(),
         idle_since: Mutex::default(),
         cannot_grow: Mutex::default(),
         lost_hosts,

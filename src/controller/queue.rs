@@ -46,9 +46,13 @@ pub async fn run(ctx: Arc<Shared>) {
             .collect();
         publish_counts(&tallies);
         let blocked = ctx.blocked.lock().expect("blocked lock").clone();
+        let mut usage = std::mem::take(&mut *ctx.share_usage.lock().expect("share usage lock"));
         for queue in ctx.queues.state() {
             let tally = tallies.remove(&queue.name_any()).unwrap_or_default();
-            let status = status_for(&queue, tally, blocked.get(&queue.name_any()));
+            let mut status = status_for(&queue, tally, blocked.get(&queue.name_any()));
+            if let Some(recorded) = usage.remove(&queue.name_any()) {
+                status.fair_share_usage = Some(recorded);
+            }
             if queue.status.as_ref() == Some(&status) {
                 continue;
             }

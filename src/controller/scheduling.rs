@@ -21,8 +21,8 @@ use super::pod::build_pod;
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
-use crate::api::job_queue::LabelSelector;
-use crate::api::{BatchJob, ComputeEnvironment, State};
+use crate::api::job_queue::{FairShareUsage, LabelSelector};
+use crate::api::{BatchJob, ComputeEnvironment, JobQueue, State};
 use crate::capacity::catalog;
 use crate::resources::Res;
 use crate::scheduler::{self, CeInfo, FairShare, NodeInfo, QueueInfo, Snapshot, Waiting};
@@ -35,6 +35,9 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const CREATE_CONCURRENCY: usize = 64;
 /// An admitted pod not yet seen in the pod store is forgotten after this long.
 const INFLIGHT_TTL: Duration = Duration::from_secs(30);
+/// Fair-share usage is recorded in the queues' statuses this often: a restart loses at
+/// most this much of it, and a busy queue's status is not rewritten every pass.
+const USAGE_RECORD_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Fair-share usage of one share.
 #[derive(Default)]
@@ -45,10 +48,53 @@ struct ShareUsage {
     running: f64,
 }
 
-/// Usage per queue and share, carried from pass to pass (restarts begin from zero).
+/// Usage per queue and share, carried from pass to pass, recorded in each fair-share
+/// queue's status and taken up from there when Barge starts.
 struct UsageState {
     usage: HashMap<String, HashMap<String, ShareUsage>>,
     last: Instant,
+    /// Whether the usage the queues' statuses recorded has been taken up.
+    restored: bool,
+    /// When the usage was last handed to the queue status loop.
+    recorded: Option<Instant>,
+}
+
+impl UsageState {
+    /// Takes up the usage each fair-share queue's status recorded, decayed for the time
+    /// since it was recorded.
+    fn restore(&mut self, queues: &[Arc<JobQueue>]) {
+        self.restored = true;
+        let now = chrono::Utc::now();
+        for q in queues {
+            let (Some(policy), Some(record)) =
+                (&q.spec.fair_share, q.status.as_ref().and_then(|s| s.fair_share_usage.as_ref()))
+            else {
+                continue;
+            };
+            let shares = self.usage.entry(q.name_any()).or_default();
+            for (share, decayed) in record.decayed_to(now, policy.share_decay_seconds) {
+                shares.entry(share).or_default().decayed += decayed;
+            }
+        }
+    }
+
+    /// The usage to record in each fair-share queue's status (queues whose usage decays).
+    fn record(&self, decay_of: &HashMap<String, u32>) -> HashMap<String, FairShareUsage> {
+        let recorded_at = chrono::Utc::now();
+        self.usage
+            .iter()
+            .filter(|(q, _)| decay_of.get(*q).is_some_and(|d| *d > 0))
+            .map(|(q, shares)| {
+                // Tenths of a vCPU-second: enough for any share, and steady digits in status.
+                let vcpu_seconds = shares
+                    .iter()
+                    .map(|(share, u)| (share.clone(), (u.decayed * 10.0).round() / 10.0))
+                    .filter(|(_, v)| *v > 0.0)
+                    .collect();
+                (q.clone(), FairShareUsage { recorded_at, vcpu_seconds })
+            })
+            .collect()
+    }
 }
 
 struct Inflight {
@@ -99,7 +145,7 @@ pub async fn run(
 ) {
     let mut state = PassState {
         inflight: HashMap::new(),
-        usage: UsageState { usage: HashMap::new(), last: Instant::now() },
+        usage: UsageState { usage: HashMap::new(), last: Instant::now(), restored: false, recorded: None },
         backlog: Backlog::default(),
         dirty: HashSet::new(),
         rebuild: true,
@@ -256,6 +302,9 @@ async fn pass(
         .iter()
         .filter_map(|q| q.spec.fair_share.as_ref().map(|f| (q.name_any(), f.share_decay_seconds)))
         .collect();
+    if !usage_state.restored {
+        usage_state.restore(&queue_objects);
+    }
     for (q, shares) in usage_state.usage.iter_mut() {
         let half_life = decay_of.get(q).copied().unwrap_or(0).max(1) as f64;
         for u in shares.values_mut() {
@@ -267,6 +316,10 @@ async fn pass(
         let u = usage_state.usage.entry(q.clone()).or_default().entry(share.clone()).or_default();
         u.running = *vcpus;
         u.decayed += vcpus * dt;
+    }
+    if usage_state.recorded.is_none_or(|at| now.duration_since(at) >= USAGE_RECORD_INTERVAL) {
+        usage_state.recorded = Some(now);
+        *ctx.share_usage.lock().expect("share usage lock") = usage_state.record(&decay_of);
     }
     let usage = &usage_state.usage;
 
