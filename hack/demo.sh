@@ -14,10 +14,10 @@ case $JOBS$TIMEOUT in *[!0-9]*) echo "demo: DEMO_JOBS and DEMO_TIMEOUT must be w
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "Building barge (a cold build compiles ~400 crates: about 6 minutes on 2 cores)"
+say "Building barge (a cold build compiles ~400 crates: several minutes on 2 cores)"
 cargo build --bin barge
 
-say "Starting the local control plane (the first run builds it from Go modules: ~15 min on 2 cores)"
+say "Starting the local control plane (the first run builds it from Go modules: ~17 min on 2 cores)"
 env_lines=$(hack/cluster.sh up)
 eval "$env_lines"
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
