@@ -19,32 +19,53 @@ const JOBS: usize = 30;
 /// Each test runs an operator of its own: one at a time, or they would share the work.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// One test's namespace, and a compute environment and queue named after it (the queue
+/// sends its jobs to the environment; `queue_spec` adds to its spec).
+struct Corner {
+    tag: String,
+    ces: Api<ComputeEnvironment>,
+    queues: Api<JobQueue>,
+    jobs: Api<BatchJob>,
+    pods: Api<Pod>,
+}
+
+async fn corner(prefix: &str, ce_spec: serde_json::Value, queue_spec: serde_json::Value) -> Corner {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, prefix).await;
+    let tag = format!("{prefix}-{}", suffix());
+    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
+    let queues: Api<JobQueue> = Api::all(client.clone());
+    apply(
+        &ces,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
+        "metadata": {"name": tag}, "spec": ce_spec}),
+    )
+    .await
+    .unwrap();
+    let mut spec = json!({"computeEnvironmentOrder": [{"order": 1, "computeEnvironment": tag}]});
+    spec.as_object_mut().unwrap().extend(queue_spec.as_object().cloned().unwrap_or_default());
+    apply(
+        &queues,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue",
+        "metadata": {"name": tag}, "spec": spec}),
+    )
+    .await
+    .unwrap();
+    Corner {
+        tag,
+        ces,
+        queues,
+        jobs: Api::namespaced(client.clone(), &ns),
+        pods: Api::namespaced(client, &ns),
+    }
+}
+
 #[tokio::test]
 async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "restart").await;
-    let tag = format!("restart-{}", suffix());
-    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
-    let queues: Api<JobQueue> = Api::all(client.clone());
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-
-    apply(
-        &ces,
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": tag},
-        "spec": {"instanceTypes": ["m6i.xlarge"], "maxvCpus": 8, "scaleDownDelaySeconds": 5}}),
-    )
-    .await
-    .unwrap();
-    apply(
-        &queues,
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": tag},
-        "spec": {"computeEnvironmentOrder": [{"order": 1, "computeEnvironment": tag}]}}),
-    )
-    .await
-    .unwrap();
+    let spec = json!({"instanceTypes": ["m6i.xlarge"], "maxvCpus": 8, "scaleDownDelaySeconds": 5});
+    let Corner { tag, ces, jobs, pods, .. } = corner("restart", spec, json!({})).await;
 
     let mut operator = spawn_operator("restart");
     for i in 0..JOBS {
@@ -97,29 +118,15 @@ async fn operator_killed_mid_run_and_restarted_finishes_every_job_once() {
 #[tokio::test]
 async fn fair_share_usage_from_before_a_restart_still_counts_after_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "share-restart").await;
-    let tag = format!("share-restart-{}", suffix());
-    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
-    let queues: Api<JobQueue> = Api::all(client.clone());
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     // Fifteen 1-vCPU slots (c6i.4xlarge: 15.8 allocatable vCPUs); usage halves every 20 s;
     // gold weighs 1 and bronze 2, so from zero gold gets two admissions in three.
-    apply(
-        &ces,
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment", "metadata": {"name": tag},
-        "spec": {"instanceTypes": ["c6i.4xlarge"], "minvCpus": 16, "maxvCpus": 16}}),
+    let Corner { tag, ces, queues, jobs, pods } = corner(
+        "share-restart",
+        json!({"instanceTypes": ["c6i.4xlarge"], "minvCpus": 16, "maxvCpus": 16}),
+        json!({"fairShare": {"shareDecaySeconds": 20, "shareDistribution": [
+            {"shareIdentifier": "gold", "weightFactor": 1.0}, {"shareIdentifier": "bronze", "weightFactor": 2.0}]}}),
     )
-    .await
-    .unwrap();
-    apply(&queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": tag},
-        "spec": {"computeEnvironmentOrder": [{"order": 1, "computeEnvironment": tag}],
-                 "fairShare": {"shareDecaySeconds": 20, "shareDistribution": [
-                     {"shareIdentifier": "gold", "weightFactor": 1.0}, {"shareIdentifier": "bronze", "weightFactor": 2.0}]}}}))
-    .await
-    .unwrap();
+    .await;
     let job = |share: &str, i: usize| {
         json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
             "metadata": {"name": format!("{share}-{i:03}"), "annotations": {"sim.barge.dev/duration": "5s"}},
