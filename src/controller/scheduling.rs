@@ -57,6 +57,10 @@ struct UsageState {
     restored: bool,
     /// When the usage was last handed to the queue status loop.
     recorded: Option<Instant>,
+    /// Queues whose usage has been recorded since Barge started.
+    published: HashSet<String>,
+    /// Queues whose shares ran something since their last record.
+    accrued: HashSet<String>,
 }
 
 impl UsageState {
@@ -79,11 +83,15 @@ impl UsageState {
     }
 
     /// The usage to record in each fair-share queue's status (queues whose usage decays).
-    fn record(&self, decay_of: &HashMap<String, u32>) -> HashMap<String, FairShareUsage> {
+    /// A queue that ran nothing since its last record is left out: that record, decayed
+    /// for the time since, is still its usage, and an idle queue's status stays unwritten.
+    fn record(&mut self, decay_of: &HashMap<String, u32>) -> HashMap<String, FairShareUsage> {
         let recorded_at = chrono::Utc::now();
+        let (published, accrued) = (&mut self.published, &mut self.accrued);
         self.usage
             .iter()
             .filter(|(q, _)| decay_of.get(*q).is_some_and(|d| *d > 0))
+            .filter(|(q, _)| published.insert((*q).clone()) | accrued.remove(*q))
             .map(|(q, shares)| {
                 // Tenths of a vCPU-second: enough for any share, and steady digits in status.
                 let vcpu_seconds = shares
@@ -145,7 +153,14 @@ pub async fn run(
 ) {
     let mut state = PassState {
         inflight: HashMap::new(),
-        usage: UsageState { usage: HashMap::new(), last: Instant::now(), restored: false, recorded: None },
+        usage: UsageState {
+            usage: HashMap::new(),
+            last: Instant::now(),
+            restored: false,
+            recorded: None,
+            published: HashSet::new(),
+            accrued: HashSet::new(),
+        },
         backlog: Backlog::default(),
         dirty: HashSet::new(),
         rebuild: true,
@@ -316,6 +331,7 @@ async fn pass(
         let u = usage_state.usage.entry(q.clone()).or_default().entry(share.clone()).or_default();
         u.running = *vcpus;
         u.decayed += vcpus * dt;
+        usage_state.accrued.insert(q.clone());
     }
     if usage_state.recorded.is_none_or(|at| now.duration_since(at) >= USAGE_RECORD_INTERVAL) {
         usage_state.recorded = Some(now);
@@ -603,7 +619,28 @@ fn refusal_is_final(e: &kube::core::Status) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::refusal_is_final;
+    use super::*;
+
+    #[test]
+    fn an_idle_queue_s_usage_is_recorded_once_and_then_only_after_it_ran_again() {
+        let mut st = UsageState {
+            usage: HashMap::from([(
+                "q".to_string(),
+                HashMap::from([("gold".to_string(), ShareUsage { decayed: 120.04, running: 0.0 })]),
+            )]),
+            last: Instant::now(),
+            restored: true,
+            recorded: None,
+            published: HashSet::new(),
+            accrued: HashSet::new(),
+        };
+        let decay = HashMap::from([("q".to_string(), 60), ("fifo".to_string(), 0)]);
+        let first = st.record(&decay);
+        assert_eq!(first["q"].vcpu_seconds["gold"], 120.0);
+        assert!(st.record(&decay).is_empty(), "nothing ran since: the record still holds");
+        st.accrued.insert("q".into());
+        assert!(st.record(&decay).contains_key("q"));
+    }
 
     fn refusal(code: u16, message: &str) -> kube::core::Status {
         serde_json::from_value(
