@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use barge::api::BatchJob;
+use barge::api::job_definition::JobDefinitionSpec;
 use barge::controller::backlog::{Backlog, Lookups};
 use barge::controller::{Verdict, prune_job, prune_object};
 use barge::scheduler::{CeInfo, QueueInfo, Snapshot, plan};
@@ -50,17 +51,47 @@ fn rss_mib() -> f64 {
     kb / 1024.0
 }
 
+/// What the held jobs run: a container of their own, or a job definition's revision.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Container,
+    Definition,
+}
+
+/// The definition the `Definition`-shaped jobs run, as a revision holds it.
+fn definition() -> Arc<JobDefinitionSpec> {
+    Arc::new(
+        serde_json::from_str(
+            r#"{"container":{"command":["render","--frame","Ref::frame"],"image":"busybox","resources":{"memory":"64Mi","vcpus":1}},"parameters":{"frame":"0"}}"#,
+        )
+        .unwrap(),
+    )
+}
+
 /// A held job as a watch event brings it once Barge has written its status.
-fn held_job_json(i: usize, with_status: bool) -> String {
+fn held_job_json(i: usize, with_status: bool, shape: Shape) -> String {
     let name = format!("h-{i}");
     let uid = format!("{:08x}-0000-4000-8000-{i:012x}", i.wrapping_mul(2654435761) % (1 << 32));
+    let (spec, spec_fields) = match shape {
+        Shape::Container => (
+            r#"{"container":{"command":["true"],"image":"busybox","resources":{"memory":"64Mi","vcpus":1}},"jobQueue":"bench-held"}"#.to_string(),
+            r#""f:container":{".":{},"f:command":{},"f:image":{},"f:resources":{".":{},"f:memory":{},"f:vcpus":{}}},"f:jobQueue":{}"#,
+        ),
+        Shape::Definition => (
+            format!(r#"{{"jobDefinition":"render","jobQueue":"bench-held","parameters":{{"frame":"{i}"}}}}"#),
+            r#""f:jobDefinition":{},"f:jobQueue":{},"f:parameters":{".":{},"f:frame":{}}"#,
+        ),
+    };
     let manifest = format!(
-        r#"{{"apiVersion":"barge.dev/v1alpha1","kind":"BatchJob","metadata":{{"annotations":{{}},"labels":{{"bench":"barge"}},"name":"{name}","namespace":"bench-barge"}},"spec":{{"container":{{"command":["true"],"image":"busybox","resources":{{"memory":"64Mi","vcpus":1}}}},"jobQueue":"bench-held"}}}}"#
+        r#"{{"apiVersion":"barge.dev/v1alpha1","kind":"BatchJob","metadata":{{"annotations":{{}},"labels":{{"bench":"barge"}},"name":"{name}","namespace":"bench-barge"}},"spec":{spec}}}"#
     );
+    let pinned = if shape == Shape::Definition { r#","jobDefinition":"render:1""# } else { "" };
     let status = if with_status {
-        r#","status":{"phase":"RUNNABLE","statusReason":"Job queue bench-held is DISABLED and admits no jobs","createdAt":"2026-11-27T07:00:00Z","runnableAt":"2026-11-27T07:00:01Z","observedGeneration":1}"#
+        format!(
+            r#","status":{{"phase":"RUNNABLE","statusReason":"Job queue bench-held is DISABLED and admits no jobs","createdAt":"2026-11-27T07:00:00Z","runnableAt":"2026-11-27T07:00:01Z","observedGeneration":1{pinned}}}"#
+        )
     } else {
-        ""
+        String::new()
     };
     let status_fields = if with_status {
         r#",{"manager":"barge","operation":"Apply","apiVersion":"barge.dev/v1alpha1","time":"2026-11-27T07:00:01Z","fieldsType":"FieldsV1","fieldsV1":{"f:status":{"f:createdAt":{},"f:observedGeneration":{},"f:phase":{},"f:runnableAt":{},"f:statusReason":{}}},"subresource":"status"}"#
@@ -68,7 +99,7 @@ fn held_job_json(i: usize, with_status: bool) -> String {
         ""
     };
     format!(
-        r#"{{"apiVersion":"barge.dev/v1alpha1","kind":"BatchJob","metadata":{{"name":"{name}","namespace":"bench-barge","uid":"{uid}","resourceVersion":"{rv}","generation":1,"creationTimestamp":"2026-11-27T07:{m:02}:{s:02}Z","labels":{{"bench":"barge"}},"annotations":{{"kubectl.kubernetes.io/last-applied-configuration":{manifest_json}}},"managedFields":[{{"manager":"kubectl-client-side-apply","operation":"Update","apiVersion":"barge.dev/v1alpha1","time":"2026-11-27T07:00:00Z","fieldsType":"FieldsV1","fieldsV1":{{"f:metadata":{{"f:annotations":{{".":{{}},"f:kubectl.kubernetes.io/last-applied-configuration":{{}}}},"f:labels":{{".":{{}},"f:bench":{{}}}}}},"f:spec":{{".":{{}},"f:container":{{".":{{}},"f:command":{{}},"f:image":{{}},"f:resources":{{".":{{}},"f:memory":{{}},"f:vcpus":{{}}}}}},"f:jobQueue":{{}}}}}}}}{status_fields}]}},"spec":{{"jobQueue":"bench-held","container":{{"image":"busybox","command":["true"],"resources":{{"vcpus":1,"memory":"64Mi"}}}}}}{status}}}"#,
+        r#"{{"apiVersion":"barge.dev/v1alpha1","kind":"BatchJob","metadata":{{"name":"{name}","namespace":"bench-barge","uid":"{uid}","resourceVersion":"{rv}","generation":1,"creationTimestamp":"2026-11-27T07:{m:02}:{s:02}Z","labels":{{"bench":"barge"}},"annotations":{{"kubectl.kubernetes.io/last-applied-configuration":{manifest_json}}},"managedFields":[{{"manager":"kubectl-client-side-apply","operation":"Update","apiVersion":"barge.dev/v1alpha1","time":"2026-11-27T07:00:00Z","fieldsType":"FieldsV1","fieldsV1":{{"f:metadata":{{"f:annotations":{{".":{{}},"f:kubectl.kubernetes.io/last-applied-configuration":{{}}}},"f:labels":{{".":{{}},"f:bench":{{}}}}}},"f:spec":{{".":{{}},{spec_fields}}}}}}}{status_fields}]}},"spec":{spec}{status}}}"#,
         rv = 1_000_000 + 2 * i + with_status as usize,
         m = (i / 1000) / 60 % 60,
         s = (i / 1000) % 60,
@@ -83,7 +114,26 @@ fn decode(line: &str) -> BatchJob {
     job
 }
 
+/// Measures both shapes side by side, each in a process of its own so that resident memory
+/// is the shape's own: jobs with a container, then jobs that run a job definition.
 fn main() {
+    let Ok(shape) = std::env::var("BENCH_SHAPE") else {
+        for shape in ["container", "definition"] {
+            let exe = std::env::current_exe().expect("the bench binary");
+            let status = std::process::Command::new(exe)
+                .args(std::env::args().skip(1))
+                .env("BENCH_SHAPE", shape)
+                .status()
+                .expect("the bench runs");
+            assert!(status.success(), "the {shape} run failed");
+        }
+        return;
+    };
+    let shape = match shape.as_str() {
+        "container" => Shape::Container,
+        "definition" => Shape::Definition,
+        other => panic!("BENCH_SHAPE is container or definition, not {other}"),
+    };
     let n: usize = std::env::var("BENCH_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     // Status writes trail creations by this many jobs, as the job controller does.
     const LAG: usize = 2_000;
@@ -94,10 +144,10 @@ fn main() {
     writer.apply_watcher_event(&Event::InitDone);
     for i in 0..n + LAG {
         if i < n {
-            writer.apply_watcher_event(&Event::Apply(decode(&held_job_json(i, false))));
+            writer.apply_watcher_event(&Event::Apply(decode(&held_job_json(i, false, shape))));
         }
         if i >= LAG {
-            writer.apply_watcher_event(&Event::Apply(decode(&held_job_json(i - LAG, true))));
+            writer.apply_watcher_event(&Event::Apply(decode(&held_job_json(i - LAG, true, shape))));
         }
     }
     let live_store = LIVE.load(Ordering::Relaxed);
@@ -108,7 +158,15 @@ fn main() {
         let job = |k: &ObjectRef<BatchJob>| store.get(k);
         let pod_known = |_: &str, _: &str| false;
         let allowed = |_: &str, _: &str| true;
-        let lookups = Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed };
+        // Every job of the definition shape runs the one revision, held once.
+        let def = definition();
+        let definition = |j: &BatchJob| Ok(j.spec.job_definition.as_ref().map(|_| def.clone()));
+        let lookups = Lookups {
+            job: &job,
+            pod_known: &pod_known,
+            namespace_allowed: &allowed,
+            definition: &definition,
+        };
         for job in store.state() {
             backlog.refresh(&ObjectRef::from_obj(job.as_ref()), Some(&job), &lookups);
         }
@@ -151,7 +209,11 @@ fn main() {
     drop(plan);
 
     let rss = rss_mib();
-    println!("held jobs: {n}");
+    let what = match shape {
+        Shape::Container => "each with its container",
+        Shape::Definition => "each running a job definition",
+    };
+    println!("held jobs: {n}, {what}");
     println!("| piece | MiB | bytes a job |");
     println!("|---|---|---|");
     for (piece, bytes) in rows {

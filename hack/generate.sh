@@ -27,7 +27,7 @@ cp crds/barge.dev.yaml charts/barge/crds/barge.dev.yaml
   echo "  name: argocd-cm"
   echo "  namespace: argocd"
   echo "data:"
-  for kind in BatchJob ComputeEnvironment JobQueue; do
+  for kind in BatchJob ComputeEnvironment JobDefinition JobQueue; do
     echo "  resource.customizations.health.barge.dev_$kind: |"
     sed 's/^/    /; s/^    $//' "deploy/argocd/health/$kind.lua"
   done

@@ -26,6 +26,9 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("node provider: {0}")]
     Provider(String),
+    /// Not a failure: what the object waits for before its reconcile can finish.
+    #[error("waiting: {0}")]
+    Waiting(String),
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl Error {
             Error::InvalidJob(_) => "invalid_job",
             Error::Finalizer(_) => "finalizer",
             Error::Provider(_) => "provider",
+            Error::Waiting(_) => "waiting",
         }
     }
 }

@@ -4,6 +4,9 @@
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub, SubAssign};
 
+/// The extended resource a GPU is requested and offered as.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
 /// An amount of compute: what a job requests, what a node offers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Res {

@@ -127,9 +127,10 @@ fn holds(check: &Check, value: Option<&Value>) -> bool {
 }
 
 fn resource(kind: &str) -> (ApiResource, bool) {
-    use barge::api::{BatchJob, ComputeEnvironment, JobQueue};
+    use barge::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
     match kind {
         "BatchJob" => (ApiResource::erase::<BatchJob>(&()), true),
+        "JobDefinition" => (ApiResource::erase::<JobDefinition>(&()), true),
         "JobQueue" => (ApiResource::erase::<JobQueue>(&()), false),
         "ComputeEnvironment" => (ApiResource::erase::<ComputeEnvironment>(&()), false),
         other => panic!("examples name a kind this test does not know: {other}"),

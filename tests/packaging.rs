@@ -80,7 +80,7 @@ fn the_chart_lints_and_the_generated_files_are_in_sync() {
     let body = committed.split_once('\n').map(|(_, b)| b).unwrap_or_default();
     assert_eq!(body, rendered, "deploy/barge.yaml is stale: run `make generate`");
     let health = read("deploy/argocd/health-checks.yaml");
-    for kind in ["BatchJob", "ComputeEnvironment", "JobQueue"] {
+    for kind in ["BatchJob", "ComputeEnvironment", "JobDefinition", "JobQueue"] {
         let script = read(&format!("deploy/argocd/health/{kind}.lua"));
         let first = script.lines().next().unwrap();
         assert!(health.contains(&format!("    {first}")), "{kind} is missing from health-checks.yaml");
@@ -185,6 +185,23 @@ fn argo_cd_health_checks_judge_sample_objects() {
     let fine = json!({"spec": {}, "status": {"jobs": {"runnable": 1, "running": 4},
         "conditions": [{"type": "Blocked", "status": "False", "message": ""}]}});
     assert_eq!(health("JobQueue", fine), ("Healthy".into(), "1 runnable, 4 running".into()));
+
+    let jd =
+        |spec: Value, status: Value| json!({"metadata": {"generation": 2}, "spec": spec, "status": status});
+    assert_eq!(health("JobDefinition", json!({"spec": {}})).0, "Progressing");
+    assert_eq!(
+        health("JobDefinition", jd(json!({}), json!({"revision": 2, "observedGeneration": 2}))),
+        ("Healthy".into(), "Revision 2".into())
+    );
+    assert_eq!(
+        health("JobDefinition", jd(json!({}), json!({"revision": 1, "observedGeneration": 1}))).0,
+        "Progressing"
+    );
+    let inactive = jd(json!({"state": "INACTIVE"}), json!({"revision": 2, "observedGeneration": 2}));
+    assert_eq!(health("JobDefinition", inactive).0, "Suspended");
+    let refused = json!({"revision": 1, "observedGeneration": 1,
+        "conditions": [{"type": "Registered", "status": "False", "message": "name too long"}]});
+    assert_eq!(health("JobDefinition", jd(json!({}), refused)), ("Degraded".into(), "name too long".into()));
 
     let ce = |status: Value| json!({"spec": {"state": "ENABLED"}, "status": status});
     let ready = json!([{"type": "Ready", "status": "True", "message": "ok"}]);

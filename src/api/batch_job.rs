@@ -74,7 +74,8 @@ fn default_memory() -> String {
     "2Gi".into()
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("!self.name.startsWith('AWS_BATCH_')").message("environment variables named AWS_BATCH_* are reserved: Barge sets them on every job's pod"))]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
@@ -254,22 +255,45 @@ pub struct Dependency {
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.container) != has(self.podTemplate)").message("set exactly one of container or podTemplate"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.jobDefinition)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate or jobDefinition"))]
+#[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.containerOverrides)").message("containerOverrides needs a jobDefinition to override"))]
+#[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.parameters)").message("parameters need a jobDefinition whose Ref:: placeholders they fill"))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("jobQueue is immutable"))]
     #[x_kube(validation = Rule::new("size(self) > 0").message("jobQueue is required"))]
     pub job_queue: String,
+    // Boxed: most of a job's room goes to its container, which a job submitted against a
+    // job definition does not have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
+    pub container: Option<Box<ContainerSpec>>,
     /// A full pod template, for what `container` cannot say. Its first container is the job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Boxed: a pod template is 1.7 KB inline, and the operator holds every job in memory.
     #[schemars(schema_with = "pod_template_schema")]
     pub pod_template: Option<Box<PodTemplateSpec>>,
-    /// Within a queue, higher runs first.
-    #[serde(default)]
-    pub scheduling_priority: i32,
+    /// The JobDefinition to run: `NAME` (its latest ACTIVE revision when the job is
+    /// submitted) or `NAME:REVISION`. The revision it resolved to is in `status.jobDefinition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("jobDefinition is immutable"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[1-9][0-9]*)?$')").message("jobDefinition is NAME or NAME:REVISION, e.g. render or render:2"))]
+    pub job_definition: Option<String>,
+    /// Values for the definition's `Ref::name` placeholders; they win over its defaults.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// What differs from the definition's container for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_overrides: Option<Box<super::job_definition::ContainerOverrides>>,
+    /// Tags of the job; its pods carry them as labels (see the README for the rule).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)").message("a tag key is at most 128 characters and a value at most 256"))]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Whether the definition's tags go on the job's pods too (default: the definition's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagate_tags: Option<bool>,
+    /// Within a queue, higher runs first (default: the definition's, else 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_priority: Option<i32>,
     /// The share this job counts against in a fair-share queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_identifier: Option<String>,
@@ -295,7 +319,7 @@ pub struct BatchJobSpec {
     pub terminate: Option<StopRequest>,
 }
 
-fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     // Structural just enough to require a container; the rest is the Pod API's to check.
     schemars::json_schema!({
         "type": "object",
@@ -368,6 +392,10 @@ pub struct BatchJobStatus {
     pub array: Option<Box<ArrayStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The job definition revision the job runs, `NAME:REVISION`, fixed when it was
+    /// submitted: every attempt's pod is built from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_definition: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

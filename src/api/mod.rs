@@ -1,12 +1,14 @@
-//! The three custom resources of `barge.dev/v1alpha1`, one file each, and the shared
+//! The four custom resources of `barge.dev/v1alpha1`, one file each, and the shared
 //! condition type their statuses carry.
 
 pub mod batch_job;
 pub mod compute_environment;
+pub mod job_definition;
 pub mod job_queue;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
 pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
+pub use job_definition::{JobDefinition, JobDefinitionSpec, JobDefinitionStatus};
 pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
 
 use chrono::{DateTime, Utc};
@@ -108,7 +110,7 @@ fn drop_unsigned_formats(v: &mut serde_json::Value) {
 /// The CRDs as one YAML stream, as `barge crd` prints and `crds/` holds.
 pub fn crds_yaml() -> String {
     let mut out = String::new();
-    for crd in [ComputeEnvironment::crd(), JobQueue::crd(), BatchJob::crd()] {
+    for crd in [ComputeEnvironment::crd(), JobQueue::crd(), JobDefinition::crd(), BatchJob::crd()] {
         let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
         drop_unsigned_formats(&mut value);
         out.push_str("---\n");

@@ -12,7 +12,8 @@ use serde_json::json;
 use super::output::{self, age, bar, phase, structured, table};
 use super::{Common, Format};
 use crate::api::batch_job::JobPhase;
-use crate::api::{BatchJob, ComputeEnvironment, JobQueue};
+use crate::api::job_definition::DefinitionRef;
+use crate::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
 
 async fn client() -> anyhow::Result<Client> {
     Client::try_default().await.context(
@@ -110,6 +111,20 @@ pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
     if let Some(c) = &job.spec.container {
         let r = &c.resources;
         line("Container", format!("{} ({} vCPU, {} memory, {} GPU)", c.image, r.vcpus, r.memory, r.gpus));
+    }
+    if let Some(d) = &job.spec.job_definition {
+        line(
+            "Job definition",
+            match &s.job_definition {
+                Some(pinned) if pinned != d => format!("{pinned} (submitted as {d})"),
+                Some(pinned) => pinned.clone(),
+                None => format!("{d} (not resolved yet)"),
+            },
+        );
+        if !job.spec.parameters.is_empty() {
+            let p: Vec<String> = job.spec.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            line("Parameters", p.join(", "));
+        }
     }
     if let Some(ce) = &s.compute_environment {
         line("Compute environment", ce.clone());
@@ -218,6 +233,104 @@ pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn definitions_api(client: &Client, common: &Common) -> Api<JobDefinition> {
+    match &common.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::default_namespaced(client.clone()),
+    }
+}
+
+fn revision_list(d: &JobDefinition) -> String {
+    let s = d.status.clone().unwrap_or_default();
+    let numbers: Vec<u32> = s.revisions.iter().map(|r| r.revision).collect();
+    crate::scheduler::ranges::encode(&numbers)
+}
+
+pub async fn definitions(common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let mut defs = definitions_api(&client, common).list(&ListParams::default()).await?.items;
+    defs.sort_by_key(|d| d.name_any());
+    if structured(common.output, &defs)? {
+        return Ok(());
+    }
+    if defs.is_empty() {
+        println!(
+            "No job definitions. Create one with `kubectl apply -f` (see examples/job-definition.yaml)."
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = defs
+        .iter()
+        .map(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            vec![
+                d.name_any(),
+                if s.revision == 0 { "-".into() } else { s.revision.to_string() },
+                s.status.unwrap_or(d.spec.state).as_str().to_string(),
+                d.spec.image().unwrap_or("-").to_string(),
+                revision_list(d),
+                age(d.metadata.creation_timestamp.as_ref().and_then(|t| {
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(t.0.as_millisecond())
+                })),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "REVISION", "STATUS", "IMAGE", "REVISIONS", "AGE"], &rows));
+    Ok(())
+}
+
+pub async fn describe_definition(name: &str, common: &Common) -> anyhow::Result<()> {
+    let client = client().await?;
+    let Some(d) = definitions_api(&client, common).get_opt(name).await? else {
+        bail!("no JobDefinition {name} in this namespace: see `barge definitions`, or pass -n <namespace>");
+    };
+    if structured(common.output, &d)? {
+        return Ok(());
+    }
+    let s = d.status.clone().unwrap_or_default();
+    println!("{:<20}{}/{}", "Name:", d.namespace().unwrap_or_default(), d.name_any());
+    println!("{:<20}{}", "Status:", s.status.unwrap_or(d.spec.state).as_str());
+    println!(
+        "{:<20}{}",
+        "Latest revision:",
+        if s.revision == 0 { "none yet".into() } else { s.revision.to_string() }
+    );
+    println!("{:<20}{}", "Image:", d.spec.image().unwrap_or("-"));
+    if let Some(c) = &d.spec.container {
+        let r = &c.resources;
+        println!("{:<20}{} vCPU, {} memory, {} GPU", "Resources:", r.vcpus, r.memory, r.gpus);
+        if !c.command.is_empty() {
+            println!("{:<20}{}", "Command:", c.command.join(" "));
+        }
+    }
+    if !d.spec.parameters.is_empty() {
+        let p: Vec<String> = d.spec.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:<20}{}", "Parameter defaults:", p.join(", "));
+    }
+    for c in &s.conditions {
+        if c.status == "True" && c.type_ == "Deleting" || c.status == "False" {
+            println!("{:<20}{}", format!("{}:", c.type_), c.message);
+        }
+    }
+    if !s.revisions.is_empty() {
+        println!("\nRevisions (each one unchanged; submit against NAME:REVISION to pin one):");
+        let rows: Vec<Vec<String>> = s
+            .revisions
+            .iter()
+            .rev()
+            .map(|r| {
+                vec![
+                    format!("{}:{}", d.name_any(), r.revision),
+                    r.image.clone().unwrap_or_else(|| "-".into()),
+                    age(r.registered_at) + " ago",
+                ]
+            })
+            .collect();
+        print!("{}", indent(&table(&["REVISION", "IMAGE", "REGISTERED"], &rows)));
+    }
+    Ok(())
+}
+
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
@@ -228,19 +341,32 @@ pub struct SubmitArgs {
     #[arg(long, short = 'q', required_unless_present = "file")]
     queue: Option<String>,
     /// Container image.
-    #[arg(long, required_unless_present = "file")]
+    #[arg(long, required_unless_present_any = ["file", "definition"], conflicts_with = "definition")]
     image: Option<String>,
+    /// Run a job definition, `NAME` (its latest revision) or `NAME:REVISION`.
+    #[arg(long, short = 'd')]
+    definition: Option<String>,
+    /// A value for the definition's `Ref::NAME` placeholders, as NAME=VALUE (repeatable).
+    #[arg(long = "parameter", short = 'p', value_name = "NAME=VALUE", value_parser = parse_key_value, requires = "definition")]
+    parameters: Vec<(String, String)>,
+    /// An environment variable of the container, as NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// A tag of the job, as KEY=VALUE (repeatable); its pods carry tags as labels.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    tags: Vec<(String, String)>,
     /// Name of the job (default: generated from the image).
     #[arg(long)]
     name: Option<String>,
-    /// vCPUs per job (or per array child).
-    #[arg(long, default_value_t = 1.0)]
-    vcpus: f64,
-    /// Memory per job, as a Kubernetes quantity.
-    #[arg(long, default_value = "2Gi")]
-    memory: String,
-    #[arg(long, default_value_t = 0)]
-    gpus: u32,
+    /// vCPUs per job (or per array child); default 1, or the definition's.
+    #[arg(long)]
+    vcpus: Option<f64>,
+    /// Memory per job, as a Kubernetes quantity; default 2Gi, or the definition's.
+    #[arg(long)]
+    memory: Option<String>,
+    /// GPUs per job; default 0, or the definition's.
+    #[arg(long)]
+    gpus: Option<u32>,
     /// Run as an array job of this many children (2-10000).
     #[arg(long)]
     array_size: Option<u32>,
@@ -273,17 +399,63 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         Some(path) => serde_yaml::from_str(&super::read_file(path)?)
             .with_context(|| format!("{} is not a BatchJob manifest", path.display()))?,
         None => {
-            let image = args.image.clone().unwrap_or_default();
-            let base = image.rsplit('/').next().unwrap_or("job").split([':', '@']).next().unwrap_or("job");
-            let mut spec = json!({
-                "jobQueue": args.queue,
-                "container": {
-                    "image": image,
-                    "resources": {"vcpus": args.vcpus, "memory": args.memory, "gpus": args.gpus},
-                },
-            });
-            if !args.command.is_empty() {
-                spec["container"]["command"] = json!(args.command);
+            let env: Vec<serde_json::Value> =
+                args.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+            let (base, mut spec) = match &args.definition {
+                Some(d) => {
+                    let name = DefinitionRef::parse(d).map_err(anyhow::Error::msg)?.name.to_string();
+                    let mut overrides = serde_json::Map::new();
+                    if !args.command.is_empty() {
+                        overrides.insert("command".into(), json!(args.command));
+                    }
+                    if !env.is_empty() {
+                        overrides.insert("environment".into(), json!(env));
+                    }
+                    for (k, v) in [
+                        ("vcpus", args.vcpus.map(|v| json!(v))),
+                        ("memory", args.memory.as_ref().map(|v| json!(v))),
+                        ("gpus", args.gpus.map(|v| json!(v))),
+                    ] {
+                        if let Some(v) = v {
+                            overrides.insert(k.into(), v);
+                        }
+                    }
+                    let mut spec = json!({"jobQueue": args.queue, "jobDefinition": d});
+                    if !overrides.is_empty() {
+                        spec["containerOverrides"] = serde_json::Value::Object(overrides);
+                    }
+                    if !args.parameters.is_empty() {
+                        spec["parameters"] =
+                            args.parameters.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                    }
+                    (name, spec)
+                }
+                None => {
+                    let image = args.image.clone().unwrap_or_default();
+                    let base =
+                        image.rsplit('/').next().unwrap_or("job").split([':', '@']).next().unwrap_or("job");
+                    let mut spec = json!({
+                        "jobQueue": args.queue,
+                        "container": {
+                            "image": image,
+                            "resources": {
+                                "vcpus": args.vcpus.unwrap_or(1.0),
+                                "memory": args.memory.clone().unwrap_or_else(|| "2Gi".into()),
+                                "gpus": args.gpus.unwrap_or(0),
+                            },
+                        },
+                    });
+                    if !args.command.is_empty() {
+                        spec["container"]["command"] = json!(args.command);
+                    }
+                    if !env.is_empty() {
+                        spec["container"]["env"] = json!(env);
+                    }
+                    (base.to_string(), spec)
+                }
+            };
+            if !args.tags.is_empty() {
+                spec["tags"] = args.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             }
             if let Some(n) = args.array_size {
                 spec["array"] = json!({"size": n});
@@ -299,7 +471,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             }
             let mut metadata = match &args.name {
                 Some(n) => json!({"name": n}),
-                None => json!({"generateName": format!("{}-", sanitize(base))}),
+                None => json!({"generateName": format!("{}-", sanitize(&base))}),
             };
             if !args.annotations.is_empty() {
                 let map: serde_json::Map<String, serde_json::Value> =

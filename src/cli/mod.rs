@@ -1,5 +1,5 @@
 //! The `barge` command line: the operator (`barge run`) and the user commands (`queues`,
-//! `describe`, `submit`, `cancel`, `terminate`, `watch`). Installed as `kubectl-barge`, the
+//! `definitions`, `describe`, `submit`, `cancel`, `terminate`, `watch`). Installed as `kubectl-barge`, the
 //! same binary is the kubectl plugin: `kubectl barge queues`.
 
 mod commands;
@@ -25,6 +25,9 @@ pub use operator::RunArgs;
         barge queues\n  \
         barge submit --queue bulk --image busybox --vcpus 2 --memory 4Gi -- sh -c 'echo hi'\n  \
         barge submit --queue bulk --image busybox --array-size 100 -- ./work.sh\n  \
+        barge submit --queue bulk --definition render -p frame=42 --vcpus 4\n  \
+        barge definitions\n  \
+        barge describe jd render\n  \
         barge describe my-job\n  \
         barge watch my-job\n  \
         barge cancel my-job --reason 'wrong input'"
@@ -65,9 +68,18 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// A job's phase, reason, attempts and, for a waiting job, everything it waits for.
+    /// A job's phase, reason, attempts and, for a waiting job, everything it waits for;
+    /// or, as `describe jd NAME`, a job definition and its revisions.
     Describe {
+        /// The job's name; or `jd` (`jobdefinition`) followed by a definition's name.
         job: String,
+        /// With `jd`: the definition.
+        name: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every job definition of the namespace: latest revision, status, image, revisions.
+    Definitions {
         #[command(flatten)]
         common: Common,
     },
@@ -112,7 +124,17 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Queues { common } => commands::queues(&common).await,
-        Command::Describe { job, common } => commands::describe(&job, &common).await,
+        Command::Describe { job, name, common } => match (job.as_str(), name) {
+            ("jd" | "jobdefinition" | "jobdefinitions" | "definition", Some(name)) => {
+                commands::describe_definition(&name, &common).await
+            }
+            ("bj" | "batchjob" | "job", Some(name)) => commands::describe(&name, &common).await,
+            (_, Some(extra)) => anyhow::bail!(
+                "`describe {job} {extra}`: give a job's name, or `jd` and a job definition's name"
+            ),
+            (_, None) => commands::describe(&job, &common).await,
+        },
+        Command::Definitions { common } => commands::definitions(&common).await,
         Command::Submit(args) => commands::submit(*args).await,
         Command::Cancel { job, reason, common } => commands::stop(&job, "cancel", &reason, &common).await,
         Command::Terminate { job, reason, common } => {

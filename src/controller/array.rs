@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use kube::{Resource, ResourceExt};
 
 use super::Verdict;
-use super::job::{Deps, PodFacts, TIMEOUT_REASON};
+use super::job::{Deps, Limits, PodFacts, TIMEOUT_REASON};
 use crate::api::batch_job::{
     ArrayStatus, Attempt, BatchJob, BatchJobStatus, DependencyType, JobPhase, child_pod_name,
 };
@@ -126,6 +126,7 @@ impl Gates {
 /// The parent's next status and the child pods (index, attempt) to stop.
 pub fn next_status(
     job: &BatchJob,
+    limits: &Limits<'_>,
     deps: &Deps,
     gates: &Gates,
     pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
@@ -139,8 +140,8 @@ pub fn next_status(
     s.created_at.get_or_insert(now);
     s.observed_generation = job.meta().generation;
     let mut c = Children::of(job);
-    let retry = job.spec.retry_strategy.clone().unwrap_or_default();
-    let timeout = job.spec.timeout.as_ref().map(|t| t.attempt_duration_seconds as i64);
+    let retry = limits.retry;
+    let timeout = limits.timeout.map(|t| t.attempt_duration_seconds as i64);
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
     let mut stop = Vec::new();
@@ -311,13 +312,27 @@ pub fn next_status(
 mod tests {
     use super::*;
     use crate::api::batch_job::{ArrayProperties, BatchJobSpec, ContainerSpec, RetryStrategy};
+    use crate::api::job_definition::work;
+
+    /// The roll-up of an array that names no definition: its limits are its own.
+    fn next_status(
+        job: &BatchJob,
+        deps: &Deps,
+        gates: &Gates,
+        pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
+        verdict: Option<&Verdict>,
+        now: DateTime<Utc>,
+    ) -> (BatchJobStatus, Vec<(u32, u32)>) {
+        let work = work(&job.spec, None).unwrap();
+        super::next_status(job, &Limits::of(Some(&work)), deps, gates, pod_of, verdict, now)
+    }
 
     fn array(size: u32, attempts: u32) -> BatchJob {
         let mut j = BatchJob::new(
             "arr",
             BatchJobSpec {
                 job_queue: "q".into(),
-                container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
+                container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
                 array: Some(ArrayProperties { size }),
                 retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
                 ..Default::default()

@@ -12,7 +12,9 @@ use kube::runtime::reflector::ObjectRef;
 use super::array::{ChildGate, Children, Gates};
 use super::job::current_attempt;
 use super::pod::job_request;
+use crate::Error;
 use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase, child_pod_name, pod_name};
+use crate::api::job_definition::{JobDefinitionSpec, work};
 use crate::resources::Res;
 use crate::scheduler::PendingJob;
 
@@ -35,8 +37,9 @@ pub enum Standing {
     Gated { ended: bool },
     /// Its request cannot be read: it waits with this reason until it is fixed.
     Invalid(String),
-    /// Waiting for these pods: (child index of an array, attempt).
-    Waiting { pods: Vec<(Option<u32>, u32)>, request: Res },
+    /// Waiting for these pods: (child index of an array, attempt), each with this request,
+    /// at this scheduling priority.
+    Waiting { pods: Vec<(Option<u32>, u32)>, request: Res, priority: i32 },
 }
 
 /// What a job's standing is read against.
@@ -47,7 +50,12 @@ pub struct Lookups<'a> {
     pub pod_known: &'a dyn Fn(&str, &str) -> bool,
     /// Whether a queue takes jobs from a namespace: (queue, namespace).
     pub namespace_allowed: &'a dyn Fn(&str, &str) -> bool,
+    /// The job definition revision a job fixed (see `definition::pinned`).
+    pub definition: &'a dyn Fn(&BatchJob) -> Pinned,
 }
+
+/// The job definition revision a job fixed, if it names one; or why it cannot be read.
+pub type Pinned = Result<Option<Arc<JobDefinitionSpec>>, String>;
 
 /// Where `job` stands: which of its pods the pass should admit, if any.
 pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
@@ -67,6 +75,10 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     }
     let stopping = job.spec.cancel.is_some() || job.spec.terminate.is_some();
     if stopping || status.phase.is_finished() || job.meta().deletion_timestamp.is_some() {
+        return Standing::Idle;
+    }
+    // A job runs a definition's revision once the job controller has fixed which one.
+    if job.spec.job_definition.is_some() && status.job_definition.is_none() {
         return Standing::Idle;
     }
     // Only a job waiting for its next attempt is admitted: a STARTING or RUNNING job whose
@@ -103,8 +115,12 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     if pods.is_empty() {
         return Standing::Idle;
     }
-    match job_request(job) {
-        Ok(request) => Standing::Waiting { pods, request },
+    let def = match (lookups.definition)(job) {
+        Ok(def) => def,
+        Err(e) => return Standing::Invalid(e),
+    };
+    match work(&job.spec, def.as_deref()).map_err(Error::InvalidJob).and_then(|w| Ok((job_request(&w)?, w))) {
+        Ok((request, w)) => Standing::Waiting { pods, request, priority: w.scheduling_priority },
         Err(e) => Standing::Invalid(format!("Invalid job: {e}")),
     }
 }
@@ -212,7 +228,7 @@ impl Backlog {
                 self.invalid.insert(key, (uid(), why.into()));
                 Refreshed::default()
             }
-            Standing::Waiting { pods, request } => {
+            Standing::Waiting { pods, request, priority } => {
                 if has_deps {
                     self.volatile.insert(key.clone());
                 }
@@ -236,7 +252,7 @@ impl Backlog {
                         index,
                         queue: queue.clone(),
                         namespace_allowed: allowed,
-                        scheduling_priority: job.spec.scheduling_priority,
+                        scheduling_priority: priority,
                         submitted_ms,
                         request,
                         share: job.spec.share_identifier.clone(),
@@ -304,7 +320,7 @@ mod tests {
     }
 
     fn lookups<'a>(pods: &'a dyn Fn(&str, &str) -> bool) -> Lookups<'a> {
-        Lookups { job: &none, pod_known: pods, namespace_allowed: &|_, _| true }
+        Lookups { job: &none, pod_known: pods, namespace_allowed: &|_, _| true, definition: &|_| Ok(None) }
     }
 
     fn key(name: &str) -> ObjectRef<BatchJob> {
@@ -329,7 +345,7 @@ mod tests {
         let l = lookups(&|_, _| false);
         assert_eq!(
             standing(&j, &l),
-            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(1000, 64, 0) }
+            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(1000, 64, 0), priority: 0 }
         );
         let exists = lookups(&|ns, pod| ns == "ns" && pod.starts_with("a-"));
         assert_eq!(standing(&j, &exists), Standing::Idle);
@@ -353,7 +369,12 @@ mod tests {
         assert_eq!(standing(&j, &lookups(&|_, _| false)), Standing::Gated { ended: false });
         let done = job("up", json!({"status": {"phase": "SUCCEEDED"}}));
         let found = move |_: &ObjectRef<BatchJob>| Some(Arc::new(done.clone()));
-        let l = Lookups { job: &found, pod_known: &|_, _| false, namespace_allowed: &|_, _| true };
+        let l = Lookups {
+            job: &found,
+            pod_known: &|_, _| false,
+            namespace_allowed: &|_, _| true,
+            definition: &|_| Ok(None),
+        };
         assert_eq!(standing(&j, &l), Standing::Gated { ended: true });
 
         let bad = job("b", json!({"spec": {"container": {"resources": {"memory": "lots"}}}}));

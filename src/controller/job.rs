@@ -15,10 +15,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, instrument, warn};
 
+use super::definition::{self, Resolution};
 use super::{Shared, Verdict};
 use crate::api::batch_job::{
-    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, child_pod_name, pod_name,
+    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, Timeout, child_pod_name, pod_name,
 };
+use crate::api::job_definition::{Work, work};
 use crate::{Error, FIELD_MANAGER, Result};
 
 /// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
@@ -133,8 +135,53 @@ impl Deps {
     }
 }
 
+/// What of a job's work its lifecycle reads: how it retries, how long an attempt may run.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits<'a> {
+    pub retry: &'a RetryStrategy,
+    pub timeout: Option<&'a Timeout>,
+}
+
+impl<'a> Limits<'a> {
+    /// The limits of `work`; with none (its work cannot be read), no retry and no timeout.
+    pub fn of(work: Option<&'a Work<'a>>) -> Limits<'a> {
+        static NO_RETRY: RetryStrategy = RetryStrategy { attempts: 1, evaluate_on_exit: Vec::new() };
+        Limits {
+            retry: work.map_or(&NO_RETRY, |w| &*w.retry_strategy),
+            timeout: work.and_then(|w| w.timeout),
+        }
+    }
+}
+
+/// The status of a job whose job definition is not resolved: SUBMITTED while it may yet
+/// be, FAILED when it cannot be. A user's stop request ends it either way.
+pub fn unresolved_status(job: &BatchJob, resolution: &Resolution, now: DateTime<Utc>) -> BatchJobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    if s.phase.is_finished() {
+        return s;
+    }
+    s.created_at.get_or_insert(now);
+    s.observed_generation = job.meta().generation;
+    let stop = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
+    let stop = stop.or_else(|| job.spec.cancel.as_ref().map(|c| format!("Cancelled: {}", c.reason)));
+    match (stop.as_ref(), resolution) {
+        (Some(why), _) | (None, Resolution::Failed(why)) => {
+            s.phase = JobPhase::Failed;
+            s.stopped_at = Some(now);
+            s.status_reason = Some(why.clone());
+        }
+        (None, Resolution::Waiting(why)) => {
+            s.phase = JobPhase::Submitted;
+            s.status_reason = Some(why.clone());
+        }
+        (None, Resolution::NotUsed | Resolution::Pinned(..)) => {}
+    }
+    s
+}
+
 pub fn next_status(
     job: &BatchJob,
+    limits: &Limits<'_>,
     deps: &Deps,
     pod: Option<&PodFacts>,
     verdict: Option<&Verdict>,
@@ -153,7 +200,7 @@ pub fn next_status(
     });
     s.observed_generation = job.meta().generation;
     let attempt = current_attempt(&s) as usize;
-    let retry = job.spec.retry_strategy.clone().unwrap_or_default();
+    let retry = limits.retry;
     let pod_name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt as u32);
     let started = pod.is_some_and(|p| p.node.is_some()) || s.attempts.len() > attempt;
 
@@ -179,7 +226,7 @@ pub fn next_status(
         if s.attempts.len() > attempt {
             // The attempt had started and its pod is gone without Barge stopping it.
             let node = s.attempts[attempt].node_name.clone().unwrap_or_else(|| "unknown".into());
-            return finish_attempt(s, &retry, None, None, format!("Host {node} terminated"), now, true);
+            return finish_attempt(s, retry, None, None, format!("Host {node} terminated"), now, true);
         }
         if let Some(Verdict::Rejected(why)) = verdict {
             s.phase = JobPhase::Failed;
@@ -233,10 +280,10 @@ pub fn next_status(
             s.started_at.get_or_insert(started);
             s.attempts[attempt].started_at.get_or_insert(started);
             s.status_reason = Some(format!("Running on node {}", node.as_deref().unwrap_or("?")));
-            if let Some(limit) = job.spec.timeout.as_ref().map(|t| t.attempt_duration_seconds)
+            if let Some(limit) = limits.timeout.map(|t| t.attempt_duration_seconds)
                 && (now - started).num_seconds() >= limit as i64
             {
-                return finish_attempt(s, &retry, None, None, TIMEOUT_REASON.into(), now, false);
+                return finish_attempt(s, retry, None, None, TIMEOUT_REASON.into(), now, false);
             }
         }
         ("Succeeded", _) => {
@@ -262,7 +309,7 @@ pub fn next_status(
                 (None, None) => "Pod failed".into(),
             };
             let stopped = pod.finished_at.unwrap_or(now);
-            return finish_attempt(s, &retry, code, pod.reason.as_deref(), why, stopped, true);
+            return finish_attempt(s, retry, code, pod.reason.as_deref(), why, stopped, true);
         }
         _ => {}
     }
@@ -365,6 +412,11 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     if job.spec.array.is_some() {
         return reconcile_array(&ctx, &job).await;
     }
+    if !job.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        && let Some(action) = reconcile_unresolved(&ctx, &job).await?
+    {
+        return Ok(action);
+    }
     let mut job = job;
     let mut step = Step::of(&ctx, &job);
     let reworded_only = step.old.phase == JobPhase::Runnable && step.new.phase == JobPhase::Runnable;
@@ -428,8 +480,17 @@ impl Step {
         let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
         let verdict = ctx.verdict(job);
         let now = Utc::now();
+        let (def, pin) = match definition::resolve(&ctx.definitions, job, now) {
+            Resolution::Pinned(pin, def) => (Some(def), Some(pin)),
+            _ => (None, None),
+        };
+        let work = work(&job.spec, def.as_deref()).ok();
+        let limits = Limits::of(work.as_ref());
         let (deps, deps_recheck) = dependencies(ctx, job, now);
-        let mut new = next_status(job, &deps, facts.as_ref(), verdict.as_ref(), now);
+        let mut new = next_status(job, &limits, &deps, facts.as_ref(), verdict.as_ref(), now);
+        if new.job_definition.is_none() {
+            new.job_definition = pin;
+        }
         if host_lost || pod.is_none() {
             name_lost_hosts(ctx, &old, &mut new);
         }
@@ -440,12 +501,11 @@ impl Step {
             new = old.clone();
         }
         // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
-        let deadline =
-            job.spec.timeout.as_ref().zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
-                let started = a.started_at?;
-                let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
-                Some(Duration::from_secs(left.max(1) as u64))
-            });
+        let deadline = limits.timeout.zip(new.attempts.get(attempt as usize)).and_then(|(t, a)| {
+            let started = a.started_at?;
+            let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
+            Some(Duration::from_secs(left.max(1) as u64))
+        });
         let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
         Step { old, new, pod, host_lost, wake }
     }
@@ -472,8 +532,22 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
         Some(PodFacts::of(&pod))
     };
     let old = job.status.clone().unwrap_or_default();
+    let def = match definition::resolve(&ctx.definitions, job, now) {
+        Resolution::NotUsed => None,
+        Resolution::Pinned(pin, def) => Some((pin, def)),
+        unresolved => {
+            let new = unresolved_status(job, &unresolved, now);
+            return write_unresolved(ctx, job, &old, &new, turn).await;
+        }
+    };
+    let work = work(&job.spec, def.as_ref().map(|(_, d)| &**d)).ok();
+    let limits = Limits::of(work.as_ref());
     let gates = super::array::Gates::of(job, |n| ctx.jobs.get(&ObjectRef::new(n).within(&ns)));
-    let (new, stop) = super::array::next_status(job, &deps, &gates, pod_of, verdict.as_ref(), now);
+    let (mut new, stop) =
+        super::array::next_status(job, &limits, &deps, &gates, pod_of, verdict.as_ref(), now);
+    if new.job_definition.is_none() {
+        new.job_definition = def.as_ref().map(|(pin, _)| pin.clone());
+    }
     if new != old {
         write_status(ctx, job, &new).await?;
         drop(turn);
@@ -485,11 +559,40 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     }
     ctx.schedule_now.notify_one();
     let running = new.array.as_ref().is_some_and(|a| a.running > 0);
-    Ok(match (new.phase.is_finished(), job.spec.timeout.is_some() && running) {
+    Ok(match (new.phase.is_finished(), limits.timeout.is_some() && running) {
         (true, _) => Action::await_change(),
         (false, true) => Action::requeue(Duration::from_secs(5)),
         (false, false) => Action::await_change(),
     })
+}
+
+/// A job whose job definition is not resolved yet, or cannot be: its status says why.
+/// Returns `None` for a job that names no definition or has one resolved.
+async fn reconcile_unresolved(ctx: &Shared, job: &BatchJob) -> Result<Option<Action>> {
+    let resolution = definition::resolve(&ctx.definitions, job, Utc::now());
+    if matches!(resolution, Resolution::NotUsed | Resolution::Pinned(..)) {
+        return Ok(None);
+    }
+    let old = job.status.clone().unwrap_or_default();
+    let new = unresolved_status(job, &resolution, Utc::now());
+    let turn = if new != old { ctx.bursts.write_turn().await } else { None };
+    write_unresolved(ctx, job, &old, &new, turn).await.map(Some)
+}
+
+async fn write_unresolved(
+    ctx: &Shared,
+    job: &BatchJob,
+    old: &BatchJobStatus,
+    new: &BatchJobStatus,
+    turn: Option<tokio::sync::SemaphorePermit<'_>>,
+) -> Result<Action> {
+    if new != old {
+        write_status(ctx, job, new).await?;
+        drop(turn);
+        publish_transition(ctx, job, old, new).await;
+    }
+    // A definition that appears, or registers its revision, is looked for again soon.
+    Ok(if new.phase.is_finished() { Action::await_change() } else { Action::requeue(Duration::from_secs(2)) })
 }
 
 /// A dependency may be created a moment after its dependent (one `kubectl apply` of

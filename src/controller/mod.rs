@@ -7,6 +7,7 @@ pub mod backlog;
 pub mod burst;
 pub mod capacity;
 pub mod coalesce;
+pub mod definition;
 pub mod job;
 pub mod pod;
 pub mod queue;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
@@ -30,7 +32,9 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::api::{BatchJob, ComputeEnvironment, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID};
+use crate::api::{
+    BatchJob, ComputeEnvironment, JobDefinition, JobQueue, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_UID,
+};
 use crate::provider::{Providers, local};
 use crate::resources::Res;
 use backlog::Change;
@@ -65,6 +69,8 @@ pub struct Shared {
     pub queues: Store<JobQueue>,
     pub compute_environments: Store<ComputeEnvironment>,
     pub pods: Store<Pod>,
+    /// Job definitions and their registered revisions.
+    pub definitions: definition::Definitions,
     /// What the active pods of `pods` hold, kept from the pod watch.
     pub usage: Arc<Mutex<PodUsage>>,
     /// Jobs per queue and phase, kept from the job watch (for the queues' statuses).
@@ -313,6 +319,23 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
             }
         },
     );
+    let revision_index = Arc::new(definition::RevisionIndex::default());
+    let index_tx = revision_index.clone();
+    let (revisions, drive_revisions) = plain_watch(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().labels(definition::LABEL_JOB_DEFINITION),
+        wake.clone(),
+        |_| {},
+        |_, _| {},
+        move |seen: Seen<'_, ControllerRevision>| match seen {
+            Seen::Applied(cr) => index_tx.applied(cr),
+            Seen::Deleted(cr) => index_tx.deleted(cr),
+            Seen::Relisting | Seen::Relisted => {}
+        },
+    );
+    let jd_controller =
+        Controller::new(Api::<JobDefinition>::all(client.clone()), watcher::Config::default());
+    let job_definitions = jd_controller.store();
     let (queues, drive_queues) = plain_watch(
         Api::<JobQueue>::all(client.clone()),
         watcher::Config::default(),
@@ -372,6 +395,11 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         queues,
         compute_environments: ces.clone(),
         pods,
+        definitions: definition::Definitions {
+            definitions: job_definitions,
+            revisions,
+            index: revision_index,
+        },
         usage,
         tally,
         nodes,
@@ -412,6 +440,14 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         )
         .for_each(|_| ready(()));
 
+    let jd_controller = jd_controller
+        .run(
+            |jd, c| crate::metrics::timed("jobdefinition", definition::reconcile(jd, c)),
+            definition::error_policy,
+            shared.clone(),
+        )
+        .for_each(|_| ready(()));
+
     let lost_hosts = {
         let s = shared.clone();
         async move {
@@ -438,6 +474,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
                 s.pods.wait_until_ready(),
                 s.nodes.wait_until_ready(),
                 s.namespaces.wait_until_ready(),
+                s.definitions.definitions.wait_until_ready(),
+                s.definitions.revisions.wait_until_ready(),
             );
             s.ready.store(true, Ordering::Release);
             synced.store(true, Ordering::Release);
@@ -451,7 +489,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     tokio::select! {
         _ = drive_pods => {}, _ = drive_jobs => {},
         _ = drive_queues => {}, _ = drive_nodes => {}, _ = drive_namespaces => {},
-        _ = job_controller => {}, _ = ce_controller => {},
+        _ = drive_revisions => {},
+        _ = job_controller => {}, _ = ce_controller => {}, _ = jd_controller => {},
         _ = scheduling::run(shared.clone(), backlog_rx, verdict_tx, capacity_tx) => {},
         _ = queue::run(shared.clone()) => {},
         _ = readiness => {},
@@ -550,7 +589,7 @@ pub fn node_allocatable(node: &Node) -> Res {
     Res::new(
         get("cpu").and_then(|q| crate::resources::parse_millicpu(&q).ok()).unwrap_or(0),
         get("memory").and_then(|q| crate::resources::parse_mib(&q).ok()).unwrap_or(0),
-        get(pod::GPU_RESOURCE).and_then(|q| q.parse().ok()).unwrap_or(0),
+        get(crate::resources::GPU_RESOURCE).and_then(|q| q.parse().ok()).unwrap_or(0),
     )
 }
 

@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::batch_job::{attempt_index, attempt_number, child_pod_name, pod_name};
 use crate::api::compute_environment::ComputeEnvironment;
+use crate::api::job_definition::{Work, tag_label};
 use crate::api::{
     BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
 };
@@ -25,17 +26,16 @@ pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 /// Job annotations with this prefix are copied to its pods (the local test bed reads
 /// `sim.barge.dev/duration` and friends from there).
 pub const COPIED_ANNOTATION_PREFIX: &str = "sim.barge.dev/";
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub use crate::resources::GPU_RESOURCE;
 
 /// The resources one attempt of the job requests.
-pub fn job_request(job: &BatchJob) -> Result<Res> {
-    if let Some(c) = &job.spec.container {
+pub fn job_request(work: &Work<'_>) -> Result<Res> {
+    if let Some(c) = &work.container {
         let millicpu = (c.resources.vcpus * 1000.0).ceil() as u64;
         let mib = parse_mib(&c.resources.memory).map_err(|e| Error::InvalidJob(e.to_string()))?;
         return Ok(Res::new(millicpu, mib, c.resources.gpus));
     }
-    let spec = job
-        .spec
+    let spec = work
         .pod_template
         .as_ref()
         .and_then(|t| t.spec.as_ref())
@@ -56,15 +56,21 @@ pub fn job_request(job: &BatchJob) -> Result<Res> {
     Ok(total)
 }
 
-/// The pod for `attempt` of `job`, to run on `ce`'s nodes.
-/// `index` is the child index of an array job.
-pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: Option<u32>) -> Result<Pod> {
+/// The pod for `attempt` of `job`, which runs `work` (see `job_definition::work`), to run
+/// on `ce`'s nodes. `index` is the child index of an array job.
+pub fn build_pod(
+    job: &BatchJob,
+    work: &Work<'_>,
+    ce: &ComputeEnvironment,
+    attempt: u32,
+    index: Option<u32>,
+) -> Result<Pod> {
     let name = job.name_any();
     let uid = job.uid().ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
-    let template = *job.spec.pod_template.clone().unwrap_or_default();
+    let template = work.pod_template.as_deref().cloned().unwrap_or_default();
     let mut meta = template.metadata.unwrap_or_default();
-    let mut spec = match (&job.spec.container, template.spec) {
-        (Some(c), _) => container_pod_spec(c, job_request(job)?),
+    let mut spec = match (&work.container, template.spec) {
+        (Some(c), _) => container_pod_spec(c, job_request(work)?),
         (None, Some(spec)) => spec,
         (None, None) => {
             return Err(Error::InvalidJob("set container or podTemplate.spec".into()));
@@ -72,6 +78,7 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: O
     };
 
     let mut labels = meta.labels.take().unwrap_or_default();
+    labels.extend(work.tags.iter().filter_map(|(k, v)| tag_label(k, v)));
     labels.insert(LABEL_JOB_NAME.into(), label_safe(&name));
     labels.insert(LABEL_JOB_UID.into(), uid.clone());
     let number = attempt_number(attempt).to_string();
@@ -102,16 +109,30 @@ pub fn build_pod(job: &BatchJob, ce: &ComputeEnvironment, attempt: u32, index: O
             ..Default::default()
         });
     }
+    // Barge's own variables, and AWS Batch's with its names and meanings.
+    let job_id = match index {
+        Some(i) => format!("{uid}:{i}"),
+        None => uid.clone(),
+    };
     let mut env = vec![
         env_var("BARGE_JOB_NAME", &name),
         env_var("BARGE_JOB_QUEUE", &job.spec.job_queue),
         env_var("BARGE_JOB_ATTEMPT", &number),
-        env_var("AWS_BATCH_JOB_ATTEMPT", &number),
         env_var("BARGE_COMPUTE_ENVIRONMENT", &ce.name_any()),
+        env_var("AWS_BATCH_JOB_ID", &job_id),
+        env_var("AWS_BATCH_JOB_ATTEMPT", &number),
+        env_var("AWS_BATCH_JQ_NAME", &job.spec.job_queue),
+        env_var("AWS_BATCH_CE_NAME", &ce.name_any()),
     ];
+    if let Some(d) = job.status.as_ref().and_then(|s| s.job_definition.as_deref()) {
+        env.push(env_var("BARGE_JOB_DEFINITION", d));
+    }
     if let Some(i) = index {
         env.push(env_var("BARGE_ARRAY_INDEX", &i.to_string()));
         env.push(env_var("AWS_BATCH_JOB_ARRAY_INDEX", &i.to_string()));
+        if let Some(a) = &job.spec.array {
+            env.push(env_var("AWS_BATCH_JOB_ARRAY_SIZE", &a.size.to_string()));
+        }
         labels.insert(LABEL_ARRAY_INDEX.into(), i.to_string());
     }
     if let Some(main) = spec.containers.first_mut() {
@@ -208,13 +229,14 @@ mod tests {
     use super::*;
     use crate::api::batch_job::{BatchJobSpec, ContainerSpec};
     use crate::api::compute_environment::ComputeEnvironmentSpec;
+    use crate::api::job_definition::work;
 
     fn job() -> BatchJob {
         let mut j = BatchJob::new(
             "etl",
             BatchJobSpec {
                 job_queue: "q".into(),
-                container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
+                container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
                 pod_template: None,
                 ..Default::default()
             },
@@ -240,7 +262,8 @@ mod tests {
     #[test]
     fn the_pod_is_pinned_owned_and_named_for_its_attempt_counted_from_one() {
         // The third attempt (index 2) is attempt 3 wherever a user reads it.
-        let pod = build_pod(&job(), &ce(), 2, None).unwrap();
+        let j = job();
+        let pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 2, None).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-3"));
         assert_eq!(pod.metadata.labels.as_ref().unwrap()[LABEL_ATTEMPT], "3");
         assert_eq!(pod_job(&pod).map(|(_, a)| a), Some(2));
@@ -251,14 +274,19 @@ mod tests {
         assert_eq!(annotations["sim.barge.dev/duration"], "3s");
         assert!(!annotations.contains_key("other"));
         let env = spec.containers[0].env.clone().unwrap();
+        let var = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
         for name in ["BARGE_JOB_ATTEMPT", "AWS_BATCH_JOB_ATTEMPT"] {
-            assert!(env.iter().any(|e| e.name == name && e.value.as_deref() == Some("3")), "{name}");
+            assert_eq!(var(name).as_deref(), Some("3"), "{name}");
         }
+        assert_eq!(var("AWS_BATCH_JOB_ID").as_deref(), Some("abcdef12-3456"));
+        assert_eq!(var("AWS_BATCH_JQ_NAME").as_deref(), Some("q"));
+        assert_eq!(var("AWS_BATCH_CE_NAME").as_deref(), Some("ce-a"));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
     }
 
     #[test]
     fn the_default_request_is_one_vcpu_and_two_gibibytes() {
-        assert_eq!(job_request(&job()).unwrap(), Res::new(1000, 2048, 0));
+        let j = job();
+        assert_eq!(job_request(&work(&j.spec, None).unwrap()).unwrap(), Res::new(1000, 2048, 0));
     }
 }

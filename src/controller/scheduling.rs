@@ -21,6 +21,7 @@ use super::pod::build_pod;
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
+use crate::api::job_definition::work;
 use crate::api::job_queue::{FairShareUsage, LabelSelector};
 use crate::api::{BatchJob, ComputeEnvironment, JobQueue, State};
 use crate::capacity::catalog;
@@ -421,7 +422,16 @@ async fn pass(
             metrics.runnable_seconds.observe((now - since).num_milliseconds().max(0) as f64 / 1000.0);
         }
         let ce = &ce_by_name[&adm.compute_environment];
-        match build_pod(&job, ce, owner.attempt, owner.index) {
+        let def = super::definition::pinned(&ctx.definitions, &job);
+        let work = def.and_then(|d| {
+            // The work borrows the revision; the pod is built while both are at hand.
+            let work = work(&job.spec, d.as_deref())?;
+            build_pod(&job, &work, ce, owner.attempt, owner.index).map_err(|e| match e {
+                crate::Error::InvalidJob(why) => why,
+                e => e.to_string(),
+            })
+        });
+        match work {
             Ok(pod) => {
                 let key = format!("{}/{}", job.namespace().unwrap_or_default(), pod.name_any());
                 inflight.insert(
@@ -569,7 +579,9 @@ fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSende
             || ctx.pods.get(&ObjectRef::new(pod).within(ns)).is_some()
     };
     let allowed = |queue: &str, ns: &str| selection.allows(queue, ns);
-    let lookups = Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed };
+    let definition = |j: &BatchJob| super::definition::pinned(&ctx.definitions, j);
+    let lookups =
+        Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed, definition: &definition };
     let mut ended = Vec::new();
     if std::mem::take(&mut st.rebuild) {
         st.backlog.clear();

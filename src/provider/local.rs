@@ -17,7 +17,7 @@ use crate::api::compute_environment::CapacityType;
 use crate::api::{ComputeEnvironment, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT, LABEL_INSTANCE_TYPE};
 use crate::capacity::catalog::MAX_PODS;
 use crate::capacity::{InstanceType, Offer};
-use crate::controller::pod::GPU_RESOURCE;
+use crate::resources::GPU_RESOURCE;
 use crate::resources::Res;
 
 /// The annotation kwok is started to watch for.

@@ -3,14 +3,25 @@ use chrono::TimeZone;
 use super::*;
 use crate::api::batch_job::{BatchJobSpec, ContainerSpec, RetryStrategy, Timeout};
 
+/// The lifecycle of a job that names no definition: its limits are its own.
+fn next_status(
+    job: &BatchJob,
+    deps: &Deps,
+    pod: Option<&PodFacts>,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> BatchJobStatus {
+    let work = work(&job.spec, None).unwrap();
+    super::next_status(job, &Limits::of(Some(&work)), deps, pod, verdict, now)
+}
+
 fn job(attempts: u32, timeout: Option<u64>) -> BatchJob {
     let mut j = BatchJob::new(
         "etl",
         BatchJobSpec {
             job_queue: "q".into(),
-            container: Some(ContainerSpec { image: "busybox".into(), ..Default::default() }),
+            container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
             pod_template: None,
-            scheduling_priority: 0,
             timeout: timeout.map(|s| Box::new(Timeout { attempt_duration_seconds: s })),
             retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
             ..Default::default()
