@@ -118,5 +118,66 @@ fn bin_packing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scheduling_pass, held_pass, bin_packing);
+/// 100,000 RUNNABLE jobs of one namespace: each with its own container, or each running
+/// revision 1 of a job definition with a parameter of its own.
+fn stored_jobs(definition: bool) -> Vec<std::sync::Arc<barge::api::BatchJob>> {
+    (0..100_000)
+        .map(|i| {
+            let spec = if definition {
+                serde_json::json!({"jobQueue": "q0", "jobDefinition": "render", "parameters": {"frame": i.to_string()}})
+            } else {
+                serde_json::json!({"jobQueue": "q0", "container": {"image": "busybox", "command": ["render", "--frame", i.to_string()],
+                    "resources": {"vcpus": 1, "memory": "2Gi"}}})
+            };
+            let status = if definition {
+                serde_json::json!({"phase": "RUNNABLE", "jobDefinition": "render:1"})
+            } else {
+                serde_json::json!({"phase": "RUNNABLE"})
+            };
+            let job = serde_json::json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
+                "metadata": {"name": format!("j-{i}"), "namespace": "ns", "uid": format!("uid-{i}"),
+                    "creationTimestamp": "2026-11-27T07:00:00Z"},
+                "spec": spec, "status": status});
+            std::sync::Arc::new(serde_json::from_value(job).unwrap())
+        })
+        .collect()
+}
+
+/// The backlog taking in every stored job (what a pass does after a relist, and for each
+/// changed job): jobs that run a definition read their request through the revision,
+/// held once, instead of from a container of their own. The pass that follows reads the
+/// same entries either way (`scheduling_pass`).
+fn backlog_intake(c: &mut Criterion) {
+    use barge::controller::backlog::{Backlog, Lookups};
+    use kube::runtime::reflector::ObjectRef;
+    let def: std::sync::Arc<barge::api::JobDefinitionSpec> = std::sync::Arc::new(
+        serde_json::from_value(serde_json::json!({"container": {"image": "busybox",
+            "command": ["render", "--frame", "Ref::frame"], "resources": {"vcpus": 1, "memory": "2Gi"}}}))
+        .unwrap(),
+    );
+    let mut group = c.benchmark_group("backlog_intake_100k");
+    group.sample_size(10);
+    for (name, definition) in [("container", false), ("definition", true)] {
+        let jobs = stored_jobs(definition);
+        let job = |_: &ObjectRef<barge::api::BatchJob>| None;
+        let pod_known = |_: &str, _: &str| false;
+        let allowed = |_: &str, _: &str| true;
+        let pinned = |j: &barge::api::BatchJob| Ok(j.spec.job_definition.as_ref().map(|_| def.clone()));
+        let lookups =
+            Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed, definition: &pinned };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut backlog = Backlog::default();
+                for j in &jobs {
+                    backlog.refresh(&ObjectRef::from_obj(j.as_ref()), Some(j), &lookups);
+                }
+                assert_eq!(backlog.jobs.len(), jobs.len());
+                backlog
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scheduling_pass, held_pass, bin_packing, backlog_intake);
 criterion_main!(benches);

@@ -59,6 +59,9 @@ JOB
   done
 } | kubectl apply -n "$NS" --server-side -f - >/dev/null
 kubectl apply -n "$NS" -f examples/too-large-job.yaml >/dev/null
+say "Registering job definition 'render' and submitting two jobs against it (examples/job-definition.yaml)"
+kubectl apply -n "$NS" -f examples/job-definition.yaml >/dev/null
+total=$((JOBS + 2))
 
 say "Progress (Ctrl-C stops watching; the cluster keeps running)"
 start=$SECONDS; peak_nodes=0
@@ -78,14 +81,21 @@ while :; do
   [ "$nodes" -gt "$peak_nodes" ] && peak_nodes=$nodes
   printf '[%3ss] %-75s nodes=%-3s vCPUs=%s/64\n' $((SECONDS - start)) "$line" "$nodes" "${vcpus:-0}"
   finished=$(job_phases | grep -cE 'SUCCEEDED|FAILED' || true)
-  [ "$finished" -ge "$JOBS" ] && break
+  [ "$finished" -ge "$total" ] && break
   kill -0 "$(cat "$state/pids/barge")" 2>/dev/null || fail "the operator exited"
-  [ $((SECONDS - start)) -gt "$TIMEOUT" ] && fail "$((JOBS - finished)) of $JOBS jobs not finished after $TIMEOUT s"
+  [ $((SECONDS - start)) -gt "$TIMEOUT" ] && fail "$((total - finished)) of $total jobs not finished after $TIMEOUT s"
   sleep 3
 done
 
 say "Summary"
-echo "$JOBS jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes: $(phases)"
+echo "$total jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes: $(phases)"
+echo
+echo "Jobs run from job definition render (the revision each resolved, and its command):"
+for j in frame-42 frame-43-4k; do
+  rev=$(kubectl get bj "$j" -n "$NS" -o jsonpath='{.status.jobDefinition}')
+  cmd=$(kubectl get pods -n "$NS" -l "barge.dev/job-name=$j" -o jsonpath='{.items[0].spec.containers[0].command}')
+  echo "  $j: $(kubectl get bj "$j" -n "$NS" -o jsonpath='{.status.phase}') on $rev, command $cmd"
+done
 echo
 echo "Why the too-large job waits:"
 kubectl get bj too-large -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason}{"\n"}'

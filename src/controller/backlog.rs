@@ -352,6 +352,38 @@ mod tests {
     }
 
     #[test]
+    fn a_definition_job_waits_for_its_revision_to_be_fixed_then_reads_it() {
+        // The spec's container is dropped: the job runs the definition's.
+        let mut j = job("d", json!({"spec": {"jobDefinition": "render", "schedulingPriority": 7}}));
+        j.spec.container = None;
+        let def: Arc<JobDefinitionSpec> = Arc::new(
+            serde_json::from_value(
+                json!({"container": {"image": "x", "resources": {"vcpus": 2, "memory": "1Gi"}},
+                "schedulingPriority": 3}),
+            )
+            .unwrap(),
+        );
+        let pinned = |_: &BatchJob| -> Pinned { Ok(Some(def.clone())) };
+        let l = Lookups {
+            job: &none,
+            pod_known: &|_, _| false,
+            namespace_allowed: &|_, _| true,
+            definition: &pinned,
+        };
+        assert_eq!(standing(&j, &l), Standing::Idle, "not admitted before its revision is fixed");
+        j.status =
+            Some(serde_json::from_value(json!({"phase": "RUNNABLE", "jobDefinition": "render:1"})).unwrap());
+        // The definition's request, the job's own priority.
+        assert_eq!(
+            standing(&j, &l),
+            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(2000, 1024, 0), priority: 7 }
+        );
+        let gone = |_: &BatchJob| -> Pinned { Err("Job definition render:1 does not exist".into()) };
+        let l = Lookups { definition: &gone, ..l };
+        assert_eq!(standing(&j, &l), Standing::Invalid("Job definition render:1 does not exist".into()));
+    }
+
+    #[test]
     fn an_array_waits_for_its_children_not_started() {
         let j = job(
             "arr",

@@ -236,3 +236,22 @@ fn a_new_pod_s_passing_steps_are_written_only_if_they_last() {
     assert_eq!(passing_step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), at(1)), None);
     assert_eq!(passing_step(&runnable, &runnable, None, at(1)), None);
 }
+
+#[test]
+fn a_job_whose_definition_is_not_there_waits_submitted_then_fails_and_a_stop_ends_it() {
+    let j = job(1, None);
+    let waiting = Resolution::Waiting("Waiting for job definition render:7 (does not exist yet)".into());
+    let s = unresolved_status(&j, &waiting, at(0));
+    assert_eq!(s.phase, JobPhase::Submitted);
+    assert_eq!(s.status_reason.as_deref(), Some("Waiting for job definition render:7 (does not exist yet)"));
+    let failed = Resolution::Failed("Job definition render:7 does not exist".into());
+    let s = unresolved_status(&with(j.clone(), s), &failed, at(31));
+    assert_eq!((s.phase, s.stopped_at), (JobPhase::Failed, Some(at(31))));
+    assert_eq!(s.status_reason.as_deref(), Some("Job definition render:7 does not exist"));
+    // Finished stays finished; a cancel ends a waiting one with the user's reason.
+    assert_eq!(unresolved_status(&with(j.clone(), s.clone()), &waiting, at(40)), s);
+    let mut cancelled = j;
+    cancelled.spec.cancel = Some(crate::api::batch_job::StopRequest { reason: "not needed".into() });
+    let s = unresolved_status(&cancelled, &waiting, at(1));
+    assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Cancelled: not needed")));
+}
