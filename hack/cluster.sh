@@ -130,6 +130,7 @@ up() {
   declare -p ETCD_PORT APISERVER_PORT MOTO_PORT KWOK_PORT | sed 's/^declare -- //' >"$state/ports.env"
   echo "BIN_DIR=$K8S_BIN" >>"$state/ports.env"
   echo "HELM_DIR=$HELM_BIN" >>"$state/ports.env"
+  echo "AWS_CLIENTS_BIN=$AWS_CLIENTS_VENV/bin" >>"$state/ports.env"
   gen_certs
   local pki="$state/pki"
   write_kubeconfig admin "$state/kubeconfig"
@@ -193,6 +194,8 @@ env_lines() {
   source "$state/ports.env"
   echo "export KUBECONFIG=$state/kubeconfig"
   echo "export PATH=$BIN_DIR:${HELM_DIR:+$HELM_DIR:}\$PATH"
+  # aws-cli v1 and boto3, for the AWS Batch API's tests (not put on PATH).
+  [ -z "${AWS_CLIENTS_BIN:-}" ] || echo "export BARGE_AWS_CLIENTS_BIN=$AWS_CLIENTS_BIN"
   if alive moto; then
     echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
     echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"

@@ -4,6 +4,7 @@
 //! `provider` are the I/O shells around it; `api` holds the custom resources.
 
 pub mod api;
+pub mod batch_api;
 pub mod capacity;
 pub mod cli;
 pub mod controller;

@@ -17,6 +17,7 @@ k8s_bin="$cache/k8s-$K8S_VERSION"
 etcd_bin="$cache/etcd-$ETCD_VERSION"
 kwok_bin="$cache/kwok-$KWOK_VERSION"
 moto_venv="$cache/moto-$MOTO_VERSION"
+clients_venv="$cache/aws-clients-$AWSCLI_VERSION"
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
 
@@ -92,25 +93,30 @@ go_helm() {
     helm.sh/helm/v3/cmd/helm)
 }
 
-build_moto() {
-  [ -f "$moto_venv/.complete" ] && "$moto_venv/bin/python" -c 'import moto.server' 2>/dev/null && return
+# venv <name> <dir> <check command> <pip requirement>...: a venv with these installed,
+# made in place (a venv is not relocatable: its scripts name its path) under a lock.
+venv() {
+  local name=$1 dir=$2 check=$3; shift 3
+  [ -f "$dir/.complete" ] && "$dir/bin/python" -c "$check" 2>/dev/null && return
   mkdir -p "$cache"
   local lock start=$SECONDS
-  exec {lock}>"$cache/.moto.lock"
+  exec {lock}>"$cache/.$name.lock"
   flock "$lock"
-  if ! { [ -f "$moto_venv/.complete" ] && "$moto_venv/bin/python" -c 'import moto.server' 2>/dev/null; }; then
-    # A venv is not relocatable (its scripts name its path), so it is made in place.
-    log "installing moto $MOTO_VERSION into a venv (about 1 min)"
-    rm -rf "$moto_venv"
-    python3 -m venv "$moto_venv"
-    "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server,ec2]==$MOTO_VERSION"
-    "$moto_venv/bin/python" -c 'import moto.server' || die "moto installed but does not import"
-    touch "$moto_venv/.complete"
-    log "installed moto in $((SECONDS - start)) s"
+  if ! { [ -f "$dir/.complete" ] && "$dir/bin/python" -c "$check" 2>/dev/null; }; then
+    log "installing $* into a venv (about 1 min)"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+    "$dir/bin/python" -c "$check" || die "$name installed but does not import"
+    touch "$dir/.complete"
+    log "installed $name in $((SECONDS - start)) s"
   fi
   flock -u "$lock"
   exec {lock}>&-
 }
+
+build_moto() { venv moto "$moto_venv" 'import moto.server' "moto[server,ec2]==$MOTO_VERSION"; }
+build_aws_clients() { venv aws-clients "$clients_venv" 'import boto3, awscli' "awscli==$AWSCLI_VERSION" boto3; }
 
 build_etcd() { ensure "etcd-$ETCD_VERSION" "$etcd_bin" 2 go_etcd "etcd --version"; }
 build_kwok() { ensure "kwok-$KWOK_VERSION" "$kwok_bin" 2 go_kwok "kwok --help"; }
@@ -123,14 +129,15 @@ build_helm() { ensure "helm-$HELM_VERSION" "$helm_bin" 2 go_helm "helm version";
 all() {
   local start=$SECONDS
   runs "$k8s_bin" "kube-apiserver --version" || log "the first build of the control plane takes about 15 min on 2 cores (etcd, kwok, Kubernetes, moto, helm; ~2 GB of Go modules); later runs reuse $cache"
-  build_etcd; build_kwok; build_k8s; build_moto; build_helm
+  build_etcd; build_kwok; build_k8s; build_moto; build_aws_clients; build_helm
   [ $((SECONDS - start)) -lt 5 ] || log "test bed ready in $((SECONDS - start)) s"
 }
 
 case "${1:-all}" in
   all) all ;;
-  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; helm) build_helm ;;
+  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; helm) build_helm ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
+         echo "AWS_CLIENTS_VENV=$clients_venv"
          echo "HELM_BIN=$helm_bin" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|helm|paths]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|helm|paths]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
 //! same binary is the kubectl plugin: `kubectl barge queues`.
 
 mod commands;
+mod credentials;
 mod operator;
 mod output;
 
@@ -30,7 +31,8 @@ pub use operator::RunArgs;
         barge describe jd render\n  \
         barge describe my-job\n  \
         barge watch my-job\n  \
-        barge cancel my-job --reason 'wrong input'"
+        barge cancel my-job --reason 'wrong input'\n  \
+        barge credentials create --namespace team-a"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -103,6 +105,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Keys for the AWS Batch API (`barge run --batch-api-addr`): create, list, revoke.
+    #[command(subcommand)]
+    Credentials(credentials::CredentialsCommand),
     /// Follow a job (or every job of a queue) with progress bars until it is done.
     Watch {
         /// The job to follow.
@@ -141,6 +146,7 @@ pub async fn main() -> anyhow::Result<()> {
             commands::stop(&job, "terminate", &reason, &common).await
         }
         Command::Watch { job, queue, common } => commands::watch(job, queue, &common).await,
+        Command::Credentials(c) => credentials::run(c).await,
     }
 }
 

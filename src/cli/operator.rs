@@ -55,6 +55,18 @@ pub struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BARGE_LOG_JSON")]
     log_json: bool,
+    /// Serve the AWS Batch API here (e.g. 0.0.0.0:8443); off unless set.
+    #[arg(long, env = "BARGE_BATCH_API_ADDR")]
+    batch_api_addr: Option<SocketAddr>,
+    /// The region the AWS Batch API answers for (in ARNs).
+    #[arg(long, env = "BARGE_BATCH_API_REGION", default_value = "us-east-1")]
+    batch_api_region: String,
+    /// The account id in the AWS Batch API's ARNs.
+    #[arg(long, env = "BARGE_BATCH_API_ACCOUNT_ID", default_value = "000000000000")]
+    batch_api_account_id: String,
+    /// Namespace of the Secrets holding the AWS Batch API's keys (see `barge credentials`).
+    #[arg(long, env = "BARGE_CREDENTIALS_NAMESPACE", default_value = crate::batch_api::DEFAULT_CREDENTIALS_NAMESPACE)]
+    credentials_namespace: String,
     /// Name of this replica, in events and in the leader Lease.
     #[arg(long, env = "POD_NAME", default_value = "barge")]
     instance: String,
@@ -86,6 +98,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(move || synced.load(Ordering::Acquire) || (elect && metrics().leader.get() == 0))
     };
     tokio::spawn(metrics::serve(args.metrics_bind, ready));
+    // Every replica answers the AWS Batch API, leader or not.
+    if let Some(addr) = args.batch_api_addr {
+        let config = crate::batch_api::Config {
+            addr,
+            region: args.batch_api_region.clone(),
+            account_id: args.batch_api_account_id.clone(),
+            credentials_namespace: args.credentials_namespace.clone(),
+        };
+        tokio::spawn(crate::batch_api::serve(client.clone(), config));
+    }
 
     let providers = Providers {
         local: args.local_provider.then(|| Box::new(LocalProvider::new(client.clone())) as _),

@@ -23,8 +23,9 @@ pub const LABEL_SHARE: &str = "barge.dev/share";
 /// Label on the pods of an array job's children: the child's index.
 pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 
-/// Job annotations with this prefix are copied to its pods (the local test bed reads
-/// `sim.barge.dev/duration` and friends from there).
+/// Job annotations and tags with this prefix are copied to its pods' annotations (the local
+/// test bed reads `sim.barge.dev/duration` and friends from there; tags are how a job
+/// submitted through the AWS Batch API says them).
 pub const COPIED_ANNOTATION_PREFIX: &str = "sim.barge.dev/";
 pub use crate::resources::GPU_RESOURCE;
 
@@ -89,9 +90,14 @@ pub fn build_pod(
         labels.insert(LABEL_SHARE.into(), label_safe(share));
     }
     let mut annotations = meta.annotations.take().unwrap_or_default();
-    for (k, v) in job.annotations() {
+    for (k, v) in work
+        .tags
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .chain(job.annotations().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
         if k.starts_with(COPIED_ANNOTATION_PREFIX) {
-            annotations.insert(k.clone(), v.clone());
+            annotations.insert(k.to_string(), v.to_string());
         }
     }
 

@@ -1,0 +1,518 @@
+//! RegisterJobDefinition, DescribeJobDefinitions, DeregisterJobDefinition: AWS job
+//! definitions as JobDefinition objects, whose revisions Barge's controller numbers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::page::page;
+use super::shapes::{
+    self, KeyValuePair, ResourceRequirement, RetryStrategyShape, TimeoutShape, Unknown, refuse_unknown,
+};
+use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal};
+use crate::api::JobDefinition;
+use crate::api::batch_job::{ContainerSpec, Resources};
+use crate::api::job_definition::{DefinitionState, JobDefinitionSpec};
+
+/// How long RegisterJobDefinition waits for Barge's controller to number the new revision.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(15);
+
+/// Fields of AWS's container properties that describe AWS plumbing with no meaning on a
+/// cluster (IAM roles, CloudWatch logging, Fargate): accepted, and not acted on.
+const IGNORED_CONTAINER_FIELDS: &[&str] = &[
+    "jobRoleArn",
+    "executionRoleArn",
+    "logConfiguration",
+    "fargatePlatformConfiguration",
+    "networkConfiguration",
+    "runtimePlatform",
+    "repositoryCredentials",
+];
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerProperties {
+    pub image: Option<String>,
+    pub vcpus: Option<f64>,
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub environment: Vec<KeyValuePair>,
+    #[serde(default)]
+    pub resource_requirements: Vec<ResourceRequirement>,
+    #[serde(flatten)]
+    pub other: Unknown,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterInput {
+    job_definition_name: Option<String>,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    scheduling_priority: Option<i32>,
+    container_properties: Option<ContainerProperties>,
+    retry_strategy: Option<RetryStrategyShape>,
+    propagate_tags: Option<bool>,
+    timeout: Option<TimeoutShape>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    platform_capabilities: Vec<String>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterOutput {
+    job_definition_name: String,
+    job_definition_arn: String,
+    revision: u32,
+}
+
+/// Whether `name` is an AWS job definition (or job) name: up to 128 letters, numbers,
+/// hyphens and underscores.
+pub fn valid_aws_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The Kubernetes name of the JobDefinition for AWS name `aws`: the name itself when
+/// Kubernetes allows it, else a lower-case form with a hash of the original, so that
+/// `My_Def` and `my-def` stay two definitions.
+pub fn object_name(aws: &str) -> String {
+    let plain = aws.len() <= 200
+        && aws.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !aws.starts_with('-')
+        && !aws.ends_with('-');
+    if plain {
+        return aws.to_string();
+    }
+    let base: String = aws
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(60)
+        .collect();
+    let base = base.trim_matches('-');
+    let hash: String = Sha256::digest(aws.as_bytes()).iter().take(5).map(|b| format!("{b:02x}")).collect();
+    if base.is_empty() { format!("d-{hash}") } else { format!("{base}-{hash}") }
+}
+
+/// The AWS name of a definition object.
+pub fn aws_name(jd: &JobDefinition) -> String {
+    jd.annotations().get(ANNOTATION_AWS_NAME).cloned().unwrap_or_else(|| jd.name_any())
+}
+
+/// A definition and revision as a request names them: `NAME`, `NAME:REVISION`, or an ARN.
+pub struct Found {
+    pub object: Arc<JobDefinition>,
+    pub revision: Option<u32>,
+}
+
+pub fn find(ctx: &Context, ns: &str, text: &str) -> ApiResult<Found> {
+    let named = ctx.arns.name("job-definition", text);
+    let (name, revision) = match named.rsplit_once(':') {
+        Some((n, r)) => match r.parse::<u32>() {
+            Ok(r) if r >= 1 => (n, Some(r)),
+            _ => {
+                return Err(ApiError::client(format!(
+                    "jobDefinition {text:?} is not NAME, NAME:REVISION or an ARN"
+                )));
+            }
+        },
+        None => (named, None),
+    };
+    let object = ctx
+        .stores
+        .definitions
+        .definitions
+        .get(&ObjectRef::new(&object_name(name)).within(ns))
+        .filter(|jd| aws_name(jd) == name)
+        .ok_or_else(|| {
+            ApiError::client(format!("Job definition {name} does not exist (in namespace {ns})"))
+        })?;
+    if let Some(r) = revision
+        && !ctx.stores.definitions.numbers(ns, &object.name_any()).contains(&r)
+    {
+        return Err(ApiError::client(format!(
+            "Job definition {name}:{r} does not exist: revision {r} was never registered"
+        )));
+    }
+    Ok(Found { object, revision })
+}
+
+pub async fn register(ctx: &Context, who: &Principal, input: RegisterInput) -> ApiResult<RegisterOutput> {
+    refuse_unknown(&input.other, "")?;
+    let name =
+        input.job_definition_name.clone().ok_or_else(|| ApiError::client("jobDefinitionName is required"))?;
+    if !valid_aws_name(&name) {
+        return Err(ApiError::client(format!(
+            "jobDefinitionName {name:?} must be 1 to 128 letters, numbers, hyphens and underscores"
+        )));
+    }
+    let spec = definition_spec(&input)?;
+    let object = object_name(&name);
+    let ns = &who.namespace;
+    let api: Api<JobDefinition> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": JobDefinition::api_version(&()),
+        "kind": JobDefinition::kind(&()),
+        "metadata": {"name": object, "annotations": {ANNOTATION_AWS_NAME: name}},
+        "spec": spec,
+    });
+    let applied = api
+        .patch(&object, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|e| ApiError::from_kube(e, &format!("job definition {name}")))?;
+    let generation = applied.metadata.generation.unwrap_or(0);
+    let revision = registered_revision(ctx, ns, &object, generation).await.ok_or_else(|| {
+        ApiError::server(format!(
+            "job definition {name} is saved, but Barge's controller has not numbered its revision within {} s; \
+             is the operator running? Describe the definition to see its revision",
+            REGISTRATION_WAIT.as_secs()
+        ))
+    })?;
+    Ok(RegisterOutput {
+        job_definition_arn: ctx.arns.of("job-definition", &format!("{name}:{revision}")),
+        job_definition_name: name,
+        revision,
+    })
+}
+
+/// The revision the controller registered for `generation` of the definition, once the
+/// store shows it.
+async fn registered_revision(ctx: &Context, ns: &str, name: &str, generation: i64) -> Option<u32> {
+    let key = ObjectRef::new(name).within(ns);
+    let deadline = tokio::time::Instant::now() + REGISTRATION_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(jd) = ctx.stores.definitions.definitions.get(&key)
+            && let Some(s) = &jd.status
+            && s.observed_generation.unwrap_or(0) >= generation
+            && s.revision >= 1
+            && ctx.stores.definitions.numbers(ns, name).contains(&s.revision)
+        {
+            return Some(s.revision);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
+    match input.type_.as_deref() {
+        Some("container") => {}
+        Some("multinode") => {
+            return Err(ApiError::client(
+                "type multinode (multi-node parallel jobs) is not supported by Barge yet",
+            ));
+        }
+        Some(other) => return Err(ApiError::client(format!("type must be container, not {other:?}"))),
+        None => return Err(ApiError::client("type is required (container)")),
+    }
+    if let Some(p) = input.platform_capabilities.iter().find(|p| *p != "EC2") {
+        return Err(ApiError::client(format!(
+            "platformCapabilities {p} is not supported: Barge runs jobs as EC2 does"
+        )));
+    }
+    let props = input
+        .container_properties
+        .as_ref()
+        .ok_or_else(|| ApiError::client("containerProperties is required for a container job definition"))?;
+    let unknown: Unknown = props
+        .other
+        .iter()
+        .filter(|(k, _)| !IGNORED_CONTAINER_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    refuse_unknown(&unknown, "containerProperties.")?;
+    let image = props
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::client("containerProperties.image is required"))?;
+    let asked =
+        shapes::asked(&props.resource_requirements, props.vcpus, props.memory, "containerProperties.")?;
+    let defaults = Resources::default();
+    let container = ContainerSpec {
+        image,
+        command: props.command.clone(),
+        args: Vec::new(),
+        env: shapes::environment(&props.environment, "containerProperties.")?,
+        resources: Resources {
+            vcpus: asked.vcpus.unwrap_or(defaults.vcpus),
+            memory: asked.memory.unwrap_or(defaults.memory),
+            gpus: asked.gpus.unwrap_or(0),
+        },
+    };
+    Ok(JobDefinitionSpec {
+        state: DefinitionState::Active,
+        container: Some(Box::new(container)),
+        pod_template: None,
+        parameters: input.parameters.clone(),
+        retry_strategy: input.retry_strategy.as_ref().map(|r| r.to_barge()).transpose()?,
+        timeout: input.timeout.as_ref().map(|t| t.to_barge()).transpose()?.flatten(),
+        tags: input.tags.clone(),
+        propagate_tags: input.propagate_tags.unwrap_or(false),
+        scheduling_priority: input.scheduling_priority,
+    })
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeInput {
+    #[serde(default)]
+    job_definitions: Vec<String>,
+    job_definition_name: Option<String>,
+    status: Option<String>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+}
+
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDetailOut {
+    pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    pub environment: Vec<KeyValuePair>,
+    pub resource_requirements: Vec<ResourceRequirement>,
+    pub vcpus: f64,
+    pub memory: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_stream_name: Option<String>,
+}
+
+impl ContainerDetailOut {
+    pub fn of(c: &ContainerSpec) -> Self {
+        ContainerDetailOut {
+            image: c.image.clone(),
+            command: c.command.iter().chain(&c.args).cloned().collect(),
+            environment: shapes::key_values(&c.env),
+            resource_requirements: shapes::requirements(&c.resources),
+            vcpus: c.resources.vcpus,
+            memory: shapes::memory_mib(&c.resources.memory),
+            ..Default::default()
+        }
+    }
+
+    /// The first container of a pod template, as far as AWS's shape can tell it.
+    pub fn of_template(t: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Self {
+        let Some(c) = t.spec.as_ref().and_then(|s| s.containers.first()) else { return Self::default() };
+        let work = crate::api::job_definition::Work {
+            container: None,
+            pod_template: Some(std::borrow::Cow::Borrowed(t)),
+            retry_strategy: std::borrow::Cow::Owned(Default::default()),
+            timeout: None,
+            scheduling_priority: 0,
+            tags: BTreeMap::new(),
+        };
+        let res = crate::controller::pod::job_request(&work).unwrap_or(crate::resources::Res::ZERO);
+        ContainerDetailOut {
+            image: c.image.clone().unwrap_or_default(),
+            command: c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect(),
+            environment: c
+                .env
+                .iter()
+                .flatten()
+                .map(|e| KeyValuePair { name: e.name.clone(), value: e.value.clone().unwrap_or_default() })
+                .collect(),
+            resource_requirements: Vec::new(),
+            vcpus: res.millicpu as f64 / 1000.0,
+            memory: res.memory_mib,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionOut {
+    job_definition_name: String,
+    job_definition_arn: String,
+    revision: u32,
+    status: &'static str,
+    #[serde(rename = "type")]
+    type_: &'static str,
+    parameters: BTreeMap<String, String>,
+    container_properties: ContainerDetailOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_strategy: Option<RetryStrategyShape>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<TimeoutShape>,
+    tags: BTreeMap<String, String>,
+    propagate_tags: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduling_priority: Option<i32>,
+    platform_capabilities: Vec<&'static str>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeOutput {
+    job_definitions: Vec<DefinitionOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
+}
+
+pub fn container_out(spec: &JobDefinitionSpec) -> ContainerDetailOut {
+    match (&spec.container, &spec.pod_template) {
+        (Some(c), _) => ContainerDetailOut::of(c),
+        (None, Some(t)) => ContainerDetailOut::of_template(t),
+        (None, None) => ContainerDetailOut::default(),
+    }
+}
+
+/// Deregistered (or being deleted): no new job may use it.
+pub fn is_inactive(jd: &JobDefinition) -> bool {
+    jd.spec.state == DefinitionState::Inactive
+        || jd.meta().deletion_timestamp.is_some()
+        || jd.status.as_ref().and_then(|s| s.status) == Some(DefinitionState::Inactive)
+}
+
+fn revision_out(ctx: &Context, jd: &JobDefinition, revision: u32, spec: &JobDefinitionSpec) -> DefinitionOut {
+    let name = aws_name(jd);
+    let state = if is_inactive(jd) { DefinitionState::Inactive } else { DefinitionState::Active };
+    DefinitionOut {
+        job_definition_arn: ctx.arns.of("job-definition", &format!("{name}:{revision}")),
+        job_definition_name: name,
+        revision,
+        status: state.as_str(),
+        type_: "container",
+        parameters: spec.parameters.clone(),
+        container_properties: container_out(spec),
+        retry_strategy: spec.retry_strategy.as_ref().map(RetryStrategyShape::of),
+        timeout: spec
+            .timeout
+            .as_ref()
+            .map(|t| TimeoutShape { attempt_duration_seconds: Some(t.attempt_duration_seconds) }),
+        tags: spec.tags.clone(),
+        propagate_tags: spec.propagate_tags,
+        scheduling_priority: spec.scheduling_priority,
+        platform_capabilities: vec!["EC2"],
+    }
+}
+
+pub fn describe(ctx: &Context, who: &Principal, input: DescribeInput) -> ApiResult<DescribeOutput> {
+    let ns = &who.namespace;
+    let defs = &ctx.stores.definitions;
+    if input.job_definitions.len() > 100 {
+        return Err(ApiError::client(format!(
+            "jobDefinitions holds {} entries; at most 100",
+            input.job_definitions.len()
+        )));
+    }
+    // Which (definition, revision) pairs were asked for; None means every revision.
+    let mut wanted: Vec<(Arc<JobDefinition>, Option<u32>)> = Vec::new();
+    if input.job_definitions.is_empty() {
+        for jd in defs.definitions.state() {
+            if jd.namespace().as_deref() == Some(ns.as_str())
+                && input.job_definition_name.as_ref().is_none_or(|n| *n == aws_name(&jd))
+            {
+                wanted.push((jd, None));
+            }
+        }
+    } else {
+        for text in &input.job_definitions {
+            // AWS answers an unknown definition with nothing rather than an error.
+            if let Ok(f) = find(ctx, ns, text) {
+                wanted.push((f.object, f.revision));
+            }
+        }
+    }
+    let status = input.status.as_deref();
+    if let Some(s) = status
+        && s != "ACTIVE"
+        && s != "INACTIVE"
+    {
+        return Err(ApiError::client(format!("status must be ACTIVE or INACTIVE, not {s:?}")));
+    }
+    let mut items = Vec::new();
+    for (jd, only) in wanted {
+        let object = jd.name_any();
+        let revisions = match only {
+            Some(r) => vec![r],
+            None => defs.numbers(ns, &object),
+        };
+        for r in revisions {
+            let Some(spec) = defs.get(ns, &object, r) else { continue };
+            let out = revision_out(ctx, &jd, r, &spec);
+            if status.is_none_or(|s| s == out.status) {
+                items.push((format!("{}:{r:010}", out.job_definition_name), out));
+            }
+        }
+    }
+    let (job_definitions, next_token) = page(items, input.max_results, input.next_token.as_deref())?;
+    Ok(DescribeOutput { job_definitions, next_token })
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeregisterInput {
+    job_definition: Option<String>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Empty {}
+
+pub async fn deregister(ctx: &Context, who: &Principal, input: DeregisterInput) -> ApiResult<Empty> {
+    let text = input.job_definition.ok_or_else(|| ApiError::client("jobDefinition is required"))?;
+    let ns = &who.namespace;
+    let found = find(ctx, ns, &text)?;
+    let object = found.object.name_any();
+    let latest = ctx.stores.definitions.numbers(ns, &object).last().copied().unwrap_or(0);
+    if let Some(r) = found.revision
+        && r != latest
+    {
+        return Err(ApiError::client(format!(
+            "{text}: Barge deregisters a definition's latest revision ({latest}), which makes the whole definition INACTIVE; \
+             revision {r} cannot be deregistered on its own"
+        )));
+    }
+    let patch = serde_json::json!({"spec": {"state": "INACTIVE"}});
+    let api: Api<JobDefinition> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let patched = api
+        .patch(&object, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| ApiError::from_kube(e, &format!("job definition {text}")))?;
+    let (key, generation) = (ObjectRef::from_obj(&patched), patched.metadata.generation);
+    ctx.stores
+        .caught_up(|s| {
+            s.definitions.definitions.get(&key).is_some_and(|d| d.metadata.generation >= generation)
+        })
+        .await;
+    Ok(Empty {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_names_become_kubernetes_names_that_stay_apart() {
+        assert_eq!(object_name("render"), "render");
+        let a = object_name("My_Def");
+        assert!(a.starts_with("my-def-") && a.len() == "my-def-".len() + 10, "{a}");
+        assert_ne!(a, object_name("my-def"));
+        assert_ne!(a, object_name("My-Def"));
+        assert_eq!(a, object_name("My_Def"));
+        assert!(object_name("___").starts_with("d-"));
+        assert!(valid_aws_name("snakejob_0a-B"));
+        assert!(!valid_aws_name("a b") && !valid_aws_name("") && !valid_aws_name(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,308 @@
+//! The AWS Batch API: an HTTP endpoint speaking AWS Batch's restJson1 protocol
+//! (`POST /v1/<operation>`, JSON bodies, epoch-millisecond times), so that `aws batch`,
+//! boto3 and the tools built on them work against Barge unchanged.
+//!
+//! Every request is signed with AWS Signature Version 4 by a key that `barge credentials`
+//! issued ([`auth`]); each key acts in one namespace. Reads come from watch-fed stores
+//! ([`Stores`]); writes go through the API server as BatchJobs and JobDefinitions, so that a
+//! job submitted with boto3 is one `kubectl get bj` shows, and the other way round.
+
+pub mod auth;
+mod definitions;
+mod environments;
+mod jobs;
+mod page;
+mod shapes;
+pub mod stores;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kube::Client;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+pub use auth::Principal;
+pub use stores::Stores;
+
+/// The largest request body accepted; larger ones are refused before they are parsed.
+/// (AWS Batch's largest requests, a RegisterJobDefinition with a full pod spec, stay far below.)
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The field manager of the objects the endpoint writes.
+pub const FIELD_MANAGER: &str = "barge-batch-api";
+
+/// The annotation that keeps an object's AWS name where Kubernetes' naming rules could not
+/// (AWS job names are not unique; definition names may hold capitals and underscores).
+pub const ANNOTATION_AWS_NAME: &str = "barge.dev/aws-name";
+
+/// Where credential Secrets live unless the operator is told otherwise (the chart's
+/// namespace by convention).
+pub const DEFAULT_CREDENTIALS_NAMESPACE: &str = "barge-system";
+
+/// Where and as whom the endpoint answers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// The region in ARNs, and the one requests must be signed for.
+    pub region: String,
+    /// The 12-digit account id in ARNs.
+    pub account_id: String,
+    /// Namespace of the credential Secrets (the operator's).
+    pub credentials_namespace: String,
+}
+
+/// An AWS error as restJson1 carries it: the code in `x-amzn-ErrorType` and `__type`,
+/// and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// The caller's mistake (AWS Batch's `ClientException`).
+    pub fn client(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "ClientException", message: message.into() }
+    }
+
+    /// Barge's or the cluster's trouble (`ServerException`): retrying may help.
+    pub fn server(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "ServerException",
+            message: message.into(),
+        }
+    }
+
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// What the API server's refusal of a write means to the caller.
+    fn from_kube(e: kube::Error, what: &str) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+                ApiError::client(format!("{what} is invalid: {}", s.message))
+            }
+            kube::Error::Api(s) if s.code == 409 => ApiError::client(format!("{what}: {}", s.message)),
+            kube::Error::Api(s) if s.code == 403 => ApiError::server(format!(
+                "Barge may not write {what} in this namespace (its role is missing a permission): {}",
+                s.message
+            )),
+            e => ApiError::server(format!("could not write {what}: {e}")),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// ARNs in AWS's shape, from the configured region and account.
+#[derive(Clone, Debug)]
+pub struct Arns {
+    pub region: String,
+    pub account_id: String,
+}
+
+impl Arns {
+    pub fn of(&self, kind: &str, name: &str) -> String {
+        format!("arn:aws:batch:{}:{}:{kind}/{name}", self.region, self.account_id)
+    }
+
+    /// The name an ARN of `kind` names, or the text itself when it is no ARN.
+    pub fn name<'a>(&self, kind: &str, text: &'a str) -> &'a str {
+        if !text.starts_with("arn:") {
+            return text;
+        }
+        text.split_once(&format!(":{kind}/")).map_or(text, |(_, name)| name)
+    }
+}
+
+/// What every operation reads and writes through.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub arns: Arns,
+    pub credentials_namespace: String,
+}
+
+/// Serves the endpoint until the process ends. The stores are started here: every replica
+/// answers, whether or not it leads.
+pub async fn serve(client: Client, config: Config) {
+    let (stores, drive) = Stores::start(client.clone(), &config.credentials_namespace);
+    tokio::spawn(drive);
+    let ctx = Arc::new(Context {
+        client,
+        stores,
+        arns: Arns { region: config.region.clone(), account_id: config.account_id.clone() },
+        credentials_namespace: config.credentials_namespace.clone(),
+    });
+    let listener = match tokio::net::TcpListener::bind(config.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(addr = %config.addr, error = %e, "cannot serve the AWS Batch API");
+            return std::future::pending().await;
+        }
+    };
+    info!(addr = %config.addr, region = %config.region, "serving the AWS Batch API");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One request, from its bytes to its answer.
+async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let started = std::time::Instant::now();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error_response(&ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ClientException",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes, the most Barge accepts"),
+            ));
+        }
+    };
+    let answer = match ctx.stores.ready() {
+        false => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServerException",
+            "Barge is starting and has not read the cluster yet; retry in a few seconds",
+        )),
+        true => match auth::verify(&parts, &body, &ctx.stores.credentials(), std::time::SystemTime::now()) {
+            Err(e) => Err(e),
+            Ok(principal) => route(ctx, &principal, parts.method.as_str(), parts.uri.path(), &body).await,
+        },
+    };
+    let operation = parts.uri.path().trim_start_matches("/v1/").to_string();
+    match answer {
+        Ok(json) => {
+            tracing::debug!(%operation, ms = started.elapsed().as_millis() as u64, "batch api");
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(json)))
+                .expect("a valid response")
+        }
+        Err(e) => {
+            tracing::info!(%operation, code = e.code, message = %e.message, "batch api refused a request");
+            error_response(&e)
+        }
+    }
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"__type": e.code, "message": e.message});
+    Response::builder()
+        .status(e.status)
+        .header("content-type", "application/json")
+        .header("x-amzn-ErrorType", e.code)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+/// The operation a path names, run with its parsed input.
+async fn route(ctx: &Context, who: &Principal, method: &str, path: &str, body: &[u8]) -> ApiResult<Vec<u8>> {
+    if method != "POST" {
+        return Err(ApiError::client(format!(
+            "{method} {path}: AWS Batch operations are POST /v1/<operation>"
+        )));
+    }
+    match path.trim_end_matches('/') {
+        "/v1/submitjob" => reply(jobs::submit(ctx, who, parse(body)?).await?),
+        "/v1/describejobs" => reply(jobs::describe(ctx, who, parse(body)?)?),
+        "/v1/listjobs" => reply(jobs::list(ctx, who, parse(body)?)?),
+        "/v1/canceljob" => reply(jobs::stop(ctx, who, jobs::Stop::Cancel, parse(body)?).await?),
+        "/v1/terminatejob" => reply(jobs::stop(ctx, who, jobs::Stop::Terminate, parse(body)?).await?),
+        "/v1/registerjobdefinition" => reply(definitions::register(ctx, who, parse(body)?).await?),
+        "/v1/describejobdefinitions" => reply(definitions::describe(ctx, who, parse(body)?)?),
+        "/v1/deregisterjobdefinition" => reply(definitions::deregister(ctx, who, parse(body)?).await?),
+        "/v1/describejobqueues" => reply(environments::queues(ctx, who, parse(body)?)?),
+        "/v1/describecomputeenvironments" => {
+            reply(environments::compute_environments(ctx, who, parse(body)?)?)
+        }
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            format!("{other} is not an AWS Batch operation Barge serves (see the README for the list)"),
+        )),
+    }
+}
+
+/// A request body as the operation's input; an empty body is an empty object.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = match path.as_str() {
+            "." | "" => format!("the request body is not valid input for this operation: {inner}"),
+            _ => format!("{path}: {inner}"),
+        };
+        ApiError::client(message)
+    })
+}
+
+fn reply<T: Serialize>(out: T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(&out).map_err(|e| ApiError::server(format!("cannot encode the answer: {e}")))
+}
+
+/// Epoch milliseconds, as AWS Batch gives times.
+pub fn millis(t: &chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_that_are_not_the_input_are_refused_naming_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "camelCase")]
+        #[allow(dead_code)]
+        struct Input {
+            job_name: Option<String>,
+            array_properties: Option<Inner>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            size: Option<u32>,
+        }
+        let e = parse::<Input>(br#"{"arrayProperties": {"size": "ten"}}"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "ClientException"));
+        assert!(e.message.contains("arrayProperties.size"), "{}", e.message);
+        assert!(parse::<Input>(b"{not json").is_err());
+        assert!(parse::<Input>(b"").unwrap().job_name.is_none());
+    }
+
+    #[test]
+    fn arns_name_and_are_read_back() {
+        let arns = Arns { region: "eu-west-1".into(), account_id: "123456789012".into() };
+        let arn = arns.of("job-queue", "bulk");
+        assert_eq!(arn, "arn:aws:batch:eu-west-1:123456789012:job-queue/bulk");
+        assert_eq!(arns.name("job-queue", &arn), "bulk");
+        assert_eq!(arns.name("job-queue", "bulk"), "bulk");
+        assert_eq!(arns.name("job-definition", "arn:aws:batch:r:1:job-definition/render:3"), "render:3");
+    }
+}

@@ -1,0 +1,403 @@
+//! The AWS Batch API on the local control plane, driven by the real AWS clients: boto3 and
+//! aws-cli v1 from PyPI with only `AWS_ENDPOINT_URL_BATCH` and an issued key set, and raw
+//! requests signed by the `aws-sigv4` crate for every refusal (unsigned, unknown key, bad
+//! signature, old signature, revoked key, other namespaces, bad bodies).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use barge::api::BatchJob;
+use barge::api::batch_job::JobPhase;
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+/// One operator serving the API for every test here, and where its keys live.
+struct Harness {
+    port: u16,
+    credentials_ns: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn harness() -> &'static Harness {
+    static H: tokio::sync::OnceCell<Harness> = tokio::sync::OnceCell::const_new();
+    H.get_or_init(|| async {
+        let client = client().await;
+        install_crds(&client).await;
+        let credentials_ns = namespace(&client, "barge-keys").await;
+        let port = free_port();
+        spawn_operator_for_process(
+            "batch-api",
+            &[
+                ("BARGE_BATCH_API_ADDR", &format!("127.0.0.1:{port}")),
+                ("BARGE_CREDENTIALS_NAMESPACE", &credentials_ns),
+                ("BARGE_BATCH_API_REGION", "us-east-1"),
+                ("BARGE_BATCH_API_ACCOUNT_ID", "123456789012"),
+            ],
+        );
+        Harness { port, credentials_ns }
+    })
+    .await
+}
+
+struct Key {
+    id: String,
+    secret: String,
+}
+
+/// `barge credentials create`, as a user runs it.
+fn create_key(h: &Harness, namespace: &str, queues: &[&str]) -> Key {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_barge"));
+    cmd.args(["credentials", "create", "--namespace", namespace, "--format", "json"])
+        .env("BARGE_CREDENTIALS_NAMESPACE", &h.credentials_ns);
+    if !queues.is_empty() {
+        cmd.args(["--queues", &queues.join(",")]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "credentials create: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Key {
+        id: v["AccessKeyId"].as_str().unwrap().into(),
+        secret: v["SecretAccessKey"].as_str().unwrap().into(),
+    }
+}
+
+fn clients_bin() -> String {
+    std::env::var("BARGE_AWS_CLIENTS_BIN")
+        .expect("BARGE_AWS_CLIENTS_BIN is not set: run these tests with `make test` (hack/cluster.sh builds the aws-cli and boto3 venv)")
+}
+
+/// A command of the AWS clients' venv with only the endpoint, the key and a region set.
+fn aws_tool(h: &Harness, key: &Key, program: &str) -> Command {
+    let mut cmd = Command::new(format!("{}/{program}", clients_bin()));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ENDPOINT_URL_BATCH", format!("http://127.0.0.1:{}", h.port))
+        .env("AWS_ACCESS_KEY_ID", &key.id)
+        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    cmd
+}
+
+fn aws(h: &Harness, key: &Key, args: &[&str]) -> Result<Value, String> {
+    let out = aws_tool(h, key, "aws").args(["batch"]).args(args).args(["--output", "json"]).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(if text.trim().is_empty() { json!({}) } else { serde_json::from_str(&text).unwrap() })
+}
+
+/// A raw POST of `body` to `/v1/<op>`, signed at `at` with `key` (or not signed).
+async fn call(h: &Harness, key: Option<&Key>, op: &str, body: Vec<u8>, at: SystemTime) -> (u16, Value) {
+    try_call(h, key, op, body, at).await.unwrap()
+}
+
+/// As `call`, but a connection the server closed is an error, not a panic.
+async fn try_call(
+    h: &Harness,
+    key: Option<&Key>,
+    op: &str,
+    body: Vec<u8>,
+    at: SystemTime,
+) -> Result<(u16, Value), hyper_util::client::legacy::Error> {
+    let uri = format!("http://127.0.0.1:{}/v1/{op}", h.port);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri(&uri)
+        .header("host", format!("127.0.0.1:{}", h.port))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .unwrap();
+    if let Some(key) = key {
+        let identity = Credentials::new(&key.id, &key.secret, None, None, "test").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("batch")
+            .time(at)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let headers: Vec<(String, String)> =
+            req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+        let signable = SignableRequest::new(
+            "POST",
+            uri.clone(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(&body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        instructions.apply_to_request_http1x(&mut req);
+    }
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let (parts, body) = req.into_parts();
+    let res = client.request(hyper::Request::from_parts(parts, Full::new(Bytes::from(body)))).await?;
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+async fn signed(h: &Harness, key: &Key, op: &str, body: Value) -> (u16, Value) {
+    call(h, Some(key), op, body.to_string().into_bytes(), SystemTime::now()).await
+}
+
+/// Waits until the endpoint answers the key (the operator has started and read its Secret).
+async fn until_answered(h: &Harness, key: &Key) {
+    eventually("the AWS Batch API answers the new key", WAIT, || async {
+        (signed(h, key, "describejobqueues", json!({})).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// A namespace, a local compute environment, a queue that runs jobs and one that holds them.
+struct Corner {
+    env: Env,
+    queue: String,
+    held: String,
+    ce: String,
+}
+
+async fn corner(prefix: &str) -> Corner {
+    let env = Env::new(client().await, prefix).await;
+    let ce = env
+        .ce("ce", json!({"instanceTypes": ["m6i.xlarge"], "maxvCpus": 16, "scaleDownDelaySeconds": 5}))
+        .await;
+    let queue = env.queue("run", 10, "ENABLED", &[&ce]).await;
+    let held = env.queue("held", 10, "DISABLED", &[&ce]).await;
+    Corner { env, queue, held, ce }
+}
+
+impl Corner {
+    async fn cleanup(&self) {
+        for q in [&self.queue, &self.held] {
+            let _ = self.env.queues.delete(q, &Default::default()).await;
+        }
+        self.env.cleanup(&[&self.ce]).await;
+    }
+}
+
+#[tokio::test]
+async fn boto3_registers_submits_follows_and_stops_jobs() {
+    let h = harness().await;
+    let c = corner("api-boto3").await;
+    let (env, queue, held) = (&c.env, &c.queue, &c.held);
+    let key = create_key(h, &env.ns, &[]);
+    until_answered(h, &key).await;
+    let out = aws_tool(h, &key, "python")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/batch_api/boto3_client.py"))
+        .env("BARGE_QUEUE", queue)
+        .env("BARGE_HELD_QUEUE", held)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the boto3 script failed:\n{stderr}");
+    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+
+    // What boto3 submitted is a BatchJob kubectl shows, its AWS name kept beside its id.
+    let single = env.jobs.get(seen["jobs"]["single"].as_str().unwrap()).await.unwrap();
+    assert_eq!(single.annotations()["barge.dev/aws-name"], "single_1");
+    assert_eq!(single.status.as_ref().unwrap().phase, JobPhase::Succeeded);
+    assert!(single.spec.job_definition.as_deref().unwrap().starts_with("boto3-render-"), "{:?}", single.spec);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn aws_cli_sees_kubectl_jobs_and_submits_its_own() {
+    let h = harness().await;
+    let c = corner("api-cli").await;
+    let (env, queue) = (&c.env, &c.queue);
+    let key = create_key(h, &env.ns, &[]);
+    until_answered(h, &key).await;
+
+    // A job applied with kubectl is a job the AWS tools see, under its name.
+    env.job("kubectl-made", queue, 1.0, json!({"sim.barge.dev/duration": "1s"}), json!({})).await;
+    env.wait_phase("kubectl-made", JobPhase::Succeeded).await;
+    let seen = aws(h, &key, &["describe-jobs", "--jobs", "kubectl-made"]).unwrap();
+    assert_eq!(seen["jobs"][0]["jobName"], "kubectl-made");
+    assert_eq!(seen["jobs"][0]["status"], "SUCCEEDED");
+    assert_eq!(
+        seen["jobs"][0]["jobQueue"],
+        format!("arn:aws:batch:us-east-1:123456789012:job-queue/{queue}")
+    );
+
+    let reg = aws(
+        h,
+        &key,
+        &[
+            "register-job-definition",
+            "--job-definition-name",
+            "cli-def",
+            "--type",
+            "container",
+            "--container-properties",
+            r#"{"image": "busybox:1.36", "command": ["sh", "-c", "echo Ref::word"], "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "1024"}]}"#,
+            "--tags",
+            "sim.barge.dev/duration=1s",
+            "--propagate-tags",
+        ],
+    )
+    .unwrap();
+    assert_eq!(reg["revision"], 1, "{reg}");
+    let sub = aws(
+        h,
+        &key,
+        &[
+            "submit-job",
+            "--job-name",
+            "from-cli",
+            "--job-queue",
+            queue,
+            "--job-definition",
+            "cli-def",
+            "--parameters",
+            "word=hello",
+        ],
+    )
+    .unwrap();
+    let id = sub["jobId"].as_str().unwrap().to_string();
+    let done = eventually("the cli job succeeds", WAIT, || async {
+        let d = aws(h, &key, &["describe-jobs", "--jobs", &id]).ok()?;
+        (d["jobs"][0]["status"] == "SUCCEEDED").then_some(d)
+    })
+    .await;
+    let job = &done["jobs"][0];
+    assert_eq!(job["container"]["command"], json!(["sh", "-c", "echo hello"]));
+    assert_eq!(job["container"]["vcpus"].as_f64(), Some(2.0));
+    let listed = aws(h, &key, &["list-jobs", "--job-queue", queue, "--job-status", "SUCCEEDED"]).unwrap();
+    let names: Vec<&str> =
+        listed["jobSummaryList"].as_array().unwrap().iter().map(|s| s["jobName"].as_str().unwrap()).collect();
+    assert!(names.contains(&"from-cli") && names.contains(&"kubectl-made"), "{names:?}");
+
+    // The pod is the one the job ran, with AWS Batch's environment.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let pod = pods.list(&ListParams::default().labels(&format!("barge.dev/job-name={id}"))).await.unwrap();
+    let envs = pod.items[0].spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert!(envs.iter().any(|e| e.name == "AWS_BATCH_JQ_NAME" && e.value.as_deref() == Some(queue.as_str())));
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn refusals_are_aws_errors_and_create_nothing() {
+    let h = harness().await;
+    let c = corner("api-refuse").await;
+    let o = corner("api-other").await;
+    let (env, queue, other, other_queue) = (&c.env, &c.queue, &o.env, &o.queue);
+    let key = create_key(h, &env.ns, &[queue]);
+    let stranger = create_key(h, &other.ns, &[]);
+    until_answered(h, &key).await;
+    until_answered(h, &stranger).await;
+    let now = SystemTime::now();
+
+    let (status, body) = call(h, None, "describejobqueues", b"{}".to_vec(), now).await;
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (403, Some("MissingAuthenticationTokenException")),
+        "{body}"
+    );
+    let unknown = Key { id: "BRGNOSUCHKEY000000000".into(), secret: key.secret.clone() };
+    let (status, body) = call(h, Some(&unknown), "describejobqueues", b"{}".to_vec(), now).await;
+    assert_eq!((status, body["__type"].as_str()), (403, Some("UnrecognizedClientException")), "{body}");
+    let wrong = Key { id: key.id.clone(), secret: "x".repeat(40) };
+    let (status, body) = call(h, Some(&wrong), "describejobqueues", b"{}".to_vec(), now).await;
+    assert_eq!((status, body["__type"].as_str()), (403, Some("InvalidSignatureException")), "{body}");
+    let old = now - Duration::from_secs(16 * 60);
+    let (status, body) = call(h, Some(&key), "describejobqueues", b"{}".to_vec(), old).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("Signature expired"), "{body}");
+
+    // Bad bodies: the AWS error, naming what is wrong.
+    let (status, body) = call(h, Some(&key), "submitjob", b"{not json".to_vec(), now).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ClientException")), "{body}");
+    let (_, body) = signed(
+        h,
+        &key,
+        "submitjob",
+        json!({"jobName": "a", "jobQueue": queue, "jobDefinition": "d", "arrayProperties": {"size": "ten"}}),
+    )
+    .await;
+    assert!(body["message"].as_str().unwrap().contains("arrayProperties.size"), "{body}");
+    let (_, body) = signed(h, &key, "submitjob", json!({"jobQueue": queue, "jobDefinition": "d"})).await;
+    assert_eq!(body["message"], "jobName is required");
+    let (_, body) = signed(
+        h,
+        &key,
+        "submitjob",
+        json!({"jobName": "a", "jobQueue": queue, "jobDefinition": "d", "eksPropertiesOverride": {}}),
+    )
+    .await;
+    assert!(body["message"].as_str().unwrap().contains("eksPropertiesOverride is not supported"), "{body}");
+    let (status, body) = signed(h, &key, "launchrocket", json!({})).await;
+    assert_eq!((status, body["__type"].as_str()), (404, Some("UnknownOperationException")), "{body}");
+    let ids: Vec<String> = (0..101).map(|i| format!("j{i}")).collect();
+    let (status, body) = signed(h, &key, "describejobs", json!({"jobs": ids})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("at most 100"), "{body}");
+    let over = vec![b' '; barge::batch_api::MAX_BODY_BYTES + 1024];
+    let (status, body) = call(h, Some(&key), "submitjob", over, now).await;
+    assert_eq!((status, body["__type"].as_str()), (413, Some("ClientException")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("larger than"), "{body}");
+    // 10 MiB: refused after the first MiB; the server may close the connection before the
+    // client has sent the rest, and then the client sees no answer at all.
+    let huge = vec![b' '; 10 * 1024 * 1024];
+    if let Ok((status, body)) = try_call(h, Some(&key), "submitjob", huge, now).await {
+        assert_eq!((status, body["__type"].as_str()), (413, Some("ClientException")), "{body}");
+    }
+
+    // Another namespace's jobs, and a queue outside the key's list, do not exist for it.
+    other.job("theirs", other_queue, 1.0, json!({}), json!({})).await;
+    let (_, body) = signed(h, &key, "describejobs", json!({"jobs": ["theirs"]})).await;
+    assert_eq!(body["jobs"], json!([]), "{body}");
+    let (_, body) = signed(h, &key, "canceljob", json!({"jobId": "theirs", "reason": "mine now"})).await;
+    assert_eq!(body["message"], "Job theirs does not exist");
+    let (_, body) =
+        signed(h, &key, "submitjob", json!({"jobName": "a", "jobQueue": other_queue, "jobDefinition": "d"}))
+            .await;
+    assert_eq!(body["message"], format!("JobQueue {other_queue} does not exist"));
+    // ...while the key of their namespace sees them.
+    let (_, body) = signed(
+        h,
+        &stranger,
+        "listjobs",
+        json!({"jobQueue": other_queue, "filters": [{"name": "JOB_NAME", "values": ["the*"]}]}),
+    )
+    .await;
+    assert_eq!(body["jobSummaryList"][0]["jobId"], "theirs", "{body}");
+
+    // None of that created a job.
+    let jobs: Api<BatchJob> = Api::namespaced(env.client.clone(), &env.ns);
+    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty());
+
+    // A revoked key is refused from then on.
+    let out = Command::new(env!("CARGO_BIN_EXE_barge"))
+        .args(["credentials", "revoke", &stranger.id])
+        .env("BARGE_CREDENTIALS_NAMESPACE", &h.credentials_ns)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the revoked key is refused", WAIT, || async {
+        let (status, body) = signed(h, &stranger, "describejobqueues", json!({})).await;
+        (status == 403 && body["__type"] == "UnrecognizedClientException").then_some(())
+    })
+    .await;
+    c.cleanup().await;
+    o.cleanup().await;
+}
