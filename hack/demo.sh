@@ -13,6 +13,12 @@ TIMEOUT=${DEMO_TIMEOUT:-900}
 case $JOBS$TIMEOUT in *[!0-9]*) echo "demo: DEMO_JOBS and DEMO_TIMEOUT must be whole numbers" >&2; exit 2 ;; esac
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+fail() { # fail <message>: say why, with the operator's last words
+  echo "demo: $1" >&2
+  echo "--- last lines of the operator log (${state:-.barge/cluster}/logs/barge.log):" >&2
+  tail -n 30 "${state:-.barge/cluster}/logs/barge.log" >&2 || true
+  exit 1
+}
 
 say "Building barge (a cold build compiles ~400 crates: several minutes on 2 cores)"
 cargo build --bin barge
@@ -27,11 +33,15 @@ kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/batchjobs.barge.dev crd/jobqueues.barge.dev \
   crd/computeenvironments.barge.dev >/dev/null
 
-say "Starting the operator (local provider); log: $state/logs/barge.log"
+say "Starting the operator (local provider, and the AWS Batch API); log: $state/logs/barge.log"
 if [ -f "$state/pids/barge" ] && kill -0 "$(cat "$state/pids/barge")" 2>/dev/null; then
   kill "$(cat "$state/pids/barge")"; sleep 1
 fi
-RUST_LOG=info target/debug/barge run >"$state/logs/barge.log" 2>&1 &
+KEYS_NS=barge-system
+kubectl create namespace "$KEYS_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BARGE_BATCH_API_ADDR=127.0.0.1:$api_port BARGE_CREDENTIALS_NAMESPACE=$KEYS_NS RUST_LOG=info \
+  target/debug/barge run >"$state/logs/barge.log" 2>&1 &
 echo $! >"$state/pids/barge"
 
 say "Applying examples/: a compute environment (max 64 vCPUs), queues 'urgent' and 'bulk'"
@@ -61,19 +71,33 @@ JOB
 kubectl apply -n "$NS" -f examples/too-large-job.yaml >/dev/null
 say "Registering job definition 'render' and submitting two jobs against it (examples/job-definition.yaml)"
 kubectl apply -n "$NS" -f examples/job-definition.yaml >/dev/null
-total=$((JOBS + 2))
+
+say "Submitting one job with the AWS CLI, through Barge's AWS Batch API"
+# A key for namespace barge-demo, and what `aws` needs to reach the endpoint with it.
+api_env=$state/batch-api.env
+{
+  target/debug/barge credentials create --namespace "$NS" --operator-namespace "$KEYS_NS"
+  echo "export AWS_ENDPOINT_URL_BATCH=http://127.0.0.1:$api_port AWS_DEFAULT_REGION=us-east-1"
+  echo "export PATH=\"$BARGE_AWS_CLIENTS_BIN:\$PATH\""
+} >"$api_env" 2>/dev/null
+# shellcheck disable=SC1090
+(
+  source "$api_env"
+  for _ in $(seq 1 60); do aws batch describe-job-queues >/dev/null 2>&1 && break; sleep 1; done
+  aws batch register-job-definition --job-definition-name greet --type container \
+    --container-properties '{"image": "busybox:1.36", "command": ["echo", "Ref::who"]}' \
+    --parameters who=world --tags sim.barge.dev/duration=3s --propagate-tags \
+    --query '[jobDefinitionName, revision]' --output text
+  aws batch submit-job --job-name greet-from-aws --job-queue bulk --job-definition greet \
+    --parameters who=barge --query jobId --output text
+) | sed 's/^/  /' || fail "the AWS Batch API did not take the job (see $state/logs/barge.log)"
+total=$((JOBS + 3))
 
 say "Progress (Ctrl-C stops watching; the cluster keeps running)"
 start=$SECONDS; peak_nodes=0
 # A job Barge has not written a status for yet is SUBMITTED, the phase the API defaults to.
 job_phases() { kubectl get bj -n "$NS" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sed 's/^$/SUBMITTED/'; }
 phases() { job_phases | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
-fail() { # fail <message>: say why, with the operator's last words
-  echo "demo: $1" >&2
-  echo "--- last lines of the operator log ($state/logs/barge.log):" >&2
-  tail -n 30 "$state/logs/barge.log" >&2 || true
-  exit 1
-}
 while :; do
   line=$(phases)
   nodes=$(kubectl get nodes -l barge.dev/compute-environment=demo-ondemand --no-headers 2>/dev/null | wc -l)
@@ -97,6 +121,10 @@ for j in frame-42 frame-43-4k; do
   echo "  $j: $(kubectl get bj "$j" -n "$NS" -o jsonpath='{.status.phase}') on $rev, command $cmd"
 done
 echo
+echo "The job submitted with the AWS CLI, as the AWS CLI describes it:"
+(source "$api_env"; aws batch list-jobs --job-queue bulk --filters name=JOB_NAME,values=greet-from-aws \
+  --query 'jobSummaryList[0].[jobName, jobId, status]' --output text | sed 's/^/  /')
+echo
 echo "Why the too-large job waits:"
 kubectl get bj too-large -n "$NS" -o jsonpath='  {.status.phase}: {.status.statusReason}{"\n"}'
 failed=$(kubectl get bj -n "$NS" -o jsonpath='{range .items[?(@.status.phase=="FAILED")]}{.metadata.name}{"\n"}{end}' | head -n 1)
@@ -109,4 +137,5 @@ kubectl get ce,jq
 echo
 echo "Idle nodes are removed 20 s after their last job (scaleDownDelaySeconds)."
 echo "Explore:   eval \"\$(hack/cluster.sh env)\"; kubectl get bj,jq,ce -A; kubectl describe bj too-large -n $NS"
+echo "AWS CLI:   source $api_env; aws batch list-jobs --job-queue bulk --job-status SUCCEEDED"
 echo "Stop:      make demo-down"

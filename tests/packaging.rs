@@ -232,19 +232,28 @@ fn service_account_kubeconfig(ns: &str, sa: &str, file: &Path) {
 
 /// Starts the operator as `sa` in `ns`, with leader election in `ns`.
 fn operator_as(ns: &str, sa: &str, log: &str, local_provider: bool) -> std::process::Child {
+    operator_as_with(ns, sa, log, local_provider, &[])
+}
+
+fn operator_as_with(
+    ns: &str,
+    sa: &str,
+    log: &str,
+    local_provider: bool,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
     let kubeconfig = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log}.kubeconfig"));
     service_account_kubeconfig(ns, sa, &kubeconfig);
     let provider = if local_provider { "true" } else { "false" };
-    spawn_operator_with(
-        log,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("BARGE_LOCAL_PROVIDER", provider),
-            ("BARGE_LEADER_ELECT", "true"),
-            ("POD_NAMESPACE", ns),
-            ("BARGE_LEASE_NAME", "barge-leader"),
-        ],
-    )
+    let mut env = vec![
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("BARGE_LOCAL_PROVIDER", provider),
+        ("BARGE_LEADER_ELECT", "true"),
+        ("POD_NAMESPACE", ns),
+        ("BARGE_LEASE_NAME", "barge-leader"),
+    ];
+    env.extend_from_slice(extra);
+    spawn_operator_with(log, &env)
 }
 
 fn can(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
@@ -467,4 +476,131 @@ async fn namespace_users_submit_jobs_through_the_aggregated_roles_and_touch_noth
     }
     run("kubectl", &["delete", "clusterrolebinding", &carol]);
     run("kubectl", &["delete", "clusterrole", "users-barge-view", "users-barge-edit", "users-barge-admin"]);
+}
+
+/// aws-cli v1 from the test bed's venv, with only the endpoint, a key and a region.
+fn aws_cli(port: u16, key: &Value, args: &[&str]) -> Result<Value, String> {
+    let bin = std::env::var("BARGE_AWS_CLIENTS_BIN").expect("BARGE_AWS_CLIENTS_BIN (set by `make test`)");
+    let out = Command::new(format!("{bin}/aws"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ENDPOINT_URL_BATCH", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", key["AccessKeyId"].as_str().unwrap())
+        .env("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"].as_str().unwrap())
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .args(["batch"])
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(json!({})))
+}
+
+#[tokio::test]
+async fn the_charts_batch_api_answers_aws_cli_under_its_rbac() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let client = client().await;
+    let ns = format!("barge-api-{}", suffix());
+    let release = format!("api{}", suffix());
+    run(
+        "helm",
+        &[
+            "install",
+            &release,
+            "charts/barge",
+            "--namespace",
+            &ns,
+            "--create-namespace",
+            "--wait=false",
+            "--set",
+            "providers.local=true",
+            "--set",
+            "replicas=0",
+            "--set",
+            "batchApi.enabled=true",
+        ],
+    );
+    let sa = format!("{release}-barge");
+    let secrets_in = |namespace: &str| {
+        let out = Command::new("kubectl")
+            .args([
+                "auth",
+                "can-i",
+                "list",
+                "secrets",
+                "-n",
+                namespace,
+                "--as",
+                &format!("system:serviceaccount:{ns}:{sa}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(secrets_in(&ns), "the endpoint reads its keys in its own namespace");
+    assert!(!secrets_in("default"), "and nowhere else");
+    assert!(can(&ns, &sa, "create", "batchjobs.barge.dev"));
+    let services = run("kubectl", &["get", "service", "-n", &ns, "-o", "name"]);
+    assert!(services.contains(&format!("service/{release}-barge-batch-api")), "{services}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut operator = operator_as_with(
+        &ns,
+        &sa,
+        "helm-batch-api",
+        true,
+        &[("BARGE_BATCH_API_ADDR", &addr), ("BARGE_CREDENTIALS_NAMESPACE", &ns)],
+    );
+    let e = Env::new(client.clone(), "helm-api").await;
+    let ce = e.ce("ce", json!({"instanceTypes": ["m6i"], "maxvCpus": 8, "scaleDownDelaySeconds": 600})).await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    let key: Value = serde_json::from_str(&run(
+        env!("CARGO_BIN_EXE_barge"),
+        &["credentials", "create", "--namespace", &e.ns, "--operator-namespace", &ns, "--format", "json"],
+    ))
+    .unwrap();
+    eventually("the endpoint answers the key", WAIT, || async {
+        aws_cli(port, &key, &["describe-job-queues"]).ok()
+    })
+    .await;
+    aws_cli(
+        port,
+        &key,
+        &[
+            "register-job-definition",
+            "--job-definition-name",
+            "hello",
+            "--type",
+            "container",
+            "--container-properties",
+            r#"{"image": "busybox:1.36", "command": ["echo", "hi"]}"#,
+            "--tags",
+            "sim.barge.dev/duration=1s",
+            "--propagate-tags",
+        ],
+    )
+    .unwrap();
+    let job = aws_cli(
+        port,
+        &key,
+        &["submit-job", "--job-name", "hello", "--job-queue", &q, "--job-definition", "hello"],
+    )
+    .unwrap();
+    let id = job["jobId"].as_str().unwrap().to_string();
+    eventually("the job submitted through the chart's endpoint succeeds", WAIT, || async {
+        let d = aws_cli(port, &key, &["describe-jobs", "--jobs", &id]).ok()?;
+        (d["jobs"][0]["status"] == "SUCCEEDED").then_some(())
+    })
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    e.cleanup(&[&ce]).await;
+    let _ = Api::<barge::api::JobQueue>::all(client.clone()).delete(&q, &Default::default()).await;
+    run("helm", &["uninstall", &release, "--namespace", &ns, "--wait"]);
 }

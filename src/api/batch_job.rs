@@ -279,15 +279,15 @@ pub struct BatchJobSpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[1-9][0-9]*)?$')").message("jobDefinition is NAME or NAME:REVISION, e.g. render or render:2"))]
     pub job_definition: Option<String>,
     /// Values for the definition's `Ref::name` placeholders; they win over its defaults.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub parameters: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "super::StringMap::is_empty")]
+    pub parameters: super::StringMap,
     /// What differs from the definition's container for this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_overrides: Option<Box<super::job_definition::ContainerOverrides>>,
     /// Tags of the job; its pods carry them as labels (see the README for the rule).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "super::StringMap::is_empty")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)").message("a tag key is at most 128 characters and a value at most 256"))]
-    pub tags: std::collections::BTreeMap<String, String>,
+    pub tags: super::StringMap,
     /// Whether the definition's tags go on the job's pods too (default: the definition's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagate_tags: Option<bool>,

@@ -5,11 +5,13 @@ pub mod batch_job;
 pub mod compute_environment;
 pub mod job_definition;
 pub mod job_queue;
+pub mod string_map;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
 pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
 pub use job_definition::{JobDefinition, JobDefinitionSpec, JobDefinitionStatus};
 pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
+pub use string_map::StringMap;
 
 use chrono::{DateTime, Utc};
 use kube::CustomResourceExt;

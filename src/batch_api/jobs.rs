@@ -136,9 +136,9 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
     let spec = BatchJobSpec {
         job_queue: queue.name_any(),
         job_definition: Some(format!("{object}:{revision}")),
-        parameters: input.parameters.clone(),
+        parameters: input.parameters.clone().into(),
         container_overrides: input.container_overrides.as_ref().map(overrides).transpose()?.map(Box::new),
-        tags: input.tags.clone(),
+        tags: input.tags.clone().into(),
         propagate_tags: input.propagate_tags,
         scheduling_priority: input.scheduling_priority_override,
         share_identifier: input.share_identifier.clone(),
@@ -172,6 +172,11 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
 
 fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
     refuse_unknown(&o.other, "containerOverrides.")?;
+    if o.instance_type.is_some() {
+        return Err(ApiError::client(
+            "containerOverrides.instanceType is not supported by Barge yet: give the queue a compute environment of that type",
+        ));
+    }
     let asked = shapes::asked(&o.resource_requirements, o.vcpus, o.memory, "containerOverrides.")?;
     Ok(ContainerOverrides {
         command: o.command.clone(),
@@ -179,7 +184,7 @@ fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
         vcpus: asked.vcpus,
         memory: asked.memory,
         gpus: asked.gpus,
-        instance_type: o.instance_type.clone(),
+        instance_type: None,
     })
 }
 
@@ -442,7 +447,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             Some((_, _, d)) => {
                 d.parameters.iter().chain(&job.spec.parameters).map(|(k, v)| (k.clone(), v.clone())).collect()
             }
-            None => job.spec.parameters.clone(),
+            None => job.spec.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         },
         container,
         array_properties: job.spec.array.as_ref().map(|a| ArrayOut {
@@ -463,7 +468,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
         tags: work
             .as_ref()
             .map(|w| w.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-            .unwrap_or_else(|| job.spec.tags.clone()),
+            .unwrap_or_else(|| job.spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
         propagate_tags: job
             .spec
             .propagate_tags
