@@ -386,6 +386,13 @@ async fn refusals_are_aws_errors_and_create_nothing() {
     let jobs: Api<BatchJob> = Api::namespaced(env.client.clone(), &env.ns);
     assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty());
 
+    // A key that asks too fast is throttled, as AWS throttles (50 a second by default).
+    let burst =
+        futures::future::join_all((0..150).map(|_| signed(h, &key, "describejobqueues", json!({})))).await;
+    let throttled: Vec<&Value> = burst.iter().filter(|(s, _)| *s == 429).map(|(_, b)| b).collect();
+    assert!(!throttled.is_empty() && throttled.len() < 150, "{} of 150 throttled", throttled.len());
+    assert_eq!(throttled[0]["__type"], "TooManyRequestsException");
+
     // A revoked key is refused from then on.
     let out = Command::new(env!("CARGO_BIN_EXE_barge"))
         .args(["credentials", "revoke", &stranger.id])

@@ -56,6 +56,8 @@ pub struct Config {
     pub account_id: String,
     /// Namespace of the credential Secrets (the operator's).
     pub credentials_namespace: String,
+    /// Requests each key may make per second (also its burst); `None` for no limit.
+    pub requests_per_second: Option<std::num::NonZeroU32>,
 }
 
 /// An AWS error as restJson1 carries it: the code in `x-amzn-ErrorType` and `__type`,
@@ -131,6 +133,9 @@ pub struct Context {
     pub stores: Stores,
     pub arns: Arns,
     pub credentials_namespace: String,
+    /// Each key's request rate, as AWS throttles an account's calls.
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+    requests_per_second: u32,
 }
 
 /// Serves the endpoint until the process ends. The stores are started here: every replica
@@ -143,6 +148,10 @@ pub async fn serve(client: Client, config: Config) {
         stores,
         arns: Arns { region: config.region.clone(), account_id: config.account_id.clone() },
         credentials_namespace: config.credentials_namespace.clone(),
+        limiter: config
+            .requests_per_second
+            .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
+        requests_per_second: config.requests_per_second.map_or(0, |n| n.get()),
     });
     let listener = match tokio::net::TcpListener::bind(config.addr).await {
         Ok(l) => l,
@@ -189,6 +198,18 @@ async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
         )),
         true => match auth::verify(&parts, &body, &ctx.stores.credentials(), std::time::SystemTime::now()) {
             Err(e) => Err(e),
+            Ok(principal)
+                if ctx.limiter.as_ref().is_some_and(|l| l.check_key(&principal.access_key_id).is_err()) =>
+            {
+                Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequestsException",
+                    format!(
+                        "Too Many Requests: key {} may make {} requests a second; retry with backoff (AWS SDKs do)",
+                        principal.access_key_id, ctx.requests_per_second
+                    ),
+                ))
+            }
             Ok(principal) => route(ctx, &principal, parts.method.as_str(), parts.uri.path(), &body).await,
         },
     };
@@ -294,6 +315,112 @@ mod tests {
         assert!(e.message.contains("arrayProperties.size"), "{}", e.message);
         assert!(parse::<Input>(b"{not json").is_err());
         assert!(parse::<Input>(b"").unwrap().job_name.is_none());
+    }
+
+    /// Every operation, thrown random bytes and random JSON made of its field names: each
+    /// answer is an output or an AWS error, never a panic (nothing exists in the stores, and
+    /// the API server it would write to does not answer).
+    #[test]
+    fn random_bodies_get_an_answer_or_an_aws_error() {
+        use proptest::prelude::*;
+        const OPS: &[&str] = &[
+            "/v1/submitjob",
+            "/v1/describejobs",
+            "/v1/listjobs",
+            "/v1/canceljob",
+            "/v1/terminatejob",
+            "/v1/registerjobdefinition",
+            "/v1/describejobdefinitions",
+            "/v1/deregisterjobdefinition",
+            "/v1/describejobqueues",
+            "/v1/describecomputeenvironments",
+            "/v1/nosuchthing",
+        ];
+        const FIELDS: &[&str] = &[
+            "jobName",
+            "jobQueue",
+            "jobDefinition",
+            "jobDefinitionName",
+            "type",
+            "parameters",
+            "containerOverrides",
+            "containerProperties",
+            "image",
+            "command",
+            "environment",
+            "resourceRequirements",
+            "value",
+            "vcpus",
+            "memory",
+            "arrayProperties",
+            "size",
+            "dependsOn",
+            "jobId",
+            "retryStrategy",
+            "attempts",
+            "evaluateOnExit",
+            "action",
+            "timeout",
+            "attemptDurationSeconds",
+            "tags",
+            "jobs",
+            "jobStatus",
+            "filters",
+            "name",
+            "values",
+            "maxResults",
+            "nextToken",
+            "reason",
+            "status",
+            "jobQueues",
+            "arrayJobId",
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9:_*/-]{0,12}".prop_map(serde_json::Value::from),
+            prop::sample::select(&["ACTIVE", "RUNNING", "container", "EXIT", "VCPU", "MEMORY", "N_TO_N"][..])
+                .prop_map(serde_json::Value::from),
+        ];
+        let json = leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(prop::sample::select(FIELDS).prop_map(String::from), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let body = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            json.prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ctx = runtime.block_on(async {
+            let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+            Context {
+                client: Client::try_from(config).unwrap(),
+                stores: Stores::empty(),
+                arns: Arns { region: "us-east-1".into(), account_id: "123456789012".into() },
+                credentials_namespace: "keys".into(),
+                limiter: None,
+                requests_per_second: 0,
+            }
+        });
+        let who =
+            Principal { access_key_id: "K".into(), namespace: "ns".into(), queues: vec![], admin: false };
+        let mut runner =
+            proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(512));
+        runner
+            .run(&(prop::sample::select(OPS), body), |(op, body)| {
+                let answer = runtime.block_on(route(&ctx, &who, "POST", op, &body));
+                if let Err(e) = answer {
+                    prop_assert!(e.status.is_client_error() || e.status.is_server_error(), "{e:?}");
+                    prop_assert!(!e.message.is_empty());
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

@@ -126,6 +126,24 @@ impl Stores {
         (stores, drive)
     }
 
+    /// Stores that hold nothing (for tests of what needs no cluster).
+    #[cfg(test)]
+    pub fn empty() -> Stores {
+        Stores {
+            jobs: reflector::store().0,
+            queues: reflector::store().0,
+            compute_environments: reflector::store().0,
+            definitions: Definitions {
+                definitions: reflector::store().0,
+                revisions: reflector::store().0,
+                index: Default::default(),
+            },
+            namespaces: reflector::store().0,
+            secrets: reflector::store().0,
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
     /// Waits (briefly) until `seen` holds of what the store shows: a write's answer must be
     /// what the next read through the store finds, as AWS's reads after a write do.
     pub async fn caught_up(&self, seen: impl Fn(&Stores) -> bool) {

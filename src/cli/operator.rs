@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// The account id in the AWS Batch API's ARNs.
     #[arg(long, env = "BARGE_BATCH_API_ACCOUNT_ID", default_value = "000000000000")]
     batch_api_account_id: String,
+    /// Requests each AWS Batch API key may make per second (0: no limit). AWS's own SubmitJob
+    /// quota is 50 a second.
+    #[arg(long, env = "BARGE_BATCH_API_REQUESTS_PER_SECOND", default_value_t = 50)]
+    batch_api_requests_per_second: u32,
     /// Namespace of the Secrets holding the AWS Batch API's keys (see `barge credentials`).
     #[arg(long, env = "BARGE_CREDENTIALS_NAMESPACE", default_value = crate::batch_api::DEFAULT_CREDENTIALS_NAMESPACE)]
     credentials_namespace: String,
@@ -105,6 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             region: args.batch_api_region.clone(),
             account_id: args.batch_api_account_id.clone(),
             credentials_namespace: args.credentials_namespace.clone(),
+            requests_per_second: std::num::NonZeroU32::new(args.batch_api_requests_per_second),
         };
         tokio::spawn(crate::batch_api::serve(client.clone(), config));
     }
