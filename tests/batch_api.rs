@@ -408,3 +408,182 @@ async fn refusals_are_aws_errors_and_create_nothing() {
     c.cleanup().await;
     o.cleanup().await;
 }
+
+/// The Rust AWS SDK for Batch, pointed at Barge with an issued key.
+fn sdk(h: &Harness, key: &Key) -> aws_sdk_batch::Client {
+    use aws_sdk_batch::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_batch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{}", h.port))
+        .credentials_provider(Credentials::new(&key.id, &key.secret, None, None, "barge-test"))
+        .build();
+    aws_sdk_batch::Client::from_conf(conf)
+}
+
+#[tokio::test]
+async fn the_rust_sdk_runs_every_operation() {
+    use aws_sdk_batch::error::ProvideErrorMetadata;
+    use aws_sdk_batch::types::{
+        ArrayProperties, ContainerOverrides, ContainerProperties, JobDependency, JobStatus, KeyValuePair,
+        ResourceRequirement, ResourceType, RetryStrategy,
+    };
+    let h = harness().await;
+    let c = corner("api-sdk").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    until_answered(h, &key).await;
+    let batch = sdk(h, &key);
+
+    let queues = batch.describe_job_queues().send().await.unwrap();
+    let names: Vec<&str> = queues.job_queues().iter().filter_map(|q| q.job_queue_name()).collect();
+    assert!(names.contains(&c.queue.as_str()) && names.contains(&c.held.as_str()), "{names:?}");
+    let envs = batch.describe_compute_environments().send().await.unwrap();
+    let ce = envs
+        .compute_environments()
+        .iter()
+        .find(|e| e.compute_environment_name() == Some(c.ce.as_str()))
+        .unwrap();
+    assert_eq!(ce.compute_resources().and_then(|r| r.r#type()).map(|t| t.as_str()), Some("EC2"));
+
+    let reg = batch
+        .register_job_definition()
+        .job_definition_name("Sdk_Def")
+        .r#type("container".into())
+        .container_properties(
+            ContainerProperties::builder()
+                .image("busybox:1.36")
+                .command("echo")
+                .command("Ref::n")
+                .resource_requirements(
+                    ResourceRequirement::builder().r#type(ResourceType::Vcpu).value("1").build(),
+                )
+                .resource_requirements(
+                    ResourceRequirement::builder().r#type(ResourceType::Memory).value("256").build(),
+                )
+                .build(),
+        )
+        .parameters("n", "0")
+        .retry_strategy(RetryStrategy::builder().attempts(3).build())
+        .tags("sim.barge.dev/duration", "1s")
+        .propagate_tags(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reg.job_definition_name(), Some("Sdk_Def"));
+    let rev = reg.revision().unwrap();
+    let defs =
+        batch.describe_job_definitions().job_definitions(format!("Sdk_Def:{rev}")).send().await.unwrap();
+    let def = &defs.job_definitions()[0];
+    assert_eq!(def.retry_strategy().and_then(|r| r.attempts()), Some(3));
+    assert_eq!(def.container_properties().and_then(|p| p.image()), Some("busybox:1.36"));
+
+    let first = batch
+        .submit_job()
+        .job_name("sdk-one")
+        .job_queue(&c.queue)
+        .job_definition("Sdk_Def")
+        .parameters("n", "7")
+        .container_overrides(
+            ContainerOverrides::builder()
+                .environment(KeyValuePair::builder().name("MODE").value("fast").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = first.job_id().unwrap().to_string();
+    let array = batch
+        .submit_job()
+        .job_name("sdk-array")
+        .job_queue(&c.queue)
+        .job_definition(reg.job_definition_arn().unwrap())
+        .array_properties(ArrayProperties::builder().size(2).build())
+        .depends_on(JobDependency::builder().job_id(&id).build())
+        .send()
+        .await
+        .unwrap();
+    let array_id = array.job_id().unwrap().to_string();
+    let done = eventually("the SDK's jobs succeed", WAIT, || async {
+        let d = batch.describe_jobs().jobs(&id).jobs(&array_id).send().await.ok()?;
+        (d.jobs().len() == 2 && d.jobs().iter().all(|j| j.status() == Some(&JobStatus::Succeeded)))
+            .then_some(d)
+    })
+    .await;
+    let one = done.jobs().iter().find(|j| j.job_id() == Some(id.as_str())).unwrap();
+    assert_eq!(one.container().unwrap().command(), ["echo", "7"]);
+    assert!(
+        one.container()
+            .unwrap()
+            .environment()
+            .iter()
+            .any(|e| e.name() == Some("MODE") && e.value() == Some("fast"))
+    );
+    assert!(one.started_at().unwrap() <= one.stopped_at().unwrap());
+    let arr = done.jobs().iter().find(|j| j.job_id() == Some(array_id.as_str())).unwrap();
+    assert_eq!(arr.depends_on()[0].job_id(), Some(id.as_str()));
+    assert_eq!(
+        arr.array_properties().and_then(|a| a.status_summary()).and_then(|s| s.get("SUCCEEDED")),
+        Some(&2)
+    );
+
+    let mut listed = Vec::new();
+    let mut pages = batch
+        .list_jobs()
+        .job_queue(&c.queue)
+        .job_status(JobStatus::Succeeded)
+        .max_results(1)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        listed.extend(page.unwrap().job_summary_list().iter().filter_map(|s| s.job_id().map(String::from)));
+    }
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let kids =
+        batch.list_jobs().array_job_id(&array_id).job_status(JobStatus::Succeeded).send().await.unwrap();
+    assert_eq!(kids.job_summary_list().len(), 2);
+
+    let held = batch
+        .submit_job()
+        .job_name("sdk-held")
+        .job_queue(&c.held)
+        .job_definition("Sdk_Def")
+        .send()
+        .await
+        .unwrap();
+    batch.cancel_job().job_id(held.job_id().unwrap()).reason("changed my mind").send().await.unwrap();
+    let stuck = batch
+        .submit_job()
+        .job_name("sdk-stuck")
+        .job_queue(&c.held)
+        .job_definition("Sdk_Def")
+        .send()
+        .await
+        .unwrap();
+    batch.terminate_job().job_id(stuck.job_id().unwrap()).reason("stop").send().await.unwrap();
+    eventually("cancel and terminate end the held jobs", WAIT, || async {
+        let d = batch.describe_jobs().jobs(held.job_id()?).jobs(stuck.job_id()?).send().await.ok()?;
+        d.jobs().iter().all(|j| j.status() == Some(&JobStatus::Failed)).then_some(())
+    })
+    .await;
+
+    let e = batch
+        .submit_job()
+        .job_name("x")
+        .job_queue("missing")
+        .job_definition("Sdk_Def")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ClientException"), "{e:?}");
+    assert_eq!(e.message(), Some("JobQueue missing does not exist"));
+    batch.deregister_job_definition().job_definition(format!("Sdk_Def:{rev}")).send().await.unwrap();
+    let inactive = batch
+        .describe_job_definitions()
+        .job_definition_name("Sdk_Def")
+        .status("INACTIVE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inactive.job_definitions().len(), 1);
+    c.cleanup().await;
+}
