@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster bench-api demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -54,13 +54,17 @@ static:
 ## BENCH_HOLD=100000 also holds that many BatchJobs for the operator's memory and pass time.
 BENCH_JOBS ?= 10000
 BENCH_HOLD ?= 0
-bench: bench-core bench-memory bench-cluster
+bench: bench-core bench-memory bench-api bench-cluster
 
 bench-core:
 	$(CARGO) bench --bench core
 
 bench-memory:
 	$(CARGO) bench --bench memory
+
+## The AWS Batch API under 16 concurrent clients, beside raw BatchJob creates, on a fresh cluster.
+bench-api:
+	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-api hack/with-cluster.sh $(CARGO) bench --bench batch_api
 
 bench-cluster:
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \

@@ -587,3 +587,116 @@ async fn the_rust_sdk_runs_every_operation() {
     assert_eq!(inactive.job_definitions().len(), 1);
     c.cleanup().await;
 }
+
+/// A self-signed certificate for 127.0.0.1, by openssl (CI installs it).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[tokio::test]
+async fn a_standby_replica_answers_over_https() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let h = harness().await;
+    let c = corner("api-tls").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    let (cert, tls_key) =
+        self_signed(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}", c.env.tag)));
+
+    // Someone else holds the leader Lease for an hour: this replica only stands by, and
+    // still answers the AWS Batch API from its own watches.
+    let leases: Api<Lease> = Api::namespaced(c.env.client.clone(), &c.env.ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "api-standby"},
+        "spec": {"holderIdentity": "another-replica", "leaseDurationSeconds": 3600}}))
+    .unwrap();
+    let mut lease = lease;
+    lease.spec.as_mut().unwrap().renew_time = Some(now);
+    leases.create(&Default::default(), &lease).await.unwrap();
+    let port = free_port();
+    let (addr, cert_s, key_s) =
+        (format!("127.0.0.1:{port}"), cert.display().to_string(), tls_key.display().to_string());
+    let mut standby = spawn_operator_with(
+        "batch-api-standby",
+        &[
+            ("BARGE_LEADER_ELECT", "true"),
+            ("POD_NAMESPACE", &c.env.ns),
+            ("BARGE_LEASE_NAME", "api-standby"),
+            ("BARGE_LEASE_DURATION_SECONDS", "3600"),
+            ("BARGE_BATCH_API_ADDR", &addr),
+            ("BARGE_BATCH_API_TLS_CERT", &cert_s),
+            ("BARGE_BATCH_API_TLS_KEY", &key_s),
+            ("BARGE_CREDENTIALS_NAMESPACE", &h.credentials_ns),
+        ],
+    );
+    let https = |args: &[&str]| {
+        let out = aws_tool(h, &key, "aws")
+            .env("AWS_ENDPOINT_URL_BATCH", format!("https://127.0.0.1:{port}"))
+            .env("AWS_CA_BUNDLE", &cert)
+            .arg("batch")
+            .args(args)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap_or(json!({})))
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let queues =
+        eventually("the standby answers over https", WAIT, || async { https(&["describe-job-queues"]).ok() })
+            .await;
+    assert!(
+        queues["jobQueues"].as_array().unwrap().iter().any(|q| q["jobQueueName"] == c.queue.as_str()),
+        "{queues}"
+    );
+    https(&[
+        "register-job-definition",
+        "--job-definition-name",
+        "tls",
+        "--type",
+        "container",
+        "--container-properties",
+        r#"{"image": "busybox:1.36", "command": ["true"]}"#,
+        "--tags",
+        "sim.barge.dev/duration=1s",
+        "--propagate-tags",
+    ])
+    .unwrap();
+    let job =
+        https(&["submit-job", "--job-name", "over-tls", "--job-queue", &c.queue, "--job-definition", "tls"])
+            .unwrap();
+    let id = job["jobId"].as_str().unwrap().to_string();
+    eventually("the job submitted to the standby runs", WAIT, || async {
+        let d = https(&["describe-jobs", "--jobs", &id]).ok()?;
+        (d["jobs"][0]["status"] == "SUCCEEDED").then_some(())
+    })
+    .await;
+    // Plain HTTP to the HTTPS port gets no answer.
+    let plain =
+        try_call(h_at(port), Some(&key), "describejobqueues", b"{}".to_vec(), SystemTime::now()).await;
+    assert!(plain.is_err() || plain.unwrap().0 >= 400);
+    let lease = leases.get("api-standby").await.unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("another-replica"),
+        "the standby never led"
+    );
+    let _ = standby.kill();
+    let _ = standby.wait();
+    c.cleanup().await;
+}
+
+/// A harness-shaped handle on another port, for raw calls to it.
+fn h_at(port: u16) -> &'static Harness {
+    Box::leak(Box::new(Harness { port, credentials_ns: String::new() }))
+}

@@ -58,6 +58,34 @@ pub struct Config {
     pub credentials_namespace: String,
     /// Requests each key may make per second (also its burst); `None` for no limit.
     pub requests_per_second: Option<std::num::NonZeroU32>,
+    /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP without.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// A TLS acceptor from PEM files (rustls, with the aws-lc-rs provider the Kubernetes client
+/// uses too).
+pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the certificate chain {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("cannot read the private key {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not make a TLS identity")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// An AWS error as restJson1 carries it: the code in `x-amzn-ErrorType` and `__type`,
@@ -140,7 +168,7 @@ pub struct Context {
 
 /// Serves the endpoint until the process ends. The stores are started here: every replica
 /// answers, whether or not it leads.
-pub async fn serve(client: Client, config: Config) {
+pub async fn serve(client: Client, config: Config, tls: Option<tokio_rustls::TlsAcceptor>) {
     let (stores, drive) = Stores::start(client.clone(), &config.credentials_namespace);
     tokio::spawn(drive);
     let ctx = Arc::new(Context {
@@ -160,18 +188,27 @@ pub async fn serve(client: Client, config: Config) {
             return std::future::pending().await;
         }
     };
-    info!(addr = %config.addr, region = %config.region, "serving the AWS Batch API");
+    info!(addr = %config.addr, region = %config.region, tls = tls.is_some(), "serving the AWS Batch API");
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let ctx = ctx.clone();
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (ctx, tls) = (ctx.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "a TLS handshake failed"),
+                },
+            }
         });
     }
 }

@@ -68,6 +68,12 @@ pub struct RunArgs {
     /// quota is 50 a second.
     #[arg(long, env = "BARGE_BATCH_API_REQUESTS_PER_SECOND", default_value_t = 50)]
     batch_api_requests_per_second: u32,
+    /// Serve the AWS Batch API over HTTPS with this PEM certificate chain (with --batch-api-tls-key).
+    #[arg(long, env = "BARGE_BATCH_API_TLS_CERT", requires = "batch_api_tls_key")]
+    batch_api_tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --batch-api-tls-cert.
+    #[arg(long, env = "BARGE_BATCH_API_TLS_KEY", requires = "batch_api_tls_cert")]
+    batch_api_tls_key: Option<std::path::PathBuf>,
     /// Namespace of the Secrets holding the AWS Batch API's keys (see `barge credentials`).
     #[arg(long, env = "BARGE_CREDENTIALS_NAMESPACE", default_value = crate::batch_api::DEFAULT_CREDENTIALS_NAMESPACE)]
     credentials_namespace: String,
@@ -110,8 +116,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             account_id: args.batch_api_account_id.clone(),
             credentials_namespace: args.credentials_namespace.clone(),
             requests_per_second: std::num::NonZeroU32::new(args.batch_api_requests_per_second),
+            tls: args
+                .batch_api_tls_cert
+                .clone()
+                .zip(args.batch_api_tls_key.clone())
+                .map(|(cert, key)| crate::batch_api::TlsFiles { cert, key }),
         };
-        tokio::spawn(crate::batch_api::serve(client.clone(), config));
+        // A certificate that does not load stops the operator at start, not at the first request.
+        let tls = config.tls.as_ref().map(crate::batch_api::tls_acceptor).transpose()?;
+        tokio::spawn(crate::batch_api::serve(client.clone(), config, tls));
     }
 
     let providers = Providers {
