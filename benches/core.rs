@@ -45,6 +45,7 @@ fn snapshot(jobs: usize) -> Snapshot {
                 })
                 .collect(),
             cannot_grow: None,
+            room: None,
         })
         .collect();
     // As in the operator, the jobs of a queue share one copy of its name.

@@ -189,6 +189,7 @@ fn main() {
         shapes: Vec::new(),
         nodes: Vec::new(),
         cannot_grow: None,
+        room: None,
     }];
     let snapshot = Snapshot { jobs: std::mem::take(&mut backlog.jobs), queues, compute_environments: ces };
     let plan = plan(&snapshot);

@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::job_queue::LabelSelector;
 use super::{Condition, State};
 
 /// Where a compute environment's nodes come from.
@@ -18,6 +19,9 @@ pub enum Provider {
     Local,
     /// EC2 instances launched with aws-sdk-ec2.
     Ec2,
+    /// Nodes that already exist, picked by `nodeSelector` (AWS Batch's UNMANAGED): Barge
+    /// places pods on them within `maxvCpus` and never launches or removes a node.
+    Unmanaged,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -73,6 +77,10 @@ pub struct NodeTaint {
 #[x_kube(validation = Rule::new("self.provider != 'ec2' || size(self.subnets) > 0").message("an ec2 compute environment needs at least one subnet in subnets"))]
 #[x_kube(validation = Rule::new("self.provider != 'ec2' || has(self.launchTemplate) || has(self.imageId)").message("an ec2 compute environment needs a launchTemplate or an imageId"))]
 #[x_kube(validation = Rule::new("!has(self.bidPercentage) || self.capacityType == 'SPOT'").message("bidPercentage only applies to capacityType SPOT"))]
+#[x_kube(validation = Rule::new("self.provider == 'unmanaged' || size(self.instanceTypes) > 0").message("instanceTypes needs at least one type or family, such as m6i.large or c6i"))]
+#[x_kube(validation = Rule::new("self.provider != 'unmanaged' || has(self.nodeSelector)").message("an unmanaged compute environment needs a nodeSelector that picks its nodes"))]
+#[x_kube(validation = Rule::new("!has(self.nodeSelector) || (has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || (has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)").message("nodeSelector needs at least one label to match: an empty one would take every node"))]
+#[x_kube(validation = Rule::new("has(self.nodeSelector) == (self.provider == 'unmanaged')").message("nodeSelector only applies to provider unmanaged: Barge labels the nodes it launches itself"))]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeEnvironmentSpec {
     /// DISABLED stops new jobs from being placed here; running jobs finish.
@@ -84,24 +92,31 @@ pub struct ComputeEnvironmentSpec {
     pub capacity_type: CapacityType,
     #[serde(default)]
     pub allocation_strategy: AllocationStrategy,
-    /// Instance types (`m6i.large`) or families (`c6i`) nodes may be.
-    #[x_kube(validation = Rule::new("size(self) > 0").message("instanceTypes needs at least one type or family, such as m6i.large or c6i"))]
+    /// Instance types (`m6i.large`) or families (`c6i`) nodes may be (not for unmanaged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub instance_types: Vec<String>,
+    /// unmanaged: the nodes of this environment, by their labels. Barge labels each with
+    /// `barge.dev/compute-environment` (a node already in another environment stays there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
     /// vCPUs kept running even with no work.
     #[serde(default, rename = "minvCpus")]
     pub min_vcpus: u32,
-    /// Upper bound on the vCPUs of all nodes together.
+    /// Upper bound on the vCPUs of all nodes together (unmanaged: on the vCPUs Barge's pods
+    /// request from its nodes).
     #[serde(rename = "maxvCpus")]
     #[x_kube(validation = Rule::new("self > 0").message("maxvCpus must be at least 1"))]
     pub max_vcpus: u32,
     /// How long a node must be idle before it is removed.
     #[serde(default = "default_scale_down_delay")]
     pub scale_down_delay_seconds: u32,
-    /// Labels put on every node (and used by nothing else: Barge pins pods with its own label).
+    /// Labels put on every node Barge launches (and used by nothing else: Barge pins pods
+    /// with its own label).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_labels: BTreeMap<String, String>,
-    /// Taints put on every node; Barge's pods tolerate them.
+    /// Taints put on every node Barge launches (unmanaged: taints its nodes already carry);
+    /// Barge's pods tolerate them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_taints: Vec<NodeTaint>,
     /// ec2: the AWS region (default: the operator's own region from the AWS config chain).

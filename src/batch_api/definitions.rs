@@ -9,8 +9,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::names::{aws_name, object_name, valid_aws_name};
 use super::page::page;
 use super::shapes::{
     self, KeyValuePair, ResourceRequirement, RetryStrategyShape, TimeoutShape, Unknown, refuse_unknown,
@@ -80,40 +80,6 @@ pub struct RegisterOutput {
     revision: u32,
 }
 
-/// Whether `name` is an AWS job definition (or job) name: up to 128 letters, numbers,
-/// hyphens and underscores.
-pub fn valid_aws_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// The Kubernetes name of the JobDefinition for AWS name `aws`: the name itself when
-/// Kubernetes allows it, else a lower-case form with a hash of the original, so that
-/// `My_Def` and `my-def` stay two definitions.
-pub fn object_name(aws: &str) -> String {
-    let plain = aws.len() <= 200
-        && aws.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !aws.starts_with('-')
-        && !aws.ends_with('-');
-    if plain {
-        return aws.to_string();
-    }
-    let base: String = aws
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .take(60)
-        .collect();
-    let base = base.trim_matches('-');
-    let hash: String = Sha256::digest(aws.as_bytes()).iter().take(5).map(|b| format!("{b:02x}")).collect();
-    if base.is_empty() { format!("d-{hash}") } else { format!("{base}-{hash}") }
-}
-
-/// The AWS name of a definition object.
-pub fn aws_name(jd: &JobDefinition) -> String {
-    jd.annotations().get(ANNOTATION_AWS_NAME).cloned().unwrap_or_else(|| jd.name_any())
-}
-
 /// A definition and revision as a request names them: `NAME`, `NAME:REVISION`, or an ARN.
 pub struct Found {
     pub object: Arc<JobDefinition>,
@@ -138,7 +104,7 @@ pub fn find(ctx: &Context, ns: &str, text: &str) -> ApiResult<Found> {
         .definitions
         .definitions
         .get(&ObjectRef::new(&object_name(name)).within(ns))
-        .filter(|jd| aws_name(jd) == name)
+        .filter(|jd| aws_name(jd.as_ref()) == name)
         .ok_or_else(|| {
             ApiError::client(format!("Job definition {name} does not exist (in namespace {ns})"))
         })?;
@@ -421,7 +387,7 @@ pub fn describe(ctx: &Context, who: &Principal, input: DescribeInput) -> ApiResu
     if input.job_definitions.is_empty() {
         for jd in defs.definitions.state() {
             if jd.namespace().as_deref() == Some(ns.as_str())
-                && input.job_definition_name.as_ref().is_none_or(|n| *n == aws_name(&jd))
+                && input.job_definition_name.as_ref().is_none_or(|n| *n == aws_name(jd.as_ref()))
             {
                 wanted.push((jd, None));
             }
@@ -497,22 +463,4 @@ pub async fn deregister(ctx: &Context, who: &Principal, input: DeregisterInput) 
         })
         .await;
     Ok(Empty {})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aws_names_become_kubernetes_names_that_stay_apart() {
-        assert_eq!(object_name("render"), "render");
-        let a = object_name("My_Def");
-        assert!(a.starts_with("my-def-") && a.len() == "my-def-".len() + 10, "{a}");
-        assert_ne!(a, object_name("my-def"));
-        assert_ne!(a, object_name("My-Def"));
-        assert_eq!(a, object_name("My_Def"));
-        assert!(object_name("___").starts_with("d-"));
-        assert!(valid_aws_name("snakejob_0a-B"));
-        assert!(!valid_aws_name("a b") && !valid_aws_name("") && !valid_aws_name(&"a".repeat(129)));
-    }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::visible_queue;
 use super::page::page;
-use super::{ApiResult, Context, Principal};
+use super::{ApiResult, Context, Principal, names, tags};
 use crate::api::compute_environment::{CapacityType, Provider};
 use crate::api::{ComputeEnvironment, JobQueue, State};
 
@@ -63,10 +63,10 @@ fn queue_out(ctx: &Context, q: &JobQueue) -> QueueOut {
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Blocked" && c.status == "True"))
         .map(|c| c.message.clone());
-    let name = q.name_any();
+    let name = names::aws_name(q);
     QueueOut {
         job_queue_arn: ctx.arns.of("job-queue", &name),
-        job_queue_name: name,
+        job_queue_name: name.clone(),
         state: state(q.spec.state),
         status: "VALID",
         status_reason: blocked.unwrap_or_else(|| "JobQueue Healthy".into()),
@@ -77,16 +77,12 @@ fn queue_out(ctx: &Context, q: &JobQueue) -> QueueOut {
             .iter()
             .map(|o| OrderOut {
                 order: o.order,
-                compute_environment: ctx.arns.of("compute-environment", &o.compute_environment),
+                compute_environment: ctx.environment_arn(&o.compute_environment),
             })
             .collect(),
         // A fair-share queue's policy lives in the queue itself; this names it.
-        scheduling_policy_arn: q
-            .spec
-            .fair_share
-            .as_ref()
-            .map(|_| ctx.arns.of("scheduling-policy", &q.name_any())),
-        tags: BTreeMap::new(),
+        scheduling_policy_arn: q.spec.fair_share.as_ref().map(|_| ctx.arns.of("scheduling-policy", &name)),
+        tags: tags::annotated(q).unwrap_or_default(),
     }
 }
 
@@ -98,8 +94,8 @@ pub fn queues(ctx: &Context, who: &Principal, input: QueuesInput) -> ApiResult<Q
         .state()
         .iter()
         .filter(|q| visible_queue(ctx, who, q))
-        .filter(|q| asked.is_empty() || asked.contains(&q.name_any().as_str()))
-        .map(|q| (q.name_any(), queue_out(ctx, q)))
+        .filter(|q| asked.is_empty() || asked.contains(&names::aws_name(q.as_ref()).as_str()))
+        .map(|q| (names::aws_name(q.as_ref()), queue_out(ctx, q)))
         .collect();
     let (job_queues, next_token) = page(items, input.max_results, input.next_token.as_deref())?;
     Ok(QueuesOutput { job_queues, next_token })
@@ -145,7 +141,10 @@ pub struct EnvironmentOut {
     state: &'static str,
     status: &'static str,
     status_reason: String,
-    compute_resources: ComputeResourcesOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compute_resources: Option<ComputeResourcesOut>,
+    #[serde(rename = "unmanagedvCpus", skip_serializing_if = "Option::is_none")]
+    unmanagedv_cpus: Option<u32>,
     container_orchestration_type: &'static str,
     tags: BTreeMap<String, String>,
 }
@@ -159,7 +158,7 @@ pub struct EnvironmentsOutput {
 }
 
 fn environment_out(ctx: &Context, ce: &ComputeEnvironment) -> EnvironmentOut {
-    let name = ce.name_any();
+    let name = names::aws_name(ce);
     let s = &ce.spec;
     let status = ce.status.clone().unwrap_or_default();
     let allocation =
@@ -167,11 +166,12 @@ fn environment_out(ctx: &Context, ce: &ComputeEnvironment) -> EnvironmentOut {
     EnvironmentOut {
         compute_environment_arn: ctx.arns.of("compute-environment", &name),
         ecs_cluster_arn: String::new(),
-        type_: "MANAGED",
+        type_: if s.provider == Provider::Unmanaged { "UNMANAGED" } else { "MANAGED" },
+        unmanagedv_cpus: (s.provider == Provider::Unmanaged).then_some(s.max_vcpus),
         state: state(s.state),
         status: "VALID",
         status_reason: status.message.clone().unwrap_or_else(|| "ComputeEnvironment Healthy".into()),
-        compute_resources: ComputeResourcesOut {
+        compute_resources: (s.provider != Provider::Unmanaged).then(|| ComputeResourcesOut {
             type_: match s.capacity_type {
                 CapacityType::OnDemand => "EC2",
                 CapacityType::Spot => "SPOT",
@@ -185,13 +185,24 @@ fn environment_out(ctx: &Context, ce: &ComputeEnvironment) -> EnvironmentOut {
             security_group_ids: s.security_group_ids.clone(),
             bid_percentage: s.bid_percentage,
             tags: s.tags.clone(),
-        },
+        }),
         container_orchestration_type: match s.provider {
-            Provider::Local | Provider::Ec2 => "EKS",
+            Provider::Local | Provider::Ec2 | Provider::Unmanaged => "EKS",
         },
-        tags: BTreeMap::new(),
+        tags: tags::annotated(ce).unwrap_or_default(),
         compute_environment_name: name,
     }
+}
+
+/// Whether the key may see a compute environment: one behind a queue it may use, or any
+/// for an admin key.
+pub fn visible_environment(ctx: &Context, who: &Principal, ce: &ComputeEnvironment) -> bool {
+    let name = ce.name_any();
+    who.admin
+        || ctx.stores.queues.state().iter().any(|q| {
+            visible_queue(ctx, who, q)
+                && q.spec.compute_environment_order.iter().any(|o| o.compute_environment == name)
+        })
 }
 
 /// The compute environments behind the queues the key may use.
@@ -216,8 +227,8 @@ pub fn compute_environments(
         .state()
         .iter()
         .filter(|c| usable.contains(&c.name_any()) || who.admin)
-        .filter(|c| asked.is_empty() || asked.contains(&c.name_any().as_str()))
-        .map(|c| (c.name_any(), environment_out(ctx, c)))
+        .filter(|c| asked.is_empty() || asked.contains(&names::aws_name(c.as_ref()).as_str()))
+        .map(|c| (names::aws_name(c.as_ref()), environment_out(ctx, c)))
         .collect();
     let (compute_environments, next_token) = page(items, input.max_results, input.next_token.as_deref())?;
     Ok(EnvironmentsOutput { compute_environments, next_token })

@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::definitions::{self, ContainerDetailOut, Empty};
+use super::names;
 use super::page::page;
 use super::shapes::{
     self, KeyValuePair, ResourceRequirement, RetryStrategyShape, TimeoutShape, Unknown, refuse_unknown,
@@ -90,9 +91,7 @@ pub struct SubmitOutput {
 /// The queue a request names, if the key may see it.
 fn queue(ctx: &Context, who: &Principal, text: &str) -> ApiResult<Arc<crate::api::JobQueue>> {
     let name = ctx.arns.name("job-queue", text);
-    ctx.stores
-        .queues
-        .get(&ObjectRef::new(name))
+    names::find(&ctx.stores.queues, name)
         .filter(|q| visible_queue(ctx, who, q))
         .ok_or_else(|| ApiError::client(format!("JobQueue {name} does not exist")))
 }
@@ -110,7 +109,7 @@ pub fn visible_queue(ctx: &Context, who: &Principal, q: &crate::api::JobQueue) -
 pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiResult<SubmitOutput> {
     refuse_unknown(&input.other, "")?;
     let job_name = input.job_name.clone().ok_or_else(|| ApiError::client("jobName is required"))?;
-    if !definitions::valid_aws_name(&job_name) || !job_name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+    if !names::valid_aws_name(&job_name) || !job_name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(ApiError::client(format!(
             "jobName {job_name:?} must be 1 to 128 letters, numbers, hyphens and underscores, starting with a letter or number"
         )));
@@ -231,7 +230,7 @@ fn dependencies(
 }
 
 /// The job of the key's namespace with this id.
-fn job(ctx: &Context, who: &Principal, id: &str) -> Option<Arc<BatchJob>> {
+pub(super) fn job(ctx: &Context, who: &Principal, id: &str) -> Option<Arc<BatchJob>> {
     ctx.stores
         .jobs
         .get(&ObjectRef::new(id).within(&who.namespace))
@@ -403,14 +402,14 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             .definitions
             .definitions
             .get(&ObjectRef::new(name).within(&ns))
-            .map_or_else(|| name.clone(), |jd| definitions::aws_name(&jd));
+            .map_or_else(|| name.clone(), |jd| names::aws_name(jd.as_ref()));
         ctx.arns.of("job-definition", &format!("{aws}:{rev}"))
     });
     JobDetail {
         job_arn: ctx.arns.of("job", &job.name_any()),
         job_name: aws_job_name(job),
         job_id: job.name_any(),
-        job_queue: ctx.arns.of("job-queue", &job.spec.job_queue),
+        job_queue: ctx.queue_arn(&job.spec.job_queue),
         status: status.phase.as_str(),
         share_identifier: job.spec.share_identifier.clone(),
         scheduling_priority: work.as_ref().map_or(0, |w| w.scheduling_priority),

@@ -7,13 +7,16 @@
 //! ([`Stores`]); writes go through the API server as BatchJobs and JobDefinitions, so that a
 //! job submitted with boto3 is one `kubectl get bj` shows, and the other way round.
 
+mod admin;
 pub mod auth;
 mod definitions;
 mod environments;
 mod jobs;
+mod names;
 mod page;
 mod shapes;
 pub mod stores;
+mod tags;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,6 +63,8 @@ pub struct Config {
     pub requests_per_second: Option<std::num::NonZeroU32>,
     /// Serve HTTPS with this certificate chain and key (PEM files); plain HTTP without.
     pub tls: Option<TlsFiles>,
+    /// Where a MANAGED compute environment created through the API gets its nodes.
+    pub managed_provider: crate::api::compute_environment::Provider,
 }
 
 #[derive(Clone, Debug)]
@@ -161,9 +166,26 @@ pub struct Context {
     pub stores: Stores,
     pub arns: Arns,
     pub credentials_namespace: String,
+    /// Where a MANAGED compute environment created through the API gets its nodes.
+    pub managed_provider: crate::api::compute_environment::Provider,
     /// Each key's request rate, as AWS throttles an account's calls.
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
     requests_per_second: u32,
+}
+
+impl Context {
+    /// The ARN of a queue by its object's name, with its AWS name.
+    pub fn queue_arn(&self, object: &str) -> String {
+        let q = self.stores.queues.get(&kube::runtime::reflector::ObjectRef::new(object));
+        self.arns.of("job-queue", &q.map_or_else(|| object.to_string(), |q| names::aws_name(q.as_ref())))
+    }
+
+    /// The ARN of a compute environment by its object's name, with its AWS name.
+    pub fn environment_arn(&self, object: &str) -> String {
+        let c = self.stores.compute_environments.get(&kube::runtime::reflector::ObjectRef::new(object));
+        self.arns
+            .of("compute-environment", &c.map_or_else(|| object.to_string(), |c| names::aws_name(c.as_ref())))
+    }
 }
 
 /// Serves the endpoint until the process ends. The stores are started here: every replica
@@ -176,6 +198,7 @@ pub async fn serve(client: Client, config: Config, tls: Option<tokio_rustls::Tls
         stores,
         arns: Arns { region: config.region.clone(), account_id: config.account_id.clone() },
         credentials_namespace: config.credentials_namespace.clone(),
+        managed_provider: config.managed_provider,
         limiter: config
             .requests_per_second
             .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
@@ -247,7 +270,7 @@ async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
                     ),
                 ))
             }
-            Ok(principal) => route(ctx, &principal, parts.method.as_str(), parts.uri.path(), &body).await,
+            Ok(principal) => route(ctx, &principal, &parts, &body).await,
         },
     };
     let operation = parts.uri.path().trim_start_matches("/v1/").to_string();
@@ -278,7 +301,30 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
 }
 
 /// The operation a path names, run with its parsed input.
-async fn route(ctx: &Context, who: &Principal, method: &str, path: &str, body: &[u8]) -> ApiResult<Vec<u8>> {
+async fn route(
+    ctx: &Context,
+    who: &Principal,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> ApiResult<Vec<u8>> {
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    if let Some(arn) = path.strip_prefix("/v1/tags/") {
+        let arn = percent_encoding::percent_decode_str(arn)
+            .decode_utf8()
+            .map_err(|_| ApiError::client("resourceArn is not valid UTF-8"))?;
+        return match method {
+            "GET" => reply(tags::list(ctx, who, &arn)?),
+            "POST" => {
+                let input: tags::TagInput = parse(body)?;
+                reply(tags::change(ctx, who, &arn, tags::Change::Add(input.tags)).await?)
+            }
+            "DELETE" => {
+                let keys = tags::tag_keys(parts.uri.query())?;
+                reply(tags::change(ctx, who, &arn, tags::Change::Remove(keys)).await?)
+            }
+            _ => Err(ApiError::client(format!("{method} {path}: tags are GET, POST or DELETE"))),
+        };
+    }
     if method != "POST" {
         return Err(ApiError::client(format!(
             "{method} {path}: AWS Batch operations are POST /v1/<operation>"
@@ -297,6 +343,12 @@ async fn route(ctx: &Context, who: &Principal, method: &str, path: &str, body: &
         "/v1/describecomputeenvironments" => {
             reply(environments::compute_environments(ctx, who, parse(body)?)?)
         }
+        "/v1/createcomputeenvironment" => reply(admin::create_environment(ctx, who, parse(body)?).await?),
+        "/v1/updatecomputeenvironment" => reply(admin::update_environment(ctx, who, parse(body)?).await?),
+        "/v1/deletecomputeenvironment" => reply(admin::delete_environment(ctx, who, parse(body)?).await?),
+        "/v1/createjobqueue" => reply(admin::create_queue(ctx, who, parse(body)?).await?),
+        "/v1/updatejobqueue" => reply(admin::update_queue(ctx, who, parse(body)?).await?),
+        "/v1/deletejobqueue" => reply(admin::delete_queue(ctx, who, parse(body)?).await?),
         other => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UnknownOperationException",
@@ -371,6 +423,13 @@ mod tests {
             "/v1/deregisterjobdefinition",
             "/v1/describejobqueues",
             "/v1/describecomputeenvironments",
+            "/v1/createcomputeenvironment",
+            "/v1/updatecomputeenvironment",
+            "/v1/deletecomputeenvironment",
+            "/v1/createjobqueue",
+            "/v1/updatejobqueue",
+            "/v1/deletejobqueue",
+            "/v1/tags/arn%3Aaws%3Abatch%3Aus-east-1%3A123456789012%3Ajob%2Fx",
             "/v1/nosuchthing",
         ];
         const FIELDS: &[&str] = &[
@@ -440,6 +499,7 @@ mod tests {
                 stores: Stores::empty(),
                 arns: Arns { region: "us-east-1".into(), account_id: "123456789012".into() },
                 credentials_namespace: "keys".into(),
+                managed_provider: crate::api::compute_environment::Provider::Local,
                 limiter: None,
                 requests_per_second: 0,
             }
@@ -450,7 +510,8 @@ mod tests {
             proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(512));
         runner
             .run(&(prop::sample::select(OPS), body), |(op, body)| {
-                let answer = runtime.block_on(route(&ctx, &who, "POST", op, &body));
+                let (parts, ()) = hyper::Request::post(op).body(()).unwrap().into_parts();
+                let answer = runtime.block_on(route(&ctx, &who, &parts, &body));
                 if let Err(e) = answer {
                     prop_assert!(e.status.is_client_error() || e.status.is_server_error(), "{e:?}");
                     prop_assert!(!e.message.is_empty());

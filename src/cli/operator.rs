@@ -121,6 +121,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .clone()
                 .zip(args.batch_api_tls_key.clone())
                 .map(|(cert, key)| crate::batch_api::TlsFiles { cert, key }),
+            // MANAGED environments made through the API launch EC2 instances when this
+            // operator runs the ec2 provider, else simulated nodes.
+            managed_provider: match args.ec2_provider {
+                true => crate::api::compute_environment::Provider::Ec2,
+                false => crate::api::compute_environment::Provider::Local,
+            },
         };
         // A certificate that does not load stops the operator at start, not at the first request.
         let tls = config.tls.as_ref().map(crate::batch_api::tls_acceptor).transpose()?;

@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::{Shared, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus};
-use crate::api::compute_environment::AllocationStrategy;
+use crate::api::compute_environment::{AllocationStrategy, Provider};
 use crate::api::{ComputeEnvironment, ComputeEnvironmentStatus, Condition, State, set_condition};
 use crate::capacity::{self, Fleet, NodeUse, Strategy, catalog};
 use crate::{Error, FIELD_MANAGER, Result};
@@ -46,7 +46,23 @@ fn nodes_of(ctx: &Shared, ce: &ComputeEnvironment) -> Vec<Arc<Node>> {
     ctx.nodes.state().into_iter().filter(|n| node_compute_environment(n) == Some(name.as_str())).collect()
 }
 
+/// Which nodes of the environment run Barge pods, and the vCPUs those request.
+pub(super) fn busy_nodes(ctx: &Shared, ce: &str) -> HashMap<String, f64> {
+    let mut busy: HashMap<String, f64> = HashMap::new();
+    for held in ctx.usage.lock().expect("pod usage lock").held() {
+        if let (Some(node), Some(c)) = (&held.node, &held.compute_environment)
+            && c == ce
+        {
+            *busy.entry(node.clone()).or_default() += held.request.vcpus();
+        }
+    }
+    busy
+}
+
 async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
+    if ce.spec.provider == Provider::Unmanaged {
+        return super::unmanaged::apply(ce, ctx).await;
+    }
     let name = ce.name_any();
     let nodes = nodes_of(ctx, ce);
     let (all_types, unknown) = catalog::resolve(&ce.spec.instance_types);
@@ -68,15 +84,7 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
         }
     }
 
-    // Which nodes run Barge pods, and how much they request.
-    let mut busy: HashMap<String, f64> = HashMap::new();
-    for held in ctx.usage.lock().expect("pod usage lock").held() {
-        if let (Some(node), Some(ce)) = (&held.node, &held.compute_environment)
-            && *ce == name
-        {
-            *busy.entry(node.clone()).or_default() += held.request.vcpus();
-        }
-    }
+    let busy = busy_nodes(ctx, &name);
     let now = Instant::now();
     let node_use: Vec<NodeUse> = {
         let mut idle = ctx.idle_since.lock().expect("idle lock");
@@ -264,7 +272,7 @@ fn status_for(
 }
 
 /// The environment's vCPUs, nodes and cost for `/metrics`.
-fn publish_metrics(ce: &ComputeEnvironment, s: &ComputeEnvironmentStatus) {
+pub(super) fn publish_metrics(ce: &ComputeEnvironment, s: &ComputeEnvironmentStatus) {
     use crate::metrics::{CeLabel, CeVcpus, metrics};
     let m = metrics();
     let name = ce.name_any();
@@ -294,7 +302,11 @@ fn forget_metrics(ce: &ComputeEnvironment) {
     m.ce_cost_per_hour.remove(&label);
 }
 
-async fn write_status(ctx: &Shared, ce: &ComputeEnvironment, status: ComputeEnvironmentStatus) -> Result<()> {
+pub(super) async fn write_status(
+    ctx: &Shared,
+    ce: &ComputeEnvironment,
+    status: ComputeEnvironmentStatus,
+) -> Result<()> {
     if ce.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -307,6 +319,10 @@ async fn write_status(ctx: &Shared, ce: &ComputeEnvironment, status: ComputeEnvi
 
 /// Removes every node of the environment; the finalizer stays until they are gone.
 async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
+    if ce.spec.provider == Provider::Unmanaged {
+        forget_metrics(ce);
+        return super::unmanaged::cleanup(ce, ctx).await;
+    }
     let nodes = nodes_of(ctx, ce);
     let Some(provider) = ctx.providers.get(ce.spec.provider) else {
         if nodes.is_empty() {
@@ -326,7 +342,13 @@ async fn cleanup(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
     Err(Error::Provider(format!("waiting for the nodes and instances of {} to go away", ce.name_any())))
 }
 
-async fn publish(ctx: &Shared, ce: &ComputeEnvironment, type_: EventType, reason: &str, note: String) {
+pub(super) async fn publish(
+    ctx: &Shared,
+    ce: &ComputeEnvironment,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev =
         Event { type_, reason: reason.into(), note: Some(note), action: "Scale".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &ce.object_ref(&())).await {

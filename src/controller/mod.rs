@@ -13,6 +13,7 @@ pub mod pod;
 pub mod queue;
 pub mod scheduling;
 pub mod tally;
+pub mod unmanaged;
 pub mod usage;
 
 use std::collections::HashMap;

@@ -21,6 +21,7 @@ use super::pod::build_pod;
 use super::{
     Shared, Verdict, node_allocatable, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus,
 };
+use crate::api::compute_environment::Provider;
 use crate::api::job_definition::work;
 use crate::api::job_queue::{FairShareUsage, LabelSelector};
 use crate::api::{BatchJob, ComputeEnvironment, JobQueue, State};
@@ -226,6 +227,7 @@ async fn pass(
         .iter()
         .map(|ce| {
             let (types, _) = catalog::resolve(&ce.spec.instance_types);
+            let unmanaged = ce.spec.provider == Provider::Unmanaged;
             CeInfo {
                 name: ce.name_any(),
                 enabled: ce.spec.state == State::Enabled && ce.meta().deletion_timestamp.is_none(),
@@ -233,7 +235,11 @@ async fn pass(
                 total_vcpus: 0,
                 shapes: types.iter().map(|t| t.allocatable()).collect(),
                 nodes: Vec::new(),
-                cannot_grow: ctx.cannot_grow.lock().expect("cannot_grow lock").get(&ce.name_any()).cloned(),
+                cannot_grow: match unmanaged {
+                    true => Some(UNMANAGED.into()),
+                    false => ctx.cannot_grow.lock().expect("cannot_grow lock").get(&ce.name_any()).cloned(),
+                },
+                room: unmanaged.then_some(ce.spec.max_vcpus as u64 * 1000),
             }
         })
         .collect();
@@ -245,7 +251,16 @@ async fn pass(
             continue;
         };
         let ce = &mut ce_infos[ci];
-        ce.total_vcpus += node_vcpus(&node);
+        if ce.room.is_some() {
+            // Unmanaged: only its ready nodes count, each a shape of its own; what counts
+            // against maxvCpus is what Barge's pods hold (below), not the nodes' size.
+            if !node_is_ready(&node) || node_is_cordoned(&node) {
+                continue;
+            }
+            ce.shapes.push(node_allocatable(&node));
+        } else {
+            ce.total_vcpus += node_vcpus(&node);
+        }
         if node_is_cordoned(&node) {
             continue;
         }
@@ -273,6 +288,9 @@ async fn pass(
     // Resources held by Barge pods: on their node when bound, else against their environment.
     let mut unbound: Vec<(usize, Res)> = Vec::new();
     for held in ctx.usage.lock().expect("pod usage lock").held() {
+        if let Some(&ci) = held.compute_environment.as_ref().and_then(|c| ce_index.get(c)) {
+            take_room(&mut ce_infos[ci], held.request);
+        }
         match &held.node {
             Some(node) => {
                 if let Some(share) = &held.share {
@@ -299,6 +317,7 @@ async fn pass(
     });
     for f in inflight.values() {
         if let Some(&ci) = ce_index.get(&f.compute_environment) {
+            take_room(&mut ce_infos[ci], f.request);
             unbound.push((ci, f.request));
         }
     }
@@ -571,6 +590,17 @@ async fn pass(
 
 /// Brings the backlog up to date: every job after a watch started over or the namespace
 /// selection changed, else the jobs that changed and those whose standing hangs on others.
+/// Why an unmanaged environment's jobs wait when its nodes are full.
+const UNMANAGED: &str = "it is unmanaged, so Barge waits for room on its selected nodes";
+
+/// What a pod of an unmanaged environment holds counts against its maxvCpus.
+fn take_room(ce: &mut CeInfo, request: Res) {
+    if let Some(room) = &mut ce.room {
+        *room = room.saturating_sub(request.millicpu);
+        ce.total_vcpus = (ce.max_vcpus as u64 * 1000 - *room).div_ceil(1000) as u32;
+    }
+}
+
 fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSender<ObjectRef<BatchJob>>) {
     let (inflight, selection) = (&st.inflight, &st.selection);
     let job = |k: &ObjectRef<BatchJob>| ctx.jobs.get(k);

@@ -87,6 +87,8 @@ impl Providers {
         match kind {
             Provider::Local => self.local.as_deref(),
             Provider::Ec2 => self.ec2.as_deref(),
+            // Barge neither launches nor removes an unmanaged environment's nodes.
+            Provider::Unmanaged => None,
         }
     }
 }

@@ -129,8 +129,12 @@ pub struct CeInfo {
     pub shapes: Vec<Res>,
     pub nodes: Vec<NodeInfo>,
     /// Why the environment cannot launch nodes right now (EC2 has no capacity for any of
-    /// its instance types); the queue's next environment is tried instead.
+    /// its instance types; an unmanaged environment never does); the queue's next
+    /// environment is tried instead.
     pub cannot_grow: Option<String>,
+    /// Millicpu that may still be admitted here whatever its nodes have free (an unmanaged
+    /// environment's maxvCpus less what Barge's pods hold); `None`: the nodes are the limit.
+    pub room: Option<u64>,
 }
 
 /// Everything a pass decides on.
@@ -258,6 +262,7 @@ struct CeState<'a> {
     projected_vcpus: u64,
     largest_shape: Res,
     waiting_for_capacity: usize,
+    room: Option<u64>,
 }
 
 impl<'a> CeState<'a> {
@@ -273,6 +278,7 @@ impl<'a> CeState<'a> {
             projected_vcpus: info.total_vcpus as u64 * 1000,
             largest_shape: info.shapes.iter().fold(Res::ZERO, |m, r| m.max(*r)),
             waiting_for_capacity: 0,
+            room: info.room,
         }
     }
 
@@ -286,7 +292,7 @@ impl<'a> CeState<'a> {
 
     /// Best fit onto a ready node: the one with least free CPU that holds the job.
     fn place(&mut self, r: &Res) -> Option<usize> {
-        if !self.max_free.fits(r) {
+        if !self.max_free.fits(r) || self.room.is_some_and(|room| room < r.millicpu) {
             return None;
         }
         let best = self
@@ -298,6 +304,11 @@ impl<'a> CeState<'a> {
             .map(|(i, _)| i)?;
         self.free[best] -= *r;
         self.max_free = self.free.iter().fold(Res::ZERO, |m, f| m.max(*f));
+        if let Some(room) = &mut self.room {
+            // What is admitted counts against maxvCpus, as the nodes' vCPUs do elsewhere.
+            *room -= r.millicpu;
+            self.projected_vcpus += r.millicpu;
+        }
         Some(best)
     }
 }

@@ -36,6 +36,7 @@ fn compute_environment(name: &'static str) -> impl Strategy<Value = CeInfo> {
                 shapes: vec![Res::new(2000, 8192, 0), Res::new(8000, 32768, 0), Res::new(16000, 65536, 1)],
                 nodes,
                 cannot_grow: None,
+                room: None,
             })
         },
     )

@@ -40,6 +40,7 @@ fn ce(name: &str, max: u32, nodes: &[(u64, bool)]) -> CeInfo {
             .map(|(i, (v, ready))| NodeInfo { name: format!("{name}-n{i}"), free: res(*v), ready: *ready })
             .collect(),
         cannot_grow: None,
+        room: None,
     }
 }
 
@@ -146,6 +147,29 @@ fn a_job_over_max_vcpus_is_a_misconfiguration_too() {
         compute_environments: vec![ce("ce", 4, &[])],
     };
     assert!(reason_of(&s, &plan(&s), "wide").is_misconfiguration());
+}
+
+#[test]
+fn an_unmanaged_environment_admits_within_max_vcpus_and_never_asks_for_nodes() {
+    let unmanaged = CeInfo {
+        total_vcpus: 2,
+        room: Some(4000),
+        cannot_grow: Some("it is unmanaged: Barge places pods on its selected nodes only".into()),
+        ..ce("own", 6, &[(8, true), (8, true)])
+    };
+    let jobs = (0..6).map(|i| job(&format!("j{i}"), "q", 0, i, 1)).collect();
+    let s = Snapshot { jobs, queues: vec![queue("q", 1, &["own"])], compute_environments: vec![unmanaged] };
+    let p = plan(&s);
+    assert_eq!(p.admitted.len(), 4, "2 vCPUs held + 4 admitted = maxvCpus 6, with 16 free on the nodes");
+    assert!(p.demand.is_empty(), "no demand: nothing is ever launched");
+    assert!(matches!(reason_of(&s, &p, "j4"), Waiting::AtMaxCapacity { .. }), "{}", reason_of(&s, &p, "j4"));
+
+    let full = CeInfo { room: Some(20000), ..s.compute_environments[0].clone() };
+    let big = Snapshot { jobs: vec![job("wide", "q", 0, 1, 9)], compute_environments: vec![full], ..s };
+    let p = plan(&big);
+    assert!(p.admitted.is_empty() && p.demand.is_empty());
+    let why = reason_of(&big, &p, "wide").to_string();
+    assert!(why.contains("MISCONFIGURATION"), "9 vCPUs fit no 8-vCPU node: {why}");
 }
 
 #[test]
