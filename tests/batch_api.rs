@@ -60,9 +60,16 @@ struct Key {
 
 /// `barge credentials create`, as a user runs it.
 fn create_key(h: &Harness, namespace: &str, queues: &[&str]) -> Key {
+    create_key_with(h, namespace, queues, false)
+}
+
+fn create_key_with(h: &Harness, namespace: &str, queues: &[&str], admin: bool) -> Key {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_barge"));
     cmd.args(["credentials", "create", "--namespace", namespace, "--format", "json"])
         .env("BARGE_CREDENTIALS_NAMESPACE", &h.credentials_ns);
+    if admin {
+        cmd.arg("--admin");
+    }
     if !queues.is_empty() {
         cmd.args(["--queues", &queues.join(",")]);
     }
@@ -589,6 +596,177 @@ async fn the_rust_sdk_runs_every_operation() {
 }
 
 /// A self-signed certificate for 127.0.0.1, by openssl (CI installs it).
+#[tokio::test]
+async fn an_admin_key_makes_an_unmanaged_environment_and_a_queue_and_tags_them() {
+    use aws_sdk_batch::error::ProvideErrorMetadata;
+    use aws_sdk_batch::types::{
+        CeState, CeType, ComputeEnvironmentOrder, ContainerProperties, JobStatus, JqState,
+        ResourceRequirement, ResourceType,
+    };
+    let h = harness().await;
+    let client = client().await;
+    let ns = namespace(&client, "api-admin").await;
+    let admin = create_key_with(h, &ns, &[], true);
+    let plain = create_key(h, &ns, &[]);
+    until_answered(h, &admin).await;
+    until_answered(h, &plain).await;
+    let (batch, user) = (sdk(h, &admin), sdk(h, &plain));
+    let tag = suffix();
+    let (ce_name, q_name) = (format!("Own_Nodes_{tag}"), format!("Own_Queue_{tag}"));
+
+    let denied = user
+        .create_compute_environment()
+        .compute_environment_name(&ce_name)
+        .r#type(CeType::Unmanaged)
+        .send()
+        .await;
+    assert_eq!(denied.unwrap_err().code(), Some("AccessDeniedException"));
+
+    let ce = batch
+        .create_compute_environment()
+        .compute_environment_name(&ce_name)
+        .r#type(CeType::Unmanaged)
+        .unmanagedv_cpus(2)
+        .tags("team", "film")
+        .send()
+        .await
+        .unwrap();
+    assert!(ce.compute_environment_arn().unwrap().ends_with(&format!(":compute-environment/{ce_name}")));
+    let q = batch
+        .create_job_queue()
+        .job_queue_name(&q_name)
+        .priority(5)
+        .compute_environment_order(
+            ComputeEnvironmentOrder::builder().order(1).compute_environment(&ce_name).build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let q_arn = q.job_queue_arn().unwrap().to_string();
+
+    // The environment is UNMANAGED, with no node yet: a user labels one for it.
+    let envs = batch.describe_compute_environments().compute_environments(&ce_name).send().await.unwrap();
+    let env = &envs.compute_environments()[0];
+    assert_eq!(env.r#type(), Some(&CeType::Unmanaged));
+    assert_eq!(env.unmanagedv_cpus(), Some(2));
+    let object = Api::<barge::api::ComputeEnvironment>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|c| c.annotations().get("barge.dev/aws-name") == Some(&ce_name))
+        .expect("the environment is a ComputeEnvironment object");
+    let node = format!("own-{tag}");
+    kwok_node(
+        &client,
+        &node,
+        "4",
+        "8Gi",
+        [("barge.dev/compute-environment".to_string(), object.name_any())].into(),
+    )
+    .await;
+
+    let reg = batch
+        .register_job_definition()
+        .job_definition_name(format!("own_def_{tag}"))
+        .r#type("container".into())
+        .container_properties(
+            ContainerProperties::builder()
+                .image("busybox:1.36")
+                .command("true")
+                .resource_requirements(
+                    ResourceRequirement::builder().r#type(ResourceType::Vcpu).value("1").build(),
+                )
+                .resource_requirements(
+                    ResourceRequirement::builder().r#type(ResourceType::Memory).value("256").build(),
+                )
+                .build(),
+        )
+        .tags("sim.barge.dev/duration", "1s")
+        .propagate_tags(true)
+        .send()
+        .await
+        .unwrap();
+    let submit = |name: &str| {
+        batch
+            .submit_job()
+            .job_name(name)
+            .job_queue(&q_name)
+            .job_definition(reg.job_definition_arn().unwrap())
+            .send()
+    };
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(submit(&format!("own-{i}")).await.unwrap().job_id().unwrap().to_string());
+        }
+        ids
+    };
+    // maxvCpus 2 (unmanagedvCpus) on a 4-vCPU node: at most two run at once, and all finish.
+    eventually("the unmanaged environment's jobs succeed", WAIT, || async {
+        let d = batch.describe_jobs().set_jobs(Some(ids.clone())).send().await.ok()?;
+        d.jobs().iter().all(|j| j.status() == Some(&JobStatus::Succeeded)).then_some(())
+    })
+    .await;
+    let status =
+        Api::<barge::api::ComputeEnvironment>::all(client.clone()).get(&object.name_any()).await.unwrap();
+    let s = status.status.unwrap();
+    assert_eq!((s.nodes, s.total_vcpus), (1, 4), "{:?}", s.message);
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).get(&node).await.is_ok(),
+        "never removed"
+    );
+
+    // Tags: on the environment from its creation, then on the queue and on a job.
+    let ce_arn = ce.compute_environment_arn().unwrap();
+    let listed = batch.list_tags_for_resource().resource_arn(ce_arn).send().await.unwrap();
+    assert_eq!(listed.tags().and_then(|t| t.get("team")).map(String::as_str), Some("film"));
+    batch
+        .tag_resource()
+        .resource_arn(&q_arn)
+        .tags("cost centre", "42")
+        .tags("owner", "ana")
+        .send()
+        .await
+        .unwrap();
+    batch.untag_resource().resource_arn(&q_arn).tag_keys("owner").send().await.unwrap();
+    let q_tags = batch.list_tags_for_resource().resource_arn(&q_arn).send().await.unwrap();
+    assert_eq!(q_tags.tags().map(|t| t.len()), Some(1));
+    assert_eq!(q_tags.tags().and_then(|t| t.get("cost centre")).map(String::as_str), Some("42"));
+    let denied = user.tag_resource().resource_arn(&q_arn).tags("x", "y").send().await;
+    assert_eq!(denied.unwrap_err().code(), Some("AccessDeniedException"));
+    let job_arn = format!("arn:aws:batch:us-east-1:123456789012:job/{}", ids[0]);
+    user.tag_resource().resource_arn(&job_arn).tags("run", "7").send().await.unwrap();
+    let j_tags = user.list_tags_for_resource().resource_arn(&job_arn).send().await.unwrap();
+    assert_eq!(j_tags.tags().and_then(|t| t.get("run")).map(String::as_str), Some("7"));
+    let bad = user.tag_resource().resource_arn(&job_arn).tags("aws:mine", "x").send().await;
+    assert_eq!(bad.unwrap_err().code(), Some("ClientException"));
+
+    // Deleting follows AWS's order: disable, leave the queue, then delete.
+    let enabled = batch.delete_compute_environment().compute_environment(&ce_name).send().await;
+    assert!(enabled.unwrap_err().message().unwrap().contains("ENABLED"));
+    batch.update_job_queue().job_queue(&q_name).state(JqState::Disabled).send().await.unwrap();
+    batch
+        .update_compute_environment()
+        .compute_environment(&ce_name)
+        .state(CeState::Disabled)
+        .send()
+        .await
+        .unwrap();
+    let in_use = batch.delete_compute_environment().compute_environment(&ce_name).send().await;
+    assert!(in_use.unwrap_err().message().unwrap().contains("JobQueue relationship"));
+    batch.delete_job_queue().job_queue(&q_name).send().await.unwrap();
+    eventually("the queue is gone", WAIT, || async {
+        let d = batch.describe_job_queues().job_queues(&q_name).send().await.ok()?;
+        d.job_queues().is_empty().then_some(())
+    })
+    .await;
+    batch.delete_compute_environment().compute_environment(&ce_name).send().await.unwrap();
+    // The label was the user's (it is the selector): it stays on the node.
+    delete_node(&client, &node).await;
+}
+
 fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
