@@ -709,10 +709,12 @@ async fn an_admin_key_makes_an_unmanaged_environment_and_a_queue_and_tags_them()
         d.jobs().iter().all(|j| j.status() == Some(&JobStatus::Succeeded)).then_some(())
     })
     .await;
-    let status =
-        Api::<barge::api::ComputeEnvironment>::all(client.clone()).get(&object.name_any()).await.unwrap();
-    let s = status.status.unwrap();
-    assert_eq!((s.nodes, s.total_vcpus), (1, 4), "{:?}", s.message);
+    let ces = Api::<barge::api::ComputeEnvironment>::all(client.clone());
+    eventually("the environment's status counts its node", WAIT, || async {
+        let s = ces.get(&object.name_any()).await.ok()?.status?;
+        ((s.nodes, s.total_vcpus) == (1, 4) && s.message.as_deref()?.contains(&node)).then_some(())
+    })
+    .await;
     assert!(
         Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).get(&node).await.is_ok(),
         "never removed"

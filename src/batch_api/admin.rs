@@ -38,7 +38,7 @@ const IGNORED_RESOURCE_FIELDS: &[&str] = &[
     "updateToLatestImageVersion",
 ];
 
-fn admin_only(who: &Principal, what: &str) -> ApiResult<()> {
+pub(super) fn admin_only(who: &Principal, what: &str) -> ApiResult<()> {
     match who.admin {
         true => Ok(()),
         false => Err(ApiError::new(

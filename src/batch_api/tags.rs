@@ -133,10 +133,8 @@ pub enum Change {
 
 pub async fn change(ctx: &Context, who: &Principal, arn: &str, change: Change) -> ApiResult<Empty> {
     let r = resolve(ctx, who, arn)?;
-    if matches!(r, Tagged::Queue(_) | Tagged::Environment(_)) && !who.admin {
-        return Err(ApiError::client(format!(
-            "{arn}: only a key made with --admin may tag job queues and compute environments"
-        )));
+    if matches!(r, Tagged::Queue(_) | Tagged::Environment(_)) {
+        super::admin::admin_only(who, &format!("Tagging {arn}"))?;
     }
     let mut tags = current(ctx, &r);
     let json_change: serde_json::Map<String, serde_json::Value> = match &change {
