@@ -133,6 +133,7 @@ fn resource(kind: &str) -> (ApiResource, bool) {
         "JobDefinition" => (ApiResource::erase::<JobDefinition>(&()), true),
         "JobQueue" => (ApiResource::erase::<JobQueue>(&()), false),
         "ComputeEnvironment" => (ApiResource::erase::<ComputeEnvironment>(&()), false),
+        "Node" => (ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&()), false),
         other => panic!("examples name a kind this test does not know: {other}"),
     }
 }
@@ -324,5 +325,13 @@ async fn every_example_applies_and_reaches_what_its_comment_promises() {
     for e in promises.iter().filter(|e| e.kind == barge::api::ComputeEnvironment::kind(&()).as_ref()) {
         let _ = ces.delete(&e.name, &DeleteParams::default()).await;
     }
+    // The nodes an example brings as a stand-in for an existing pool.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let _ = nodes
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("example.barge.dev/node=true"),
+        )
+        .await;
     assert!(broken.is_empty(), "examples that do not do what they say:\n{}", broken.join("\n"));
 }
