@@ -4,6 +4,10 @@
 //! once the operator's status writes have settled, 16 clients describe 100 jobs a call. Prints throughput and latency percentiles, the ratio
 //! of SubmitJob to raw creates, and writes `bench/results/batch-api.md`.
 //!
+//! Both are measured twice: closed loop (each client calls again as soon as it has its answer:
+//! throughput, and latency at saturation) and open loop at 50 calls a second (AWS's SubmitJob
+//! quota: the latency a client sees at that rate).
+//!
 //! The jobs go to a DISABLED queue, so that what is measured is the endpoint and the API
 //! server, not the simulated nodes. `BENCH_API_JOBS` sets how many (default 2000).
 
@@ -17,6 +21,8 @@ use kube::{Client, Resource};
 use serde_json::json;
 
 const CLIENTS: usize = 16;
+/// Calls a second in the paced runs: AWS Batch's SubmitJob quota.
+const PACED_RATE: f64 = 50.0;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -72,6 +78,33 @@ where
                 let t = Instant::now();
                 call(c, i).await;
                 out.push(t.elapsed());
+            }
+            out
+        }
+    });
+    let latencies: Vec<Duration> = join_all(tasks).await.into_iter().flatten().collect();
+    Run { what, calls: latencies.len(), wall: start.elapsed(), latencies }
+}
+
+/// Open loop: `calls` calls spread over 16 tasks at `rate` calls a second in all, each
+/// started on its schedule whatever the others do. A call's latency counts from when it was
+/// due, so a call that had to wait for its task's last one is not flattered.
+async fn paced<F, Fut>(what: &'static str, calls: usize, rate: f64, call: F) -> Run
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = tokio::time::Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let tasks = (0..CLIENTS).map(|c| {
+        let call = &call;
+        async move {
+            let mut out = Vec::new();
+            for i in (c..calls).step_by(CLIENTS) {
+                let due = start + gap * i as u32;
+                tokio::time::sleep_until(due).await;
+                call(c, i).await;
+                out.push(due.elapsed());
             }
             out
         }
@@ -185,6 +218,23 @@ async fn main() {
     })
     .await;
 
+    // AWS's own SubmitJob quota is 50 a second: the latency a user sees at that rate.
+    let paced_calls = (PACED_RATE * 20.0) as usize;
+    eprintln!("submitting {paced_calls} jobs at {PACED_RATE}/s from {CLIENTS} clients");
+    let submit_paced = paced("SubmitJob at 50/s (AWS's quota)", paced_calls, PACED_RATE, |c, i| {
+        let (sdk, definition) = (&sdks[c], &definition);
+        async move {
+            sdk.submit_job()
+                .job_name(format!("p-{i}"))
+                .job_queue("bench-api")
+                .job_definition(definition)
+                .send()
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+
     eprintln!("creating {} BatchJobs from {CLIENTS} kube clients", per_client * CLIENTS);
     let apis: Vec<Api<BatchJob>> =
         (0..CLIENTS).map(|_| Api::namespaced(client.clone(), "bench-api")).collect();
@@ -217,13 +267,24 @@ async fn main() {
     })
     .await;
 
+    let describe_paced = paced("DescribeJobs of 100 ids at 50/s", paced_calls, PACED_RATE, |c, i| {
+        let (sdk, ids) = (&sdks[c], &ids);
+        async move {
+            let from = i * 100 % ids.len().saturating_sub(100).max(1);
+            let out =
+                sdk.describe_jobs().set_jobs(Some(ids[from..from + 100].to_vec())).send().await.unwrap();
+            assert_eq!(out.jobs().len(), 100);
+        }
+    })
+    .await;
+
     let _ = operator.kill();
     let _ = operator.wait();
     let ratio =
         (submit.calls as f64 / submit.wall.as_secs_f64()) / (create.calls as f64 / create.wall.as_secs_f64());
     let mut table =
         String::from("| what | calls | per second | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
-    for run in [&submit, &create, &describe] {
+    for run in [&submit, &submit_paced, &create, &describe, &describe_paced] {
         table.push_str(&run.row());
         table.push('\n');
     }

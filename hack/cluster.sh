@@ -131,6 +131,8 @@ up() {
   echo "BIN_DIR=$K8S_BIN" >>"$state/ports.env"
   echo "HELM_DIR=$HELM_BIN" >>"$state/ports.env"
   echo "AWS_CLIENTS_BIN=$AWS_CLIENTS_VENV/bin" >>"$state/ports.env"
+  echo "MOTO_VENV=$MOTO_VENV" >>"$state/ports.env"
+  echo "SNAKEMAKE_VENV=$SNAKEMAKE_VENV" >>"$state/ports.env"
   gen_certs
   local pki="$state/pki"
   write_kubeconfig admin "$state/kubeconfig"
@@ -147,6 +149,8 @@ up() {
   wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
   log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  # --allow-privileged as kubeadm and EKS set it: whether a namespace may run privileged pods
+  # (AWS Batch's `privileged`) is then Pod Security admission's call, as on those clusters.
   start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
     --cert-dir "$pki" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -154,7 +158,7 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC \
     --endpoint-reconciler-type none --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
-    --v=1
+    --allow-privileged=true --v=1
   wait_for kube-apiserver 90 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "https://127.0.0.1:$APISERVER_PORT/readyz"
 
@@ -196,6 +200,10 @@ env_lines() {
   echo "export PATH=$BIN_DIR:${HELM_DIR:+$HELM_DIR:}\$PATH"
   # aws-cli v1 and boto3, for the AWS Batch API's tests (not put on PATH).
   [ -z "${AWS_CLIENTS_BIN:-}" ] || echo "export BARGE_AWS_CLIENTS_BIN=$AWS_CLIENTS_BIN"
+  # moto with pytest and its own test suite, for the moto-subset test of the Batch API.
+  [ -z "${MOTO_VENV:-}" ] || echo "export BARGE_MOTO_VENV=$MOTO_VENV"
+  # Snakemake with its AWS Batch executor, for the workflow test of the Batch API.
+  [ -z "${SNAKEMAKE_VENV:-}" ] || echo "export BARGE_SNAKEMAKE_VENV=$SNAKEMAKE_VENV"
   if alive moto; then
     echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
     echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"

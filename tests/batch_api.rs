@@ -14,6 +14,7 @@ use aws_sigv4::sign::v4;
 use barge::api::BatchJob;
 use barge::api::batch_job::JobPhase;
 use bytes::Bytes;
+use common::batch::{Key, free_port};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -26,10 +27,6 @@ use serde_json::{Value, json};
 struct Harness {
     port: u16,
     credentials_ns: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn harness() -> &'static Harness {
@@ -53,33 +50,13 @@ async fn harness() -> &'static Harness {
     .await
 }
 
-struct Key {
-    id: String,
-    secret: String,
-}
-
 /// `barge credentials create`, as a user runs it.
 fn create_key(h: &Harness, namespace: &str, queues: &[&str]) -> Key {
-    create_key_with(h, namespace, queues, false)
+    common::batch::create_key(&h.credentials_ns, namespace, queues, false)
 }
 
 fn create_key_with(h: &Harness, namespace: &str, queues: &[&str], admin: bool) -> Key {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_barge"));
-    cmd.args(["credentials", "create", "--namespace", namespace, "--format", "json"])
-        .env("BARGE_CREDENTIALS_NAMESPACE", &h.credentials_ns);
-    if admin {
-        cmd.arg("--admin");
-    }
-    if !queues.is_empty() {
-        cmd.args(["--queues", &queues.join(",")]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "credentials create: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    Key {
-        id: v["AccessKeyId"].as_str().unwrap().into(),
-        secret: v["SecretAccessKey"].as_str().unwrap().into(),
-    }
+    common::batch::create_key(&h.credentials_ns, namespace, queues, admin)
 }
 
 fn clients_bin() -> String {
@@ -89,7 +66,12 @@ fn clients_bin() -> String {
 
 /// A command of the AWS clients' venv with only the endpoint, the key and a region set.
 fn aws_tool(h: &Harness, key: &Key, program: &str) -> Command {
-    let mut cmd = Command::new(format!("{}/{program}", clients_bin()));
+    tool_in(h, key, &clients_bin(), program)
+}
+
+/// A program of the venv whose `bin` is `bin`, with only the endpoint, the key and a region set.
+fn tool_in(h: &Harness, key: &Key, bin: &str, program: &str) -> Command {
+    let mut cmd = Command::new(format!("{bin}/{program}"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
@@ -224,6 +206,44 @@ async fn boto3_registers_submits_follows_and_stops_jobs() {
     assert_eq!(single.annotations()["barge.dev/aws-name"], "single_1");
     assert_eq!(single.status.as_ref().unwrap().phase, JobPhase::Succeeded);
     assert!(single.spec.job_definition.as_deref().unwrap().starts_with("boto3-render-"), "{:?}", single.spec);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn snakemakes_aws_batch_executor_runs_a_workflow() {
+    let h = harness().await;
+    let c = corner("api-smk").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    until_answered(h, &key).await;
+    let venv = std::env::var("BARGE_SNAKEMAKE_VENV")
+        .expect("BARGE_SNAKEMAKE_VENV is not set: run these tests with `make test` (hack/cluster.sh builds Snakemake's venv)");
+    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snakemake-{}", suffix()));
+    let out = tool_in(h, &key, &format!("{venv}/bin"), "python")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/batch_api/snakemake_workflow.py"))
+        .env("KUBECONFIG", std::env::var("KUBECONFIG").unwrap_or_default())
+        .env("BARGE_QUEUE", &c.queue)
+        .env("BARGE_NAMESPACE", &c.env.ns)
+        .env("BARGE_WORKDIR", &work)
+        .env("BARGE_S3_URL", common::ec2::moto_url())
+        .env("BARGE_BUCKET", format!("snakemake-{}", suffix()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the Snakemake workflow failed:\n{stderr}");
+    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(seen["played"], json!(["greet", "count"]), "{seen}");
+
+    // Each step was a BatchJob that ran privileged, as Snakemake's definitions ask, and ended.
+    for step in ["greet", "count"] {
+        let job = c.env.jobs.get(seen["jobs"][step].as_str().unwrap()).await.unwrap();
+        assert_eq!(job.status.as_ref().unwrap().phase, JobPhase::Succeeded, "{step}");
+        assert!(job.annotations()["barge.dev/aws-name"].starts_with(&format!("snakejob-{step}-")));
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client().await, &c.env.ns);
+        let lp = ListParams::default().labels(&format!("barge.dev/job-name={}", job.name_any()));
+        let pod = pods.list(&lp).await.unwrap().items.pop().expect("the step's pod is kept");
+        let sc = pod.spec.unwrap().containers[0].security_context.clone().unwrap_or_default();
+        assert_eq!(sc.privileged, Some(true), "{step}");
+    }
     c.cleanup().await;
 }
 
@@ -373,8 +393,14 @@ async fn refusals_are_aws_errors_and_create_nothing() {
     other.job("theirs", other_queue, 1.0, json!({}), json!({})).await;
     let (_, body) = signed(h, &key, "describejobs", json!({"jobs": ["theirs"]})).await;
     assert_eq!(body["jobs"], json!([]), "{body}");
-    let (_, body) = signed(h, &key, "canceljob", json!({"jobId": "theirs", "reason": "mine now"})).await;
-    assert_eq!(body["message"], "Job theirs does not exist");
+    // AWS answers CancelJob and TerminateJob of an unknown id with success; so for another
+    // namespace's job, and the job is left alone.
+    for op in ["canceljob", "terminatejob"] {
+        let (status, body) = signed(h, &key, op, json!({"jobId": "theirs", "reason": "mine now"})).await;
+        assert_eq!((status, &body), (200, &json!({})), "{op}");
+    }
+    let theirs = other.jobs.get("theirs").await.unwrap();
+    assert!(theirs.spec.cancel.is_none() && theirs.spec.terminate.is_none(), "{:?}", theirs.spec);
     let (_, body) =
         signed(h, &key, "submitjob", json!({"jobName": "a", "jobQueue": other_queue, "jobDefinition": "d"}))
             .await;

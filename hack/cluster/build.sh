@@ -18,6 +18,7 @@ etcd_bin="$cache/etcd-$ETCD_VERSION"
 kwok_bin="$cache/kwok-$KWOK_VERSION"
 moto_venv="$cache/moto-$MOTO_VERSION"
 clients_venv="$cache/aws-clients-$AWSCLI_VERSION"
+snakemake_venv="$cache/snakemake-$SNAKEMAKE_VERSION-$SNAKEMAKE_AWS_BATCH_VERSION"
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
 
@@ -94,7 +95,8 @@ go_helm() {
 }
 
 # venv <name> <dir> <check command> <pip requirement>...: a venv with these installed,
-# made in place (a venv is not relocatable: its scripts name its path) under a lock.
+# made in place (a venv is not relocatable: its scripts name its path) under a lock. When
+# $after_install names a function, it runs in the new venv's directory before the check.
 venv() {
   local name=$1 dir=$2 check=$3; shift 3
   [ -f "$dir/.complete" ] && "$dir/bin/python" -c "$check" 2>/dev/null && return
@@ -107,6 +109,7 @@ venv() {
     rm -rf "$dir"
     python3 -m venv "$dir"
     "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+    [ -z "${after_install:-}" ] || (cd "$dir" && "$after_install")
     "$dir/bin/python" -c "$check" || die "$name installed but does not import"
     touch "$dir/.complete"
     log "installed $name in $((SECONDS - start)) s"
@@ -115,7 +118,26 @@ venv() {
   exec {lock}>&-
 }
 
-build_moto() { venv moto "$moto_venv" 'import moto.server' "moto[server,ec2]==$MOTO_VERSION"; }
+# moto's own Batch tests ship in its sdist (not in the wheel): the AWS Batch API runs a
+# selection of them (tests/batch_api/moto_tests.txt), with pytest, from suite/tests.
+moto_suite() {
+  local tmp; tmp=$(mktemp -d)
+  bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$tmp" "moto==$MOTO_VERSION"
+  mkdir -p suite
+  tar -xzf "$tmp/moto-$MOTO_VERSION.tar.gz" -C suite --strip-components=1 "moto-$MOTO_VERSION/tests"
+  rm -rf "$tmp"
+}
+build_moto() {
+  after_install=moto_suite venv moto "$moto_venv" \
+    "import moto.server, pytest, os; assert os.path.isdir('$moto_venv/suite/tests/test_batch')" \
+    "moto[server,ec2]==$MOTO_VERSION" pytest
+}
+build_snakemake() {
+  venv snakemake "$snakemake_venv" 'import snakemake, snakemake_executor_plugin_aws_batch, snakemake_storage_plugin_s3' \
+    "snakemake==$SNAKEMAKE_VERSION" "snakemake-executor-plugin-aws-batch==$SNAKEMAKE_AWS_BATCH_VERSION" \
+    "snakemake-storage-plugin-s3==$SNAKEMAKE_S3_VERSION"
+}
 build_aws_clients() { venv aws-clients "$clients_venv" 'import boto3, awscli' "awscli==$AWSCLI_VERSION" boto3; }
 
 build_etcd() { ensure "etcd-$ETCD_VERSION" "$etcd_bin" 2 go_etcd "etcd --version"; }
@@ -129,15 +151,15 @@ build_helm() { ensure "helm-$HELM_VERSION" "$helm_bin" 2 go_helm "helm version";
 all() {
   local start=$SECONDS
   runs "$k8s_bin" "kube-apiserver --version" || log "the first build of the control plane takes about 15 min on 2 cores (etcd, kwok, Kubernetes, moto, helm; ~2 GB of Go modules); later runs reuse $cache"
-  build_etcd; build_kwok; build_k8s; build_moto; build_aws_clients; build_helm
+  build_etcd; build_kwok; build_k8s; build_moto; build_aws_clients; build_snakemake; build_helm
   [ $((SECONDS - start)) -lt 5 ] || log "test bed ready in $((SECONDS - start)) s"
 }
 
 case "${1:-all}" in
   all) all ;;
-  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; helm) build_helm ;;
+  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;; helm) build_helm ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
-         echo "AWS_CLIENTS_VENV=$clients_venv"
+         echo "AWS_CLIENTS_VENV=$clients_venv"; echo "SNAKEMAKE_VENV=$snakemake_venv"
          echo "HELM_BIN=$helm_bin" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|helm|paths]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|paths]" >&2; exit 2 ;;
 esac

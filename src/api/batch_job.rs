@@ -95,6 +95,10 @@ pub struct ContainerSpec {
     pub env: Vec<EnvVar>,
     #[serde(default)]
     pub resources: Resources,
+    /// Runs the container privileged (AWS's `containerProperties.privileged`): the
+    /// cluster's Pod Security admission decides whether the namespace allows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

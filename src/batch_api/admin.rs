@@ -63,7 +63,7 @@ fn state(text: Option<&str>) -> ApiResult<Option<State>> {
         None => Ok(None),
         Some("ENABLED") => Ok(Some(State::Enabled)),
         Some("DISABLED") => Ok(Some(State::Disabled)),
-        Some(s) => Err(ApiError::client(format!("state must be ENABLED or DISABLED, not {s:?}"))),
+        Some(s) => Err(ApiError::client(format!("state {s} must be one of ENABLED | DISABLED"))),
     }
 }
 
@@ -74,6 +74,16 @@ fn metadata(object: &str, aws: &str, tags: &Tags) -> ApiResult<Value> {
         annotations.insert(ANNOTATION_TAGS.into(), serde_json::to_string(tags).expect("tags serialise"));
     }
     Ok(json!({"name": object, "labels": {MANAGED_BY.0: MANAGED_BY.1}, "annotations": annotations}))
+}
+
+/// A create's error, in AWS's words when the name is taken.
+fn created_or(e: kube::Error, what: &str, aws: &str) -> ApiError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
+            ApiError::client(format!("{what} {aws} already exists"))
+        }
+        e => ApiError::from_kube(e, &format!("{} {aws}", what.to_lowercase())),
+    }
 }
 
 fn params() -> PatchParams {
@@ -190,7 +200,10 @@ fn resources_spec(r: &ComputeResourcesIn) -> ApiResult<serde_json::Map<String, V
     put("securityGroupIds", r.security_group_ids.clone().map(Into::into));
     put("instanceProfile", r.instance_role.clone().map(Into::into));
     put("tags", r.tags.clone().map(|t| json!(t)));
-    put("bidPercentage", r.bid_percentage.map(Into::into));
+    // AWS reads bidPercentage for SPOT only, and ignores it otherwise.
+    if r.type_.as_deref() == Some("SPOT") {
+        put("bidPercentage", r.bid_percentage.map(Into::into));
+    }
     if let Some(lt) = &r.launch_template {
         refuse_unknown(&lt.other, "computeResources.launchTemplate.")?;
         put(
@@ -238,6 +251,18 @@ pub async fn create_environment(
                     "unmanagedvCpus only applies to an UNMANAGED compute environment",
                 ));
             }
+            // What AWS requires of an EC2 or SPOT environment, in its words.
+            if r.instance_role.is_none() {
+                return Err(ApiError::client(
+                    "Error executing request, Exception : Instance role is required. \
+                     (computeResources.instanceRole: Barge sets it as the nodes' instance profile)",
+                ));
+            }
+            if r.min_vcpus.is_none() {
+                return Err(ApiError::client(
+                    "Error executing request, Exception : Resource minvCpus is required.",
+                ));
+            }
             if r.max_vcpus.is_none() {
                 return Err(ApiError::client("computeResources.maxvCpus is required"));
             }
@@ -278,10 +303,7 @@ pub async fn create_environment(
         .map_err(|e| ApiError::client(format!("compute environment {aws} is invalid: {e}")))?;
     let api: Api<ComputeEnvironment> = Api::all(ctx.client.clone());
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let created = api
-        .create(&pp, &ce)
-        .await
-        .map_err(|e| ApiError::from_kube(e, &format!("compute environment {aws}")))?;
+    let created = api.create(&pp, &ce).await.map_err(|e| created_or(e, "Compute environment", &aws))?;
     let key = kube::runtime::reflector::ObjectRef::from_obj(&created);
     ctx.stores.caught_up(|s| s.compute_environments.get(&key).is_some()).await;
     Ok(environment_named(ctx, &aws))
@@ -477,11 +499,12 @@ pub async fn create_queue(ctx: &Context, who: &Principal, input: QueueInput) -> 
             "jobQueueName {aws:?} must be 1 to 128 letters, numbers, hyphens and underscores"
         )));
     }
+    state(input.state.as_deref())?;
     if input.priority.is_none() {
         return Err(ApiError::client("priority is required"));
     }
     if input.compute_environment_order.as_ref().is_none_or(Vec::is_empty) {
-        return Err(ApiError::client("computeEnvironmentOrder needs at least one compute environment"));
+        return Err(ApiError::client("At least 1 compute environment must be provided"));
     }
     let object = object_name(&aws);
     let mut spec = queue_spec(ctx, &input)?;
@@ -501,8 +524,7 @@ pub async fn create_queue(ctx: &Context, who: &Principal, input: QueueInput) -> 
         .map_err(|e| ApiError::client(format!("job queue {aws} is invalid: {e}")))?;
     let api: Api<JobQueue> = Api::all(ctx.client.clone());
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let created =
-        api.create(&pp, &q).await.map_err(|e| ApiError::from_kube(e, &format!("job queue {aws}")))?;
+    let created = api.create(&pp, &q).await.map_err(|e| created_or(e, "Job queue", &aws))?;
     let key = kube::runtime::reflector::ObjectRef::from_obj(&created);
     ctx.stores.caught_up(|s| s.queues.get(&key).is_some()).await;
     Ok(queue_named(ctx, &aws))

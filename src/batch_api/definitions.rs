@@ -47,6 +47,7 @@ pub struct ContainerProperties {
     pub environment: Vec<KeyValuePair>,
     #[serde(default)]
     pub resource_requirements: Vec<ResourceRequirement>,
+    pub privileged: Option<bool>,
     #[serde(flatten)]
     pub other: Unknown,
 }
@@ -176,6 +177,7 @@ async fn registered_revision(ctx: &Context, ns: &str, name: &str, generation: i6
 }
 
 fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
+    super::tags::validate(&input.tags)?;
     match input.type_.as_deref() {
         Some("container") => {}
         Some("multinode") => {
@@ -220,6 +222,7 @@ fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
             memory: asked.memory.unwrap_or(defaults.memory),
             gpus: asked.gpus.unwrap_or(0),
         },
+        privileged: props.privileged.unwrap_or(false),
     };
     Ok(JobDefinitionSpec {
         state: DefinitionState::Active,
@@ -249,12 +252,13 @@ pub struct DescribeInput {
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDetailOut {
     pub image: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     pub environment: Vec<KeyValuePair>,
     pub resource_requirements: Vec<ResourceRequirement>,
     pub vcpus: f64,
     pub memory: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +276,7 @@ impl ContainerDetailOut {
             resource_requirements: shapes::requirements(&c.resources),
             vcpus: c.resources.vcpus,
             memory: shapes::memory_mib(&c.resources.memory),
+            privileged: c.privileged,
             ..Default::default()
         }
     }

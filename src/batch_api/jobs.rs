@@ -131,6 +131,7 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
             ))
         })?,
     };
+    super::tags::validate(&input.tags)?;
     let id = uuid::Uuid::new_v4().to_string();
     let spec = BatchJobSpec {
         job_queue: queue.name_any(),
@@ -777,14 +778,20 @@ pub enum Stop {
 }
 
 pub async fn stop(ctx: &Context, who: &Principal, how: Stop, input: StopInput) -> ApiResult<Empty> {
-    let id = input.job_id.as_deref().ok_or_else(|| ApiError::client("jobId is required"))?;
+    let id = input
+        .job_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ApiError::client("jobId is required"))?;
     let reason =
         input.reason.filter(|r| !r.is_empty()).ok_or_else(|| ApiError::client("reason is required"))?;
     let id = ctx.arns.name("job", id);
     if id.contains(':') {
         return Err(ApiError::client(format!("{id}: cancel or terminate the array job, not one child")));
     }
-    let job = job(ctx, who, id).ok_or_else(|| ApiError::client(format!("Job {id} does not exist")))?;
+    // AWS answers a job it does not know (or, here, another namespace's) with success and
+    // does nothing.
+    let Some(job) = job(ctx, who, id) else { return Ok(Empty {}) };
     if job.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
         return Ok(Empty {});
     }
@@ -795,10 +802,12 @@ pub async fn stop(ctx: &Context, who: &Principal, how: Stop, input: StopInput) -
     let patch = serde_json::json!({"spec": {field: {"reason": reason}}});
     let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &who.namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let patched = api.patch(id, &params, &Patch::Merge(&patch)).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 404 => ApiError::client(format!("Job {id} does not exist")),
-        e => ApiError::from_kube(e, &format!("job {id}")),
-    })?;
+    let patched = match api.patch(id, &params, &Patch::Merge(&patch)).await {
+        Ok(p) => p,
+        // Deleted meanwhile: as if it never was.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Empty {}),
+        Err(e) => return Err(ApiError::from_kube(e, &format!("job {id}"))),
+    };
     let (key, generation) = (ObjectRef::from_obj(&patched), patched.metadata.generation);
     ctx.stores.caught_up(|s| s.jobs.get(&key).is_some_and(|j| j.metadata.generation >= generation)).await;
     Ok(Empty {})

@@ -274,21 +274,31 @@ async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
         },
     };
     let operation = parts.uri.path().trim_start_matches("/v1/").to_string();
+    // Every answer carries a request id, as AWS's do: SDKs show it, users quote it.
+    let request_id = uuid::Uuid::new_v4().to_string();
     match answer {
         Ok(json) => {
-            tracing::debug!(%operation, ms = started.elapsed().as_millis() as u64, "batch api");
+            tracing::debug!(%operation, %request_id, ms = started.elapsed().as_millis() as u64, "batch api");
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/json")
+                .header(REQUEST_ID_HEADER, request_id)
                 .body(Full::new(Bytes::from(json)))
                 .expect("a valid response")
         }
         Err(e) => {
-            tracing::info!(%operation, code = e.code, message = %e.message, "batch api refused a request");
-            error_response(&e)
+            tracing::info!(%operation, %request_id, code = e.code, message = %e.message, "batch api refused a request");
+            let mut response = error_response(&e);
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, request_id.parse().expect("a uuid is a header value"));
+            response
         }
     }
 }
+
+/// The header AWS services answer each request's id in.
+const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     let body = serde_json::json!({"__type": e.code, "message": e.message});

@@ -185,6 +185,10 @@ fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) ->
                 limits: Some(amounts),
                 ..Default::default()
             }),
+            security_context: c.privileged.then(|| k8s_openapi::api::core::v1::SecurityContext {
+                privileged: Some(true),
+                ..Default::default()
+            }),
             ..Default::default()
         }],
         ..Default::default()

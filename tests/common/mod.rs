@@ -2,6 +2,7 @@
 //! `make test` starts, kwok nodes, namespaces, and polling until state is reached.
 #![allow(dead_code)]
 
+pub mod batch;
 pub mod ec2;
 pub mod env;
 
