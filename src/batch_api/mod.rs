@@ -236,8 +236,16 @@ pub async fn serve(client: Client, config: Config, tls: Option<tokio_rustls::Tls
     }
 }
 
-/// One request, from its bytes to its answer.
+/// One request, from its bytes to its answer, which carries a request id as AWS's do (SDKs
+/// show it, users quote it, and the operator's log names it).
 async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut response = answer(ctx, req, &request_id).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id.parse().expect("a uuid is a header value"));
+    response
+}
+
+async fn answer(ctx: &Context, req: Request<Incoming>, request_id: &str) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let started = std::time::Instant::now();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
@@ -250,7 +258,7 @@ async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
             ));
         }
     };
-    let answer = match ctx.stores.ready() {
+    let outcome = match ctx.stores.ready() {
         false => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServerException",
@@ -274,25 +282,18 @@ async fn handle(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> 
         },
     };
     let operation = parts.uri.path().trim_start_matches("/v1/").to_string();
-    // Every answer carries a request id, as AWS's do: SDKs show it, users quote it.
-    let request_id = uuid::Uuid::new_v4().to_string();
-    match answer {
+    match outcome {
         Ok(json) => {
             tracing::debug!(%operation, %request_id, ms = started.elapsed().as_millis() as u64, "batch api");
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/json")
-                .header(REQUEST_ID_HEADER, request_id)
                 .body(Full::new(Bytes::from(json)))
                 .expect("a valid response")
         }
         Err(e) => {
             tracing::info!(%operation, %request_id, code = e.code, message = %e.message, "batch api refused a request");
-            let mut response = error_response(&e);
-            response
-                .headers_mut()
-                .insert(REQUEST_ID_HEADER, request_id.parse().expect("a uuid is a header value"));
-            response
+            error_response(&e)
         }
     }
 }
