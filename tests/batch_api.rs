@@ -647,6 +647,31 @@ async fn an_admin_key_makes_an_unmanaged_environment_and_a_queue_and_tags_them()
         .send()
         .await;
     assert_eq!(denied.unwrap_err().code(), Some("AccessDeniedException"));
+    // A MANAGED EC2 environment needs an instance role and minvCpus, as on AWS; nothing is made.
+    let resources = |role: Option<&str>, min: Option<i32>| {
+        aws_sdk_batch::types::ComputeResource::builder()
+            .r#type(aws_sdk_batch::types::CrType::Ec2)
+            .maxv_cpus(4)
+            .set_minv_cpus(min)
+            .set_instance_role(role.map(String::from))
+            .subnets("subnet-1")
+            .build()
+    };
+    for (r, needs) in [
+        (resources(None, Some(0)), "Instance role is required"),
+        (resources(Some("r"), None), "minvCpus is required"),
+    ] {
+        let refused = batch
+            .create_compute_environment()
+            .compute_environment_name(format!("{ce_name}-bad"))
+            .r#type(CeType::Managed)
+            .compute_resources(r)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("ClientException"));
+        assert!(refused.message().unwrap().contains(needs), "{:?}", refused.message());
+    }
 
     let ce = batch
         .create_compute_environment()
