@@ -152,13 +152,7 @@ pub struct EvaluateOnExit {
     pub action: RetryAction,
 }
 
-/// AWS Batch's glob: a trailing `*` matches any rest; otherwise the whole text must match.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => text.starts_with(prefix),
-        None => pattern == text,
-    }
-}
+pub use crate::scheduler::glob_matches;
 
 impl RetryStrategy {
     /// Whether a failed attempt should be retried, before counting attempts left.
@@ -287,7 +281,7 @@ pub struct BatchJobSpec {
     pub parameters: super::StringMap,
     /// What differs from the definition's container for this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_overrides: Option<Box<super::job_definition::ContainerOverrides>>,
+    pub container_overrides: Option<Box<ContainerOverrides>>,
     /// Tags of the job; its pods carry them as labels (see the README for the rule).
     #[serde(default, skip_serializing_if = "super::StringMap::is_empty")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)").message("a tag key is at most 128 characters and a value at most 256"))]
@@ -436,6 +430,29 @@ pub fn pod_name(job_name: &str, job_uid: &str, attempt: u32) -> String {
     let prefix = prefix.trim_end_matches(['-', '.']);
     let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
     format!("{prefix}-{uid}-{}", attempt_number(attempt))
+}
+
+/// `containerOverrides`: each value given wins over the definition's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverrides {
+    /// Replaces the definition's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Added to the definition's environment; a name both give takes the job's value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("containerOverrides.vcpus must be greater than 0"))]
+    pub vcpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("containerOverrides.memory must be a positive quantity such as 2Gi or 512Mi"))]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Runs the job only on nodes of this instance type (`node.kubernetes.io/instance-type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
-use super::batch_job::{BatchJobSpec, ContainerSpec, EnvVar, RetryStrategy, Timeout};
+use super::batch_job::{BatchJobSpec, ContainerOverrides, ContainerSpec, RetryStrategy, Timeout};
 
 /// ACTIVE or INACTIVE, as AWS Batch says of job definitions.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -238,29 +238,6 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
 }
 
 /// What a job submitted against a definition may change of it, as AWS Batch's
-/// `containerOverrides`: each value given wins over the definition's.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerOverrides {
-    /// Replaces the definition's command.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// Added to the definition's environment; a name both give takes the job's value.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub environment: Vec<EnvVar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("containerOverrides.vcpus must be greater than 0"))]
-    pub vcpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("containerOverrides.memory must be a positive quantity such as 2Gi or 512Mi"))]
-    pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<u32>,
-    /// Runs the job only on nodes of this instance type (`node.kubernetes.io/instance-type`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_type: Option<String>,
-}
-
 fn apply_overrides(c: &mut ContainerSpec, o: &ContainerOverrides) {
     if let Some(cmd) = &o.command {
         c.command = cmd.clone();
@@ -424,6 +401,7 @@ fn valid_label_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::batch_job::EnvVar;
 
     fn def() -> JobDefinitionSpec {
         serde_json::from_value(serde_json::json!({

@@ -60,16 +60,57 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// The conditions Barge sets, on the kinds that carry them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// ComputeEnvironment: it can run jobs.
+    Ready,
+    /// ComputeEnvironment: it has all the vCPUs its maxvCpus allows.
+    AtMaxCapacity,
+    /// JobQueue: it admits nothing now (DISABLED, or its first job cannot run).
+    Blocked,
+    /// JobDefinition: its latest revision is registered.
+    Registered,
+    /// JobDefinition: deleted, kept while jobs still run its revisions.
+    Deleting,
+}
+
+impl ConditionType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::AtMaxCapacity => "AtMaxCapacity",
+            ConditionType::Blocked => "Blocked",
+            ConditionType::Registered => "Registered",
+            ConditionType::Deleting => "Deleting",
+        }
+    }
+}
+
+/// The condition of type `t`, if it is set.
+pub fn condition(conditions: &[Condition], t: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == t.as_str())
+}
+
+/// The condition of type `t`, if it is set and true.
+pub fn condition_true(conditions: &[Condition], t: ConditionType) -> Option<&Condition> {
+    condition(conditions, t).filter(|c| c.is_true())
+}
+
 impl Condition {
-    pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(type_: ConditionType, status: bool, reason: &str, message: impl Into<String>) -> Self {
         Condition {
-            type_: type_.into(),
+            type_: type_.as_str().into(),
             status: if status { "True" } else { "False" }.into(),
             reason: reason.into(),
             message: message.into(),
             last_transition_time: Utc::now(),
             observed_generation: None,
         }
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
     }
 
     pub fn generation(mut self, generation: Option<i64>) -> Self {

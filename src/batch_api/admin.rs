@@ -404,7 +404,7 @@ pub async fn delete_environment(
         )));
     }
     let api: Api<ComputeEnvironment> = Api::all(ctx.client.clone());
-    crate::controller::delete_if_present(&api, &object)
+    crate::k8s::delete_if_present(&api, &object)
         .await
         .map_err(|e| ApiError::from_kube(e, &format!("compute environment {aws}")))?;
     Ok(Empty {})
@@ -604,7 +604,7 @@ pub async fn delete_queue(ctx: &Context, who: &Principal, input: DeleteQueueInpu
         )));
     }
     let api: Api<JobQueue> = Api::all(ctx.client.clone());
-    crate::controller::delete_if_present(&api, &object)
+    crate::k8s::delete_if_present(&api, &object)
         .await
         .map_err(|e| ApiError::from_kube(e, &format!("job queue {aws}")))?;
     Ok(Empty {})

@@ -61,7 +61,7 @@ fn queue_out(ctx: &Context, q: &JobQueue) -> QueueOut {
     let blocked = q
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Blocked" && c.status == "True"))
+        .and_then(|s| crate::api::condition_true(&s.conditions, crate::api::ConditionType::Blocked))
         .map(|c| c.message.clone());
     let name = names::aws_name(q);
     QueueOut {

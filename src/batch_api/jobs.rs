@@ -20,8 +20,9 @@ use super::shapes::{
     self, KeyValuePair, ResourceRequirement, RetryStrategyShape, TimeoutShape, Unknown, refuse_unknown,
 };
 use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal, millis};
+use crate::api::batch_job::ContainerOverrides;
 use crate::api::batch_job::{ArrayStatus, Attempt, Dependency, DependencyType};
-use crate::api::job_definition::{ContainerOverrides, DefinitionRef, JobDefinitionSpec};
+use crate::api::job_definition::{DefinitionRef, JobDefinitionSpec};
 use crate::api::{BatchJob, BatchJobSpec, JobPhase};
 use crate::scheduler::ranges;
 

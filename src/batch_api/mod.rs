@@ -16,6 +16,7 @@ mod names;
 mod page;
 mod shapes;
 pub mod stores;
+mod tagging;
 mod tags;
 
 use std::convert::Infallible;
@@ -324,14 +325,14 @@ async fn route(
             .decode_utf8()
             .map_err(|_| ApiError::client("resourceArn is not valid UTF-8"))?;
         return match method {
-            "GET" => reply(tags::list(ctx, who, &arn)?),
+            "GET" => reply(tagging::list(ctx, who, &arn)?),
             "POST" => {
-                let input: tags::TagInput = parse(body)?;
-                reply(tags::change(ctx, who, &arn, tags::Change::Add(input.tags)).await?)
+                let input: tagging::TagInput = parse(body)?;
+                reply(tagging::change(ctx, who, &arn, tagging::Change::Add(input.tags)).await?)
             }
             "DELETE" => {
-                let keys = tags::tag_keys(parts.uri.query())?;
-                reply(tags::change(ctx, who, &arn, tags::Change::Remove(keys)).await?)
+                let keys = tagging::tag_keys(parts.uri.query())?;
+                reply(tagging::change(ctx, who, &arn, tagging::Change::Remove(keys)).await?)
             }
             _ => Err(ApiError::client(format!("{method} {path}: tags are GET, POST or DELETE"))),
         };

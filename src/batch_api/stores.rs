@@ -15,7 +15,7 @@ use kube::{Client, Resource};
 
 use super::auth::Credential;
 use crate::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
-use crate::controller::definition::{self, Definitions, RevisionIndex};
+use crate::controller::revisions::{self, Definitions, RevisionIndex};
 
 /// The label on the Secrets that hold keys of the endpoint.
 pub const LABEL_CREDENTIALS: &str = "barge.dev/credentials";
@@ -73,7 +73,7 @@ impl Stores {
         let index_tx = index.clone();
         let (revisions, drive_revisions) = reflect(
             Api::<ControllerRevision>::all(client.clone()),
-            all().labels(definition::LABEL_JOB_DEFINITION),
+            all().labels(revisions::LABEL_JOB_DEFINITION),
             move |ev| match ev {
                 watcher::Event::Apply(cr) | watcher::Event::InitApply(cr) => index_tx.applied(cr),
                 watcher::Event::Delete(cr) => index_tx.deleted(cr),

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::output::{self, age, bar, phase, structured, table};
 use super::{Common, Format};
-use crate::api::batch_job::JobPhase;
+use crate::api::batch_job::{BatchJobStatus, JobPhase};
 use crate::api::job_definition::DefinitionRef;
 use crate::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
 
@@ -40,7 +40,7 @@ async fn get_job(api: &Api<BatchJob>, name: &str) -> anyhow::Result<BatchJob> {
 fn blocked_reason(q: &JobQueue) -> String {
     q.status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Blocked" && c.status == "True"))
+        .and_then(|s| crate::api::condition_true(&s.conditions, crate::api::ConditionType::Blocked))
         .map_or_else(String::new, |c| c.message.clone())
 }
 
@@ -101,6 +101,30 @@ pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
         return Ok(());
     }
     let s = job.status.clone().unwrap_or_default();
+    print!("{}", summary(&job, &s));
+    if !s.attempts.is_empty() {
+        println!("\nAttempts:");
+        print!("{}", indent(&attempts_table(&s)));
+    }
+    // For a waiting job: everything that could hold it.
+    if matches!(s.phase, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable) {
+        println!("\nWhy it waits:");
+        println!("  {}", s.status_reason.clone().unwrap_or_else(|| "not looked at by Barge yet".into()));
+        describe_queue(&client, &job).await?;
+        let jobs = jobs_api(&client, common);
+        for d in &job.spec.depends_on {
+            let state = match jobs.get_opt(&d.job_name).await? {
+                None => "does not exist".to_string(),
+                Some(dep) => dep.status.map_or("SUBMITTED".into(), |s| s.phase.as_str().to_string()),
+            };
+            println!("  Depends on {}: {state}", d.job_name);
+        }
+    }
+    Ok(())
+}
+
+/// The job's fields, one per line.
+fn summary(job: &BatchJob, s: &BatchJobStatus) -> String {
     let ns = job.namespace().unwrap_or_default();
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{:<20}{v}\n", format!("{k}:")));
@@ -156,78 +180,68 @@ pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
             line("Failed indexes", a.failed_indexes.clone());
         }
     }
-    print!("{out}");
+    out
+}
 
-    if !s.attempts.is_empty() {
-        println!("\nAttempts:");
-        let rows: Vec<Vec<String>> = s
-            .attempts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let took = match (a.started_at, a.stopped_at) {
-                    (Some(b), Some(e)) => output::duration((e - b).num_seconds()),
-                    (Some(b), None) => output::duration((chrono::Utc::now() - b).num_seconds()) + "+",
-                    _ => "-".into(),
-                };
-                vec![
-                    (i + 1).to_string(),
-                    a.node_name.clone().unwrap_or_else(|| "-".into()),
-                    a.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
-                    took,
-                    a.reason.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        print!("{}", indent(&table(&["#", "NODE", "EXIT", "TOOK", "REASON"], &rows)));
-    }
+/// One row per attempt.
+fn attempts_table(s: &BatchJobStatus) -> String {
+    let rows: Vec<Vec<String>> = s
+        .attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let took = match (a.started_at, a.stopped_at) {
+                (Some(b), Some(e)) => output::duration((e - b).num_seconds()),
+                (Some(b), None) => output::duration((chrono::Utc::now() - b).num_seconds()) + "+",
+                _ => "-".into(),
+            };
+            vec![
+                (i + 1).to_string(),
+                a.node_name.clone().unwrap_or_else(|| "-".into()),
+                a.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                took,
+                a.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["#", "NODE", "EXIT", "TOOK", "REASON"], &rows)
+}
 
-    // For a waiting job: everything that could hold it.
-    if matches!(s.phase, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable) {
-        println!("\nWhy it waits:");
-        println!("  {}", s.status_reason.clone().unwrap_or_else(|| "not looked at by Barge yet".into()));
-        match Api::<JobQueue>::all(client.clone()).get_opt(&job.spec.job_queue).await? {
-            None => println!("  Queue {} does not exist.", job.spec.job_queue),
-            Some(q) => {
-                let st = q.status.clone().unwrap_or_default();
-                println!(
-                    "  Queue {}: {}, priority {}, {} runnable, {} running{}",
-                    q.name_any(),
-                    format!("{:?}", q.spec.state).to_uppercase(),
-                    q.spec.priority,
-                    st.jobs.runnable,
-                    st.jobs.running,
-                    match blocked_reason(&q) {
-                        r if r.is_empty() => String::new(),
-                        r => format!("; blocked: {r}"),
-                    }
-                );
-                let ces = Api::<ComputeEnvironment>::all(client.clone());
-                for o in &q.spec.compute_environment_order {
-                    match ces.get_opt(&o.compute_environment).await? {
-                        None => println!("  Compute environment {} does not exist.", o.compute_environment),
-                        Some(ce) => {
-                            let cs = ce.status.clone().unwrap_or_default();
-                            println!(
-                                "  Compute environment {}: {} of max {} vCPUs, {} nodes; {}",
-                                ce.name_any(),
-                                cs.total_vcpus,
-                                ce.spec.max_vcpus,
-                                cs.nodes,
-                                cs.message.unwrap_or_default()
-                            );
-                        }
+/// The job's queue and its compute environments, as far as they could hold it.
+async fn describe_queue(client: &Client, job: &BatchJob) -> anyhow::Result<()> {
+    match Api::<JobQueue>::all(client.clone()).get_opt(&job.spec.job_queue).await? {
+        None => println!("  Queue {} does not exist.", job.spec.job_queue),
+        Some(q) => {
+            let st = q.status.clone().unwrap_or_default();
+            println!(
+                "  Queue {}: {}, priority {}, {} runnable, {} running{}",
+                q.name_any(),
+                format!("{:?}", q.spec.state).to_uppercase(),
+                q.spec.priority,
+                st.jobs.runnable,
+                st.jobs.running,
+                match blocked_reason(&q) {
+                    r if r.is_empty() => String::new(),
+                    r => format!("; blocked: {r}"),
+                }
+            );
+            let ces = Api::<ComputeEnvironment>::all(client.clone());
+            for o in &q.spec.compute_environment_order {
+                match ces.get_opt(&o.compute_environment).await? {
+                    None => println!("  Compute environment {} does not exist.", o.compute_environment),
+                    Some(ce) => {
+                        let cs = ce.status.clone().unwrap_or_default();
+                        println!(
+                            "  Compute environment {}: {} of max {} vCPUs, {} nodes; {}",
+                            ce.name_any(),
+                            cs.total_vcpus,
+                            ce.spec.max_vcpus,
+                            cs.nodes,
+                            cs.message.unwrap_or_default()
+                        );
                     }
                 }
             }
-        }
-        let jobs = jobs_api(&client, common);
-        for d in &job.spec.depends_on {
-            let state = match jobs.get_opt(&d.job_name).await? {
-                None => "does not exist".to_string(),
-                Some(dep) => dep.status.map_or("SUBMITTED".into(), |s| s.phase.as_str().to_string()),
-            };
-            println!("  Depends on {}: {state}", d.job_name);
         }
     }
     Ok(())
@@ -308,7 +322,7 @@ pub async fn describe_definition(name: &str, common: &Common) -> anyhow::Result<
         println!("{:<20}{}", "Parameter defaults:", p.join(", "));
     }
     for c in &s.conditions {
-        if c.status == "True" && c.type_ == "Deleting" || c.status == "False" {
+        if c.is_true() && c.type_ == crate::api::ConditionType::Deleting.as_str() || c.status == "False" {
             println!("{:<20}{}", format!("{}:", c.type_), c.message);
         }
     }

@@ -141,12 +141,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 capacity_cooldown: Duration::from_secs(args.capacity_cooldown_seconds),
                 registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
             };
-            Some(Box::new(Ec2Provider::new(client.clone(), settings).await) as _)
+            Some(Box::new(Ec2Provider::new(settings).await) as _)
         } else {
             None
         },
     };
-    let options = Options { instance: args.instance.clone(), synced };
+    let options = Options { instance: args.instance.clone(), synced, tunables: Default::default() };
     let operator = controller::run(client.clone(), providers, options);
     if !args.leader_elect {
         return Ok(operator.await?);

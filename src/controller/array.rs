@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use kube::{Resource, ResourceExt};
 
-use super::Verdict;
-use super::job::{Deps, Limits, PodFacts, TIMEOUT_REASON};
+use super::facts::{Deps, Limits, PodFacts, TIMEOUT_REASON, failure_reason};
 use crate::api::batch_job::{
     ArrayStatus, Attempt, BatchJob, BatchJobStatus, DependencyType, JobPhase, child_pod_name,
 };
 use crate::scheduler::ranges;
+use crate::state::Verdict;
 
 /// Where each child stands, decoded from the parent's status.
 pub struct Children {
@@ -123,41 +123,33 @@ impl Gates {
     }
 }
 
-/// The parent's next status and the child pods (index, attempt) to stop.
-pub fn next_status(
+/// How many children are in each unfinished phase.
+struct Counts {
+    runnable: u32,
+    pending: u32,
+    starting: u32,
+    running: u32,
+}
+
+/// Looks at each unfinished child's pod: records what finished or failed (retrying what
+/// may be retried) in `c`, and the child pods to stop in `stop`; counts the rest.
+#[allow(clippy::too_many_arguments)]
+fn roll_children(
     job: &BatchJob,
+    c: &mut Children,
     limits: &Limits<'_>,
-    deps: &Deps,
     gates: &Gates,
-    pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
-    verdict: Option<&Verdict>,
+    pod_of: &impl Fn(u32, u32) -> Option<PodFacts>,
+    s: &mut BatchJobStatus,
+    stop: &mut Vec<(u32, u32)>,
     now: DateTime<Utc>,
-) -> (BatchJobStatus, Vec<(u32, u32)>) {
-    let mut s = job.status.clone().unwrap_or_default();
-    if s.phase.is_finished() {
-        return (s, Vec::new());
-    }
-    s.created_at.get_or_insert(now);
-    s.observed_generation = job.meta().generation;
-    let mut c = Children::of(job);
+) -> Counts {
     let retry = limits.retry;
     let timeout = limits.timeout.map(|t| t.attempt_duration_seconds as i64);
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
-    let mut stop = Vec::new();
-
-    if c.succeeded.is_empty() && c.failed.is_empty() && c.started.is_empty() && deps.hold(&mut s, now) {
-        return (s, stop);
-    }
-    if let Some(why) = &gates.broken {
-        s.phase = JobPhase::Failed;
-        s.stopped_at = Some(now);
-        s.status_reason = Some(why.clone());
-        return (s, stop);
-    }
     let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
     let cancelling = job.spec.cancel.as_ref().map(|t| format!("Cancelled: {}", t.reason));
-
     let (mut runnable, mut pending, mut starting, mut running) = (0, 0, 0, 0);
     for i in 0..c.status.size {
         if c.is_finished(i) {
@@ -191,13 +183,13 @@ pub fn next_status(
             if pod.as_ref().is_some_and(|p| p.phase == "Running" || p.phase == "Pending") {
                 stop.push((i, attempt));
             }
-            fail(&mut c, why.clone(), None, None, false, None);
+            fail(c, why.clone(), None, None, false, None);
             continue;
         }
         match pod {
             None if c.started.contains(&i) => {
                 fail(
-                    &mut c,
+                    c,
                     format!("Host terminated (pod {} disappeared)", child_pod_name(&name, &uid, i, attempt)),
                     None,
                     None,
@@ -206,8 +198,8 @@ pub fn next_status(
                 );
             }
             None => match (&cancelling, gates.gate(i)) {
-                (Some(why), _) => fail(&mut c, why.clone(), None, None, false, None),
-                (None, ChildGate::Fail(why)) => fail(&mut c, why, None, None, false, None),
+                (Some(why), _) => fail(c, why.clone(), None, None, false, None),
+                (None, ChildGate::Fail(why)) => fail(c, why, None, None, false, None),
                 (None, ChildGate::Wait) => pending += 1,
                 (None, ChildGate::Ready) => runnable += 1,
             },
@@ -223,7 +215,7 @@ pub fn next_status(
                     s.started_at.get_or_insert(started);
                     if timeout.is_some_and(|t| (now - started).num_seconds() >= t) {
                         stop.push((i, attempt));
-                        fail(&mut c, TIMEOUT_REASON.into(), None, None, false, node.clone());
+                        fail(c, TIMEOUT_REASON.into(), None, None, false, node.clone());
                     } else {
                         running += 1;
                     }
@@ -234,17 +226,48 @@ pub fn next_status(
                     s.started_at = s.started_at.or(p.started_at);
                 }
                 ("Failed", node) => {
-                    let why = match p.exit_code {
-                        Some(code) => format!("Essential container in task exited with code {code}"),
-                        None => "Pod failed".into(),
-                    };
-                    fail(&mut c, why, p.exit_code, p.reason.as_deref(), true, node.clone());
+                    let why = failure_reason(p.exit_code, p.reason.as_deref());
+                    fail(c, why, p.exit_code, p.reason.as_deref(), true, node.clone());
                 }
                 _ => runnable += 1,
             },
         }
     }
 
+    Counts { runnable, pending, starting, running }
+}
+
+/// The parent's next status and the child pods (index, attempt) to stop.
+pub fn next_status(
+    job: &BatchJob,
+    limits: &Limits<'_>,
+    deps: &Deps,
+    gates: &Gates,
+    pod_of: impl Fn(u32, u32) -> Option<PodFacts>,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> (BatchJobStatus, Vec<(u32, u32)>) {
+    let mut s = job.status.clone().unwrap_or_default();
+    if s.phase.is_finished() {
+        return (s, Vec::new());
+    }
+    s.created_at.get_or_insert(now);
+    s.observed_generation = job.meta().generation;
+    let mut c = Children::of(job);
+    let mut stop = Vec::new();
+
+    if c.succeeded.is_empty() && c.failed.is_empty() && c.started.is_empty() && deps.hold(&mut s, now) {
+        return (s, stop);
+    }
+    if let Some(why) = &gates.broken {
+        s.phase = JobPhase::Failed;
+        s.stopped_at = Some(now);
+        s.status_reason = Some(why.clone());
+        return (s, stop);
+    }
+    let counts = roll_children(job, &mut c, limits, gates, &pod_of, &mut s, &mut stop, now);
+    let Counts { runnable, pending, starting, running } = counts;
+    let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
     let size = c.status.size;
     let finished = (c.succeeded.len() + c.failed.len()) as u32;
     // Children still retrying keep their history; finished ones keep it only if they failed.
@@ -298,10 +321,10 @@ pub fn next_status(
         }
         s.phase = JobPhase::Runnable;
         s.status_reason = Some(match verdict {
-            Some(Verdict::Rejected(why)) | Some(Verdict::Waiting(why)) => why.to_string(),
             Some(Verdict::Admitted { compute_environment }) => {
                 format!("Child jobs admitted to compute environment {compute_environment}")
             }
+            Some(v) => v.reason().map(|r| r.to_string()).unwrap_or_default(),
             None => "Waiting for the scheduler".into(),
         });
     }
@@ -311,8 +334,8 @@ pub fn next_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::batch_job::{ArrayProperties, BatchJobSpec, ContainerSpec, RetryStrategy};
     use crate::api::job_definition::work;
+    use crate::controller::fixtures;
 
     /// The roll-up of an array that names no definition: its limits are its own.
     fn next_status(
@@ -328,18 +351,7 @@ mod tests {
     }
 
     fn array(size: u32, attempts: u32) -> BatchJob {
-        let mut j = BatchJob::new(
-            "arr",
-            BatchJobSpec {
-                job_queue: "q".into(),
-                container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
-                array: Some(ArrayProperties { size }),
-                retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
-                ..Default::default()
-            },
-        );
-        j.metadata.uid = Some("abcdef12".into());
-        j
+        fixtures::job("arr").uid("abcdef12").array(size).retry(attempts).build()
     }
 
     fn facts(phase: &str, exit: Option<i32>) -> PodFacts {

@@ -10,7 +10,7 @@ use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 
 use super::array::{ChildGate, Children, Gates};
-use super::job::current_attempt;
+use super::facts::current_attempt;
 use super::pod::job_request;
 use crate::Error;
 use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase, child_pod_name, pod_name};
@@ -127,12 +127,12 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
 
 /// A job's "namespace/name", the backlog's key for it.
 fn key_of(job: &ObjectRef<BatchJob>) -> String {
-    format!("{}/{}", job.namespace.as_deref().unwrap_or_default(), job.name)
+    crate::k8s::ns_key(job.namespace.as_deref().unwrap_or_default(), &job.name)
 }
 
 /// The job a backlog key names.
 pub fn job_ref(key: &str) -> ObjectRef<BatchJob> {
-    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let (ns, name) = crate::k8s::split_key(key);
     ObjectRef::new(name).within(ns)
 }
 
@@ -291,28 +291,11 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures;
     use serde_json::json;
 
     fn job(name: &str, extra: serde_json::Value) -> BatchJob {
-        let mut j = json!({
-            "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
-            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"jobQueue": "q", "container": {"image": "busybox", "resources": {"vcpus": 1, "memory": "64Mi"}}},
-        });
-        merge(&mut j, extra);
-        serde_json::from_value(j).unwrap()
-    }
-
-    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-        match (a, b) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                for (k, v) in b {
-                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-                }
-            }
-            (a, b) => *a = b,
-        }
+        fixtures::job(name).with(extra).build()
     }
 
     fn none(_: &ObjectRef<BatchJob>) -> Option<Arc<BatchJob>> {

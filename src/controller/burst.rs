@@ -87,15 +87,11 @@ impl Drop for Burst<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures;
     use futures::FutureExt;
 
     fn job(name: &str) -> BatchJob {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"jobQueue": "q", "container": {"image": "busybox", "resources": {"vcpus": 1, "memory": "64Mi"}}},
-        }))
-        .unwrap()
+        fixtures::job(name).build()
     }
 
     #[test]

@@ -1,203 +1,35 @@
 //! JobDefinition revisions: each change of a definition's spec is registered as the next
 //! revision, kept unchanged in a ControllerRevision owned by the definition (as a
-//! StatefulSet keeps its revisions); and the resolution of a job's `jobDefinition` to one
-//! revision, which is fixed in the job's status when it is first seen.
+//! StatefulSet keeps its revisions); a deleted definition stays while jobs run its revisions.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use super::Shared;
+use super::context::{Shared, failure_key};
+use super::revisions::LABEL_JOB_DEFINITION;
 use crate::api::job_definition::{
-    DefinitionRef, DefinitionState, JobDefinition, JobDefinitionSpec, JobDefinitionStatus, RevisionSummary,
+    DefinitionState, JobDefinition, JobDefinitionSpec, JobDefinitionStatus, RevisionSummary,
     revision_object_name,
 };
-use crate::api::{BatchJob, Condition, set_condition};
-use crate::{Error, FIELD_MANAGER, Result};
+use crate::api::{Condition, ConditionType, set_condition};
+use crate::k8s::apply_status;
+use crate::{Error, Result};
 
 /// Label on the ControllerRevisions of job definitions: the definition's name.
-pub const LABEL_JOB_DEFINITION: &str = "barge.dev/job-definition";
 /// Holds a deleted definition until no unfinished job needs its revisions.
 pub const FINALIZER: &str = "barge.dev/revisions-in-use";
-/// A definition may be applied a moment after the jobs that use it (one `kubectl apply` of
-/// several files); only after this long is a missing one an error.
-pub const MISSING_GRACE: chrono::Duration = chrono::Duration::seconds(30);
-
-/// The registered revisions, from the ControllerRevision watch: which revisions each
-/// definition has, and each revision's content, decoded once.
-#[derive(Default)]
-pub struct RevisionIndex {
-    numbers: Mutex<HashMap<(String, String), BTreeSet<u32>>>,
-    decoded: Mutex<HashMap<String, Arc<JobDefinitionSpec>>>,
-}
-
-fn owner_of(cr: &ControllerRevision) -> Option<(String, String, u32)> {
-    let owner = cr.owner_references().iter().find(|o| o.kind == "JobDefinition")?;
-    Some((cr.namespace()?, owner.name.clone(), u32::try_from(cr.revision).ok()?))
-}
-
-impl RevisionIndex {
-    pub fn applied(&self, cr: &ControllerRevision) {
-        if let Some((ns, name, rev)) = owner_of(cr) {
-            self.numbers.lock().expect("revision index lock").entry((ns, name)).or_default().insert(rev);
-        }
-    }
-
-    pub fn deleted(&self, cr: &ControllerRevision) {
-        if let Some((ns, name, rev)) = owner_of(cr) {
-            let mut numbers = self.numbers.lock().expect("revision index lock");
-            if let Some(set) = numbers.get_mut(&(ns.clone(), name.clone())) {
-                set.remove(&rev);
-                if set.is_empty() {
-                    numbers.remove(&(ns, name));
-                }
-            }
-        }
-        if let Some(uid) = cr.uid() {
-            self.decoded.lock().expect("revision index lock").remove(&uid);
-        }
-    }
-}
-
-/// The job definitions and their revisions, as the watches show them.
-pub struct Definitions {
-    pub definitions: Store<JobDefinition>,
-    pub revisions: Store<ControllerRevision>,
-    pub index: Arc<RevisionIndex>,
-}
-
-impl Definitions {
-    /// Revision `revision` of definition `name`, if it is registered.
-    pub fn get(&self, ns: &str, name: &str, revision: u32) -> Option<Arc<JobDefinitionSpec>> {
-        let cr = self.revisions.get(&ObjectRef::new(&revision_object_name(name, revision)).within(ns))?;
-        if owner_of(&cr).is_none_or(|(_, owner, rev)| owner != name || rev != revision) {
-            return None;
-        }
-        let uid = cr.uid()?;
-        if let Some(spec) = self.index.decoded.lock().expect("revision index lock").get(&uid) {
-            return Some(spec.clone());
-        }
-        let spec: JobDefinitionSpec = match serde_json::from_value(cr.data.as_ref()?.0.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(revision = %cr.name_any(), error = %e, "a job definition revision does not decode");
-                return None;
-            }
-        };
-        let spec = Arc::new(spec);
-        self.index.decoded.lock().expect("revision index lock").insert(uid, spec.clone());
-        Some(spec)
-    }
-
-    /// Every registered revision number of `name`, oldest first.
-    pub fn numbers(&self, ns: &str, name: &str) -> Vec<u32> {
-        let numbers = self.index.numbers.lock().expect("revision index lock");
-        numbers
-            .get(&(ns.to_string(), name.to_string()))
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// The latest registered revision of `name` and its content.
-    pub fn latest(&self, ns: &str, name: &str) -> Option<(u32, Arc<JobDefinitionSpec>)> {
-        self.numbers(ns, name).into_iter().rev().find_map(|r| self.get(ns, name, r).map(|s| (r, s)))
-    }
-}
-
-/// Where a job's `jobDefinition` stands.
-#[derive(Clone, Debug)]
-pub enum Resolution {
-    /// The job names no definition.
-    NotUsed,
-    /// It runs this revision (`NAME:REVISION`).
-    Pinned(String, Arc<JobDefinitionSpec>),
-    /// It waits, for this reason (the definition is about to exist or to register).
-    Waiting(String),
-    /// It cannot run, for this reason.
-    Failed(String),
-}
-
-/// The revision a job runs: the one in its status once fixed, else the one its
-/// `jobDefinition` means now.
-pub fn resolve(defs: &Definitions, job: &BatchJob, now: DateTime<Utc>) -> Resolution {
-    let Some(wanted) = job.spec.job_definition.as_deref() else {
-        return Resolution::NotUsed;
-    };
-    let ns = job.namespace().unwrap_or_default();
-    if let Some(pinned) = job.status.as_ref().and_then(|s| s.job_definition.as_deref()) {
-        return match DefinitionRef::parse(pinned) {
-            Ok(DefinitionRef { name, revision: Some(r) }) => match defs.get(&ns, name, r) {
-                Some(spec) => Resolution::Pinned(pinned.to_string(), spec),
-                None => Resolution::Failed(format!("Job definition {pinned} does not exist")),
-            },
-            _ => Resolution::Failed(format!("Job definition {pinned} does not exist")),
-        };
-    }
-    let r = match DefinitionRef::parse(wanted) {
-        Ok(r) => r,
-        Err(e) => return Resolution::Failed(e),
-    };
-    let young = job.meta().creation_timestamp.as_ref().is_none_or(|t| {
-        now - DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond()).unwrap_or(now) < MISSING_GRACE
-    });
-    let missing = |what: String| {
-        if young {
-            Resolution::Waiting(format!("Waiting for job definition {what} (does not exist yet)"))
-        } else {
-            Resolution::Failed(format!("Job definition {what} does not exist"))
-        }
-    };
-    let Some(def) = defs.definitions.get(&ObjectRef::new(r.name).within(&ns)) else {
-        return missing(wanted.to_string());
-    };
-    if def.spec.state == DefinitionState::Inactive || def.meta().deletion_timestamp.is_some() {
-        return Resolution::Failed(format!("Job definition {wanted} is INACTIVE"));
-    }
-    match r.revision {
-        Some(rev) => match defs.get(&ns, r.name, rev) {
-            Some(spec) => Resolution::Pinned(wanted.to_string(), spec),
-            None => missing(wanted.to_string()),
-        },
-        None => match defs.latest(&ns, r.name) {
-            // The latest revision must be what the definition says now: a change applied
-            // just before the job is registered as a new revision first.
-            Some((rev, spec)) if *spec == def.spec.revision_content() => {
-                Resolution::Pinned(format!("{}:{rev}", r.name), spec)
-            }
-            _ => {
-                Resolution::Waiting(format!("Waiting for job definition {} to register its revision", r.name))
-            }
-        },
-    }
-}
-
-/// The revision a job already fixed, for building its pods and reading its request.
-pub fn pinned(defs: &Definitions, job: &BatchJob) -> Result<Option<Arc<JobDefinitionSpec>>, String> {
-    if job.spec.job_definition.is_none() {
-        return Ok(None);
-    }
-    match job.status.as_ref().and_then(|s| s.job_definition.as_deref()) {
-        None => Err("its job definition is not resolved yet".into()),
-        Some(p) => match DefinitionRef::parse(p) {
-            Ok(DefinitionRef { name, revision: Some(r) }) => {
-                let ns = job.namespace().unwrap_or_default();
-                defs.get(&ns, name, r).map(Some).ok_or_else(|| format!("Job definition {p} does not exist"))
-            }
-            _ => Err(format!("Job definition {p} does not exist")),
-        },
-    }
-}
+/// A deleted definition whose revisions still run is looked at this often.
+const IN_USE_RECHECK: Duration = Duration::from_secs(5);
 
 #[instrument(skip_all, fields(jd = %jd.name_any(), ns = jd.namespace().unwrap_or_default()))]
 pub async fn reconcile(jd: Arc<JobDefinition>, ctx: Arc<Shared>) -> Result<Action> {
@@ -249,7 +81,7 @@ async fn register(jd: &JobDefinition, ctx: &Shared) -> Result<Action> {
             Err(kube::Error::Api(r)) if r.code == 422 => {
                 set_condition(
                     &mut status.conditions,
-                    Condition::new("Registered", false, "InvalidName", r.message.clone())
+                    Condition::new(ConditionType::Registered, false, "InvalidName", r.message.clone())
                         .generation(jd.meta().generation),
                 );
                 write_status(ctx, jd, &status).await?;
@@ -267,16 +99,14 @@ async fn register(jd: &JobDefinition, ctx: &Shared) -> Result<Action> {
     set_condition(
         &mut status.conditions,
         Condition::new(
-            "Registered",
+            ConditionType::Registered,
             true,
             "Registered",
             format!("Revision {} is the latest", status.revision),
         )
         .generation(jd.meta().generation),
     );
-    if jd.status.as_ref() != Some(&status) {
-        write_status(ctx, jd, &status).await?;
-    }
+    write_status(ctx, jd, &status).await?;
     Ok(Action::await_change())
 }
 
@@ -336,29 +166,20 @@ async fn release(jd: &JobDefinition, ctx: &Shared) -> Result<Action> {
     set_condition(
         &mut status.conditions,
         Condition::new(
-            "Deleting",
+            ConditionType::Deleting,
             true,
             "RevisionsInUse",
             format!("Deleted; kept until {users} unfinished job(s) that run its revisions end"),
         ),
     );
-    if jd.status.as_ref() != Some(&status) {
-        write_status(ctx, jd, &status).await?;
-    }
+    write_status(ctx, jd, &status).await?;
     Err(Error::Waiting(format!("{users} unfinished job(s) still run revisions of {name}")))
 }
 
 async fn write_status(ctx: &Shared, jd: &JobDefinition, status: &JobDefinitionStatus) -> Result<()> {
     let api: Api<JobDefinition> = Api::namespaced(ctx.client.clone(), &jd.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobDefinition", "status": status});
-    match api
-        .patch_status(&jd.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(r)) if r.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    apply_status(&api, jd, jd.status.as_ref(), status).await?;
+    Ok(())
 }
 
 fn label_value(s: &str) -> String {
@@ -366,16 +187,10 @@ fn label_value(s: &str) -> String {
     v.trim_end_matches(['-', '.', '_']).to_string()
 }
 
-pub fn error_policy(jd: Arc<JobDefinition>, err: &Error, _ctx: Arc<Shared>) -> Action {
-    match err {
-        Error::Finalizer(e)
-            if matches!(**e, kube::runtime::finalizer::Error::CleanupFailed(Error::Waiting(_))) =>
-        {
-            Action::requeue(Duration::from_secs(5))
-        }
-        _ => {
-            warn!(jd = %jd.name_any(), error = %err, kind = err.kind(), "reconcile failed");
-            Action::requeue(Duration::from_secs(2))
-        }
+pub fn error_policy(jd: Arc<JobDefinition>, err: &Error, ctx: Arc<Shared>) -> Action {
+    if err.is_waiting() {
+        return Action::requeue(IN_USE_RECHECK);
     }
+    warn!(jd = %jd.name_any(), error = %err, kind = err.kind(), "reconcile failed");
+    ctx.retry_after(&failure_key(jd.as_ref()), err)
 }

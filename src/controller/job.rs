@@ -7,70 +7,23 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{debug, instrument, warn};
 
-use super::definition::{self, Resolution};
-use super::{Shared, Verdict};
+use super::context::Shared;
+pub use super::facts::{Deps, Limits, PodFacts, TIMEOUT_REASON, current_attempt, failure_reason};
+use super::revisions::{self, Resolution};
 use crate::api::batch_job::{
-    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, Timeout, child_pod_name, pod_name,
+    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, child_pod_name, pod_name,
 };
-use crate::api::job_definition::{Work, work};
-use crate::{Error, FIELD_MANAGER, Result};
-
-/// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
-pub const TIMEOUT_REASON: &str = "Job attempt duration exceeded timeout";
-
-/// What Barge needs to know of a pod.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PodFacts {
-    pub node: Option<String>,
-    /// The compute environment the pod was placed in (its label).
-    pub compute_environment: Option<String>,
-    pub phase: String,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    /// Why kube-scheduler has not placed it, if it says.
-    pub unschedulable: Option<String>,
-    pub created_at: Option<DateTime<Utc>>,
-}
-
-impl PodFacts {
-    pub fn of(pod: &Pod) -> PodFacts {
-        let status = pod.status.clone().unwrap_or_default();
-        let main = status.container_statuses.as_ref().and_then(|cs| cs.first()).and_then(|c| c.state.clone());
-        let ts = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-            DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond())
-        };
-        let running_since =
-            main.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref());
-        let term = main.as_ref().and_then(|s| s.terminated.as_ref());
-        let unschedulable = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-            .and_then(|c| c.message.clone());
-        PodFacts {
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            compute_environment: pod.labels().get(crate::api::LABEL_COMPUTE_ENVIRONMENT).cloned(),
-            phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
-            started_at: running_since.or(term.and_then(|t| t.started_at.as_ref())).and_then(ts),
-            finished_at: term.and_then(|t| t.finished_at.as_ref()).and_then(ts),
-            exit_code: term.map(|t| t.exit_code),
-            reason: term.and_then(|t| t.reason.clone()).or(status.reason.clone()),
-            unschedulable,
-            created_at: pod.metadata.creation_timestamp.as_ref().and_then(ts),
-        }
-    }
-}
+use crate::api::job_definition::work;
+use crate::k8s::apply_status;
+use crate::state::Verdict;
+use crate::{Error, Result};
 
 /// How long a new pod may wait for kube-scheduler, or its container take to start, before
 /// the job's status says so. Most pods pass both steps within a second or two; a status
@@ -98,59 +51,6 @@ pub fn passing_step(
     }
     let age = (now - pod.created_at?).to_std().unwrap_or_default();
     PASSING_STEP.checked_sub(age).filter(|left| !left.is_zero())
-}
-
-/// The attempt the job is on: finished attempts are never reopened.
-pub fn current_attempt(status: &BatchJobStatus) -> u32 {
-    status.attempts.iter().filter(|a| a.stopped_at.is_some()).count() as u32
-}
-
-/// What the job's status should become. Pure: everything it needs is passed in.
-/// Where the job's dependencies stand.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Deps {
-    Met,
-    Waiting(String),
-    Failed(String),
-}
-
-impl Deps {
-    /// Holds a job that has not started on its dependencies: PENDING while they run,
-    /// FAILED when one failed. Returns whether it did.
-    pub fn hold(&self, s: &mut BatchJobStatus, now: DateTime<Utc>) -> bool {
-        let why = match self {
-            Deps::Met => return false,
-            Deps::Waiting(why) => {
-                s.phase = JobPhase::Pending;
-                why
-            }
-            Deps::Failed(why) => {
-                s.phase = JobPhase::Failed;
-                s.stopped_at = Some(now);
-                why
-            }
-        };
-        s.status_reason = Some(why.clone());
-        true
-    }
-}
-
-/// What of a job's work its lifecycle reads: how it retries, how long an attempt may run.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits<'a> {
-    pub retry: &'a RetryStrategy,
-    pub timeout: Option<&'a Timeout>,
-}
-
-impl<'a> Limits<'a> {
-    /// The limits of `work`; with none (its work cannot be read), no retry and no timeout.
-    pub fn of(work: Option<&'a Work<'a>>) -> Limits<'a> {
-        static NO_RETRY: RetryStrategy = RetryStrategy { attempts: 1, evaluate_on_exit: Vec::new() };
-        Limits {
-            retry: work.map_or(&NO_RETRY, |w| &*w.retry_strategy),
-            timeout: work.and_then(|w| w.timeout),
-        }
-    }
 }
 
 /// The status of a job whose job definition is not resolved: SUBMITTED while it may yet
@@ -222,36 +122,60 @@ pub fn next_status(
         return s;
     }
 
-    let Some(pod) = pod else {
-        if s.attempts.len() > attempt {
-            // The attempt had started and its pod is gone without Barge stopping it.
-            let node = s.attempts[attempt].node_name.clone().unwrap_or_else(|| "unknown".into());
-            return finish_attempt(s, retry, None, None, format!("Host {node} terminated"), now, true);
-        }
-        if let Some(Verdict::Rejected(why)) = verdict {
-            s.phase = JobPhase::Failed;
-            s.stopped_at = Some(now);
-            s.status_reason = Some(why.to_string());
-            return s;
-        }
-        runnable(&mut s, now);
-        s.status_reason = Some(match verdict {
-            Some(Verdict::Rejected(why)) | Some(Verdict::Waiting(why)) => why.to_string(),
-            Some(Verdict::Admitted { compute_environment }) => {
-                format!("Admitted to compute environment {compute_environment}; creating its pod")
-            }
-            None => "Waiting for the scheduler".into(),
-        });
-        return s;
-    };
+    match pod {
+        None => without_pod(s, attempt, retry, verdict, now),
+        Some(pod) => with_pod(s, pod, attempt, &pod_name, limits, now),
+    }
+}
 
+/// The job's status while its attempt has no pod: a lost host if it had started, else
+/// RUNNABLE with the scheduling pass's verdict (or FAILED if its pod was refused).
+fn without_pod(
+    mut s: BatchJobStatus,
+    attempt: usize,
+    retry: &RetryStrategy,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> BatchJobStatus {
+    if s.attempts.len() > attempt {
+        // The attempt had started and its pod is gone without Barge stopping it.
+        let node = s.attempts[attempt].node_name.clone().unwrap_or_else(|| "unknown".into());
+        return finish_attempt(s, retry, None, None, format!("Host {node} terminated"), now, true);
+    }
+    if let Some(Verdict::Rejected(why)) = verdict {
+        s.phase = JobPhase::Failed;
+        s.stopped_at = Some(now);
+        s.status_reason = Some(why.to_string());
+        return s;
+    }
+    runnable(&mut s, now);
+    s.status_reason = Some(match verdict {
+        Some(Verdict::Admitted { compute_environment }) => {
+            format!("Admitted to compute environment {compute_environment}; creating its pod")
+        }
+        Some(v) => v.reason().map(|r| r.to_string()).unwrap_or_default(),
+        None => "Waiting for the scheduler".into(),
+    });
+    s
+}
+
+/// The job's status from its attempt's pod.
+fn with_pod(
+    mut s: BatchJobStatus,
+    pod: &PodFacts,
+    attempt: usize,
+    pod_name: &str,
+    limits: &Limits<'_>,
+    now: DateTime<Utc>,
+) -> BatchJobStatus {
+    let retry = limits.retry;
     if pod.node.is_some() && s.attempts.len() == attempt {
         // Admitted before its RUNNABLE status was written: it was runnable from the start.
         if s.runnable_at.is_none() {
             s.runnable_at = s.created_at;
         }
         s.attempts.push(Attempt {
-            pod_name: pod_name.clone(),
+            pod_name: pod_name.into(),
             node_name: pod.node.clone(),
             ..Default::default()
         });
@@ -287,7 +211,7 @@ pub fn next_status(
             }
         }
         ("Succeeded", _) => {
-            let a = ensure_attempt(&mut s, attempt, &pod_name, pod);
+            let a = ensure_attempt(&mut s, attempt, pod_name, pod);
             a.exit_code = Some(pod.exit_code.unwrap_or(0));
             a.reason = pod.reason.clone();
             a.stopped_at = Some(pod.finished_at.unwrap_or(now));
@@ -298,16 +222,9 @@ pub fn next_status(
             s.status_reason = Some("Essential container in task exited".into());
         }
         ("Failed", _) => {
-            ensure_attempt(&mut s, attempt, &pod_name, pod);
+            ensure_attempt(&mut s, attempt, pod_name, pod);
             let code = pod.exit_code;
-            let why = match (code, &pod.reason) {
-                (Some(c), Some(r)) => {
-                    format!("Essential container in task exited with code {c} ({r})")
-                }
-                (Some(c), None) => format!("Essential container in task exited with code {c}"),
-                (None, Some(r)) => format!("Pod failed: {r}"),
-                (None, None) => "Pod failed".into(),
-            };
+            let why = failure_reason(code, pod.reason.as_deref());
             let stopped = pod.finished_at.unwrap_or(now);
             return finish_attempt(s, retry, code, pod.reason.as_deref(), why, stopped, true);
         }
@@ -388,13 +305,13 @@ fn finish_attempt(
 /// Says which machine went away when an attempt just ended on a lost host whose provider
 /// told why (`Host EC2 (instance i-…) terminated.`), as AWS Batch does.
 fn name_lost_hosts(ctx: &Shared, old: &BatchJobStatus, new: &mut BatchJobStatus) {
-    let lost = ctx.lost_hosts.lock().expect("lost hosts lock");
     for (i, a) in new.attempts.iter_mut().enumerate() {
         let fresh = old.attempts.get(i).is_none_or(|o| o.reason != a.reason);
         let Some(node) = a.node_name.as_deref() else { continue };
         let generic = format!("Host {node} terminated");
-        if let (true, Some(why)) = (fresh, lost.get(node))
+        if fresh
             && a.reason.as_deref() == Some(generic.as_str())
+            && let Some(why) = ctx.cluster.lost_host(node)
         {
             a.reason = Some(why.clone());
             if let Some(r) = &mut new.status_reason {
@@ -430,12 +347,12 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         job = ctx.jobs.get(&ObjectRef::from_obj(&*job)).unwrap_or(job);
         step = Step::of(&ctx, &job);
     }
-    let Step { old, new, pod, host_lost, wake } = step;
+    let Step { old, new, pod, host_lost, wake, verdict } = step;
     if new != old {
         debug!(job = %job.name_any(), from = ?old.phase, to = ?new.phase, reason = ?new.status_reason, "status");
         write_status(&ctx, &job, &new).await?;
         drop(turn);
-        publish_transition(&ctx, &job, &old, &new).await;
+        publish_transition(&ctx, &job, &old, &new, verdict.as_ref()).await;
     }
     // A job that ended (timeout, terminate, cancel) while its pod still runs: stop the pod,
     // after the status says so, so the scheduling pass never sees a gap to fill.
@@ -445,7 +362,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         && p.metadata.deletion_timestamp.is_none()
     {
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-        super::delete_if_present(&api, &p.name_any()).await?;
+        crate::k8s::delete_if_present(&api, &p.name_any()).await?;
     }
     // The job changed: the scheduling pass may have something to do.
     ctx.schedule_now.notify_one();
@@ -466,6 +383,8 @@ struct Step {
     host_lost: bool,
     /// When to look again: the attempt's deadline, a dependency's or a time limit's recheck.
     wake: Option<Duration>,
+    /// The scheduling pass's verdict the step read.
+    verdict: Option<Verdict>,
 }
 
 impl Step {
@@ -476,11 +395,11 @@ impl Step {
         let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
         let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
         // A pod on a vanished node counts as gone: the attempt's host is lost.
-        let host_lost = pod.as_ref().is_some_and(|p| super::pod_host_lost(ctx, p));
+        let host_lost = pod.as_ref().is_some_and(|p| super::nodes::pod_host_lost(ctx, p));
         let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
         let verdict = ctx.verdict(job);
         let now = Utc::now();
-        let (def, pin) = match definition::resolve(&ctx.definitions, job, now) {
+        let (def, pin) = match revisions::resolve(&ctx.definitions, job, now) {
             Resolution::Pinned(pin, def) => (Some(def), Some(pin)),
             _ => (None, None),
         };
@@ -507,7 +426,7 @@ impl Step {
             Some(Duration::from_secs(left.max(1) as u64))
         });
         let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
-        Step { old, new, pod, host_lost, wake }
+        Step { old, new, pod, host_lost, wake, verdict }
     }
 }
 
@@ -525,14 +444,14 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     let lost = std::cell::RefCell::new(Vec::new());
     let pod_of = |i, a| {
         let pod = ctx.pods.get(&ObjectRef::new(&child_pod_name(&name, &uid, i, a)).within(&ns))?;
-        if super::pod_host_lost(ctx, &pod) {
+        if super::nodes::pod_host_lost(ctx, &pod) {
             lost.borrow_mut().push((i, a));
             return None;
         }
         Some(PodFacts::of(&pod))
     };
     let old = job.status.clone().unwrap_or_default();
-    let def = match definition::resolve(&ctx.definitions, job, now) {
+    let def = match revisions::resolve(&ctx.definitions, job, now) {
         Resolution::NotUsed => None,
         Resolution::Pinned(pin, def) => Some((pin, def)),
         unresolved => {
@@ -551,11 +470,11 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     if new != old {
         write_status(ctx, job, &new).await?;
         drop(turn);
-        publish_transition(ctx, job, &old, &new).await;
+        publish_transition(ctx, job, &old, &new, verdict.as_ref()).await;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for (i, a) in stop.into_iter().chain(lost.into_inner()) {
-        super::delete_if_present(&pods, &child_pod_name(&name, &uid, i, a)).await?;
+        crate::k8s::delete_if_present(&pods, &child_pod_name(&name, &uid, i, a)).await?;
     }
     ctx.schedule_now.notify_one();
     let running = new.array.as_ref().is_some_and(|a| a.running > 0);
@@ -569,7 +488,7 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
 /// A job whose job definition is not resolved yet, or cannot be: its status says why.
 /// Returns `None` for a job that names no definition or has one resolved.
 async fn reconcile_unresolved(ctx: &Shared, job: &BatchJob) -> Result<Option<Action>> {
-    let resolution = definition::resolve(&ctx.definitions, job, Utc::now());
+    let resolution = revisions::resolve(&ctx.definitions, job, Utc::now());
     if matches!(resolution, Resolution::NotUsed | Resolution::Pinned(..)) {
         return Ok(None);
     }
@@ -589,7 +508,7 @@ async fn write_unresolved(
     if new != old {
         write_status(ctx, job, new).await?;
         drop(turn);
-        publish_transition(ctx, job, old, new).await;
+        publish_transition(ctx, job, old, new, None).await;
     }
     // A definition that appears, or registers its revision, is looked for again soon.
     Ok(if new.phase.is_finished() { Action::await_change() } else { Action::requeue(Duration::from_secs(2)) })
@@ -698,28 +617,29 @@ fn apply_time_limit(
 /// Writes a job's status; the caller has waited for its turn (`Bursts::write_turn`).
 async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> Result<()> {
     let api: Api<BatchJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "barge.dev/v1alpha1",
-        "kind": "BatchJob",
-        "status": status,
-    });
-    api.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
-        .or_else(|e| match e {
-            // Deleted meanwhile: nothing left to report on.
-            kube::Error::Api(ref r) if r.code == 404 => Ok(()),
-            e => Err(Error::Kube(e)),
-        })
+    apply_status(&api, job, None, status).await?;
+    Ok(())
 }
 
 /// Events mark what a user may act on: a job's end, a failed attempt, a misconfiguration.
 /// The steps between (RUNNABLE, STARTING, RUNNING) are in the status alone: an event each
 /// would add three API writes per job for nothing `kubectl get` does not show.
-async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, new: &BatchJobStatus) {
-    let misconfigured =
-        |s: &BatchJobStatus| s.status_reason.as_deref().is_some_and(|r| r.starts_with("MISCONFIGURATION:"));
-    let (type_, reason) = if misconfigured(new) && !misconfigured(old) {
+/// `verdict` is the scheduling pass's: a misconfiguration it names is warned of once, when
+/// the job's status first gives it.
+async fn publish_transition(
+    ctx: &Shared,
+    job: &BatchJob,
+    old: &BatchJobStatus,
+    new: &BatchJobStatus,
+    verdict: Option<&Verdict>,
+) {
+    let misconfigured = match verdict {
+        Some(Verdict::Misconfigured(why)) => {
+            new.status_reason.as_deref() == Some(&**why) && old.status_reason.as_deref() != Some(&**why)
+        }
+        _ => false,
+    };
+    let (type_, reason) = if misconfigured {
         (EventType::Warning, "Misconfiguration")
     } else if old.phase == new.phase && new.attempts.len() == old.attempts.len() {
         return;
@@ -744,9 +664,9 @@ async fn publish_transition(ctx: &Shared, job: &BatchJob, old: &BatchJobStatus, 
     }
 }
 
-pub fn error_policy(job: Arc<BatchJob>, err: &Error, _ctx: Arc<Shared>) -> Action {
+pub fn error_policy(job: Arc<BatchJob>, err: &Error, ctx: Arc<Shared>) -> Action {
     warn!(job = %job.name_any(), error = %err, kind = err.kind(), "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.retry_after(&super::context::failure_key(job.as_ref()), err)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use crate::api::batch_job::{attempt_index, attempt_number, child_pod_name, pod_name};
@@ -14,7 +14,8 @@ use crate::api::job_definition::{Work, tag_label};
 use crate::api::{
     BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
 };
-use crate::resources::{Res, parse_mib, parse_millicpu};
+use crate::k8s::{quantities, res_of, res_of_lossy};
+use crate::resources::{Res, parse_mib};
 use crate::{Error, Result};
 
 /// Label on pods of jobs with a share identifier (fair-share usage is counted from it).
@@ -27,7 +28,6 @@ pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 /// test bed reads `sim.barge.dev/duration` and friends from there; tags are how a job
 /// submitted through the AWS Batch API says them).
 pub const COPIED_ANNOTATION_PREFIX: &str = "sim.barge.dev/";
-pub use crate::resources::GPU_RESOURCE;
 
 /// The resources one attempt of the job requests.
 pub fn job_request(work: &Work<'_>) -> Result<Res> {
@@ -42,17 +42,8 @@ pub fn job_request(work: &Work<'_>) -> Result<Res> {
         .and_then(|t| t.spec.as_ref())
         .ok_or_else(|| Error::InvalidJob("set container or podTemplate.spec".into()))?;
     let mut total = Res::ZERO;
-    for c in &spec.containers {
-        let Some(req) = c.resources.as_ref().and_then(|r| r.requests.as_ref()) else {
-            continue;
-        };
-        let q = |k: &str| req.get(k).map(|q| q.0.clone());
-        let bad = |e: crate::resources::QuantityError| Error::InvalidJob(e.to_string());
-        total += Res::new(
-            q("cpu").map(|s| parse_millicpu(&s)).transpose().map_err(bad)?.unwrap_or(0),
-            q("memory").map(|s| parse_mib(&s)).transpose().map_err(bad)?.unwrap_or(0),
-            q(GPU_RESOURCE).and_then(|s| s.parse().ok()).unwrap_or(0),
-        );
+    for req in spec.containers.iter().filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
+        total += res_of(req).map_err(|e| Error::InvalidJob(e.to_string()))?;
     }
     Ok(total)
 }
@@ -166,13 +157,7 @@ pub fn build_pod(
 }
 
 fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) -> PodSpec {
-    let mut amounts = BTreeMap::from([
-        ("cpu".to_string(), Quantity(format!("{}m", request.millicpu))),
-        ("memory".to_string(), Quantity(format!("{}Mi", request.memory_mib))),
-    ]);
-    if request.gpus > 0 {
-        amounts.insert(GPU_RESOURCE.into(), Quantity(request.gpus.to_string()));
-    }
+    let amounts = quantities(request);
     PodSpec {
         containers: vec![Container {
             name: "main".into(),
@@ -220,44 +205,29 @@ pub fn pod_is_active(pod: &Pod) -> bool {
 
 /// What a pod requests, summed over its containers.
 pub fn pod_request(pod: &Pod) -> Res {
-    let mut total = Res::ZERO;
-    for c in pod.spec.iter().flat_map(|s| &s.containers) {
-        let Some(req) = c.resources.as_ref().and_then(|r| r.requests.as_ref()) else {
-            continue;
-        };
-        total += Res::new(
-            req.get("cpu").and_then(|q| parse_millicpu(&q.0).ok()).unwrap_or(0),
-            req.get("memory").and_then(|q| parse_mib(&q.0).ok()).unwrap_or(0),
-            req.get(GPU_RESOURCE).and_then(|q| q.0.parse().ok()).unwrap_or(0),
-        );
-    }
-    total
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    containers
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref())
+        .map(res_of_lossy)
+        .fold(Res::ZERO, |a, r| a + r)
+}
+
+/// The BatchJob a Barge pod belongs to.
+pub fn owning_job(pod: &Pod) -> Option<ObjectRef<BatchJob>> {
+    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "BatchJob")?;
+    Some(ObjectRef::new(&owner.name).within(&pod.namespace()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::batch_job::{BatchJobSpec, ContainerSpec};
     use crate::api::compute_environment::ComputeEnvironmentSpec;
     use crate::api::job_definition::work;
+    use crate::controller::fixtures;
 
     fn job() -> BatchJob {
-        let mut j = BatchJob::new(
-            "etl",
-            BatchJobSpec {
-                job_queue: "q".into(),
-                container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
-                pod_template: None,
-                ..Default::default()
-            },
-        );
-        j.metadata.namespace = Some("ns".into());
-        j.metadata.uid = Some("abcdef12-3456".into());
-        j.metadata.annotations = Some(BTreeMap::from([
-            ("sim.barge.dev/duration".into(), "3s".into()),
-            ("other".into(), "x".into()),
-        ]));
-        j
+        let j = fixtures::job("etl").uid("abcdef12-3456").default_resources();
+        j.annotation("sim.barge.dev/duration", "3s").annotation("other", "x").build()
     }
 
     fn ce() -> ComputeEnvironment {

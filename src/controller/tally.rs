@@ -110,15 +110,10 @@ fn count(queues: &mut HashMap<String, QueueTally>, job: &BatchJob, add: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures;
 
     fn job(name: &str, queue: &str, phase: &str, runnable_at: Option<&str>) -> BatchJob {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"jobQueue": queue, "container": {"image": "busybox"}},
-            "status": {"phase": phase, "runnableAt": runnable_at},
-        }))
-        .unwrap()
+        fixtures::job(name).queue(queue).phase(phase, runnable_at).build()
     }
 
     fn counts(t: &JobTally, queue: &str) -> Option<(JobCounts, Option<DateTime<Utc>>)> {

@@ -15,10 +15,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::capacity::{busy_nodes, publish, publish_metrics, write_status};
-use super::{Shared, node_compute_environment, node_is_ready, node_vcpus};
+use super::context::Shared;
+use super::environment::{busy_nodes, publish, publish_metrics, write_status};
 use crate::Result;
-use crate::api::{ComputeEnvironment, Condition, LABEL_COMPUTE_ENVIRONMENT, State, set_condition};
+use crate::api::{
+    ComputeEnvironment, Condition, ConditionType, LABEL_COMPUTE_ENVIRONMENT, State, set_condition,
+};
+use crate::k8s::{node_compute_environment, node_is_ready, node_vcpus};
 
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -151,13 +154,13 @@ fn status_for(
     };
     set_condition(
         &mut s.conditions,
-        Condition::new("Ready", is_ready, reason, msg).generation(ce.meta().generation),
+        Condition::new(ConditionType::Ready, is_ready, reason, msg).generation(ce.meta().generation),
     );
     let at_max = allocated >= max as f64;
     set_condition(
         &mut s.conditions,
         Condition::new(
-            "AtMaxCapacity",
+            ConditionType::AtMaxCapacity,
             at_max,
             if at_max { "MaxvCpusReached" } else { "BelowMaxvCpus" },
             format!("Barge's pods request {allocated} of maxvCpus {max}"),

@@ -77,7 +77,7 @@ impl PodUsage {
 }
 
 fn key(pod: &Pod) -> String {
-    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+    crate::k8s::ns_key(&pod.namespace().unwrap_or_default(), &pod.name_any())
 }
 
 #[cfg(test)]

@@ -31,8 +31,7 @@ use aws_sdk_ec2::types::{
 };
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
-use kube::{Client as KubeClient, ResourceExt};
+use kube::ResourceExt;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
@@ -40,7 +39,8 @@ use super::{LaunchReport, Launched, NodeProvider, SyncReport};
 use crate::api::compute_environment::{AllocationStrategy, CapacityType};
 use crate::api::{ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT};
 use crate::capacity::{InstanceType, Offer, catalog};
-use crate::{Error, Result};
+use crate::k8s::{node_instance_id, node_key};
+use crate::{ProviderError, Result};
 
 /// Tag naming the Barge installation (cluster) an instance belongs to.
 pub const TAG_CLUSTER: &str = "barge.dev/cluster";
@@ -61,12 +61,6 @@ const CAPACITY_ERRORS: &[&str] = &[
 const DESCRIBE_GRACE: Duration = Duration::from_secs(60);
 /// Longest backoff between launch attempts of one environment after API errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
-
-/// The instance id in a Node's `spec.providerID` (`aws:///us-east-1a/i-0abc…`).
-pub fn instance_id(provider_id: &str) -> Option<&str> {
-    let id = provider_id.strip_prefix("aws://")?.rsplit('/').next()?;
-    id.starts_with("i-").then_some(id)
-}
 
 #[derive(Clone, Debug)]
 pub struct Ec2Settings {
@@ -131,7 +125,6 @@ const SPOT_PRICE_REFRESH: Duration = Duration::from_secs(600);
 pub struct Ec2Provider {
     settings: Ec2Settings,
     config: aws_config::SdkConfig,
-    kube: KubeClient,
     clients: Mutex<HashMap<String, Client>>,
     state: Mutex<State>,
 }
@@ -143,13 +136,13 @@ fn now_secs() -> i64 {
 impl Ec2Provider {
     /// Reads credentials, region and endpoint from the standard AWS chain (IRSA, Pod
     /// Identity, environment; `AWS_ENDPOINT_URL_EC2` for a test endpoint).
-    pub async fn new(kube: KubeClient, settings: Ec2Settings) -> Self {
+    pub async fn new(settings: Ec2Settings) -> Self {
         let retry = RetryConfig::standard()
             .with_max_attempts(3)
             .with_initial_backoff(Duration::from_millis(500))
             .with_max_backoff(Duration::from_secs(10));
         let config = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).load().await;
-        Ec2Provider { settings, config, kube, clients: Mutex::default(), state: Mutex::default() }
+        Ec2Provider { settings, config, clients: Mutex::default(), state: Mutex::default() }
     }
 
     fn region_of(&self, ce: &ComputeEnvironment) -> String {
@@ -317,8 +310,7 @@ impl Ec2Provider {
             .tag_specifications(self.tags(ce))
             .send()
             .await;
-        let out =
-            counted("CreateFleet", out).map_err(|e| Error::Provider(describe_error("CreateFleet", &e)))?;
+        let out = counted("CreateFleet", out).map_err(|e| describe_error("CreateFleet", e))?;
         for inst in out.instances() {
             let ty_name = inst.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default();
             let ty = options.iter().find(|t| t.name == ty_name).copied().unwrap_or(options[0]);
@@ -413,7 +405,7 @@ impl Ec2Provider {
                         report.problems.push(format!("RunInstances for {} in {subnet}: {msg}", ty.name));
                         last_capacity_error = Some(msg);
                     }
-                    Err(e) => return Err(Error::Provider(describe_error("RunInstances", &e))),
+                    Err(e) => return Err(describe_error("RunInstances", e).into()),
                 }
             }
             // No zone had capacity for this type: skip it for a while, try the next type.
@@ -433,7 +425,7 @@ impl Ec2Provider {
         match counted("TerminateInstances", out) {
             Ok(_) => {}
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => {}
-            Err(e) => return Err(Error::Provider(describe_error("TerminateInstances", &e))),
+            Err(e) => return Err(describe_error("TerminateInstances", e).into()),
         }
         let mut st = self.state.lock().expect("ec2 state lock");
         for id in ids {
@@ -456,8 +448,8 @@ impl Ec2Provider {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = counted("DescribeInstances", page)
-                .map_err(|e| Error::Provider(describe_error("DescribeInstances", &e)))?;
+            let page =
+                counted("DescribeInstances", page).map_err(|e| describe_error("DescribeInstances", e))?;
             for inst in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = inst.instance_id() else { continue };
                 let tag = |k: &str| inst.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value());
@@ -508,7 +500,7 @@ impl Ec2Provider {
             .send()
             .await;
         let out = counted("DescribeSpotPriceHistory", out)
-            .map_err(|e| Error::Provider(describe_error("DescribeSpotPriceHistory", &e)))?;
+            .map_err(|e| describe_error("DescribeSpotPriceHistory", e))?;
         let mut st = self.state.lock().expect("ec2 state lock");
         for p in out.spot_price_history() {
             let (Some(ty), Some(price)) =
@@ -549,15 +541,27 @@ where
     r
 }
 
-fn describe_error<E, R>(op: &str, e: &aws_sdk_ec2::error::SdkError<E, R>) -> String
+/// An EC2 call's error, in words and by kind (the SDK error kept as its source).
+fn describe_error<E, R>(op: &str, e: aws_sdk_ec2::error::SdkError<E, R>) -> ProviderError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    match (e.code(), e.message()) {
+    let message = match (e.code(), e.message()) {
         (Some(code), Some(msg)) => format!("{op} failed: {code}: {msg}"),
         (Some(code), None) => format!("{op} failed: {code}"),
-        _ => format!("{op} failed: {}", aws_sdk_ec2::error::DisplayErrorContext(e)),
+        _ => format!("{op} failed: {}", aws_sdk_ec2::error::DisplayErrorContext(&e)),
+    };
+    match e.code() {
+        Some(c) if CAPACITY_ERRORS.contains(&c) => ProviderError::Capacity(message),
+        Some(c) if c.contains("Throttl") || c == "RequestLimitExceeded" => ProviderError::Throttled(message),
+        Some(c)
+            if c.starts_with("InvalidParameter") || c == "UnauthorizedOperation" || c == "AuthFailure" =>
+        {
+            ProviderError::Misconfigured(message)
+        }
+        Some(c) if c.ends_with(".NotFound") => ProviderError::NotFound(message),
+        _ => ProviderError::Other { message, source: Some(Box::new(e)) },
     }
 }
 
@@ -610,19 +614,18 @@ impl NodeProvider for Ec2Provider {
 
     fn terminate<'a>(&'a self, ce: &'a ComputeEnvironment, node: &'a Node) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let key = super::node_key(node);
+            let key = node_key(node);
             if key.starts_with("i-") {
                 self.terminate_ids(&self.region_of(ce), vec![key]).await?;
             }
-            let api: Api<Node> = Api::all(self.kube.clone());
-            Ok(crate::controller::delete_if_present(&api, &node.name_any()).await?)
+            Ok(())
         })
     }
 
     fn cleanup<'a>(
         &'a self,
         ce: &'a ComputeEnvironment,
-        nodes: &'a [Arc<Node>],
+        _nodes: &'a [Arc<Node>],
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let region = self.region_of(ce);
@@ -643,11 +646,7 @@ impl NodeProvider for Ec2Provider {
                     .collect()
             };
             self.terminate_ids(&region, to_terminate).await?;
-            let api: Api<Node> = Api::all(self.kube.clone());
-            for node in nodes {
-                crate::controller::delete_if_present(&api, &node.name_any()).await?;
-            }
-            Ok(alive.is_empty() && nodes.is_empty())
+            Ok(alive.is_empty())
         })
     }
 
@@ -705,11 +704,7 @@ impl NodeProvider for Ec2Provider {
                 };
                 let mut claimed: HashMap<&str, &Node> = HashMap::new();
                 for node in nodes {
-                    let Some(id) =
-                        node.spec.as_ref().and_then(|s| s.provider_id.as_deref()).and_then(instance_id)
-                    else {
-                        continue;
-                    };
+                    let Some(id) = node_instance_id(node) else { continue };
                     let Some(inst) = instances.get(id) else { continue };
                     claimed.insert(id, node);
                     if is_going_away(&inst.state) {
@@ -766,14 +761,6 @@ impl NodeProvider for Ec2Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn instance_ids_come_from_aws_provider_ids_only() {
-        assert_eq!(instance_id("aws:///us-east-1a/i-0123456789abcdef0"), Some("i-0123456789abcdef0"));
-        assert_eq!(instance_id("aws:///i-0abc"), Some("i-0abc"));
-        assert_eq!(instance_id("kwok://node-1"), None);
-        assert_eq!(instance_id("aws:///us-east-1a/not-an-instance"), None);
-    }
 
     #[test]
     fn run_instances_is_used_where_create_fleet_cannot_express_the_launch() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
@@ -13,11 +13,10 @@ use rand::Rng;
 
 use super::{LaunchReport, Launched, NodeProvider};
 use crate::Result;
-use crate::api::compute_environment::CapacityType;
-use crate::api::{ComputeEnvironment, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT, LABEL_INSTANCE_TYPE};
+use crate::api::{ComputeEnvironment, LABEL_INSTANCE_TYPE};
 use crate::capacity::catalog::MAX_PODS;
 use crate::capacity::{InstanceType, Offer};
-use crate::resources::GPU_RESOURCE;
+use crate::k8s::{node_labels, node_taints};
 use crate::resources::Res;
 
 /// The annotation kwok is started to watch for.
@@ -33,42 +32,11 @@ impl LocalProvider {
     }
 }
 
-fn quantities(r: Res) -> BTreeMap<String, Quantity> {
-    let mut m = BTreeMap::from([
-        ("cpu".to_string(), Quantity(format!("{}m", r.millicpu))),
-        ("memory".to_string(), Quantity(format!("{}Mi", r.memory_mib))),
-        ("pods".to_string(), Quantity(MAX_PODS.to_string())),
-    ]);
-    if r.gpus > 0 {
-        m.insert(GPU_RESOURCE.into(), Quantity(r.gpus.to_string()));
-    }
+/// A simulated node's capacity or allocatable: its resources and how many pods it takes.
+fn node_quantities(r: Res) -> BTreeMap<String, Quantity> {
+    let mut m = crate::k8s::quantities(r);
+    m.insert("pods".to_string(), Quantity(MAX_PODS.to_string()));
     m
-}
-
-/// The labels every node of `ce` carries, whichever provider made it.
-pub fn node_labels(ce: &ComputeEnvironment) -> BTreeMap<String, String> {
-    let mut labels = ce.spec.node_labels.clone();
-    labels.insert(LABEL_COMPUTE_ENVIRONMENT.into(), ce.name_any());
-    let capacity_type = match ce.spec.capacity_type {
-        CapacityType::OnDemand => "on-demand",
-        CapacityType::Spot => "spot",
-    };
-    labels.insert(LABEL_CAPACITY_TYPE.into(), capacity_type.into());
-    labels
-}
-
-/// The taints every node of `ce` carries.
-pub fn node_taints(ce: &ComputeEnvironment) -> Vec<Taint> {
-    ce.spec
-        .node_taints
-        .iter()
-        .map(|t| Taint {
-            key: t.key.clone(),
-            value: t.value.clone(),
-            effect: t.effect.clone(),
-            time_added: None,
-        })
-        .collect()
 }
 
 /// The Node object for one simulated instance.
@@ -94,8 +62,8 @@ pub fn node_for(ce: &ComputeEnvironment, ty: &InstanceType, suffix: &str) -> Nod
             ..Default::default()
         }),
         status: Some(NodeStatus {
-            capacity: Some(quantities(ty.capacity())),
-            allocatable: Some(quantities(ty.allocatable())),
+            capacity: Some(node_quantities(ty.capacity())),
+            allocatable: Some(node_quantities(ty.allocatable())),
             ..Default::default()
         }),
     }
@@ -129,23 +97,16 @@ impl NodeProvider for LocalProvider {
         })
     }
 
-    fn terminate<'a>(&'a self, _ce: &'a ComputeEnvironment, node: &'a Node) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let api: Api<Node> = Api::all(self.client.clone());
-            Ok(crate::controller::delete_if_present(&api, &node.name_any()).await?)
-        })
+    /// A simulated node is nothing but its Node object, which the capacity controller deletes.
+    fn terminate<'a>(&'a self, _ce: &'a ComputeEnvironment, _node: &'a Node) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 
     fn cleanup<'a>(
         &'a self,
-        ce: &'a ComputeEnvironment,
-        nodes: &'a [Arc<Node>],
+        _ce: &'a ComputeEnvironment,
+        _nodes: &'a [Arc<Node>],
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            for node in nodes {
-                self.terminate(ce, node).await?;
-            }
-            Ok(nodes.is_empty())
-        })
+        Box::pin(async { Ok(true) })
     }
 }

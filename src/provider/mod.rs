@@ -1,5 +1,6 @@
 //! Node providers: where a compute environment's nodes come from. `local` writes
 //! kwok-managed Node objects; `ec2` launches EC2 instances that join the cluster.
+//! Providers make the machines' calls only: the capacity controller deletes the Nodes.
 
 pub mod ec2;
 pub mod local;
@@ -45,9 +46,10 @@ pub struct SyncReport {
 pub trait NodeProvider: Send + Sync {
     /// Starts the nodes of `offers` for `ce`.
     fn launch<'a>(&'a self, ce: &'a ComputeEnvironment, offers: &'a [Offer]) -> BoxFuture<'a, LaunchReport>;
-    /// Removes a node and whatever backs it.
+    /// Removes what backs a node (its instance); the caller deletes the Node.
     fn terminate<'a>(&'a self, ce: &'a ComputeEnvironment, node: &'a Node) -> BoxFuture<'a, Result<()>>;
-    /// Removes everything `ce` still has; true once the provider confirms nothing is left.
+    /// Removes every machine `ce` still has; true once the provider confirms none is left
+    /// (the caller deletes the Nodes).
     fn cleanup<'a>(
         &'a self,
         ce: &'a ComputeEnvironment,
@@ -91,15 +93,4 @@ impl Providers {
             Provider::Unmanaged => None,
         }
     }
-}
-
-/// The key a Node is known by to its provider: the instance id of an EC2 node
-/// (`aws:///<zone>/<instance-id>`), else its name.
-pub fn node_key(node: &Node) -> String {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(ec2::instance_id)
-        .map(str::to_string)
-        .unwrap_or_else(|| kube::ResourceExt::name_any(node))
 }

@@ -3,6 +3,7 @@
 //! environment should scale for. Plain data in, decisions out; no I/O.
 
 pub mod ranges;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,16 +57,17 @@ pub struct FairShare {
     pub compute_reservation: u32,
 }
 
+/// AWS Batch's glob: a trailing `*` matches any rest; otherwise the whole text must match.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => text.starts_with(prefix),
+        None => pattern == text,
+    }
+}
+
 impl FairShare {
     pub fn weight(&self, share: &str) -> f64 {
-        self.weights
-            .iter()
-            .find(|(p, _)| match p.strip_suffix('*') {
-                Some(prefix) => share.starts_with(prefix),
-                None => p == share,
-            })
-            .map_or(1.0, |(_, w)| *w)
-            .max(1e-4)
+        self.weights.iter().find(|(p, _)| glob_matches(p, share)).map_or(1.0, |(_, w)| *w).max(1e-4)
     }
 }
 
@@ -321,106 +323,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     let queues: HashMap<&str, &QueueInfo> = snapshot.queues.iter().map(|q| (q.name.as_str(), q)).collect();
     let mut ces: HashMap<&str, CeState> =
         snapshot.compute_environments.iter().map(|c| (c.name.as_str(), CeState::new(c))).collect();
-
-    // Queues ranked by priority (highest first), then name; unknown queues last. Each
-    // job's queue name is read once: from here on the pass works with its rank.
-    // Jobs of a queue share one copy of its name, and often come in runs: the same copy as
-    // the job before needs no lookup.
-    let mut seen: HashMap<&str, u32> = HashMap::new();
-    let mut last: Option<(&str, u32)> = None;
-    let appearance: Vec<u32> = snapshot
-        .jobs
-        .iter()
-        .map(|j| {
-            if let Some((q, a)) = last
-                && std::ptr::eq(q, &*j.queue)
-            {
-                return a;
-            }
-            let next = seen.len() as u32;
-            let a = *seen.entry(&*j.queue).or_insert(next);
-            last = Some((&*j.queue, a));
-            a
-        })
-        .collect();
-    let mut queue_names: Vec<&str> = seen.keys().copied().collect();
-    let priority_of = |q: &str| queues.get(q).map_or(i32::MIN, |q| q.priority);
-    queue_names.sort_by(|a, b| priority_of(b).cmp(&priority_of(a)).then_with(|| a.cmp(b)));
-    let mut rank_of_appearance = vec![0u32; queue_names.len()];
-    for (rank, q) in queue_names.iter().enumerate() {
-        rank_of_appearance[seen[q] as usize] = rank as u32;
-    }
-    let rank: Vec<u32> = appearance.iter().map(|a| rank_of_appearance[*a as usize]).collect();
-    let queue_at: Vec<Option<&QueueInfo>> = queue_names.iter().map(|q| queues.get(q).copied()).collect();
-    // One key per job, so the sort compares integers, not strings. Jobs submitted in the
-    // same millisecond (Kubernetes keeps creation times to the second) follow a hash of
-    // their name, the same in every pass and every run; an array's children follow
-    // their index.
-    let keys: Vec<(u32, i32, i64, u64, Option<u32>)> = snapshot
-        .jobs
-        .iter()
-        .zip(&rank)
-        .map(|(j, r)| (*r, -j.scheduling_priority, j.submitted_ms, name_hash(&j.name), j.index))
-        .collect();
-    let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
-    order.sort_unstable_by(|&a, &b| {
-        keys[a].cmp(&keys[b]).then_with(|| snapshot.jobs[a].name.cmp(&snapshot.jobs[b].name))
-    });
-
-    // Fair-share queues reorder their own run of the order.
-    let mut start = 0;
-    while start < order.len() {
-        let r = rank[order[start]];
-        let end = start + order[start..].iter().take_while(|&&i| rank[i] == r).count();
-        if let Some(policy) = queue_at[r as usize].and_then(|q| q.fair_share.as_ref()) {
-            let ordered = fair_share_order(&snapshot.jobs, order[start..end].to_vec(), policy);
-            order.splice(start..end, ordered);
-        }
-        start = end;
-    }
-
-    let usable_by_queue: UsableByQueue = snapshot
-        .queues
-        .iter()
-        .map(|q| {
-            let missing =
-                q.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
-            let usable = q
-                .compute_environments
-                .iter()
-                .map(String::as_str)
-                .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
-                .collect();
-            (q.name.as_str(), (missing, usable))
-        })
-        .collect();
-
-    // computeReservation: how many vCPUs each fair-share queue may still take this pass.
-    let mut reserve_left: Vec<Option<(f64, u32)>> = vec![None; queue_names.len()];
-    for (r, q) in queue_at.iter().enumerate() {
-        let Some(q) = q else { continue };
-        let Some(policy) = q.fair_share.as_ref().filter(|p| p.compute_reservation > 0) else { continue };
-        let mut active: std::collections::HashSet<&str> =
-            policy.running.iter().filter(|(_, v)| **v > 0.0).map(|(k, _)| k.as_str()).collect();
-        active.extend(
-            snapshot
-                .jobs
-                .iter()
-                .zip(&rank)
-                .filter(|(_, jr)| **jr as usize == r)
-                .map(|(j, _)| j.share.as_deref().unwrap_or("")),
-        );
-        let max: f64 = q
-            .compute_environments
-            .iter()
-            .filter_map(|c| snapshot.compute_environments.iter().find(|x| &x.name == c))
-            .map(|c| c.max_vcpus as f64)
-            .sum();
-        let reserved =
-            max * (policy.compute_reservation.min(99) as f64 / 100.0).powi(active.len().max(1) as i32);
-        let running: f64 = policy.running.values().sum();
-        reserve_left[r] = Some((max - reserved - running, reserved.round() as u32));
-    }
+    let Ranked { rank, queue_at } = Ranked::of(snapshot, &queues);
+    let order = job_order(snapshot, &rank, &queue_at);
+    let usable_by_queue = usable_by_queue(snapshot, &ces);
+    let mut reserve_left = reservations(snapshot, &rank, &queue_at);
+    let queue_count = queue_at.len();
 
     // Jobs of one queue asking for the same resources get the same "at capacity" answer
     // until an admission or new demand changes some environment: most of a large backlog
@@ -428,7 +335,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     // every job of a queue that admits nothing (missing, DISABLED, no environments).
     let mut generation = 0u64;
     let mut at_capacity: HashMap<(u32, Res), (u64, usize)> = HashMap::new();
-    let mut queue_blocked: Vec<Option<usize>> = vec![None; queue_names.len()];
+    let mut queue_blocked: Vec<Option<usize>> = vec![None; queue_count];
     let mut reason_ids: HashMap<Waiting, usize> = HashMap::new();
     let mut reason = |plan: &mut Plan, why: Waiting| -> usize {
         *reason_ids.entry(why).or_insert_with_key(|why| {
@@ -507,6 +414,134 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         }
     }
     plan
+}
+
+/// The queues of the pass ranked by priority (highest first), then name; unknown queues last.
+struct Ranked<'a> {
+    /// Each job's queue rank.
+    rank: Vec<u32>,
+    /// The queue of each rank, if it exists.
+    queue_at: Vec<Option<&'a QueueInfo>>,
+}
+
+impl<'a> Ranked<'a> {
+    fn of(snapshot: &'a Snapshot, queues: &HashMap<&str, &'a QueueInfo>) -> Ranked<'a> {
+        // Each job's queue name is read once: from here on the pass works with its rank.
+        // Jobs of a queue share one copy of its name, and often come in runs: the same copy
+        // as the job before needs no lookup.
+        let mut seen: HashMap<&str, u32> = HashMap::new();
+        let mut last: Option<(&str, u32)> = None;
+        let appearance: Vec<u32> = snapshot
+            .jobs
+            .iter()
+            .map(|j| {
+                if let Some((q, a)) = last
+                    && std::ptr::eq(q, &*j.queue)
+                {
+                    return a;
+                }
+                let next = seen.len() as u32;
+                let a = *seen.entry(&*j.queue).or_insert(next);
+                last = Some((&*j.queue, a));
+                a
+            })
+            .collect();
+        let mut queue_names: Vec<&str> = seen.keys().copied().collect();
+        let priority_of = |q: &str| queues.get(q).map_or(i32::MIN, |q| q.priority);
+        queue_names.sort_by(|a, b| priority_of(b).cmp(&priority_of(a)).then_with(|| a.cmp(b)));
+        let mut rank_of_appearance = vec![0u32; queue_names.len()];
+        for (rank, q) in queue_names.iter().enumerate() {
+            rank_of_appearance[seen[q] as usize] = rank as u32;
+        }
+        Ranked {
+            rank: appearance.iter().map(|a| rank_of_appearance[*a as usize]).collect(),
+            queue_at: queue_names.iter().map(|q| queues.get(q).copied()).collect(),
+        }
+    }
+}
+
+/// The jobs in the order they are looked at: queue rank, scheduling priority, submission
+/// time; fair-share queues then reorder their own run of it.
+fn job_order(snapshot: &Snapshot, rank: &[u32], queue_at: &[Option<&QueueInfo>]) -> Vec<usize> {
+    // One key per job, so the sort compares integers, not strings. Jobs submitted in the
+    // same millisecond (Kubernetes keeps creation times to the second) follow a hash of
+    // their name, the same in every pass and every run; an array's children follow
+    // their index.
+    let keys: Vec<(u32, i32, i64, u64, Option<u32>)> = snapshot
+        .jobs
+        .iter()
+        .zip(rank)
+        .map(|(j, r)| (*r, -j.scheduling_priority, j.submitted_ms, name_hash(&j.name), j.index))
+        .collect();
+    let mut order: Vec<usize> = (0..snapshot.jobs.len()).collect();
+    order.sort_unstable_by(|&a, &b| {
+        keys[a].cmp(&keys[b]).then_with(|| snapshot.jobs[a].name.cmp(&snapshot.jobs[b].name))
+    });
+    let mut start = 0;
+    while start < order.len() {
+        let r = rank[order[start]];
+        let end = start + order[start..].iter().take_while(|&&i| rank[i] == r).count();
+        if let Some(policy) = queue_at[r as usize].and_then(|q| q.fair_share.as_ref()) {
+            let ordered = fair_share_order(&snapshot.jobs, order[start..end].to_vec(), policy);
+            order.splice(start..end, ordered);
+        }
+        start = end;
+    }
+    order
+}
+
+/// Per queue: its compute environments that do not exist, and those that are enabled.
+fn usable_by_queue<'a>(snapshot: &'a Snapshot, ces: &HashMap<&str, CeState>) -> UsableByQueue<'a> {
+    snapshot
+        .queues
+        .iter()
+        .map(|q| {
+            let missing =
+                q.compute_environments.iter().filter(|c| !ces.contains_key(c.as_str())).cloned().collect();
+            let usable = q
+                .compute_environments
+                .iter()
+                .map(String::as_str)
+                .filter(|c| ces.get(c).is_some_and(|s| s.info.enabled))
+                .collect();
+            (q.name.as_str(), (missing, usable))
+        })
+        .collect()
+}
+
+/// computeReservation: per queue rank, the vCPUs a fair-share queue may still take this
+/// pass and the vCPUs it keeps free.
+fn reservations(
+    snapshot: &Snapshot,
+    rank: &[u32],
+    queue_at: &[Option<&QueueInfo>],
+) -> Vec<Option<(f64, u32)>> {
+    let mut reserve_left: Vec<Option<(f64, u32)>> = vec![None; queue_at.len()];
+    for (r, q) in queue_at.iter().enumerate() {
+        let Some(q) = q else { continue };
+        let Some(policy) = q.fair_share.as_ref().filter(|p| p.compute_reservation > 0) else { continue };
+        let mut active: std::collections::HashSet<&str> =
+            policy.running.iter().filter(|(_, v)| **v > 0.0).map(|(k, _)| k.as_str()).collect();
+        active.extend(
+            snapshot
+                .jobs
+                .iter()
+                .zip(rank)
+                .filter(|(_, jr)| **jr as usize == r)
+                .map(|(j, _)| j.share.as_deref().unwrap_or("")),
+        );
+        let max: f64 = q
+            .compute_environments
+            .iter()
+            .filter_map(|c| snapshot.compute_environments.iter().find(|x| &x.name == c))
+            .map(|c| c.max_vcpus as f64)
+            .sum();
+        let reserved =
+            max * (policy.compute_reservation.min(99) as f64 / 100.0).powi(active.len().max(1) as i32);
+        let running: f64 = policy.running.values().sum();
+        reserve_left[r] = Some((max - reserved - running, reserved.round() as u32));
+    }
+    reserve_left
 }
 
 /// FNV-1a: a hash that is the same in every process, unlike the standard library's.

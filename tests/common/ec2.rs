@@ -380,7 +380,7 @@ pub fn start_node_bridge(cluster: &str, never_join: HashSet<String>) {
                     && let Some(name) = joined.get(&id)
                     && gone.insert(id.clone())
                 {
-                    let _ = barge::controller::delete_if_present(&nodes, name).await;
+                    let _ = barge::k8s::delete_if_present(&nodes, name).await;
                 }
             }
         }

@@ -1,7 +1,7 @@
 use chrono::TimeZone;
 
 use super::*;
-use crate::api::batch_job::{BatchJobSpec, ContainerSpec, RetryStrategy, Timeout};
+use crate::controller::fixtures;
 
 /// The lifecycle of a job that names no definition: its limits are its own.
 fn next_status(
@@ -16,19 +16,7 @@ fn next_status(
 }
 
 fn job(attempts: u32, timeout: Option<u64>) -> BatchJob {
-    let mut j = BatchJob::new(
-        "etl",
-        BatchJobSpec {
-            job_queue: "q".into(),
-            container: Some(Box::new(ContainerSpec { image: "busybox".into(), ..Default::default() })),
-            pod_template: None,
-            timeout: timeout.map(|s| Box::new(Timeout { attempt_duration_seconds: s })),
-            retry_strategy: Some(Box::new(RetryStrategy { attempts, ..Default::default() })),
-            ..Default::default()
-        },
-    );
-    j.metadata.uid = Some("abcdef12".into());
-    j
+    fixtures::job("etl").uid("abcdef12").retry(attempts).timeout(timeout).build()
 }
 
 fn at(secs: i64) -> DateTime<Utc> {

@@ -1,0 +1,156 @@
+//! What every loop of the operator shares: the stores (the in-memory truth), the cluster
+//! view, the scheduling pass's hand-off, and the loops' tunables.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use super::backoff::Failures;
+use super::burst::Bursts;
+use super::revisions::Definitions;
+use super::tally::JobTally;
+use super::usage::PodUsage;
+use crate::api::{BatchJob, ComputeEnvironment, JobQueue};
+use crate::k8s::{node_compute_environment, node_key};
+use crate::provider::Providers;
+use crate::state::{ClusterState, HandOff, Launching, Verdict};
+
+/// How often each loop looks again, and how much it does at once. The defaults are what
+/// Barge runs with; benches and tests may shorten them.
+#[derive(Clone, Debug)]
+pub struct Tunables {
+    /// A job is reconciled at most once per window, a window after its first trigger: its
+    /// pod's quick steps (created, bound, started) and an array's many children make one
+    /// status write, and a new job is usually admitted before its first status write.
+    pub job_window: Duration,
+    /// Parallel reconciles of the job controller: status writes are independent.
+    pub job_concurrency: u16,
+    /// How often providers compare their machines with the cluster's nodes.
+    pub provider_sync: Duration,
+    /// A scheduling pass runs at least this often, to notice time passing (and lost wake-ups).
+    pub scheduling_tick: Duration,
+    /// After a wake-up the pass waits this long for more changes, so that a burst makes one pass.
+    pub scheduling_debounce: Duration,
+    /// Concurrent pod creations: enough to keep the API server busy, few enough not to flood it.
+    pub create_concurrency: usize,
+    /// An admitted pod not yet seen in the pod store is forgotten after this long.
+    pub inflight_ttl: Duration,
+    /// Fair-share usage is recorded in the queues' statuses this often: a restart loses at
+    /// most this much of it, and a busy queue's status is not rewritten every pass.
+    pub usage_record_interval: Duration,
+    /// How often an environment is looked at without a trigger (scale-down clocks, status).
+    pub capacity_resync: Duration,
+    /// Queue statuses are aggregates: refreshing them this often is plenty.
+    pub queue_interval: Duration,
+    /// The first and the longest wait before a failed reconcile is tried again.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            job_window: Duration::from_secs(1),
+            job_concurrency: 64,
+            provider_sync: Duration::from_secs(5),
+            scheduling_tick: Duration::from_secs(2),
+            scheduling_debounce: Duration::from_millis(50),
+            create_concurrency: 64,
+            inflight_ttl: Duration::from_secs(30),
+            usage_record_interval: Duration::from_secs(15),
+            capacity_resync: Duration::from_secs(5),
+            queue_interval: Duration::from_secs(2),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// State shared by every loop: the stores (the in-memory truth), the cluster view and the
+/// scheduling pass's hand-off.
+pub struct Shared {
+    pub client: Client,
+    pub jobs: Store<BatchJob>,
+    pub queues: Store<JobQueue>,
+    pub compute_environments: Store<ComputeEnvironment>,
+    pub pods: Store<Pod>,
+    /// Job definitions and their registered revisions.
+    pub definitions: Definitions,
+    /// What the active pods of `pods` hold, kept from the pod watch.
+    pub usage: Arc<Mutex<PodUsage>>,
+    /// Jobs per queue and phase, kept from the job watch (for the queues' statuses).
+    pub tally: Arc<Mutex<JobTally>>,
+    pub nodes: Store<Node>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Events of queues and compute environments (few objects: repeats become a series).
+    pub recorder: Recorder,
+    /// Who publishes Barge's events; each job's events get a recorder of their own.
+    pub reporter: Reporter,
+    pub providers: Providers,
+    /// Rings when something the scheduling pass reads has changed.
+    pub schedule_now: Arc<Notify>,
+    /// Nodes launching, idle and lost; environments that cannot grow.
+    pub cluster: Arc<ClusterState>,
+    /// Verdicts, demand, blocked queues and fair-share usage from the scheduling pass.
+    pub handoff: HandOff,
+    /// The scheduling pass's pod creations, which job status writes yield to.
+    pub bursts: Bursts,
+    /// Per object, how often its reconcile has failed in a row (for the backoff).
+    pub failures: Failures,
+    pub tunables: Tunables,
+    /// Set once every store has synced (also `/readyz`).
+    pub(super) ready: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// What a failed reconcile of `key` waits for: a change to the object when trying
+    /// again cannot help, else a backoff of its own.
+    pub fn retry_after(&self, key: &str, err: &crate::Error) -> Action {
+        if !err.retryable() {
+            return Action::await_change();
+        }
+        Action::requeue(self.failures.failed(key, self.tunables.retry_first, self.tunables.retry_max))
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn verdict(&self, job: &BatchJob) -> Option<Verdict> {
+        self.handoff.verdict(job.uid()?.as_str())
+    }
+
+    /// Launching nodes of `ce` still missing from the node store.
+    pub fn launching(&self, ce: &str) -> Vec<Launching> {
+        // A launch stops counting as coming once its node has joined its environment.
+        let joined = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| node_compute_environment(n) == Some(ce))
+            .map(|n| node_key(n))
+            .collect();
+        let provider = self
+            .compute_environments
+            .get(&ObjectRef::new(ce))
+            .and_then(|c| self.providers.get(c.spec.provider));
+        self.cluster.launching(ce, &joined, |key| provider.is_some_and(|p| p.launch_failed(key)))
+    }
+}
+
+/// The key an object's failures are counted under (see `Shared::retry_after`).
+pub fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}

@@ -1,0 +1,120 @@
+//! What the job controller knows of a job's pod, dependencies and limits: the facts that
+//! single jobs and arrays both turn into status.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::api::batch_job::{BatchJobStatus, JobPhase, RetryStrategy, Timeout};
+use crate::api::job_definition::Work;
+
+/// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
+pub const TIMEOUT_REASON: &str = "Job attempt duration exceeded timeout";
+
+/// What Barge needs to know of a pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub node: Option<String>,
+    /// The compute environment the pod was placed in (its label).
+    pub compute_environment: Option<String>,
+    pub phase: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// Why kube-scheduler has not placed it, if it says.
+    pub unschedulable: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl PodFacts {
+    pub fn of(pod: &Pod) -> PodFacts {
+        let status = pod.status.clone().unwrap_or_default();
+        let main = status.container_statuses.as_ref().and_then(|cs| cs.first()).and_then(|c| c.state.clone());
+        let ts = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+            DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond())
+        };
+        let running_since =
+            main.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.as_ref());
+        let term = main.as_ref().and_then(|s| s.terminated.as_ref());
+        let unschedulable = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .and_then(|c| c.message.clone());
+        PodFacts {
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            compute_environment: pod.labels().get(crate::api::LABEL_COMPUTE_ENVIRONMENT).cloned(),
+            phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
+            started_at: running_since.or(term.and_then(|t| t.started_at.as_ref())).and_then(ts),
+            finished_at: term.and_then(|t| t.finished_at.as_ref()).and_then(ts),
+            exit_code: term.map(|t| t.exit_code),
+            reason: term.and_then(|t| t.reason.clone()).or(status.reason.clone()),
+            unschedulable,
+            created_at: pod.metadata.creation_timestamp.as_ref().and_then(ts),
+        }
+    }
+}
+
+/// The attempt the job is on: finished attempts are never reopened.
+pub fn current_attempt(status: &BatchJobStatus) -> u32 {
+    status.attempts.iter().filter(|a| a.stopped_at.is_some()).count() as u32
+}
+
+/// Where the job's dependencies stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deps {
+    Met,
+    Waiting(String),
+    Failed(String),
+}
+
+impl Deps {
+    /// Holds a job that has not started on its dependencies: PENDING while they run,
+    /// FAILED when one failed. Returns whether it did.
+    pub fn hold(&self, s: &mut BatchJobStatus, now: DateTime<Utc>) -> bool {
+        let why = match self {
+            Deps::Met => return false,
+            Deps::Waiting(why) => {
+                s.phase = JobPhase::Pending;
+                why
+            }
+            Deps::Failed(why) => {
+                s.phase = JobPhase::Failed;
+                s.stopped_at = Some(now);
+                why
+            }
+        };
+        s.status_reason = Some(why.clone());
+        true
+    }
+}
+
+/// What of a job's work its lifecycle reads: how it retries, how long an attempt may run.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits<'a> {
+    pub retry: &'a RetryStrategy,
+    pub timeout: Option<&'a Timeout>,
+}
+
+impl<'a> Limits<'a> {
+    /// The limits of `work`; with none (its work cannot be read), no retry and no timeout.
+    pub fn of(work: Option<&'a Work<'a>>) -> Limits<'a> {
+        static NO_RETRY: RetryStrategy = RetryStrategy { attempts: 1, evaluate_on_exit: Vec::new() };
+        Limits {
+            retry: work.map_or(&NO_RETRY, |w| &*w.retry_strategy),
+            timeout: work.and_then(|w| w.timeout),
+        }
+    }
+}
+
+/// Why an attempt's pod failed, as AWS Batch words it.
+pub fn failure_reason(exit_code: Option<i32>, container_reason: Option<&str>) -> String {
+    match (exit_code, container_reason) {
+        (Some(c), Some(r)) => format!("Essential container in task exited with code {c} ({r})"),
+        (Some(c), None) => format!("Essential container in task exited with code {c}"),
+        (None, Some(r)) => format!("Pod failed: {r}"),
+        (None, None) => "Pod failed".into(),
+    }
+}
