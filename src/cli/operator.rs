@@ -80,9 +80,17 @@ pub struct RunArgs {
     /// Name of this replica, in events and in the leader Lease.
     #[arg(long, env = "POD_NAME", default_value = "barge")]
     instance: String,
+    /// Changes one of the loops' tunables, e.g. `scheduling-tick=500ms` (repeatable; see
+    /// `controller::Tunables` for the names and defaults).
+    #[arg(long = "tune", env = "BARGE_TUNE", value_delimiter = ',', value_name = "NAME=VALUE")]
+    tune: Vec<String>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut tunables = controller::Tunables::default();
+    for setting in &args.tune {
+        tunables.set(setting).map_err(|e| anyhow::anyhow!("--tune {e}"))?;
+    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},kube=warn,aws=warn", args.log_level)));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -146,7 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         },
     };
-    let options = Options { instance: args.instance.clone(), synced, tunables: Default::default() };
+    let options = Options { instance: args.instance.clone(), synced, tunables };
     let operator = controller::run(client.clone(), providers, options);
     if !args.leader_elect {
         return Ok(operator.await?);

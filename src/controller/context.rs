@@ -74,6 +74,49 @@ impl Default for Tunables {
     }
 }
 
+impl Tunables {
+    /// Sets one tunable from `name=value`: a duration (`500ms`, `2s`, `5m`) or, for the two
+    /// concurrencies, a count. Names are the fields', with `-` or `_`.
+    pub fn set(&mut self, setting: &str) -> Result<(), String> {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("{setting:?}: expected name=value, e.g. scheduling-tick=500ms"))?;
+        let count = || value.parse::<u16>().map_err(|_| format!("{name}: {value:?} is not a count"));
+        let duration = || {
+            parse_duration(value)
+                .ok_or_else(|| format!("{name}: {value:?} is not a duration such as 500ms, 2s or 5m"))
+        };
+        match name.replace('-', "_").as_str() {
+            "job_window" => self.job_window = duration()?,
+            "job_concurrency" => self.job_concurrency = count()?.max(1),
+            "provider_sync" => self.provider_sync = duration()?,
+            "scheduling_tick" => self.scheduling_tick = duration()?,
+            "scheduling_debounce" => self.scheduling_debounce = duration()?,
+            "create_concurrency" => self.create_concurrency = count()?.max(1) as usize,
+            "inflight_ttl" => self.inflight_ttl = duration()?,
+            "usage_record_interval" => self.usage_record_interval = duration()?,
+            "capacity_resync" => self.capacity_resync = duration()?,
+            "queue_interval" => self.queue_interval = duration()?,
+            "retry_first" => self.retry_first = duration()?,
+            "retry_max" => self.retry_max = duration()?,
+            _ => return Err(format!("{name}: no such tunable")),
+        }
+        Ok(())
+    }
+}
+
+/// `500ms`, `2s` or `5m`.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = v[..split].parse().ok()?;
+    match &v[split..] {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
 /// State shared by every loop: the stores (the in-memory truth), the cluster view and the
 /// scheduling pass's hand-off.
 pub struct Shared {
@@ -153,4 +196,24 @@ impl Shared {
 /// The key an object's failures are counted under (see `Shared::retry_after`).
 pub fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunable_is_set_by_name_with_a_duration_or_a_count() {
+        let mut t = Tunables::default();
+        t.set("scheduling-tick=500ms").unwrap();
+        t.set("retry_max=5m").unwrap();
+        t.set("create-concurrency=8").unwrap();
+        assert_eq!(t.scheduling_tick, Duration::from_millis(500));
+        assert_eq!(t.retry_max, Duration::from_secs(300));
+        assert_eq!(t.create_concurrency, 8);
+        assert_eq!(t.job_window, Tunables::default().job_window, "the rest keep their defaults");
+        assert!(t.set("scheduling-tick=fast").unwrap_err().contains("not a duration"));
+        assert!(t.set("tick=1s").unwrap_err().contains("no such tunable"));
+        assert!(t.set("scheduling-tick").unwrap_err().contains("name=value"));
+    }
 }
