@@ -555,11 +555,9 @@ where
     match e.code() {
         Some(c) if CAPACITY_ERRORS.contains(&c) => ProviderError::Capacity(message),
         Some(c) if c.contains("Throttl") || c == "RequestLimitExceeded" => ProviderError::Throttled(message),
-        Some(c)
-            if c.starts_with("InvalidParameter") || c == "UnauthorizedOperation" || c == "AuthFailure" =>
-        {
-            ProviderError::Misconfigured(message)
-        }
+        // Credentials that fail now may be rotated or fixed in IAM without any change to the
+        // environment: those are retried (with backoff), not left waiting for a change.
+        Some(c) if c.starts_with("InvalidParameter") => ProviderError::Misconfigured(message),
         Some(c) if c.ends_with(".NotFound") => ProviderError::NotFound(message),
         _ => ProviderError::Other { message, source: Some(Box::new(e)) },
     }
