@@ -79,6 +79,7 @@ pub fn unresolved_status(job: &BatchJob, resolution: &Resolution, now: DateTime<
     s
 }
 
+/// What the job's status should become. Pure: everything it needs is passed in.
 pub fn next_status(
     job: &BatchJob,
     limits: &Limits<'_>,
