@@ -42,6 +42,8 @@ fn snapshot(jobs: usize) -> Snapshot {
                     name: format!("ce{c}-n{n}"),
                     free: Res::new(((n % 3) * 500) as u64, 4096, 0),
                     ready: true,
+                    empty: false,
+                    allocatable: Res::new(15_800, 60_000, 0),
                 })
                 .collect(),
             cannot_grow: None,
@@ -60,9 +62,10 @@ fn snapshot(jobs: usize) -> Snapshot {
             submitted_ms: 1_800_000_000_000 + i as i64,
             request: Res::new(1000 + (i % 4) as u64 * 500, 2048, 0),
             share: Some(format!("s{}", i % 7)),
+            gang: None,
         })
         .collect();
-    Snapshot { jobs, queues, compute_environments }
+    Snapshot { jobs, queues, compute_environments, ..Default::default() }
 }
 
 fn scheduling_pass(c: &mut Criterion) {
@@ -72,6 +75,34 @@ fn scheduling_pass(c: &mut Criterion) {
         let s = snapshot(n);
         group.bench_with_input(BenchmarkId::from_parameter(n), &s, |b, s| b.iter(|| plan(black_box(s))));
     }
+    group.finish();
+}
+
+/// `snapshot(jobs)` with one job in a hundred a multi-node job of 2 to 64 nodes, half of
+/// them waiting long enough to hold nodes.
+fn with_gangs(jobs: usize) -> Snapshot {
+    let mut s = snapshot(jobs);
+    for (k, j) in s.jobs.iter_mut().step_by(100).enumerate() {
+        let nodes = 2 + (k * 7) % 63;
+        let members: Vec<Res> = (0..nodes).map(|_| Res::new(2000, 4096, 0)).collect();
+        j.request = members.iter().fold(Res::ZERO, |t, m| t + *m);
+        j.gang = Some(members.into());
+    }
+    s.now_ms = 1_800_000_000_000 + jobs as i64;
+    s.hold_gangs_after_ms = jobs as i64 / 2;
+    s
+}
+
+/// The pass with and without 1,000 waiting multi-node jobs among 100,000, side by side.
+fn gang_pass(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scheduling_pass_gangs");
+    group.sample_size(10);
+    let n = 100_000;
+    let (plain, gangs) = (snapshot(n), with_gangs(n));
+    group.bench_with_input(BenchmarkId::new("without", n), &plain, |b, s| b.iter(|| plan(black_box(s))));
+    group.bench_with_input(BenchmarkId::new("with_1000_gangs", n), &gangs, |b, s| {
+        b.iter(|| plan(black_box(s)))
+    });
     group.finish();
 }
 
@@ -92,6 +123,7 @@ fn held(jobs: usize) -> Snapshot {
             submitted_ms: 1_800_000_000_000 + (i / 1000) as i64 * 1000,
             request: Res::new(1000, 64, 0),
             share: None,
+            gang: None,
         })
         .collect();
     s
@@ -180,5 +212,5 @@ fn backlog_intake(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scheduling_pass, held_pass, bin_packing, backlog_intake);
+criterion_group!(benches, scheduling_pass, held_pass, gang_pass, bin_packing, backlog_intake);
 criterion_main!(benches);

@@ -191,7 +191,12 @@ fn main() {
         cannot_grow: None,
         room: None,
     }];
-    let snapshot = Snapshot { jobs: std::mem::take(&mut backlog.jobs), queues, compute_environments: ces };
+    let snapshot = Snapshot {
+        jobs: std::mem::take(&mut backlog.jobs),
+        queues,
+        compute_environments: ces,
+        ..Default::default()
+    };
     let plan = plan(&snapshot);
     backlog.jobs = snapshot.jobs;
     let live_plan = LIVE.load(Ordering::Relaxed);

@@ -233,7 +233,9 @@ async fn revisions_parameters_overrides_and_the_aws_batch_environment_reach_the_
     .await
     .unwrap_err();
     assert!(
-        refused.to_string().contains("exactly one of container, podTemplate or jobDefinition"),
+        refused
+            .to_string()
+            .contains("exactly one of container, podTemplate, nodeProperties or jobDefinition"),
         "{refused}"
     );
 

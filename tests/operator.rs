@@ -196,7 +196,7 @@ async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
         "spec": {"jobQueue": "q", "container": {"image": "busybox"}, "podTemplate": {"spec": {"containers": [{"name": "a", "image": "b"}]}}}});
     assert!(
         err(apply(&e.jobs, both).await.map(|_| ()))
-            .contains("set exactly one of container, podTemplate or jobDefinition")
+            .contains("set exactly one of container, podTemplate, nodeProperties or jobDefinition")
     );
 
     let tiny_timeout = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob", "metadata": {"name": "tiny"},

@@ -179,6 +179,113 @@ pub struct ArrayProperties {
     pub size: u32,
 }
 
+/// The last node of a `targetNodes` range, in CEL: an open end is the last node.
+macro_rules! cel_last {
+    ($r:literal) => {
+        concat!(
+            "(",
+            $r,
+            ".targetNodes.contains(':') ? (",
+            $r,
+            ".targetNodes.split(':')[1] == '' ? self.numNodes - 1 : int(",
+            $r,
+            ".targetNodes.split(':')[1])) : int(",
+            $r,
+            ".targetNodes))"
+        )
+    };
+}
+/// The first node of a `targetNodes` range, in CEL.
+macro_rules! cel_first_of {
+    ($r:literal) => {
+        concat!("(", $r, ".targetNodes.split(':')[0] == '' ? 0 : int(", $r, ".targetNodes.split(':')[0]))")
+    };
+}
+
+/// AWS Batch's `nodeProperties`: a multi-node parallel job, one container per node, each
+/// node on an instance of its own. Ranges are written as AWS writes them: `0`, `1:`,
+/// `0:3` (both ends included), `:3`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mainNode < self.numNodes").message("nodeProperties.mainNode must be a node index below numNodes"))]
+#[x_kube(validation = Rule::new(concat!("self.nodeRangeProperties.all(r, ", cel_first_of!("r"), " <= ", cel_last!("r"), " && ", cel_last!("r"), " < self.numNodes)")).message("each targetNodes range must run from a lower to a higher node index below numNodes, e.g. 0, 1: or 0:3"))]
+#[x_kube(validation = Rule::new(concat!("self.nodeRangeProperties.all(a, self.nodeRangeProperties.exists_one(b, b.targetNodes == a.targetNodes) && self.nodeRangeProperties.all(b, a.targetNodes == b.targetNodes || ", cel_last!("a"), " < ", cel_first_of!("b"), " || ", cel_last!("b"), " < ", cel_first_of!("a"), "))")).message("nodeRangeProperties overlap: each node must be in exactly one targetNodes range"))]
+#[x_kube(validation = Rule::new(concat!("self.nodeRangeProperties.map(r, ", cel_last!("r"), " - ", cel_first_of!("r"), " + 1).sum() == self.numNodes")).message("nodeRangeProperties must cover every node from 0 to numNodes - 1"))]
+pub struct NodeProperties {
+    /// How many nodes the job runs on.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("nodeProperties.numNodes must be between 1 and 1000"))]
+    pub num_nodes: u32,
+    /// The node whose exit ends the job and decides its status; it starts first.
+    #[serde(default)]
+    pub main_node: u32,
+    /// The container of each range of nodes; together they cover every node once.
+    #[schemars(length(min = 1, max = 10))]
+    pub node_range_properties: Vec<NodeRangeProperty>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRangeProperty {
+    /// The nodes this container runs on: `N`, `N:`, `:M` or `N:M`.
+    #[schemars(length(max = 9))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{0,4}(:[0-9]{0,4})?$') && self != ''").message("targetNodes is a node index or a range such as 0, 1:, :3 or 0:3"))]
+    pub target_nodes: String,
+    pub container: ContainerSpec,
+}
+
+/// A job's changes to its definition's `nodeProperties` (AWS's `nodeOverrides`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeOverrides {
+    /// Runs the job on this many nodes instead; the definition's open-ended range (`N:`)
+    /// grows or shrinks with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("nodeOverrides.numNodes must be between 1 and 1000"))]
+    pub num_nodes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub node_property_overrides: Vec<NodePropertyOverride>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePropertyOverride {
+    /// The nodes these overrides apply to, written as in `nodeRangeProperties`.
+    #[schemars(length(max = 9))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{0,4}(:[0-9]{0,4})?$') && self != ''").message("targetNodes is a node index or a range such as 0, 1:, :3 or 0:3"))]
+    pub target_nodes: String,
+    pub container_overrides: ContainerOverrides,
+}
+
+/// A multi-node job's nodes in its current attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiNodeStatus {
+    /// The attempt (its number, from 1) the nodes are of.
+    pub attempt: u32,
+    pub num_nodes: u32,
+    pub main_node: u32,
+    /// e.g. "3/4 running".
+    pub progress: String,
+    /// The nodes of the current attempt that have a pod, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSummary>,
+}
+
+/// One node of a multi-node job, as its pod stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSummary {
+    pub index: u32,
+    pub pod_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// STARTING, RUNNING, SUCCEEDED or FAILED.
+    pub phase: JobPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
 /// Roll-up of an array job's children. Index sets are ranges such as "0-99,105".
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -248,12 +355,15 @@ pub struct Dependency {
     printcolumn = r#"{"name":"Queue","type":"string","jsonPath":".spec.jobQueue"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.array.progress"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.multiNode.progress"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.statusReason"}"#,
     printcolumn = r#"{"name":"Attempts","type":"integer","jsonPath":".status.attemptCount","priority":1}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.jobDefinition)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate or jobDefinition"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.jobDefinition), has(self.nodeProperties)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate, nodeProperties or jobDefinition"))]
+#[x_kube(validation = Rule::new("!has(self.nodeProperties) || !has(self.array)").message("a multi-node parallel job (nodeProperties) cannot be an array job"))]
+#[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.nodeOverrides)").message("nodeOverrides needs a jobDefinition with nodeProperties to override"))]
 #[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.containerOverrides)").message("containerOverrides needs a jobDefinition to override"))]
 #[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.parameters)").message("parameters need a jobDefinition whose Ref:: placeholders they fill"))]
 #[serde(rename_all = "camelCase")]
@@ -276,6 +386,13 @@ pub struct BatchJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("jobDefinition is immutable"))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[1-9][0-9]*)?$')").message("jobDefinition is NAME or NAME:REVISION, e.g. render or render:2"))]
     pub job_definition: Option<String>,
+    /// A multi-node parallel job: its nodes and each range's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nodeProperties is immutable"))]
+    pub node_properties: Option<Box<NodeProperties>>,
+    /// What differs from the definition's `nodeProperties` for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_overrides: Option<Box<NodeOverrides>>,
     /// Values for the definition's `Ref::name` placeholders; they win over its defaults.
     #[serde(default, skip_serializing_if = "super::StringMap::is_empty")]
     pub parameters: super::StringMap,
@@ -384,6 +501,9 @@ pub struct BatchJobStatus {
     pub attempt_count: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// For multi-node parallel jobs: the nodes of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_node: Option<Box<MultiNodeStatus>>,
     /// For array jobs: the roll-up of the children.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Boxed: most jobs are not arrays, and every job in the store would carry its room.
@@ -404,6 +524,25 @@ pub fn child_pod_name(job_name: &str, job_uid: &str, index: u32, attempt: u32) -
     let prefix = prefix.trim_end_matches(['-', '.']);
     let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
     format!("{prefix}-{uid}-{index}-{}", attempt_number(attempt))
+}
+
+/// The pod that runs node `node` of `attempt` of a multi-node job.
+pub fn node_pod_name(job_name: &str, job_uid: &str, node: u32, attempt: u32) -> String {
+    let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX - 7).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{prefix}-{uid}-{}-n{node}", attempt_number(attempt))
+}
+
+/// The headless Service of a multi-node job, through which its nodes find each other by
+/// name (`node-N.SERVICE`): a DNS label that starts with a letter.
+pub fn job_service_name(job_name: &str, job_uid: &str) -> String {
+    let prefix: String =
+        job_name.chars().take(POD_NAME_PREFIX_MAX).map(|c| if c == '.' { '-' } else { c }).collect();
+    let prefix = prefix.trim_end_matches('-');
+    let uid: String = job_uid.chars().filter(|c| *c != '-').take(8).collect();
+    let lead = if prefix.starts_with(|c: char| c.is_ascii_lowercase()) { "" } else { "j-" };
+    format!("{lead}{prefix}-{uid}")
 }
 
 /// The number users see for the attempt at `attempt` (its index in `status.attempts`):
@@ -467,6 +606,10 @@ mod tests {
         assert!(name.len() <= 63, "{name}");
         assert_eq!(pod_name("etl-", "12345678-9", 0), "etl-12345678-1");
         assert_eq!(child_pod_name("etl", "12345678-9", 7, 1), "etl-12345678-7-2");
+        assert_eq!(node_pod_name("mpi", "12345678-9", 3, 0), "mpi-12345678-1-n3");
+        assert!(node_pod_name(&long, "0f1e2d3c", 999, 9).len() <= 63);
+        assert_eq!(job_service_name("3d.sim", "12345678-9"), "j-3d-sim-12345678");
+        assert_eq!(job_service_name("mpi", "12345678-9"), "mpi-12345678");
         assert_eq!(attempt_index(attempt_number(4)), Some(4));
         assert_eq!(attempt_index(0), None);
     }

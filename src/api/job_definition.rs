@@ -12,7 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
-use super::batch_job::{BatchJobSpec, ContainerOverrides, ContainerSpec, RetryStrategy, Timeout};
+use super::batch_job::{
+    BatchJobSpec, ContainerOverrides, ContainerSpec, NodeOverrides, NodeProperties, RetryStrategy, Timeout,
+};
 
 /// ACTIVE or INACTIVE, as AWS Batch says of job definitions.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -48,7 +50,7 @@ impl DefinitionState {
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.container.image"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.container) != has(self.podTemplate)").message("set exactly one of container or podTemplate"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.nodeProperties)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate or nodeProperties"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobDefinitionSpec {
     /// INACTIVE deregisters the definition (all its revisions) for new jobs.
@@ -60,6 +62,10 @@ pub struct JobDefinitionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::batch_job::pod_template_schema")]
     pub pod_template: Option<Box<PodTemplateSpec>>,
+    /// A multi-node parallel job definition (AWS's `type: multinode`): its nodes and each
+    /// range's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_properties: Option<Box<NodeProperties>>,
     /// Defaults for the `Ref::name` placeholders of the command and args.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
@@ -87,9 +93,16 @@ impl JobDefinitionSpec {
 
     /// The image of the job's container, for listings.
     pub fn image(&self) -> Option<&str> {
-        match (&self.container, &self.pod_template) {
-            (Some(c), _) => Some(c.image.as_str()),
-            (None, Some(t)) => t.spec.as_ref()?.containers.first()?.image.as_deref(),
+        match (&self.container, &self.pod_template, &self.node_properties) {
+            (Some(c), _, _) => Some(c.image.as_str()),
+            (None, Some(t), _) => t.spec.as_ref()?.containers.first()?.image.as_deref(),
+            (None, None, Some(n)) => {
+                let main = n.node_range_properties.iter().find(|r| {
+                    parse_range(&r.target_nodes, n.num_nodes)
+                        .is_ok_and(|(a, b)| (a..=b).contains(&n.main_node))
+                });
+                main.or(n.node_range_properties.first()).map(|r| r.container.image.as_str())
+            }
             _ => None,
         }
     }
@@ -161,6 +174,124 @@ pub struct Work<'a> {
     pub scheduling_priority: i32,
     /// Tags to label the job's pods with (the definition's only when propagated).
     pub tags: BTreeMap<&'a str, &'a str>,
+    /// For a multi-node parallel job: its nodes; `container` and `pod_template` are then
+    /// `None`, and each node runs its range's container (see `for_node`).
+    pub nodes: Option<NodeLayout>,
+}
+
+/// A multi-node job's nodes as it runs them, overrides applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeLayout {
+    pub num_nodes: u32,
+    pub main_node: u32,
+    /// Consecutive ranges `(first, last, container)` that cover nodes 0 to `num_nodes - 1`.
+    pub ranges: Vec<(u32, u32, ContainerSpec)>,
+}
+
+impl NodeLayout {
+    /// From `nodeProperties`, with `num_nodes` instead of its own when given; checks what
+    /// the API server's rules check, since an override can change it.
+    pub fn of(props: &NodeProperties, num_nodes: Option<u32>) -> Result<NodeLayout, String> {
+        let n = num_nodes.unwrap_or(props.num_nodes);
+        if n == 0 {
+            return Err("a multi-node job needs at least one node".into());
+        }
+        let mut ranges = Vec::new();
+        for r in &props.node_range_properties {
+            // An open-ended range follows numNodes; a range past an overridden count is cut.
+            let (a, b) = parse_range(&r.target_nodes, n.max(props.num_nodes))?;
+            if a < n {
+                ranges.push((a, b.min(n - 1), r.container.clone()));
+            }
+        }
+        ranges.sort_by_key(|r| r.0);
+        let mut next = 0;
+        for (a, b, _) in &ranges {
+            if *a != next {
+                let why = if *a < next { "overlap" } else { "leave a node out" };
+                return Err(format!("the nodeRangeProperties of {n} nodes {why} at node {}", (*a).min(next)));
+            }
+            next = b + 1;
+        }
+        if next != n {
+            return Err(format!("the nodeRangeProperties of {n} nodes leave nodes {next} to {} out", n - 1));
+        }
+        if props.main_node >= n {
+            return Err(format!("mainNode {} is not one of the job's {n} nodes", props.main_node));
+        }
+        Ok(NodeLayout { num_nodes: n, main_node: props.main_node, ranges })
+    }
+
+    /// The container node `node` runs.
+    pub fn container(&self, node: u32) -> &ContainerSpec {
+        let at = self.ranges.partition_point(|r| r.1 < node).min(self.ranges.len() - 1);
+        &self.ranges[at].2
+    }
+
+    /// Applies a job's `containerOverrides` to the nodes of `target`, splitting ranges where
+    /// it begins and ends.
+    fn apply(&mut self, target: &str, o: &ContainerOverrides) -> Result<(), String> {
+        let (a, b) = parse_range(target, self.num_nodes)?;
+        if b >= self.num_nodes {
+            return Err(format!(
+                "nodeOverrides targetNodes {target} is outside the job's {} nodes",
+                self.num_nodes
+            ));
+        }
+        self.split_before(a);
+        self.split_before(b + 1);
+        for (first, last, c) in &mut self.ranges {
+            if *first >= a && *last <= b {
+                apply_overrides(c, o);
+            }
+        }
+        Ok(())
+    }
+
+    fn split_before(&mut self, node: u32) {
+        if let Some(at) = self.ranges.iter().position(|r| r.0 < node && node <= r.1) {
+            let (first, last, c) = self.ranges[at].clone();
+            self.ranges[at] = (first, node - 1, c.clone());
+            self.ranges.insert(at + 1, (node, last, c));
+        }
+    }
+}
+
+/// `N`, `N:`, `:M` or `N:M` (both ends included; an open end is the last of `num_nodes`).
+pub fn parse_range(target: &str, num_nodes: u32) -> Result<(u32, u32), String> {
+    let bad = || format!("targetNodes {target:?} is not a node index or a range such as 0, 1:, :3 or 0:3");
+    let index =
+        |s: &str, open: u32| if s.is_empty() { Ok(open) } else { s.parse::<u32>().map_err(|_| bad()) };
+    let (a, b) = match target.split_once(':') {
+        Some((a, b)) => (index(a, 0)?, index(b, num_nodes.saturating_sub(1))?),
+        None if !target.is_empty() => {
+            let i = index(target, 0)?;
+            (i, i)
+        }
+        None => return Err(bad()),
+    };
+    if a > b {
+        return Err(format!("targetNodes {target:?} ends before it begins"));
+    }
+    Ok((a, b))
+}
+
+impl<'a> Work<'a> {
+    /// What node `node` of a multi-node job runs; the work itself for any other job.
+    pub fn for_node(&self, node: u32) -> Work<'_> {
+        match &self.nodes {
+            None => self.clone(),
+            Some(layout) => Work {
+                container: Some(Cow::Borrowed(layout.container(node))),
+                pod_template: None,
+                retry_strategy: Cow::Borrowed(&*self.retry_strategy),
+                timeout: self.timeout,
+                scheduling_priority: self.scheduling_priority,
+                tags: self.tags.clone(),
+                nodes: None,
+            },
+        }
+    }
 }
 
 /// The prefix AWS Batch keeps for the variables it sets.
@@ -181,7 +312,9 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
             timeout: job.timeout.as_deref(),
             scheduling_priority: job.scheduling_priority.unwrap_or(0),
             tags: job.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            nodes: job.node_properties.as_deref().map(|p| NodeLayout::of(p, None)).transpose()?,
         };
+        check_multi_node(job, &work)?;
         check_env(&work)?;
         return Ok(work);
     };
@@ -215,6 +348,16 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
             apply_template_overrides(t.to_mut(), o)?;
         }
     }
+    let nodes = match &def.node_properties {
+        Some(props) => Some(node_layout(props, job.node_overrides.as_deref(), &params)?),
+        None if job.node_overrides.is_some() => {
+            return Err("nodeOverrides apply to a multi-node job definition (nodeProperties) only".into());
+        }
+        None => None,
+    };
+    if nodes.is_some() && overrides.is_some() {
+        return Err("containerOverrides do not apply to a multi-node job; use nodeOverrides".into());
+    }
     let propagate = job.propagate_tags.unwrap_or(def.propagate_tags);
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
     if propagate {
@@ -232,9 +375,35 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
         timeout: job.timeout.as_deref().or(def.timeout.as_ref()),
         scheduling_priority: job.scheduling_priority.or(def.scheduling_priority).unwrap_or(0),
         tags,
+        nodes,
     };
+    check_multi_node(job, &work)?;
     check_env(&work)?;
     Ok(work)
+}
+
+/// A definition's nodes with the job's `nodeOverrides` and parameters applied.
+fn node_layout<'p>(
+    props: &NodeProperties,
+    overrides: Option<&NodeOverrides>,
+    params: &impl Fn(&str) -> Option<&'p String>,
+) -> Result<NodeLayout, String> {
+    let mut layout = NodeLayout::of(props, overrides.and_then(|o| o.num_nodes))?;
+    for (_, _, c) in &mut layout.ranges {
+        c.command.iter_mut().chain(c.args.iter_mut()).for_each(|a| substitute_in_place(a, params));
+    }
+    for o in overrides.map(|o| o.node_property_overrides.as_slice()).unwrap_or_default() {
+        layout.apply(&o.target_nodes, &o.container_overrides)?;
+    }
+    Ok(layout)
+}
+
+/// AWS Batch refuses array jobs of multi-node definitions; so does Barge.
+fn check_multi_node(job: &BatchJobSpec, work: &Work<'_>) -> Result<(), String> {
+    if work.nodes.is_some() && job.array.is_some() {
+        return Err("a multi-node parallel job cannot be an array job".into());
+    }
+    Ok(())
 }
 
 /// What a job submitted against a definition may change of it, as AWS Batch's
@@ -336,6 +505,13 @@ pub fn substitute<'s, 'p>(arg: &'s str, params: &impl Fn(&str) -> Option<&'p Str
 fn check_env(work: &Work<'_>) -> Result<(), String> {
     let names: Vec<&str> = match (&work.container, &work.pod_template) {
         (Some(c), _) => c.env.iter().map(|e| e.name.as_str()).collect(),
+        _ if work.nodes.is_some() => work
+            .nodes
+            .iter()
+            .flat_map(|l| &l.ranges)
+            .flat_map(|(_, _, c)| &c.env)
+            .map(|e| e.name.as_str())
+            .collect(),
         (None, Some(t)) => t
             .spec
             .iter()
@@ -513,6 +689,74 @@ mod tests {
         assert_eq!(v.len(), 63);
         assert_eq!(tag_label("k", "-v-").unwrap().1, "v");
         assert_eq!(tag_label("!!!", "v"), None);
+    }
+
+    fn multi_node_def() -> JobDefinitionSpec {
+        serde_json::from_value(serde_json::json!({
+            "nodeProperties": {
+                "numNodes": 4,
+                "mainNode": 0,
+                "nodeRangeProperties": [
+                    {"targetNodes": "0", "container": {"image": "mpi-main:1", "command": ["main", "Ref::steps"]}},
+                    {"targetNodes": "1:", "container": {"image": "mpi-worker:1", "resources": {"vcpus": 2}}}
+                ]
+            },
+            "parameters": {"steps": "10"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_multi_node_definition_gives_each_node_its_ranges_container() {
+        let d = multi_node_def();
+        let j = job(serde_json::json!({"parameters": {"steps": "99"}}));
+        let w = work(&j, Some(&d)).unwrap();
+        let nodes = w.nodes.as_ref().unwrap();
+        assert_eq!((nodes.num_nodes, nodes.main_node), (4, 0));
+        assert_eq!(w.for_node(0).container.unwrap().command, ["main", "99"]);
+        assert_eq!(w.for_node(3).container.unwrap().image, "mpi-worker:1");
+        assert_eq!(d.image(), Some("mpi-main:1"));
+    }
+
+    #[test]
+    fn node_overrides_change_the_count_and_the_nodes_they_target() {
+        let d = multi_node_def();
+        let j = job(serde_json::json!({"nodeOverrides": {
+            "numNodes": 6,
+            "nodePropertyOverrides": [{"targetNodes": "2:3", "containerOverrides": {"vcpus": 4}}]
+        }}));
+        let w = work(&j, Some(&d)).unwrap();
+        let nodes = w.nodes.as_ref().unwrap();
+        assert_eq!(nodes.num_nodes, 6);
+        let vcpus: Vec<f64> = (0..6).map(|i| nodes.container(i).resources.vcpus).collect();
+        assert_eq!(vcpus, [1.0, 2.0, 4.0, 4.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn bad_node_layouts_and_overrides_say_what_is_wrong() {
+        let d = multi_node_def();
+        let err = |extra| work(&job(extra), Some(&d)).unwrap_err();
+        assert!(err(serde_json::json!({"array": {"size": 2}})).contains("cannot be an array job"));
+        assert!(err(serde_json::json!({"containerOverrides": {"vcpus": 2}})).contains("use nodeOverrides"));
+        let past = serde_json::json!({"nodeOverrides": {"nodePropertyOverrides": [
+            {"targetNodes": "7", "containerOverrides": {"vcpus": 2}}]}});
+        assert!(err(past).contains("outside the job's 4 nodes"));
+        let mut gap = multi_node_def();
+        gap.node_properties.as_mut().unwrap().node_range_properties[1].target_nodes = "2:".into();
+        let e = work(&job(serde_json::json!({})), Some(&gap)).unwrap_err();
+        assert!(e.contains("leave a node out at node 1"), "{e}");
+        let mut overlap = multi_node_def();
+        overlap.node_properties.as_mut().unwrap().node_range_properties[1].target_nodes = ":3".into();
+        let e = work(&job(serde_json::json!({})), Some(&overlap)).unwrap_err();
+        assert!(e.contains("overlap"), "{e}");
+        // Fewer nodes than the definition's: the ranges past the last are dropped.
+        let fewer = job(serde_json::json!({"nodeOverrides": {"numNodes": 1}}));
+        let one = work(&fewer, Some(&d)).unwrap();
+        assert_eq!(one.nodes.unwrap().ranges.len(), 1);
+        assert_eq!(parse_range("0:3", 8), Ok((0, 3)));
+        assert_eq!(parse_range(":", 8), Ok((0, 7)));
+        assert!(parse_range("3:1", 8).is_err());
+        assert!(parse_range("x", 8).is_err());
     }
 
     #[test]

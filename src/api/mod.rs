@@ -28,6 +28,11 @@ pub const LABEL_JOB_NAME: &str = "barge.dev/job-name";
 pub const LABEL_JOB_UID: &str = "barge.dev/job-uid";
 /// Label on Barge pods carrying the attempt number, from 1 as in AWS Batch.
 pub const LABEL_ATTEMPT: &str = "barge.dev/attempt";
+/// Label on the pods of a multi-node parallel job: the node index the pod runs.
+pub const LABEL_NODE_INDEX: &str = "barge.dev/node-index";
+/// Annotation on a multi-node job's main pod: the node each node index runs on, in order;
+/// those nodes are the job's alone while the pod lives.
+pub const ANNOTATION_GANG_NODES: &str = "barge.dev/gang-nodes";
 /// Label on Barge pods naming the queue that admitted them.
 pub const LABEL_JOB_QUEUE: &str = "barge.dev/job-queue";
 /// Label on nodes naming the instance type they simulate or run on.

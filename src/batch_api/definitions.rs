@@ -228,6 +228,7 @@ fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
         state: DefinitionState::Active,
         container: Some(Box::new(container)),
         pod_template: None,
+        node_properties: None,
         parameters: input.parameters.clone(),
         retry_strategy: input.retry_strategy.as_ref().map(|r| r.to_barge()).transpose()?,
         timeout: input.timeout.as_ref().map(|t| t.to_barge()).transpose()?.flatten(),
@@ -291,6 +292,7 @@ impl ContainerDetailOut {
             timeout: None,
             scheduling_priority: 0,
             tags: BTreeMap::new(),
+            nodes: None,
         };
         let res = crate::controller::pod::job_request(&work).unwrap_or(crate::resources::Res::ZERO);
         ContainerDetailOut {

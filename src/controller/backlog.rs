@@ -11,9 +11,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::array::{ChildGate, Children, Gates};
 use super::facts::current_attempt;
-use super::pod::job_request;
+use super::pod::requests;
 use crate::Error;
-use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase, child_pod_name, pod_name};
+use crate::api::batch_job::{BatchJob, BatchJobStatus, JobPhase, child_pod_name, node_pod_name, pod_name};
 use crate::api::job_definition::{JobDefinitionSpec, work};
 use crate::resources::Res;
 use crate::scheduler::PendingJob;
@@ -38,8 +38,9 @@ pub enum Standing {
     /// Its request cannot be read: it waits with this reason until it is fixed.
     Invalid(String),
     /// Waiting for these pods: (child index of an array, attempt), each with this request,
-    /// at this scheduling priority.
-    Waiting { pods: Vec<(Option<u32>, u32)>, request: Res, priority: i32 },
+    /// at this scheduling priority. A multi-node job waits for its main pod, with the
+    /// request of each of its nodes in `gang`.
+    Waiting { pods: Vec<(Option<u32>, u32)>, request: Res, priority: i32, gang: Option<Arc<[Res]>> },
 }
 
 /// What a job's standing is read against.
@@ -102,12 +103,23 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     } else {
         vec![(None, current_attempt(status))]
     };
+    let def = match (lookups.definition)(job) {
+        Ok(def) => def,
+        Err(e) => return Standing::Invalid(e),
+    };
+    // A multi-node job's attempt is its main node's pod.
+    let main_node = match (&job.spec.node_properties, def.as_deref()) {
+        (Some(p), _) => Some(p.main_node),
+        (None, Some(d)) => d.node_properties.as_ref().map(|p| p.main_node),
+        (None, None) => None,
+    };
     let pods: Vec<(Option<u32>, u32)> = wanted
         .into_iter()
         .filter(|(i, a)| {
-            let pod = match i {
-                Some(i) => child_pod_name(name, uid, *i, *a),
-                None => pod_name(name, uid, *a),
+            let pod = match (i, main_node) {
+                (Some(i), _) => child_pod_name(name, uid, *i, *a),
+                (None, Some(main)) => node_pod_name(name, uid, main, *a),
+                (None, None) => pod_name(name, uid, *a),
             };
             !(lookups.pod_known)(ns, &pod)
         })
@@ -115,12 +127,11 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     if pods.is_empty() {
         return Standing::Idle;
     }
-    let def = match (lookups.definition)(job) {
-        Ok(def) => def,
-        Err(e) => return Standing::Invalid(e),
-    };
-    match work(&job.spec, def.as_deref()).map_err(Error::InvalidJob).and_then(|w| Ok((job_request(&w)?, w))) {
-        Ok((request, w)) => Standing::Waiting { pods, request, priority: w.scheduling_priority },
+    let work = work(&job.spec, def.as_deref()).map_err(Error::InvalidJob);
+    match work.and_then(|w| Ok((requests(&w)?, w))) {
+        Ok(((request, gang), w)) => {
+            Standing::Waiting { pods, request, priority: w.scheduling_priority, gang }
+        }
         Err(e) => Standing::Invalid(format!("Invalid job: {e}")),
     }
 }
@@ -228,7 +239,7 @@ impl Backlog {
                 self.invalid.insert(key, (uid(), why.into()));
                 Refreshed::default()
             }
-            Standing::Waiting { pods, request, priority } => {
+            Standing::Waiting { pods, request, priority, gang } => {
                 if has_deps {
                     self.volatile.insert(key.clone());
                 }
@@ -256,6 +267,7 @@ impl Backlog {
                         submitted_ms,
                         request,
                         share: job.spec.share_identifier.clone(),
+                        gang: gang.clone(),
                     });
                     self.owners.push(Owner { uid: uid.clone(), index, attempt, said: None });
                 }
@@ -328,7 +340,12 @@ mod tests {
         let l = lookups(&|_, _| false);
         assert_eq!(
             standing(&j, &l),
-            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(1000, 64, 0), priority: 0 }
+            Standing::Waiting {
+                pods: vec![(None, 0)],
+                request: Res::new(1000, 64, 0),
+                priority: 0,
+                gang: None
+            }
         );
         let exists = lookups(&|ns, pod| ns == "ns" && pod.starts_with("a-"));
         assert_eq!(standing(&j, &exists), Standing::Idle);
@@ -359,7 +376,12 @@ mod tests {
         // The definition's request, the job's own priority.
         assert_eq!(
             standing(&j, &l),
-            Standing::Waiting { pods: vec![(None, 0)], request: Res::new(2000, 1024, 0), priority: 7 }
+            Standing::Waiting {
+                pods: vec![(None, 0)],
+                request: Res::new(2000, 1024, 0),
+                priority: 7,
+                gang: None
+            }
         );
         let gone = |_: &BatchJob| -> Pinned { Err("Job definition render:1 does not exist".into()) };
         let l = Lookups { definition: &gone, ..l };

@@ -53,6 +53,12 @@ pub struct Tunables {
     /// The first and the longest wait before a failed reconcile is tried again.
     pub retry_first: Duration,
     pub retry_max: Duration,
+    /// How long a multi-node job waits for its nodes while smaller jobs behind it take the
+    /// nodes that come free (backfill). After that, free nodes are held for it, so a steady
+    /// stream of small jobs cannot starve it; meanwhile those jobs keep a cluster busy that
+    /// would otherwise idle. Ten minutes: about the wait a gang pays for EC2 to launch its
+    /// instances, so that a hold costs no more than the launch it saves.
+    pub gang_hold_after: Duration,
 }
 
 impl Default for Tunables {
@@ -70,6 +76,7 @@ impl Default for Tunables {
             queue_interval: Duration::from_secs(2),
             retry_first: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            gang_hold_after: Duration::from_secs(600),
         }
     }
 }
@@ -99,6 +106,7 @@ impl Tunables {
             "queue_interval" => self.queue_interval = duration()?,
             "retry_first" => self.retry_first = duration()?,
             "retry_max" => self.retry_max = duration()?,
+            "gang_hold_after" => self.gang_hold_after = duration()?,
             _ => return Err(format!("{name}: no such tunable")),
         }
         Ok(())

@@ -21,6 +21,10 @@ pub fn busy_nodes(ctx: &Shared, ce: &str) -> HashMap<String, f64> {
             && c == ce
         {
             *busy.entry(node.clone()).or_default() += held.request.vcpus();
+            // A multi-node job's nodes are its own from the start: never idle under it.
+            for n in held.whole.iter().filter(|n| *n != node) {
+                busy.entry(n.clone()).or_default();
+            }
         }
     }
     busy

@@ -96,6 +96,8 @@ impl Deps {
 pub struct Limits<'a> {
     pub retry: &'a RetryStrategy,
     pub timeout: Option<&'a Timeout>,
+    /// A multi-node job's main node: its pod is the attempt's.
+    pub main_node: Option<u32>,
 }
 
 impl<'a> Limits<'a> {
@@ -105,6 +107,7 @@ impl<'a> Limits<'a> {
         Limits {
             retry: work.map_or(&NO_RETRY, |w| &*w.retry_strategy),
             timeout: work.and_then(|w| w.timeout),
+            main_node: work.and_then(|w| w.nodes.as_ref()).map(|n| n.main_node),
         }
     }
 }

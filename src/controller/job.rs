@@ -18,7 +18,7 @@ use super::context::Shared;
 pub use super::facts::{Deps, Limits, PodFacts, TIMEOUT_REASON, current_attempt, failure_reason};
 use super::revisions::{self, Resolution};
 use crate::api::batch_job::{
-    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, child_pod_name, pod_name,
+    Attempt, BatchJob, BatchJobStatus, JobPhase, RetryStrategy, child_pod_name, node_pod_name, pod_name,
 };
 use crate::api::job_definition::work;
 use crate::k8s::apply_status;
@@ -102,7 +102,7 @@ pub fn next_status(
     s.observed_generation = job.meta().generation;
     let attempt = current_attempt(&s) as usize;
     let retry = limits.retry;
-    let pod_name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt as u32);
+    let pod_name = attempt_pod_name(job, limits.main_node, attempt as u32);
     let started = pod.is_some_and(|p| p.node.is_some()) || s.attempts.len() > attempt;
 
     // The user's stop requests come first. Cancel only stops a job that has not started.
@@ -126,6 +126,15 @@ pub fn next_status(
     match pod {
         None => without_pod(s, attempt, retry, verdict, now),
         Some(pod) => with_pod(s, pod, attempt, &pod_name, limits, now),
+    }
+}
+
+/// The pod that runs `attempt` of the job: a multi-node job's is its main node's.
+fn attempt_pod_name(job: &BatchJob, main_node: Option<u32>, attempt: u32) -> String {
+    let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
+    match main_node {
+        Some(main) => node_pod_name(&name, &uid, main, attempt),
+        None => pod_name(&name, &uid, attempt),
     }
 }
 
@@ -348,12 +357,15 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         job = ctx.jobs.get(&ObjectRef::from_obj(&*job)).unwrap_or(job);
         step = Step::of(&ctx, &job);
     }
-    let Step { old, new, pod, host_lost, wake, verdict } = step;
+    let Step { old, new, pod, host_lost, wake, verdict, nodes } = step;
     if new != old {
         debug!(job = %job.name_any(), from = ?old.phase, to = ?new.phase, reason = ?new.status_reason, "status");
         write_status(&ctx, &job, &new).await?;
         drop(turn);
         publish_transition(&ctx, &job, &old, &new, verdict.as_ref()).await;
+    }
+    if let Some(actions) = nodes {
+        multinode::act(&ctx, &job, actions).await?;
     }
     // A job that ended (timeout, terminate, cancel) while its pod still runs: stop the pod,
     // after the status says so, so the scheduling pass never sees a gap to fill.
@@ -386,6 +398,8 @@ struct Step {
     wake: Option<Duration>,
     /// The scheduling pass's verdict the step read.
     verdict: Option<Verdict>,
+    /// For a multi-node job: what its nodes need done.
+    nodes: Option<multinode::Actions>,
 }
 
 impl Step {
@@ -393,12 +407,6 @@ impl Step {
         let ns = job.namespace().unwrap_or_default();
         let old = job.status.clone().unwrap_or_default();
         let attempt = current_attempt(&old);
-        let name = pod_name(&job.name_any(), job.uid().as_deref().unwrap_or(""), attempt);
-        let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
-        // A pod on a vanished node counts as gone: the attempt's host is lost.
-        let host_lost = pod.as_ref().is_some_and(|p| super::nodes::pod_host_lost(ctx, p));
-        let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
-        let verdict = ctx.verdict(job);
         let now = Utc::now();
         let (def, pin) = match revisions::resolve(&ctx.definitions, job, now) {
             Resolution::Pinned(pin, def) => (Some(def), Some(pin)),
@@ -406,6 +414,12 @@ impl Step {
         };
         let work = work(&job.spec, def.as_deref()).ok();
         let limits = Limits::of(work.as_ref());
+        let name = attempt_pod_name(job, limits.main_node, attempt);
+        let pod = ctx.pods.get(&ObjectRef::new(&name).within(&ns));
+        // A pod on a vanished node counts as gone: the attempt's host is lost.
+        let host_lost = pod.as_ref().is_some_and(|p| super::nodes::pod_host_lost(ctx, p));
+        let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
+        let verdict = ctx.verdict(job);
         let (deps, deps_recheck) = dependencies(ctx, job, now);
         let mut new = next_status(job, &limits, &deps, facts.as_ref(), verdict.as_ref(), now);
         if new.job_definition.is_none() {
@@ -415,6 +429,10 @@ impl Step {
             name_lost_hosts(ctx, &old, &mut new);
         }
         let limit_recheck = apply_time_limit(ctx, job, &mut new, now);
+        let nodes = work
+            .as_ref()
+            .and_then(|w| Some((w, w.nodes.as_ref()?)))
+            .map(|(w, layout)| multinode::overlay(ctx, job, w, layout, &old, &mut new, limits.retry, now));
         // A step the pod will likely have passed by the next look is not written yet.
         let passing = passing_step(&old, &new, facts.as_ref(), now);
         if passing.is_some() {
@@ -427,7 +445,7 @@ impl Step {
             Some(Duration::from_secs(left.max(1) as u64))
         });
         let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
-        Step { old, new, pod, host_lost, wake, verdict }
+        Step { old, new, pod, host_lost, wake, verdict, nodes }
     }
 }
 
@@ -665,10 +683,271 @@ async fn publish_transition(
     }
 }
 
+mod multinode;
+
 pub fn error_policy(job: Arc<BatchJob>, err: &Error, ctx: Arc<Shared>) -> Action {
     warn!(job = %job.name_any(), error = %err, kind = err.kind(), "reconcile failed");
     ctx.retry_after(&super::context::failure_key(job.as_ref()), err)
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::controller::fixtures;
+
+    /// The lifecycle of a job that names no definition: its limits are its own.
+    fn next_status(
+        job: &BatchJob,
+        deps: &Deps,
+        pod: Option<&PodFacts>,
+        verdict: Option<&Verdict>,
+        now: DateTime<Utc>,
+    ) -> BatchJobStatus {
+        let work = work(&job.spec, None).unwrap();
+        super::next_status(job, &Limits::of(Some(&work)), deps, pod, verdict, now)
+    }
+
+    fn job(attempts: u32, timeout: Option<u64>) -> BatchJob {
+        fixtures::job("etl").uid("abcdef12").retry(attempts).timeout(timeout).build()
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn pod(phase: &str, node: Option<&str>, exit: Option<i32>) -> PodFacts {
+        PodFacts {
+            node: node.map(Into::into),
+            compute_environment: Some("ce".into()),
+            phase: phase.into(),
+            started_at: Some(at(1)),
+            finished_at: exit.map(|_| at(5)),
+            exit_code: exit,
+            reason: exit.map(|c| if c == 0 { "Completed" } else { "Error" }.into()),
+            unschedulable: None,
+            created_at: Some(at(0)),
+        }
+    }
+
+    fn with(mut j: BatchJob, s: BatchJobStatus) -> BatchJob {
+        j.status = Some(s);
+        j
+    }
+
+    #[test]
+    fn a_new_job_becomes_runnable_and_says_why_it_waits() {
+        let verdict = Verdict::Waiting("Waiting for compute environment ce to scale up".into());
+        let s = next_status(&job(1, None), &Deps::Met, None, Some(&verdict), at(0));
+        assert_eq!(s.phase, JobPhase::Runnable);
+        assert_eq!(s.status_reason.as_deref(), Some("Waiting for compute environment ce to scale up"));
+        assert_eq!(s.runnable_at, Some(at(0)));
+    }
+
+    #[test]
+    fn a_job_whose_pod_the_cluster_refuses_for_good_fails_with_the_refusal_and_is_not_retried() {
+        let why =
+            "The cluster refused the job's pod etl-abcdef12-1: violates PodSecurity \"restricted:latest\"";
+        let verdict = Verdict::Rejected(why.into());
+        let s = next_status(&job(3, None), &Deps::Met, None, Some(&verdict), at(0));
+        assert_eq!(s.phase, JobPhase::Failed);
+        assert_eq!(s.status_reason.as_deref(), Some(why));
+        assert_eq!(s.stopped_at, Some(at(0)));
+        assert!(s.attempts.is_empty(), "no attempt ran");
+    }
+
+    #[test]
+    fn a_bound_pod_is_starting_then_running_then_succeeded() {
+        let j = job(1, None);
+        let starting = next_status(&j, &Deps::Met, Some(&pod("Pending", Some("n1"), None)), None, at(0));
+        assert_eq!(starting.phase, JobPhase::Starting);
+        assert_eq!(starting.attempts.len(), 1);
+        let j = with(j, starting);
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        assert_eq!(running.phase, JobPhase::Running);
+        assert_eq!(running.started_at, Some(at(1)));
+        let j = with(j, running);
+        let done = next_status(&j, &Deps::Met, Some(&pod("Succeeded", Some("n1"), Some(0))), None, at(6));
+        assert_eq!(done.phase, JobPhase::Succeeded);
+        assert_eq!(done.attempts[0].exit_code, Some(0));
+        assert_eq!(done.stopped_at, Some(at(5)));
+    }
+
+    #[test]
+    fn a_job_first_seen_running_skips_the_steps_between_in_one_write() {
+        // Admitted and started within the controller's window: one status, RUNNING, that still
+        // says when it became runnable (at creation) and records the attempt.
+        let mut j = job(1, None);
+        j.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(at(0).timestamp()).unwrap(),
+        ));
+        let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        assert_eq!(s.phase, JobPhase::Running);
+        assert_eq!(s.runnable_at, Some(at(0)));
+        assert_eq!(s.attempts.len(), 1);
+        assert_eq!(s.attempts[0].started_at, Some(at(1)));
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_while_attempts_remain() {
+        let j = job(2, None);
+        let first = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
+        assert_eq!(first.phase, JobPhase::Runnable);
+        assert_eq!(current_attempt(&first), 1);
+        assert!(first.status_reason.unwrap().starts_with("Attempt 1 of 2 failed"));
+    }
+
+    #[test]
+    fn the_last_failed_attempt_fails_the_job_with_its_exit_code() {
+        let j = job(1, None);
+        let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(3))), None, at(6));
+        assert_eq!(s.phase, JobPhase::Failed);
+        assert_eq!(s.attempts[0].exit_code, Some(3));
+        assert_eq!(
+            s.status_reason.as_deref(),
+            Some("Essential container in task exited with code 3 (Error)")
+        );
+    }
+
+    #[test]
+    fn a_pod_that_vanishes_mid_run_is_a_lost_host() {
+        let j = job(2, None);
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        let j = with(j, running);
+        let s = next_status(&j, &Deps::Met, None, None, at(3));
+        assert_eq!(s.phase, JobPhase::Runnable);
+        assert_eq!(s.attempts[0].reason.as_deref(), Some("Host n1 terminated"));
+    }
+
+    #[test]
+    fn an_attempt_over_its_timeout_fails_without_retry() {
+        let j = job(3, Some(60));
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        let j = with(j, running);
+        let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(62));
+        assert_eq!(s.phase, JobPhase::Failed);
+        assert_eq!(s.status_reason.as_deref(), Some(TIMEOUT_REASON));
+    }
+
+    #[test]
+    fn a_finished_job_never_changes() {
+        let j = job(1, None);
+        let done = next_status(&j, &Deps::Met, Some(&pod("Succeeded", Some("n1"), Some(0))), None, at(6));
+        let j = with(j, done.clone());
+        assert_eq!(next_status(&j, &Deps::Met, None, None, at(100)), done);
+    }
+
+    #[test]
+    fn evaluate_on_exit_exit_rule_stops_retrying_on_a_matching_code() {
+        let mut j = job(5, None);
+        j.spec.retry_strategy = Some(
+            serde_json::from_value(serde_json::json!({
+                "attempts": 5,
+                "evaluateOnExit": [{"onExitCode": "2", "action": "EXIT"}, {"onReason": "*", "action": "RETRY"}]
+            }))
+            .unwrap(),
+        );
+        let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(2))), None, at(6));
+        assert_eq!(s.phase, JobPhase::Failed);
+        let s = next_status(&j, &Deps::Met, Some(&pod("Failed", Some("n1"), Some(1))), None, at(6));
+        assert_eq!(s.phase, JobPhase::Runnable);
+    }
+
+    #[test]
+    fn evaluate_on_exit_matches_host_loss_by_status_reason() {
+        let mut j = job(3, None);
+        j.spec.retry_strategy = Some(serde_json::from_value(serde_json::json!({
+            "attempts": 3, "evaluateOnExit": [{"onStatusReason": "Host *", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}]
+        })).unwrap());
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        let j = with(j, running);
+        assert_eq!(next_status(&j, &Deps::Met, None, None, at(3)).phase, JobPhase::Runnable);
+    }
+
+    #[test]
+    fn cancel_fails_a_job_that_has_not_started_and_spares_one_that_has() {
+        let mut j = job(1, None);
+        j.spec.cancel = Some(crate::api::batch_job::StopRequest { reason: "not needed".into() });
+        let s = next_status(&j, &Deps::Met, None, None, at(0));
+        assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Cancelled: not needed")));
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        assert_eq!(running.phase, JobPhase::Running);
+    }
+
+    #[test]
+    fn terminate_fails_a_running_job_and_closes_its_attempt() {
+        let j = job(3, None);
+        let running = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(2));
+        let mut j = with(j, running);
+        j.spec.terminate = Some(crate::api::batch_job::StopRequest { reason: "wrong input".into() });
+        let s = next_status(&j, &Deps::Met, Some(&pod("Running", Some("n1"), None)), None, at(4));
+        assert_eq!(s.phase, JobPhase::Failed);
+        assert_eq!(s.status_reason.as_deref(), Some("Terminated: wrong input"));
+        assert_eq!(s.attempts[0].stopped_at, Some(at(4)));
+    }
+
+    #[test]
+    fn unmet_dependencies_keep_a_job_pending_and_a_failed_one_fails_it() {
+        let j = job(1, None);
+        let s = next_status(
+            &j,
+            &Deps::Waiting("Waiting for dependencies: a (RUNNING)".into()),
+            None,
+            None,
+            at(0),
+        );
+        assert_eq!(s.phase, JobPhase::Pending);
+        let j = with(j, s);
+        let s = next_status(&j, &Deps::Failed("Dependent job a failed".into()), None, None, at(1));
+        assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Dependent job a failed")));
+    }
+
+    #[test]
+    fn a_new_pod_s_passing_steps_are_written_only_if_they_last() {
+        let runnable = next_status(&job(1, None), &Deps::Met, None, None, at(0));
+        assert_eq!(runnable.phase, JobPhase::Runnable);
+        let with_pod = |p: &PodFacts| {
+            next_status(&with(job(1, None), runnable.clone()), &Deps::Met, Some(p), None, at(1))
+        };
+        // Waiting for kube-scheduler, then starting: 1 s into the pod's life, 2 s to go.
+        for p in [pod("Pending", None, None), pod("Pending", Some("n1"), None)] {
+            let new = with_pod(&p);
+            assert_ne!(new, runnable);
+            assert_eq!(passing_step(&runnable, &new, Some(&p), at(1)), Some(Duration::from_secs(2)));
+            assert_eq!(passing_step(&runnable, &new, Some(&p), at(3)), None, "it lasted: written");
+        }
+        // Stuck (kube-scheduler says why), or past the steps: written at once.
+        let stuck =
+            PodFacts { unschedulable: Some("0/3 nodes are available".into()), ..pod("Pending", None, None) };
+        assert_eq!(passing_step(&runnable, &with_pod(&stuck), Some(&stuck), at(1)), None);
+        let running = pod("Running", Some("n1"), None);
+        assert_eq!(passing_step(&runnable, &with_pod(&running), Some(&running), at(1)), None);
+        // A job already STARTING is not held back again, nor one without a pod.
+        let starting = with_pod(&pod("Pending", Some("n1"), None));
+        assert_eq!(passing_step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), at(1)), None);
+        assert_eq!(passing_step(&runnable, &runnable, None, at(1)), None);
+    }
+
+    #[test]
+    fn a_job_whose_definition_is_not_there_waits_submitted_then_fails_and_a_stop_ends_it() {
+        let j = job(1, None);
+        let waiting = Resolution::Waiting("Waiting for job definition render:7 (does not exist yet)".into());
+        let s = unresolved_status(&j, &waiting, at(0));
+        assert_eq!(s.phase, JobPhase::Submitted);
+        assert_eq!(
+            s.status_reason.as_deref(),
+            Some("Waiting for job definition render:7 (does not exist yet)")
+        );
+        let failed = Resolution::Failed("Job definition render:7 does not exist".into());
+        let s = unresolved_status(&with(j.clone(), s), &failed, at(31));
+        assert_eq!((s.phase, s.stopped_at), (JobPhase::Failed, Some(at(31))));
+        assert_eq!(s.status_reason.as_deref(), Some("Job definition render:7 does not exist"));
+        // Finished stays finished; a cancel ends a waiting one with the user's reason.
+        assert_eq!(unresolved_status(&with(j.clone(), s.clone()), &waiting, at(40)), s);
+        let mut cancelled = j;
+        cancelled.spec.cancel = Some(crate::api::batch_job::StopRequest { reason: "not needed".into() });
+        let s = unresolved_status(&cancelled, &waiting, at(1));
+        assert_eq!((s.phase, s.status_reason.as_deref()), (JobPhase::Failed, Some("Cancelled: not needed")));
+    }
+}

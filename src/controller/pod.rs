@@ -8,11 +8,14 @@ use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use crate::api::batch_job::{attempt_index, attempt_number, child_pod_name, pod_name};
+use crate::api::batch_job::{
+    attempt_index, attempt_number, child_pod_name, job_service_name, node_pod_name, pod_name,
+};
 use crate::api::compute_environment::ComputeEnvironment;
 use crate::api::job_definition::{Work, tag_label};
 use crate::api::{
-    BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME, LABEL_JOB_QUEUE, LABEL_JOB_UID,
+    ANNOTATION_GANG_NODES, BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME,
+    LABEL_JOB_QUEUE, LABEL_JOB_UID, LABEL_NODE_INDEX,
 };
 use crate::k8s::{quantities, res_of, res_of_lossy};
 use crate::resources::{Res, parse_mib};
@@ -28,6 +31,11 @@ pub const LABEL_ARRAY_INDEX: &str = "barge.dev/array-index";
 /// test bed reads `sim.barge.dev/duration` and friends from there; tags are how a job
 /// submitted through the AWS Batch API says them).
 pub const COPIED_ANNOTATION_PREFIX: &str = "sim.barge.dev/";
+
+/// How long a simulated pod runs, in the local test bed (see `hack/cluster/kwok-stages.yaml`).
+const SIM_DURATION: &str = "sim.barge.dev/duration";
+/// How long a simulated multi-node job's main node runs, when not `SIM_DURATION`.
+const SIM_MAIN_DURATION: &str = "sim.barge.dev/main-duration";
 
 /// The resources one attempt of the job requests.
 pub fn job_request(work: &Work<'_>) -> Result<Res> {
@@ -46,6 +54,18 @@ pub fn job_request(work: &Work<'_>) -> Result<Res> {
         total += res_of(req).map_err(|e| Error::InvalidJob(e.to_string()))?;
     }
     Ok(total)
+}
+
+/// What one attempt of `work` requests in all, and each node's request for a multi-node job.
+pub fn requests(work: &Work<'_>) -> Result<(Res, Option<std::sync::Arc<[Res]>>)> {
+    let Some(layout) = &work.nodes else { return Ok((job_request(work)?, None)) };
+    let mut members = Vec::with_capacity(layout.num_nodes as usize);
+    for (first, last, _) in &layout.ranges {
+        let each = job_request(&work.for_node(*first))?;
+        members.extend(std::iter::repeat_n(each, (last - first + 1) as usize));
+    }
+    let total = members.iter().fold(Res::ZERO, |t, m| t + *m);
+    Ok((total, Some(members.into())))
 }
 
 /// The pod for `attempt` of `job`, which runs `work` (see `job_definition::work`), to run
@@ -154,6 +174,66 @@ pub fn build_pod(
         spec: Some(spec),
         status: None,
     })
+}
+
+/// Where a multi-node job's node runs, and what it is told of the job.
+pub struct NodePlacement<'a> {
+    /// The node index.
+    pub index: u32,
+    /// The node each node index runs on, as the scheduling pass planned them.
+    pub nodes: &'a [String],
+    /// The main node's pod address, for the other nodes.
+    pub main_address: Option<&'a str>,
+}
+
+/// The pod of node `place.index` of `attempt` of a multi-node job: its range's container,
+/// bound to the node planned for it (which the job has to itself), with AWS Batch's
+/// multi-node variables, named `node-N` under the job's headless Service.
+pub fn build_node_pod(
+    job: &BatchJob,
+    work: &Work<'_>,
+    ce: &ComputeEnvironment,
+    attempt: u32,
+    place: &NodePlacement<'_>,
+) -> Result<Pod> {
+    let layout = work.nodes.as_ref().ok_or_else(|| Error::InvalidJob("not a multi-node job".into()))?;
+    let node = place
+        .nodes
+        .get(place.index as usize)
+        .ok_or_else(|| Error::InvalidJob(format!("no node was planned for node {}", place.index)))?;
+    let mut pod = build_pod(job, &work.for_node(place.index), ce, attempt, None)?;
+    let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
+    pod.metadata.name = Some(node_pod_name(&name, &uid, place.index, attempt));
+    pod.labels_mut().insert(LABEL_NODE_INDEX.into(), place.index.to_string());
+    if place.index == layout.main_node {
+        let annotations = pod.annotations_mut();
+        annotations.insert(ANNOTATION_GANG_NODES.into(), place.nodes.join(","));
+        // The test bed's simulated main node may run longer than the others.
+        if let Some(d) = annotations.get(SIM_MAIN_DURATION).cloned() {
+            annotations.insert(SIM_DURATION.into(), d);
+        }
+    }
+    let spec = pod.spec.as_mut().expect("build_pod gives a spec");
+    spec.node_name = Some(node.clone());
+    spec.hostname = Some(format!("node-{}", place.index));
+    spec.subdomain = Some(job_service_name(&name, &uid));
+    let mut vars = vec![
+        env_var("AWS_BATCH_JOB_NUM_NODES", &layout.num_nodes.to_string()),
+        env_var("AWS_BATCH_JOB_NODE_INDEX", &place.index.to_string()),
+        env_var("AWS_BATCH_JOB_MAIN_NODE_INDEX", &layout.main_node.to_string()),
+    ];
+    if let Some(address) = place.main_address {
+        vars.push(env_var("AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS", address));
+    }
+    if let Some(env) = spec.containers.first_mut().and_then(|c| c.env.as_mut()) {
+        // A node's job id is the job's with `#N`, as AWS Batch names node jobs.
+        if let Some(id) = env.iter_mut().find(|e| e.name == "AWS_BATCH_JOB_ID") {
+            id.value = Some(format!("{uid}#{}", place.index));
+        }
+        let at = env.iter().position(|e| e.name == "AWS_BATCH_CE_NAME").map_or(0, |i| i + 1);
+        env.splice(at..at, vars);
+    }
+    Ok(pod)
 }
 
 fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) -> PodSpec {

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::backlog::{Backlog, Change, Lookups, job_ref};
 use super::context::Shared;
-use super::pod::build_pod;
+use super::pod::{NodePlacement, build_node_pod, build_pod};
 use crate::api::compute_environment::Provider;
 use crate::api::job_definition::work;
 use crate::api::job_queue::{FairShareUsage, LabelSelector};
@@ -158,6 +158,8 @@ struct Inflight {
     job: ObjectRef<BatchJob>,
     compute_environment: String,
     request: Res,
+    /// The nodes a multi-node job's main pod holds whole for the job (none for other pods).
+    whole: Vec<String>,
     since: Instant,
 }
 
@@ -267,7 +269,13 @@ async fn pass(
     let (compute_environments, queues) = snapshot(ctx, st, &ces);
     refresh_backlog(ctx, st, verdict_tx);
     // The planner reads the backlog's list in place; it is handed back after the plan.
-    let snapshot = Snapshot { jobs: std::mem::take(&mut st.backlog.jobs), queues, compute_environments };
+    let snapshot = Snapshot {
+        jobs: std::mem::take(&mut st.backlog.jobs),
+        queues,
+        compute_environments,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        hold_gangs_after_ms: ctx.tunables.gang_hold_after.as_millis() as i64,
+    };
     let plan = scheduler::plan(&snapshot);
     st.backlog.jobs = snapshot.jobs;
 
@@ -360,7 +368,13 @@ impl Room {
         for ce in room.ces.iter_mut() {
             for l in ctx.launching(&ce.name) {
                 ce.total_vcpus += l.vcpus;
-                ce.nodes.push(NodeInfo { name: l.node, free: l.allocatable, ready: false });
+                ce.nodes.push(NodeInfo {
+                    name: l.node,
+                    free: l.allocatable,
+                    ready: false,
+                    empty: true,
+                    allocatable: l.allocatable,
+                });
             }
         }
         room
@@ -389,6 +403,8 @@ impl Room {
             name: node.name_any(),
             free: node_allocatable(node),
             ready: node_is_ready(node),
+            empty: true,
+            allocatable: node_allocatable(node),
         });
     }
 
@@ -413,25 +429,46 @@ impl Room {
                         *running_by_share.entry(share.clone()).or_default() += held.request.vcpus();
                     }
                     if let Some(&(ci, ni)) = self.node_slot.get(node) {
-                        self.ces[ci].nodes[ni].free -= held.request;
+                        let n = &mut self.ces[ci].nodes[ni];
+                        n.free -= held.request;
+                        n.empty = false;
                     }
                 }
-                None => unbound.extend(ci.map(|ci| (ci, held.request))),
+                None if held.whole.is_empty() => unbound.extend(ci.map(|ci| (ci, held.request))),
+                None => {}
+            }
+            for node in &held.whole {
+                self.take_whole(node);
             }
         }
         for f in inflight {
             if let Some(&ci) = self.index.get(&f.compute_environment) {
                 take_room(&mut self.ces[ci], f.request);
-                unbound.push((ci, f.request));
+                if f.whole.is_empty() {
+                    unbound.push((ci, f.request));
+                }
+            }
+            for node in &f.whole {
+                self.take_whole(node);
             }
         }
         for (ci, request) in unbound {
             // kube-scheduler will place it somewhere that fits: hold room on the first such node.
             if let Some(n) = self.ces[ci].nodes.iter_mut().find(|n| n.free.fits(&request)) {
                 n.free -= request;
+                n.empty = false;
             }
         }
         running_by_share
+    }
+
+    /// A node a multi-node job's node runs on, or will: it has the node to itself.
+    fn take_whole(&mut self, node: &str) {
+        if let Some(&(ci, ni)) = self.node_slot.get(node) {
+            let n = &mut self.ces[ci].nodes[ni];
+            n.free = Res::ZERO;
+            n.empty = false;
+        }
     }
 }
 
@@ -486,7 +523,16 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
         let pod = def.and_then(|d| {
             // The work borrows the revision; the pod is built while both are at hand.
             let work = work(&job.spec, d.as_deref())?;
-            build_pod(&job, &work, ce, owner.attempt, owner.index).map_err(|e| match e {
+            let pod = match &work.nodes {
+                // A multi-node job starts with its main node, on the node planned for it.
+                Some(layout) => {
+                    let place =
+                        NodePlacement { index: layout.main_node, nodes: &adm.gang, main_address: None };
+                    build_node_pod(&job, &work, ce, owner.attempt, &place)
+                }
+                None => build_pod(&job, &work, ce, owner.attempt, owner.index),
+            };
+            pod.map_err(|e| match e {
                 crate::Error::InvalidJob(why) => why,
                 e => e.to_string(),
             })
@@ -498,6 +544,7 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
                     job: reference,
                     compute_environment: adm.compute_environment.clone(),
                     request: backlog.jobs[adm.job].request,
+                    whole: adm.gang.clone(),
                     since: Instant::now(),
                 };
                 st.inflight.insert(key.clone(), flight);

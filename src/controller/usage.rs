@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::pod::{LABEL_SHARE, pod_is_active, pod_request};
-use crate::api::{LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_QUEUE};
+use crate::api::{ANNOTATION_GANG_NODES, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_QUEUE, LABEL_NODE_INDEX};
 use crate::resources::Res;
 
 /// What one active pod holds.
@@ -19,13 +19,24 @@ pub struct Held {
     /// Its job's (queue, share), when the job has a share identifier.
     pub share: Option<(String, String)>,
     pub request: Res,
+    /// The nodes it holds whole: its own, for a pod of a multi-node job, and all the job's
+    /// nodes for its main pod (see `ANNOTATION_GANG_NODES`).
+    pub whole: Vec<String>,
 }
 
 impl Held {
     fn of(pod: &Pod) -> Held {
         let labels = pod.labels();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let whole =
+            match (labels.contains_key(LABEL_NODE_INDEX), pod.annotations().get(ANNOTATION_GANG_NODES)) {
+                (false, _) => Vec::new(),
+                (true, Some(nodes)) => nodes.split(',').filter(|n| !n.is_empty()).map(String::from).collect(),
+                (true, None) => node.iter().cloned().collect(),
+            };
         Held {
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            whole,
+            node,
             compute_environment: labels.get(LABEL_COMPUTE_ENVIRONMENT).cloned(),
             share: labels.get(LABEL_JOB_QUEUE).cloned().zip(labels.get(LABEL_SHARE).cloned()),
             request: pod_request(pod),
