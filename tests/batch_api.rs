@@ -323,6 +323,90 @@ async fn aws_cli_sees_kubectl_jobs_and_submits_its_own() {
 }
 
 #[tokio::test]
+async fn aws_cli_runs_a_multinode_job_and_describes_its_nodes() {
+    let h = harness().await;
+    let c = corner("api-mnp").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    until_answered(h, &key).await;
+    let nodes = r#"{"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [
+        {"targetNodes": "0", "container": {"image": "mpi-main:1", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]}},
+        {"targetNodes": "1:", "container": {"image": "mpi-worker:1", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "1024"}]}}]}"#;
+    let reg = aws(
+        h,
+        &key,
+        &[
+            "register-job-definition",
+            "--job-definition-name",
+            "mpi",
+            "--type",
+            "multinode",
+            "--node-properties",
+            nodes,
+        ],
+    )
+    .unwrap();
+    assert_eq!(reg["revision"], 1, "{reg}");
+    let described = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "mpi"]).unwrap();
+    assert_eq!(described["jobDefinitions"][0]["type"], "multinode", "{described}");
+    assert_eq!(described["jobDefinitions"][0]["nodeProperties"]["numNodes"], 2);
+
+    // Three nodes instead of two: the open range grows; the workers get 2 vCPUs.
+    let overrides = r#"{"numNodes": 3, "nodePropertyOverrides": [{"targetNodes": "1:", "containerOverrides": {"resourceRequirements": [{"type": "VCPU", "value": "2"}]}}]}"#;
+    let sub = aws(
+        h,
+        &key,
+        &[
+            "submit-job",
+            "--job-name",
+            "ring",
+            "--job-queue",
+            &c.queue,
+            "--job-definition",
+            "mpi",
+            "--node-overrides",
+            overrides,
+            "--tags",
+            "sim.barge.dev/main-duration=3s",
+        ],
+    )
+    .unwrap();
+    let id = sub["jobId"].as_str().unwrap().to_string();
+    let done = eventually("the multinode job succeeds", WAIT, || async {
+        let d = aws(h, &key, &["describe-jobs", "--jobs", &id]).ok()?;
+        (d["jobs"][0]["status"] == "SUCCEEDED").then_some(d)
+    })
+    .await;
+    assert_eq!(done["jobs"][0]["nodeProperties"]["numNodes"], 3, "{done}");
+    let node = aws(h, &key, &["describe-jobs", "--jobs", &format!("{id}#2")]).unwrap();
+    let node = &node["jobs"][0];
+    assert_eq!(node["jobId"], format!("{id}#2"), "{node}");
+    assert_eq!(node["nodeDetails"]["nodeIndex"], 2);
+    assert_eq!(node["nodeDetails"]["isMainNode"], false);
+    assert_eq!(node["container"]["image"], "mpi-worker:1");
+    assert_eq!(node["container"]["vcpus"].as_f64(), Some(2.0));
+
+    // A multinode definition takes no array and no containerOverrides, as in AWS.
+    let refused = aws(
+        h,
+        &key,
+        &[
+            "submit-job",
+            "--job-name",
+            "arr",
+            "--job-queue",
+            &c.queue,
+            "--job-definition",
+            "mpi",
+            "--array-properties",
+            "size=2",
+        ],
+    )
+    .unwrap_err();
+    assert!(refused.contains("cannot be an array job"), "{refused}");
+    c.cleanup().await;
+}
+
+#[tokio::test]
 async fn refusals_are_aws_errors_and_create_nothing() {
     let h = harness().await;
     let c = corner("api-refuse").await;

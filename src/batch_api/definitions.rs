@@ -17,8 +17,8 @@ use super::shapes::{
 };
 use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal};
 use crate::api::JobDefinition;
-use crate::api::batch_job::{ContainerSpec, Resources};
-use crate::api::job_definition::{DefinitionState, JobDefinitionSpec};
+use crate::api::batch_job::{ContainerSpec, NodeProperties, NodeRangeProperty, Resources};
+use crate::api::job_definition::{DefinitionState, JobDefinitionSpec, NodeLayout};
 
 /// How long RegisterJobDefinition waits for Barge's controller to number the new revision.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(15);
@@ -52,6 +52,27 @@ pub struct ContainerProperties {
     pub other: Unknown,
 }
 
+/// `nodeProperties` of a `multinode` definition.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePropertiesIn {
+    num_nodes: Option<u32>,
+    main_node: Option<u32>,
+    #[serde(default)]
+    node_range_properties: Vec<NodeRangeIn>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRangeIn {
+    target_nodes: Option<String>,
+    container: Option<ContainerProperties>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterInput {
@@ -62,6 +83,7 @@ pub struct RegisterInput {
     parameters: BTreeMap<String, String>,
     scheduling_priority: Option<i32>,
     container_properties: Option<ContainerProperties>,
+    node_properties: Option<NodePropertiesIn>,
     retry_strategy: Option<RetryStrategyShape>,
     propagate_tags: Option<bool>,
     timeout: Option<TimeoutShape>,
@@ -178,63 +200,110 @@ async fn registered_revision(ctx: &Context, ns: &str, name: &str, generation: i6
 
 fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
     super::tags::validate(&input.tags)?;
-    match input.type_.as_deref() {
-        Some("container") => {}
-        Some("multinode") => {
-            return Err(ApiError::client(
-                "type multinode (multi-node parallel jobs) is not supported by Barge yet",
-            ));
+    let multinode = match input.type_.as_deref() {
+        Some("container") => false,
+        Some("multinode") => true,
+        Some(other) => {
+            return Err(ApiError::client(format!("type must be container or multinode, not {other:?}")));
         }
-        Some(other) => return Err(ApiError::client(format!("type must be container, not {other:?}"))),
-        None => return Err(ApiError::client("type is required (container)")),
-    }
+        None => return Err(ApiError::client("type is required (container or multinode)")),
+    };
     if let Some(p) = input.platform_capabilities.iter().find(|p| *p != "EC2") {
         return Err(ApiError::client(format!(
             "platformCapabilities {p} is not supported: Barge runs jobs as EC2 does"
         )));
     }
-    let props = input
-        .container_properties
-        .as_ref()
-        .ok_or_else(|| ApiError::client("containerProperties is required for a container job definition"))?;
-    let unknown: Unknown = props
-        .other
-        .iter()
-        .filter(|(k, _)| !IGNORED_CONTAINER_FIELDS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    refuse_unknown(&unknown, "containerProperties.")?;
-    let image = props
-        .image
-        .clone()
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| ApiError::client("containerProperties.image is required"))?;
-    let asked =
-        shapes::asked(&props.resource_requirements, props.vcpus, props.memory, "containerProperties.")?;
-    let defaults = Resources::default();
-    let container = ContainerSpec {
-        image,
-        command: props.command.clone(),
-        args: Vec::new(),
-        env: shapes::environment(&props.environment, "containerProperties.")?,
-        resources: Resources {
-            vcpus: asked.vcpus.unwrap_or(defaults.vcpus),
-            memory: asked.memory.unwrap_or(defaults.memory),
-            gpus: asked.gpus.unwrap_or(0),
-        },
-        privileged: props.privileged.unwrap_or(false),
+    let (container, node_properties) = if multinode {
+        if input.container_properties.is_some() {
+            return Err(ApiError::client(
+                "a multinode job definition takes nodeProperties, not containerProperties",
+            ));
+        }
+        let nodes = input
+            .node_properties
+            .as_ref()
+            .ok_or_else(|| ApiError::client("nodeProperties is required for a multinode job definition"))?;
+        (None, Some(Box::new(node_properties(nodes)?)))
+    } else {
+        if input.node_properties.is_some() {
+            return Err(ApiError::client("nodeProperties needs type multinode"));
+        }
+        let props = input.container_properties.as_ref().ok_or_else(|| {
+            ApiError::client("containerProperties is required for a container job definition")
+        })?;
+        (Some(Box::new(container_spec(props, "containerProperties.")?)), None)
     };
     Ok(JobDefinitionSpec {
         state: DefinitionState::Active,
-        container: Some(Box::new(container)),
+        container,
         pod_template: None,
-        node_properties: None,
+        node_properties,
         parameters: input.parameters.clone(),
         retry_strategy: input.retry_strategy.as_ref().map(|r| r.to_barge()).transpose()?,
         timeout: input.timeout.as_ref().map(|t| t.to_barge()).transpose()?.flatten(),
         tags: input.tags.clone(),
         propagate_tags: input.propagate_tags.unwrap_or(false),
         scheduling_priority: input.scheduling_priority,
+    })
+}
+
+/// A `multinode` definition's nodes, checked as the API server's rules check them.
+fn node_properties(n: &NodePropertiesIn) -> ApiResult<NodeProperties> {
+    refuse_unknown(&n.other, "nodeProperties.")?;
+    let num_nodes = n.num_nodes.ok_or_else(|| ApiError::client("nodeProperties.numNodes is required"))?;
+    if !(1..=1000).contains(&num_nodes) {
+        return Err(ApiError::client(format!(
+            "nodeProperties.numNodes must be between 1 and 1000, not {num_nodes}"
+        )));
+    }
+    let mut ranges = Vec::new();
+    for (i, r) in n.node_range_properties.iter().enumerate() {
+        let at = format!("nodeProperties.nodeRangeProperties[{i}].");
+        refuse_unknown(&r.other, &at)?;
+        let target_nodes =
+            r.target_nodes.clone().ok_or_else(|| ApiError::client(format!("{at}targetNodes is required")))?;
+        let c = r.container.as_ref().ok_or_else(|| ApiError::client(format!("{at}container is required")))?;
+        ranges.push(NodeRangeProperty {
+            target_nodes,
+            container: container_spec(c, &format!("{at}container."))?,
+        });
+    }
+    let props =
+        NodeProperties { num_nodes, main_node: n.main_node.unwrap_or(0), node_range_properties: ranges };
+    if props.node_range_properties.is_empty() {
+        return Err(ApiError::client("nodeProperties.nodeRangeProperties needs at least one range"));
+    }
+    NodeLayout::of(&props, None).map_err(|e| ApiError::client(format!("nodeProperties: {e}")))?;
+    Ok(props)
+}
+
+/// A container of the AWS shape (`containerProperties`, a node range's `container`).
+fn container_spec(props: &ContainerProperties, at: &str) -> ApiResult<ContainerSpec> {
+    let unknown: Unknown = props
+        .other
+        .iter()
+        .filter(|(k, _)| !IGNORED_CONTAINER_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    refuse_unknown(&unknown, at)?;
+    let image = props
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::client(format!("{at}image is required")))?;
+    let asked = shapes::asked(&props.resource_requirements, props.vcpus, props.memory, at)?;
+    let defaults = Resources::default();
+    Ok(ContainerSpec {
+        image,
+        command: props.command.clone(),
+        args: Vec::new(),
+        env: shapes::environment(&props.environment, at)?,
+        resources: Resources {
+            vcpus: asked.vcpus.unwrap_or(defaults.vcpus),
+            memory: asked.memory.unwrap_or(defaults.memory),
+            gpus: asked.gpus.unwrap_or(0),
+        },
+        privileged: props.privileged.unwrap_or(false),
     })
 }
 
@@ -322,7 +391,10 @@ pub struct DefinitionOut {
     #[serde(rename = "type")]
     type_: &'static str,
     parameters: BTreeMap<String, String>,
-    container_properties: ContainerDetailOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_properties: Option<ContainerDetailOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_properties: Option<NodePropertiesOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_strategy: Option<RetryStrategyShape>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,6 +404,55 @@ pub struct DefinitionOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduling_priority: Option<i32>,
     platform_capabilities: Vec<&'static str>,
+}
+
+/// `nodeProperties` as AWS answers them.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePropertiesOut {
+    num_nodes: u32,
+    main_node: u32,
+    node_range_properties: Vec<NodeRangeOut>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRangeOut {
+    target_nodes: String,
+    container: ContainerDetailOut,
+}
+
+impl NodePropertiesOut {
+    pub fn of(n: &NodeProperties) -> Self {
+        NodePropertiesOut {
+            num_nodes: n.num_nodes,
+            main_node: n.main_node,
+            node_range_properties: n
+                .node_range_properties
+                .iter()
+                .map(|r| NodeRangeOut {
+                    target_nodes: r.target_nodes.clone(),
+                    container: ContainerDetailOut::of(&r.container),
+                })
+                .collect(),
+        }
+    }
+
+    /// A job's nodes as it runs them, overrides applied.
+    pub fn of_layout(l: &NodeLayout) -> Self {
+        NodePropertiesOut {
+            num_nodes: l.num_nodes,
+            main_node: l.main_node,
+            node_range_properties: l
+                .ranges
+                .iter()
+                .map(|(a, b, c)| NodeRangeOut {
+                    target_nodes: if a == b { a.to_string() } else { format!("{a}:{b}") },
+                    container: ContainerDetailOut::of(c),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -365,9 +486,10 @@ fn revision_out(ctx: &Context, jd: &JobDefinition, revision: u32, spec: &JobDefi
         job_definition_name: name,
         revision,
         status: state.as_str(),
-        type_: "container",
+        type_: if spec.node_properties.is_some() { "multinode" } else { "container" },
         parameters: spec.parameters.clone(),
-        container_properties: container_out(spec),
+        container_properties: spec.node_properties.is_none().then(|| container_out(spec)),
+        node_properties: spec.node_properties.as_deref().map(NodePropertiesOut::of),
         retry_strategy: spec.retry_strategy.as_ref().map(RetryStrategyShape::of),
         timeout: spec
             .timeout

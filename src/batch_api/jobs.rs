@@ -20,8 +20,8 @@ use super::shapes::{
     self, KeyValuePair, ResourceRequirement, RetryStrategyShape, TimeoutShape, Unknown, refuse_unknown,
 };
 use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal, millis};
-use crate::api::batch_job::ContainerOverrides;
 use crate::api::batch_job::{ArrayStatus, Attempt, Dependency, DependencyType};
+use crate::api::batch_job::{ContainerOverrides, NodeOverrides, NodePropertyOverride};
 use crate::api::job_definition::{DefinitionRef, JobDefinitionSpec};
 use crate::api::{BatchJob, BatchJobSpec, JobPhase};
 use crate::scheduler::ranges;
@@ -67,6 +67,7 @@ pub struct SubmitInput {
     #[serde(default)]
     parameters: BTreeMap<String, String>,
     container_overrides: Option<OverridesIn>,
+    node_overrides: Option<NodeOverridesIn>,
     array_properties: Option<ArrayIn>,
     #[serde(default)]
     depends_on: Vec<DependencyIn>,
@@ -77,6 +78,26 @@ pub struct SubmitInput {
     propagate_tags: Option<bool>,
     share_identifier: Option<String>,
     scheduling_priority_override: Option<i32>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+/// `nodeOverrides` of a job of a `multinode` definition.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeOverridesIn {
+    num_nodes: Option<u32>,
+    #[serde(default)]
+    node_property_overrides: Vec<NodePropertyOverrideIn>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePropertyOverrideIn {
+    target_nodes: Option<String>,
+    container_overrides: Option<OverridesIn>,
     #[serde(flatten)]
     other: Unknown,
 }
@@ -133,12 +154,23 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
         })?,
     };
     super::tags::validate(&input.tags)?;
+    let multinode = found.object.spec.node_properties.is_some();
+    if input.node_overrides.is_some() && !multinode {
+        return Err(ApiError::client("nodeOverrides need a multinode job definition"));
+    }
+    if multinode && input.array_properties.is_some() {
+        return Err(ApiError::client("a multinode job cannot be an array job"));
+    }
+    if multinode && input.container_overrides.is_some() {
+        return Err(ApiError::client("a multinode job takes nodeOverrides, not containerOverrides"));
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let spec = BatchJobSpec {
         job_queue: queue.name_any(),
         job_definition: Some(format!("{object}:{revision}")),
         parameters: input.parameters.clone().into(),
         container_overrides: input.container_overrides.as_ref().map(overrides).transpose()?.map(Box::new),
+        node_overrides: input.node_overrides.as_ref().map(node_overrides).transpose()?.map(Box::new),
         tags: input.tags.clone().into(),
         propagate_tags: input.propagate_tags,
         scheduling_priority: input.scheduling_priority_override,
@@ -169,6 +201,28 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
     let key = ObjectRef::new(&id).within(&who.namespace);
     ctx.stores.caught_up(|s| s.jobs.get(&key).is_some()).await;
     Ok(SubmitOutput { job_arn: ctx.arns.of("job", &id), job_name, job_id: id })
+}
+
+fn node_overrides(o: &NodeOverridesIn) -> ApiResult<NodeOverrides> {
+    refuse_unknown(&o.other, "nodeOverrides.")?;
+    if let Some(n) = o.num_nodes
+        && !(1..=1000).contains(&n)
+    {
+        return Err(ApiError::client(format!("nodeOverrides.numNodes must be between 1 and 1000, not {n}")));
+    }
+    let mut out = Vec::new();
+    for (i, p) in o.node_property_overrides.iter().enumerate() {
+        let at = format!("nodeOverrides.nodePropertyOverrides[{i}].");
+        refuse_unknown(&p.other, &at)?;
+        let target_nodes =
+            p.target_nodes.clone().ok_or_else(|| ApiError::client(format!("{at}targetNodes is required")))?;
+        crate::api::job_definition::parse_range(&target_nodes, 1000)
+            .map_err(|e| ApiError::client(format!("{at}{e}")))?;
+        let container_overrides =
+            p.container_overrides.as_ref().map(overrides).transpose()?.unwrap_or_default();
+        out.push(NodePropertyOverride { target_nodes, container_overrides });
+    }
+    Ok(NodeOverrides { num_nodes: o.num_nodes, node_property_overrides: out })
 }
 
 fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
@@ -321,6 +375,11 @@ pub struct JobDetail {
     container: Option<ContainerDetailOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     array_properties: Option<ArrayOut>,
+    /// A multi-node job's nodes (on the job), or which node this is (on `jobId#N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_properties: Option<super::definitions::NodePropertiesOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_details: Option<NodeDetailsOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<TimeoutShape>,
     tags: BTreeMap<String, String>,
@@ -328,6 +387,13 @@ pub struct JobDetail {
     platform_capabilities: Vec<&'static str>,
     is_cancelled: bool,
     is_terminated: bool,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDetailsOut {
+    node_index: u32,
+    is_main_node: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -385,6 +451,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
     let status = job.status.clone().unwrap_or_default();
     let def = definition_of(ctx, job);
     let work = crate::api::job_definition::work(&job.spec, def.as_ref().map(|(_, _, s)| &**s)).ok();
+    let layout = work.as_ref().and_then(|w| w.nodes.as_ref());
     let container = work.as_ref().and_then(|w| match (&w.container, &w.pod_template) {
         (Some(c), _) => Some(ContainerDetailOut::of(c)),
         (None, Some(t)) => Some(ContainerDetailOut::of_template(t)),
@@ -462,6 +529,8 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             size: Some(a.size),
             index: None,
         }),
+        node_properties: layout.map(super::definitions::NodePropertiesOut::of_layout),
+        node_details: None,
         timeout: work
             .as_ref()
             .and_then(|w| w.timeout)
@@ -501,6 +570,40 @@ fn child_phase(parent: &BatchJob, index: u32) -> JobPhase {
     } else {
         JobPhase::Runnable
     }
+}
+
+/// Node `index` of a multi-node job, from the job's node summary: `None` for a job that is
+/// not multi-node or has no such node.
+fn node_detail(ctx: &Context, parent: &BatchJob, index: u32) -> Option<JobDetail> {
+    let mut d = detail(ctx, parent);
+    d.node_properties.take()?;
+    let def = definition_of(ctx, parent);
+    let work = crate::api::job_definition::work(&parent.spec, def.as_ref().map(|(_, _, s)| &**s)).ok()?;
+    let layout = work.nodes.as_ref().filter(|l| index < l.num_nodes)?;
+    let status = parent.status.clone().unwrap_or_default();
+    let summary = status.multi_node.as_ref().and_then(|m| m.nodes.iter().find(|n| n.index == index));
+    let main = index == layout.main_node;
+    let phase = match summary {
+        Some(n) => n.phase,
+        None if main || status.phase.is_finished() => status.phase,
+        None => JobPhase::Runnable,
+    };
+    let id = format!("{}#{index}", parent.name_any());
+    d.job_arn = ctx.arns.of("job", &id);
+    d.job_id = id;
+    d.status = phase.as_str();
+    if !main {
+        d.attempts.clear();
+        d.status_reason = None;
+    }
+    let mut c = ContainerDetailOut::of(layout.container(index));
+    c.exit_code = summary.and_then(|n| n.exit_code);
+    if let Some(n) = summary {
+        c.log_stream_name = Some(format!("{}/{}", parent.namespace().unwrap_or_default(), n.pod_name));
+    }
+    d.container = Some(c);
+    d.node_details = Some(NodeDetailsOut { node_index: index, is_main_node: main });
+    Some(d)
 }
 
 fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
@@ -546,6 +649,14 @@ pub fn describe(ctx: &Context, who: &Principal, input: DescribeInput) -> ApiResu
     for id in &ids {
         let id = ctx.arns.name("job", id);
         if !seen.insert(id.to_string()) {
+            continue;
+        }
+        // A multi-node job's node: `jobId#N`.
+        if let Some((parent, index)) = id.split_once('#') {
+            let parent = job(ctx, who, parent);
+            if let (Some(parent), Ok(index)) = (parent, index.parse::<u32>()) {
+                out.extend(node_detail(ctx, &parent, index));
+            }
             continue;
         }
         // As AWS does, an unknown id is left out of the answer.

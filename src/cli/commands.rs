@@ -106,6 +106,10 @@ pub async fn describe(name: &str, common: &Common) -> anyhow::Result<()> {
         println!("\nAttempts:");
         print!("{}", indent(&attempts_table(&s)));
     }
+    if let Some(m) = s.multi_node.as_deref().filter(|m| !m.nodes.is_empty()) {
+        println!("\nNodes (attempt {}):", m.attempt);
+        print!("{}", indent(&nodes_table(m)));
+    }
     // For a waiting job: everything that could hold it.
     if matches!(s.phase, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable) {
         println!("\nWhy it waits:");
@@ -163,6 +167,9 @@ fn summary(job: &BatchJob, s: &BatchJobStatus) -> String {
     if let Some(t) = s.stopped_at {
         line("Stopped", age(Some(t)) + " ago");
     }
+    if let Some(m) = &s.multi_node {
+        line("Nodes", format!("{} (main node {})", m.progress, m.main_node));
+    }
     if let Some(a) = &s.array {
         line(
             "Array",
@@ -181,6 +188,26 @@ fn summary(job: &BatchJob, s: &BatchJobStatus) -> String {
         }
     }
     out
+}
+
+/// One row per node of a multi-node job that has a pod.
+fn nodes_table(m: &crate::api::batch_job::MultiNodeStatus) -> String {
+    let rows: Vec<Vec<String>> = m
+        .nodes
+        .iter()
+        .map(|n| {
+            let index =
+                if n.index == m.main_node { format!("{} (main)", n.index) } else { n.index.to_string() };
+            vec![
+                index,
+                n.phase.as_str().to_string(),
+                n.node_name.clone().unwrap_or_else(|| "-".into()),
+                n.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                n.pod_name.clone(),
+            ]
+        })
+        .collect();
+    table(&["NODE", "PHASE", "ON", "EXIT", "POD"], &rows)
 }
 
 /// One row per attempt.
@@ -566,7 +593,15 @@ pub async fn watch(job: Option<String>, queue: Option<String>, common: &Common) 
                         a.failed,
                         a.running + a.starting
                     ),
-                    None => format!("{name} {} {}", phase(p), s.status_reason.unwrap_or_default()),
+                    None => match &s.multi_node {
+                        Some(m) => format!(
+                            "{name} {} nodes {} {}",
+                            phase(p),
+                            m.progress,
+                            s.status_reason.unwrap_or_default()
+                        ),
+                        None => format!("{name} {} {}", phase(p), s.status_reason.unwrap_or_default()),
+                    },
                 };
                 (text, matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
             }

@@ -115,17 +115,28 @@ pub fn overlay(
             })
         })
         .collect();
-    let running = summary.iter().filter(|n| n.phase == JobPhase::Running).count();
-    // Nodes of an attempt that has ended keep the summary they ended with.
-    if open || !summary.is_empty() || old.multi_node.is_none() {
-        new.multi_node = Some(Box::new(MultiNodeStatus {
-            attempt: number,
-            num_nodes: layout.num_nodes,
-            main_node: layout.main_node,
-            progress: format!("{running}/{} running", layout.num_nodes),
-            nodes: summary,
-        }));
-    }
+    // Nodes whose pods went (stopped when the attempt ended) keep the summary they had.
+    let mut nodes: BTreeMap<u32, NodeSummary> = old
+        .multi_node
+        .iter()
+        .filter(|m| m.attempt == number)
+        .flat_map(|m| m.nodes.iter().cloned())
+        .map(|n| (n.index, n))
+        .collect();
+    nodes.extend(summary.into_iter().map(|n| (n.index, n)));
+    let running = nodes.values().filter(|n| n.phase == JobPhase::Running).count();
+    let progress = if open {
+        format!("{running}/{} running", layout.num_nodes)
+    } else {
+        format!("{} nodes done", layout.num_nodes)
+    };
+    new.multi_node = Some(Box::new(MultiNodeStatus {
+        attempt: number,
+        num_nodes: layout.num_nodes,
+        main_node: layout.main_node,
+        progress,
+        nodes: nodes.into_values().collect(),
+    }));
 
     if !open {
         actions.stop = pods
