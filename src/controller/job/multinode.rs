@@ -4,6 +4,7 @@
 //! stops every node when the attempt ends.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
@@ -36,14 +37,19 @@ pub struct Actions {
 }
 
 /// The node pods of `attempt`, by node index, with whether each one's host is lost.
-fn node_pods(ctx: &Shared, job: &BatchJob, layout: &NodeLayout, attempt: u32) -> Vec<Option<(Pod, bool)>> {
+fn node_pods(
+    ctx: &Shared,
+    job: &BatchJob,
+    layout: &NodeLayout,
+    attempt: u32,
+) -> Vec<Option<(Arc<Pod>, bool)>> {
     let (ns, name, uid) =
         (job.namespace().unwrap_or_default(), job.name_any(), job.uid().unwrap_or_default());
     (0..layout.num_nodes)
         .map(|i| {
             let pod = ctx.pods.get(&ObjectRef::new(&node_pod_name(&name, &uid, i, attempt)).within(&ns))?;
             let lost = pod_host_lost(ctx, &pod);
-            Some(((*pod).clone(), lost))
+            Some((pod, lost))
         })
         .collect()
 }
