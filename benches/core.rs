@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use barge::capacity::{Fleet, Strategy, catalog, plan_scale_up};
+use barge::capacity::{Fleet, Need, Strategy, catalog, plan_scale_up};
 use barge::resources::Res;
 use barge::scheduler::{CeInfo, FairShare, NodeInfo, PendingJob, QueueInfo, Snapshot, plan};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -139,8 +139,9 @@ fn held_pass(c: &mut Criterion) {
 
 fn bin_packing(c: &mut Criterion) {
     let (types, _) = catalog::resolve(&["m6i".into(), "c6i".into(), "r6i".into()]);
-    let demand: Vec<Res> =
-        (0..10_000).map(|i| Res::new(250 + (i % 8) as u64 * 250, 512 + (i % 5) as u64 * 1024, 0)).collect();
+    let demand: Vec<Need> = (0..10_000)
+        .map(|i| Need::shared(Res::new(250 + (i % 8) as u64 * 250, 512 + (i % 5) as u64 * 1024, 0)))
+        .collect();
     let fleet = Fleet { total_vcpus: 0, min_vcpus: 0, max_vcpus: 100_000 };
     let mut group = c.benchmark_group("bin_packing_10k_pods");
     group.sample_size(10);

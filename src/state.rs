@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::job_queue::FairShareUsage;
+use crate::api::{Condition, ConditionType};
+use crate::capacity::Need;
 use crate::resources::Res;
 
 /// A launched node that has not shown up for this long is no longer counted as coming.
@@ -157,12 +159,55 @@ impl ClusterState {
 struct Hand {
     /// Latest verdict per job uid, with the number of the pass that gave it.
     verdicts: HashMap<Arc<str>, (Verdict, u64)>,
-    /// Requests of jobs each compute environment should grow for.
-    demand: HashMap<String, Vec<Res>>,
+    /// What each compute environment should grow for.
+    demand: HashMap<String, Vec<Need>>,
+    /// When the pass that gave `demand` read the launching nodes: it already counted those.
+    demand_seen: Option<Instant>,
     /// Per queue, why its first waiting job cannot run.
     blocked: HashMap<String, String>,
     /// Per fair-share queue, its usage as the pass last recorded it, for the queue's status.
     share_usage: HashMap<String, FairShareUsage>,
+    /// Nodes held for multi-node jobs that waited their turn.
+    holds: Vec<NodeHold>,
+}
+
+/// Nodes of a compute environment held for a multi-node job that has waited its turn:
+/// they take no other job until it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHold {
+    /// "namespace/name" of the job.
+    pub job: String,
+    pub queue: String,
+    pub compute_environment: String,
+    pub held: u32,
+    /// Nodes the job needs together.
+    pub nodes: u32,
+}
+
+impl NodeHold {
+    /// The `HoldingNodes` condition of a queue or an environment with these holds.
+    pub fn condition<'a>(holds: impl Iterator<Item = &'a NodeHold>) -> Condition {
+        let holds: Vec<&NodeHold> = holds.collect();
+        if holds.is_empty() {
+            return Condition::new(ConditionType::HoldingNodes, false, "NoneHeld", "");
+        }
+        let why = holds
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} node{} of compute environment {} held for multi-node job {}, which needs {} \
+                     together: they take no other job until it runs",
+                    h.held,
+                    if h.held == 1 { "" } else { "s" },
+                    h.compute_environment,
+                    h.job,
+                    h.nodes
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Condition::new(ConditionType::HoldingNodes, true, "MultiNodeJobWaited", why)
+    }
 }
 
 /// What the scheduling pass hands to the job, capacity and queue loops.
@@ -214,9 +259,14 @@ impl HandOff {
         }
     }
 
-    /// Sets the demand per environment; returns the environments whose demand is worth a
-    /// look (changed in size, or not empty).
-    pub fn set_demand(&self, demand: HashMap<String, Vec<Res>>, environments: &[String]) -> Vec<String> {
+    /// Sets the demand per environment, planned with the launches known at `seen`; returns
+    /// the environments whose demand is worth a look (changed in size, or not empty).
+    pub fn set_demand(
+        &self,
+        demand: HashMap<String, Vec<Need>>,
+        seen: Instant,
+        environments: &[String],
+    ) -> Vec<String> {
         let mut st = lock(&self.0);
         let look = environments
             .iter()
@@ -228,11 +278,34 @@ impl HandOff {
             .cloned()
             .collect();
         st.demand = demand;
+        st.demand_seen = Some(seen);
         look
     }
 
-    pub fn demand(&self, ce: &str) -> Vec<Res> {
-        lock(&self.0).demand.get(ce).cloned().unwrap_or_default()
+    /// What `ce` should grow for, and when the pass that said so read the launching nodes:
+    /// launches since then are not in it yet.
+    pub fn demand(&self, ce: &str) -> (Vec<Need>, Option<Instant>) {
+        let st = lock(&self.0);
+        (st.demand.get(ce).cloned().unwrap_or_default(), st.demand_seen)
+    }
+
+    /// Sets the holds of the latest pass; returns the environments whose holds changed.
+    pub fn set_holds(&self, holds: Vec<NodeHold>) -> Vec<String> {
+        let mut st = lock(&self.0);
+        if st.holds == holds {
+            return Vec::new();
+        }
+        let mut changed: Vec<String> =
+            st.holds.iter().chain(&holds).map(|h| h.compute_environment.clone()).collect();
+        changed.sort();
+        changed.dedup();
+        st.holds = holds;
+        changed
+    }
+
+    /// The holds of the latest pass.
+    pub fn holds(&self) -> Vec<NodeHold> {
+        lock(&self.0).holds.clone()
     }
 
     pub fn set_blocked(&self, blocked: HashMap<String, String>) {

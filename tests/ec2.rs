@@ -1,6 +1,7 @@
 //! The ec2 provider against moto, through the fault-injecting proxy, with the node bridge
 //! playing each instance's kubelet: scale up within maxvCpus and back down, Spot requests
-//! and Spot loss, capacity errors, throttling, and clean-up when an environment is deleted.
+//! and Spot loss, capacity errors, throttling, a multi-node job's instances in one launch,
+//! and clean-up when an environment is deleted.
 
 mod common;
 
@@ -307,6 +308,51 @@ async fn throttled_and_failing_launch_calls_back_off_and_then_succeed() {
     assert!(calls.len() <= 9, "{} CreateFleet calls", calls.len());
     eprintln!("throttled launch: {} CreateFleet calls, {injected} answered with a fault", calls.len());
     assert_eq!(instances(aws, &ce, LIVE).await.len(), 1, "one instance, not one per retry");
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn a_multi_node_job_gets_its_instances_in_one_launch_and_they_are_terminated_when_it_ends() {
+    let (e, aws) = setup("ec2-gang").await;
+    let ce = e
+        .ce(
+            "gang",
+            ec2_spec(
+                aws,
+                json!({"instanceTypes": ["m6i"], "allocationStrategy": "BEST_FIT_PROGRESSIVE",
+                       "maxvCpus": 64, "scaleDownDelaySeconds": 5}),
+            ),
+        )
+        .await;
+    let q = e.queue("q", 1, "ENABLED", &[&ce]).await;
+    // Four nodes of half a vCPU: packed, three would share an m6i.large. A multi-node job
+    // runs one node per instance.
+    let node = json!({"image": "mpi:1", "resources": {"vcpus": 0.5, "memory": "512Mi"}});
+    apply(
+        &e.jobs,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
+        "metadata": {"name": "mpi", "annotations": {"sim.barge.dev/duration": "5s"}},
+        "spec": {"jobQueue": q, "nodeProperties": {"numNodes": 4, "mainNode": 0,
+                 "nodeRangeProperties": [{"targetNodes": "0:", "container": node}]}}}),
+    )
+    .await
+    .unwrap();
+    let job = e.wait_phase("mpi", JobPhase::Succeeded).await;
+    let s = job.status.unwrap();
+    let hosts: HashSet<String> =
+        s.multi_node.unwrap().nodes.iter().filter_map(|n| n.node_name.clone()).collect();
+    assert_eq!(hosts.len(), 4, "one instance per node: {hosts:?}");
+    // One launch decision: one CreateFleet for all four instances.
+    let fleets = Ec2Proxy::get().calls("CreateFleet", &ce);
+    assert_eq!(fleets.len(), 1, "{} CreateFleet calls", fleets.len());
+    assert_eq!(fleets[0].param("TargetCapacitySpecification.TotalTargetCapacity"), Some("4"));
+    assert_eq!(instances(aws, &ce, &["pending", "running", "shutting-down", "terminated"]).await.len(), 4);
+    // The job over and the delay past: every instance is terminated and its node gone.
+    eventually("the gang's instances to be terminated", Duration::from_secs(120), || async {
+        let live = instances(aws, &ce, LIVE).await;
+        (live.is_empty() && e.nodes_of(&ce).await.is_empty()).then_some(())
+    })
+    .await;
     e.cleanup(&[&ce]).await;
 }
 

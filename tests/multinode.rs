@@ -1,7 +1,8 @@
 //! Multi-node parallel jobs on the local control plane: the main node first, then the
 //! others with AWS Batch's variables, each node on a node of its own; the main node's exit
 //! decides; a child's failure alone retries nothing, a main node's retries the whole gang;
-//! two gangs that do not fit together run one after the other, never in part.
+//! a timeout stops every node; two gangs that do not fit together run one after the other,
+//! never in part; a gang that waited its turn holds nodes as they drain, and says so.
 
 mod common;
 
@@ -23,9 +24,17 @@ struct Gang {
     pods: Api<Pod>,
 }
 
+/// An operator for this process's tests that holds nodes for a gang after 5 s (10 min by
+/// default), so that the hold can be watched.
+async fn gang_operator(client: &kube::Client) {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    install_crds(client).await;
+    STARTED.get_or_init(|| spawn_operator_for_process("multinode", &[("BARGE_TUNE", "gang_hold_after=5s")]));
+}
+
 async fn gang_env(prefix: &str, max_vcpus: u32) -> Gang {
     let client = client().await;
-    shared_operator(&client).await;
+    gang_operator(&client).await;
     let env = Env::new(client.clone(), prefix).await;
     let ce = env
         .ce("ce", json!({"instanceTypes": ["m6i.large"], "maxvCpus": max_vcpus, "scaleDownDelaySeconds": 5}))
@@ -167,17 +176,63 @@ async fn a_failing_main_node_retries_the_whole_gang() {
     assert_eq!(s.phase, JobPhase::Succeeded, "{:?}", s.status_reason);
     assert_eq!(s.attempts.len(), 2);
     assert_eq!(s.attempts[0].exit_code, Some(1));
-    // Every node of both attempts had its pod, and none runs on.
-    let pods = g.pods_of(&job).await;
-    let active: Vec<String> = pods
-        .iter()
-        .filter(|p| {
-            !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| p.name_any())
-        .collect();
-    assert!(active.is_empty(), "pods still running after the job ended: {active:?}");
+    // The other nodes are stopped once the main node ended: none runs on.
+    eventually("the other nodes to be stopped", WAIT, || async {
+        let active: Vec<String> = g
+            .pods_of(&job)
+            .await
+            .iter()
+            .filter(|p| {
+                !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+        active.is_empty().then_some(())
+    })
+    .await;
+    g.env.cleanup(&[&g.ce]).await;
+}
+
+#[tokio::test]
+async fn a_timeout_stops_every_node_and_is_not_retried() {
+    let g = gang_env("mnp-timeout", 8).await;
+    // The nodes would run on for an hour; the attempt may run 60 s.
+    let sim = json!({"sim.barge.dev/duration": "3600s"});
+    let spec = json!({"nodeProperties": nodes(3, json!([{"targetNodes": "0:", "container": container("mpi:1")}])),
+        "timeout": {"attemptDurationSeconds": 60}, "retryStrategy": {"attempts": 2}});
+    g.submit("slow", sim, spec).await;
+    eventually("all three nodes running", WAIT, || async {
+        let j = g.env.jobs.get("slow").await.ok()?;
+        (j.status.as_ref()?.multi_node.as_ref()?.progress == "3/3 running").then_some(())
+    })
+    .await;
+    let job = eventually("the attempt to time out", Duration::from_secs(150), || async {
+        let j = g.env.jobs.get("slow").await.ok()?;
+        j.status.as_ref()?.phase.is_finished().then_some(j)
+    })
+    .await;
+    let s = job.status.clone().unwrap();
+    assert_eq!(s.phase, JobPhase::Failed);
+    assert_eq!(s.status_reason.as_deref(), Some("Job attempt duration exceeded timeout"));
+    assert_eq!(s.attempts.len(), 1, "a timeout is not retried");
+    let ran = s.stopped_at.unwrap() - s.started_at.unwrap();
+    assert!(ran.num_seconds() >= 59 && ran.num_seconds() < 80, "stopped after about 60 s: {ran}");
+    // Every node's pod is stopped, not only the main node's.
+    eventually("every node's pod to stop", WAIT, || async {
+        let live: Vec<String> = g
+            .pods_of(&job)
+            .await
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+            })
+            .map(|p| p.name_any())
+            .collect();
+        live.is_empty().then_some(())
+    })
+    .await;
     g.env.cleanup(&[&g.ce]).await;
 }
 
@@ -215,6 +270,61 @@ async fn two_gangs_that_do_not_fit_together_run_one_after_the_other_never_in_par
     assert!(!overlap, "both gangs ran at once on four nodes");
     let waited = waited.expect("the gang that waited said why");
     assert!(waited.contains(&format!("compute environment {}", g.ce)), "{waited}");
+    g.env.cleanup(&[&g.ce]).await;
+}
+
+#[tokio::test]
+async fn a_gang_that_waited_its_turn_holds_the_nodes_as_they_drain_and_says_so() {
+    // Four nodes, each busy with a 1-vCPU job for 25 s; then a gang that needs all four.
+    let g = gang_env("mnp-hold", 8).await;
+    for i in 0..4 {
+        g.env
+            .job(&format!("busy{i}"), &g.queue, 1.0, json!({"sim.barge.dev/duration": "25s"}), json!({}))
+            .await;
+    }
+    for i in 0..4 {
+        g.env.wait_phase(&format!("busy{i}"), JobPhase::Running).await;
+    }
+    let spec =
+        json!({"nodeProperties": nodes(4, json!([{"targetNodes": "0:", "container": container("mpi:1")}]))});
+    g.submit("mpi", json!({"sim.barge.dev/duration": "3s"}), spec).await;
+    // Past the 5 s it may wait, its nodes are held: the queue and the environment say so.
+    let queues: Api<barge::api::JobQueue> = Api::all(g.env.client.clone());
+    let ces: Api<barge::api::ComputeEnvironment> = Api::all(g.env.client.clone());
+    let holding = |conditions: &[barge::api::Condition]| {
+        conditions.iter().find(|c| c.type_ == "HoldingNodes" && c.is_true()).map(|c| c.message.clone())
+    };
+    let said = eventually("the queue to say it holds nodes", WAIT, || async {
+        holding(&queues.get(&g.queue).await.ok()?.status?.conditions)
+    })
+    .await;
+    let job = format!("{}/mpi", g.env.ns);
+    assert!(
+        said.contains(&format!("of compute environment {} held for multi-node job {job}", g.ce)),
+        "{said}"
+    );
+    assert!(said.contains("which needs 4 together"), "{said}");
+    eventually("the environment to say it holds nodes", WAIT, || async {
+        holding(&ces.get(&g.ce).await.ok()?.status?.conditions)
+    })
+    .await;
+    // A small job that comes now waits behind the gang, though the nodes have room for it.
+    g.env.job("late", &g.queue, 1.0, json!({"sim.barge.dev/duration": "1s"}), json!({})).await;
+    let gang = g.ends("mpi").await;
+    let late = g.ends("late").await;
+    assert_eq!(gang.status.as_ref().unwrap().phase, JobPhase::Succeeded);
+    let gang_started = gang.status.unwrap().started_at.unwrap();
+    let late_started = late.status.unwrap().started_at.unwrap();
+    assert!(
+        late_started >= gang_started,
+        "the late job ran at {late_started}, before the gang at {gang_started}"
+    );
+    // Nothing is held once it ran.
+    eventually("the hold to end", WAIT, || async {
+        let q = queues.get(&g.queue).await.ok()?.status?;
+        holding(&q.conditions).is_none().then_some(())
+    })
+    .await;
     g.env.cleanup(&[&g.ce]).await;
 }
 

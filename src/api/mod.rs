@@ -74,6 +74,9 @@ pub enum ConditionType {
     AtMaxCapacity,
     /// JobQueue: it admits nothing now (DISABLED, or its first job cannot run).
     Blocked,
+    /// JobQueue and ComputeEnvironment: nodes are held for a multi-node job that has waited
+    /// its turn, and take no other job until it runs.
+    HoldingNodes,
     /// JobDefinition: its latest revision is registered.
     Registered,
     /// JobDefinition: deleted, kept while jobs still run its revisions.
@@ -86,6 +89,7 @@ impl ConditionType {
             ConditionType::Ready => "Ready",
             ConditionType::AtMaxCapacity => "AtMaxCapacity",
             ConditionType::Blocked => "Blocked",
+            ConditionType::HoldingNodes => "HoldingNodes",
             ConditionType::Registered => "Registered",
             ConditionType::Deleting => "Deleting",
         }

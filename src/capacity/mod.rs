@@ -11,6 +11,27 @@ pub use catalog::InstanceType;
 /// submissions is met in a few rounds rather than one huge launch.
 pub const MAX_ITEMS_PER_PLAN: usize = 5_000;
 
+/// What the jobs waiting on a compute environment need room for: one job's request, or one
+/// node of a multi-node job, which needs an instance of its own (AWS Batch runs one node
+/// per instance), so nothing else is packed beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Need {
+    pub request: Res,
+    pub own_instance: bool,
+}
+
+impl Need {
+    /// A job that may share an instance with others.
+    pub const fn shared(request: Res) -> Self {
+        Need { request, own_instance: false }
+    }
+
+    /// A multi-node job's node: an instance of its own.
+    pub const fn own_instance(request: Res) -> Self {
+        Need { request, own_instance: true }
+    }
+}
+
 /// How instance types may be combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -48,19 +69,22 @@ impl ScaleUp {
 struct Bin {
     ty: &'static InstanceType,
     free: Res,
+    /// Taken whole by one multi-node job's node: nothing else goes on it.
+    closed: bool,
 }
 
-/// Packs `demand` (requests of jobs that found no room) onto new instances of `types`,
-/// first-fit decreasing, never taking the fleet above `maxvCpus`; then tops the fleet up
-/// to `minvCpus` with the cheapest instances.
+/// Packs `demand` (what the jobs that found no room need) onto new instances of `types`,
+/// first-fit decreasing, each multi-node job's node on an instance of its own, never
+/// taking the fleet above `maxvCpus`; then tops the fleet up to `minvCpus` with the
+/// cheapest instances.
 pub fn plan_scale_up(
-    demand: &[Res],
+    demand: &[Need],
     types: &[&'static InstanceType],
     strategy: Strategy,
     fleet: &Fleet,
 ) -> ScaleUp {
-    let mut items: Vec<Res> = demand.iter().take(MAX_ITEMS_PER_PLAN).copied().collect();
-    items.sort_by(|a, b| b.cmp(a));
+    let mut items: Vec<Need> = demand.iter().take(MAX_ITEMS_PER_PLAN).copied().collect();
+    items.sort_by(|a, b| b.request.cmp(&a.request).then(b.own_instance.cmp(&a.own_instance)));
     let headroom = fleet.max_vcpus.saturating_sub(fleet.total_vcpus);
     let mut plan = match strategy {
         Strategy::SingleType => best_single_type(&items, types, headroom),
@@ -84,7 +108,7 @@ pub fn plan_scale_up(
     plan
 }
 
-fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
+fn best_single_type(items: &[Need], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
     let mut best: Option<(f64, ScaleUp)> = None;
     for &t in types {
         let plan = pack_mixed(items, &[t], headroom);
@@ -102,8 +126,9 @@ fn best_single_type(items: &[Res], types: &[&'static InstanceType], headroom: u3
 }
 
 /// First-fit decreasing; a new bin takes the type with the lowest price per vCPU it
-/// would actually hold when filled from the remaining items.
-fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
+/// would actually hold when filled from the remaining items. A node of a multi-node job
+/// takes the cheapest type that holds it, alone.
+fn pack_mixed(items: &[Need], types: &[&'static InstanceType], headroom: u32) -> ScaleUp {
     let mut bins: Vec<Bin> = Vec::new();
     let mut placed = vec![false; items.len()];
     let mut used_vcpus = 0u32;
@@ -112,8 +137,8 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
         if placed[i] {
             continue;
         }
-        let item = items[i];
-        if let Some(bin) = bins.iter_mut().find(|b| b.free.fits(&item)) {
+        let Need { request: item, own_instance } = items[i];
+        if !own_instance && let Some(bin) = bins.iter_mut().find(|b| !b.closed && b.free.fits(&item)) {
             bin.free -= item;
             placed[i] = true;
             continue;
@@ -123,8 +148,11 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
             if !t.allocatable().fits(&item) || used_vcpus + t.vcpus > headroom {
                 continue;
             }
-            let filled = simulate_fill(t.allocatable(), items, &placed, i);
-            let per_vcpu = t.price / (filled.max(1) as f64);
+            let per_vcpu = if own_instance {
+                t.price
+            } else {
+                t.price / (simulate_fill(t.allocatable(), items, &placed, i).max(1) as f64)
+            };
             if choice.is_none_or(|(c, ct)| per_vcpu < c || (per_vcpu == c && t.vcpus < ct.vcpus)) {
                 choice = Some((per_vcpu, t));
             }
@@ -132,7 +160,7 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
         match choice {
             Some((_, t)) => {
                 used_vcpus += t.vcpus;
-                bins.push(Bin { ty: t, free: t.allocatable() - item });
+                bins.push(Bin { ty: t, free: t.allocatable() - item, closed: own_instance });
                 placed[i] = true;
             }
             None => unplaced += 1,
@@ -142,11 +170,12 @@ fn pack_mixed(items: &[Res], types: &[&'static InstanceType], headroom: u32) -> 
     ScaleUp { launch: bins.into_iter().map(|b| b.ty).collect(), packed, unplaced }
 }
 
-/// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`.
-fn simulate_fill(mut free: Res, items: &[Res], placed: &[bool], from: usize) -> u64 {
+/// Millicores a fresh bin of `free` would hold, filled greedily from `items[from..]`
+/// (the nodes of multi-node jobs go on instances of their own).
+fn simulate_fill(mut free: Res, items: &[Need], placed: &[bool], from: usize) -> u64 {
     let mut held = 0;
-    for (j, it) in items.iter().enumerate().skip(from) {
-        if !placed[j] && free.fits(it) {
+    for (j, Need { request: it, own_instance }) in items.iter().enumerate().skip(from) {
+        if !placed[j] && !own_instance && free.fits(it) {
             free -= *it;
             held += it.millicpu;
             if free.millicpu == 0 {
@@ -255,7 +284,7 @@ mod tests {
     #[test]
     fn fifty_one_vcpu_jobs_fill_the_fleet_without_passing_max() {
         let (types, _) = resolve(&["m6i".into()]);
-        let demand = vec![cpu(1); 50];
+        let demand = vec![Need::shared(cpu(1)); 50];
         let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 32));
         assert!(plan.vcpus() <= 32, "{}", plan.vcpus());
         assert!(plan.unplaced > 0);
@@ -265,7 +294,7 @@ mod tests {
     fn a_job_sized_to_the_nominal_shape_needs_the_next_size_up() {
         let (types, _) = resolve(&["m6i".into()]);
         // 2 vCPU, 8 GiB: exactly an m6i.large on paper, more than its allocatable.
-        let demand = vec![Res::new(2000, 8192, 0)];
+        let demand = vec![Need::shared(Res::new(2000, 8192, 0))];
         let plan = plan_scale_up(&demand, &types, Strategy::SingleType, &fleet(0, 0, 64));
         assert_eq!(plan.launch, vec![lookup("m6i.xlarge").unwrap()]);
     }
@@ -273,7 +302,7 @@ mod tests {
     #[test]
     fn single_type_uses_one_type_and_the_cheapest_total() {
         let (types, _) = resolve(&["c6i".into(), "m6i".into()]);
-        let demand = vec![cpu(1); 10];
+        let demand = vec![Need::shared(cpu(1)); 10];
         let plan = plan_scale_up(&demand, &types, Strategy::SingleType, &fleet(0, 0, 256));
         let first = plan.launch[0].name;
         assert!(plan.launch.iter().all(|t| t.name == first));
@@ -291,7 +320,7 @@ mod tests {
     #[test]
     fn nothing_fits_when_a_job_exceeds_every_type() {
         let (types, _) = resolve(&["m6i.large".into()]);
-        let plan = plan_scale_up(&[cpu(4)], &types, Strategy::Mixed, &fleet(0, 0, 64));
+        let plan = plan_scale_up(&[Need::shared(cpu(4))], &types, Strategy::Mixed, &fleet(0, 0, 64));
         assert!(plan.launch.is_empty());
         assert_eq!(plan.unplaced, 1);
     }
@@ -300,7 +329,7 @@ mod tests {
     fn offers_let_ec2_choose_among_types_that_hold_the_packed_jobs() {
         let (types, _) = resolve(&["c6i".into(), "m6i".into(), "r6i.large".into()]);
         // Three 3-vCPU jobs: each needs a 4-vCPU instance (3 vCPU do not fit a 2-vCPU one).
-        let demand = vec![Res::new(3000, 2048, 0); 3];
+        let demand = vec![Need::shared(Res::new(3000, 2048, 0)); 3];
         let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 64));
         let offers = offers(&plan, &types);
         assert_eq!(offers.len(), 1, "identical launches are merged: {offers:?}");
@@ -314,11 +343,34 @@ mod tests {
         let (types, _) = resolve(&["m6i.large".into(), "m6i.xlarge".into(), "c6i.xlarge".into()]);
         // 7.5 GiB: c6i.xlarge and m6i.large have 8 GiB on paper, less once the system
         // reserve is taken; only m6i.xlarge holds it.
-        let demand = vec![Res::new(1000, 7680, 0)];
+        let demand = vec![Need::shared(Res::new(1000, 7680, 0))];
         let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 64));
         let offers = offers(&plan, &types);
         let names: Vec<_> = offers[0].options.iter().map(|t| t.name).collect();
         assert_eq!(names, ["m6i.xlarge"]);
+    }
+
+    #[test]
+    fn each_node_of_a_multi_node_job_gets_an_instance_of_its_own_in_one_offer() {
+        let (types, _) = resolve(&["m6i".into()]);
+        // Four half-vCPU nodes would pack three to an m6i.large; as a gang's nodes they
+        // need four instances, the cheapest that hold one each. A job beside them does not
+        // share theirs.
+        let half = Res::new(500, 512, 0);
+        let mut demand = vec![Need::own_instance(half); 4];
+        demand.push(Need::shared(half));
+        let plan = plan_scale_up(&demand, &types, Strategy::Mixed, &fleet(0, 0, 64));
+        let names: Vec<_> = plan.launch.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["m6i.large"; 5], "{plan:?}");
+        assert_eq!(plan.unplaced, 0);
+        let single = plan_scale_up(&demand, &types, Strategy::SingleType, &fleet(0, 0, 64));
+        assert_eq!(single.launch.len(), 5, "{single:?}");
+        // The gang's four instances are one launch request.
+        let offers = offers(&plan, &types);
+        assert!(offers.iter().any(|o| o.count >= 4), "{offers:?}");
+        // Within maxvCpus: three of the four fit in 6 vCPUs; the rest is unplaced.
+        let capped = plan_scale_up(&demand[..4], &types, Strategy::Mixed, &fleet(0, 0, 6));
+        assert_eq!((capped.launch.len(), capped.unplaced), (3, 1));
     }
 
     #[test]

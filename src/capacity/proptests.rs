@@ -1,5 +1,6 @@
 //! Properties of the capacity plans over random demand, fleets and nodes: scale-up never
-//! takes a fleet above `maxvCpus` and packs each job onto an instance that holds it;
+//! takes a fleet above `maxvCpus`, packs each job onto an instance that holds it and gives
+//! a multi-node job's node an instance of its own;
 //! scale-down never removes a node that runs a Barge pod or has not been idle long enough.
 
 use proptest::prelude::{Just, ProptestConfig, any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest};
@@ -13,9 +14,13 @@ fn families() -> impl Generator<Value = Vec<String>> {
         .prop_map(|v| v.into_iter().map(str::to_string).collect())
 }
 
-fn demand() -> impl Generator<Value = Vec<Res>> {
-    let item = (1u64..=64, 0u64..=128, prop_oneof![9 => Just(0u32), 1 => 1u32..=2])
-        .prop_map(|(half_vcpus, gib, gpus)| Res::new(half_vcpus * 500, gib * 1024, gpus));
+fn demand() -> impl Generator<Value = Vec<Need>> {
+    let item =
+        (1u64..=64, 0u64..=128, prop_oneof![9 => Just(0u32), 1 => 1u32..=2], prop::bool::weighted(0.2))
+            .prop_map(|(half_vcpus, gib, gpus, own)| Need {
+                request: Res::new(half_vcpus * 500, gib * 1024, gpus),
+                own_instance: own,
+            });
     prop::collection::vec(item, 0..=60)
 }
 
@@ -47,6 +52,11 @@ proptest! {
             prop_assert!(t.allocatable().fits(packed), "{} cannot hold {packed}", t.name);
         }
         prop_assert!(plan.unplaced <= demand.len());
+        // Every multi-node job's node placed has an instance of its own: at least as many
+        // instances are launched for demand as such nodes are placed.
+        let own = demand.iter().filter(|n| n.own_instance).count();
+        let for_demand = plan.packed.iter().filter(|p| **p != Res::ZERO).count();
+        prop_assert!(for_demand >= own.saturating_sub(plan.unplaced), "{plan:?}");
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::api::{
 use crate::capacity::{self, Fleet, NodeUse, Strategy, catalog};
 use crate::k8s::{delete_if_present, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus};
 use crate::provider::NodeProvider;
-use crate::state::Launching;
+use crate::resources::Res;
+use crate::state::{Launching, NodeHold};
 use crate::{Error, ProviderError, Result};
 
 pub const FINALIZER: &str = "barge.dev/nodes";
@@ -102,6 +103,9 @@ async fn apply(ce: &ComputeEnvironment, ctx: &Shared) -> Result<Action> {
 
     let price = |t: &capacity::InstanceType| provider.map_or(t.price, |p| p.price(ce, t));
     let mut status = status_for(ce, &nodes, &busy, total_vcpus, message, &all_types, price);
+    let holds = ctx.handoff.holds();
+    let held = NodeHold::condition(holds.iter().filter(|h| h.compute_environment == name));
+    set_condition(&mut status.conditions, held.generation(ce.meta().generation));
     status.desired_vcpus = status.desired_vcpus.max(total_vcpus + launched_vcpus);
     publish_metrics(ce, &status);
     write_status(ctx, ce, status).await?;
@@ -138,15 +142,28 @@ async fn scale_up(
     fleet: &Fleet,
 ) -> (u32, Option<String>) {
     let name = ce.name_any();
-    let mut demand = if ce.spec.state == State::Enabled { ctx.handoff.demand(&name) } else { Vec::new() };
-    // Nodes launched for earlier demand will take some of it: plan only for the rest.
-    let mut coming_free: Vec<_> = coming.iter().map(|l| l.allocatable).collect();
-    demand.retain(|r| match coming_free.iter_mut().find(|f| f.fits(r)) {
-        Some(f) => {
-            *f -= *r;
-            false
+    let (mut demand, seen) =
+        if ce.spec.state == State::Enabled { ctx.handoff.demand(&name) } else { (Vec::new(), None) };
+    // The pass counted the nodes launching when it looked; those launched since then, for
+    // the same demand, will take some of it: plan only for the rest. A multi-node job's
+    // node takes such a node whole (so those go first); other jobs share what is left.
+    demand.sort_by_key(|n| !n.own_instance);
+    let mut coming_free: Vec<(Res, bool)> = coming
+        .iter()
+        .filter(|l| seen.is_none_or(|seen| l.since >= seen))
+        .map(|l| (l.allocatable, true))
+        .collect();
+    demand.retain(|need| {
+        let r = need.request;
+        let slot = coming_free.iter_mut().find(|(f, whole)| f.fits(&r) && (*whole || !need.own_instance));
+        match slot {
+            Some((f, whole)) => {
+                *f = if need.own_instance { Res::ZERO } else { *f - r };
+                *whole = false;
+                false
+            }
+            None => true,
         }
-        None => true,
     });
     let strategy = match ce.spec.allocation_strategy {
         AllocationStrategy::BestFit => Strategy::SingleType,

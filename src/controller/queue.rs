@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::k8s::apply_status;
 use crate::metrics::QueuePhase;
+use crate::state::NodeHold;
 
 pub async fn run(ctx: Arc<Shared>) {
     loop {
@@ -34,11 +35,14 @@ pub async fn run(ctx: Arc<Shared>) {
             .collect();
         publish_counts(&tallies);
         let blocked = ctx.handoff.blocked();
+        let holds = ctx.handoff.holds();
         let mut usage = ctx.handoff.take_share_usage();
         let api: Api<JobQueue> = Api::all(ctx.client.clone());
         for queue in ctx.queues.state() {
             let tally = tallies.remove(&queue.name_any()).unwrap_or_default();
             let mut status = status_for(&queue, &tally, blocked.get(&queue.name_any()));
+            let held = NodeHold::condition(holds.iter().filter(|h| h.queue == queue.name_any()));
+            set_condition(&mut status.conditions, held.generation(queue.metadata.generation));
             if let Some(recorded) = usage.remove(&queue.name_any()) {
                 status.fair_share_usage = Some(recorded);
             }

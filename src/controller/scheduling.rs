@@ -31,8 +31,7 @@ use crate::k8s::{
 use crate::resources::Res;
 use crate::scheduler::usage::{Policy, Usage};
 use crate::scheduler::{self, CeInfo, NodeInfo, Plan, QueueInfo, Snapshot, Waiting};
-use crate::state::HandOff;
-use crate::state::Verdict;
+use crate::state::{HandOff, NodeHold, Verdict};
 
 /// Usage per queue and share, carried from pass to pass, recorded in each fair-share
 /// queue's status and taken up from there when Barge starts.
@@ -266,6 +265,7 @@ async fn pass(
     capacity_tx: &UnboundedSender<ObjectRef<ComputeEnvironment>>,
 ) -> Outcome {
     let ces = ctx.compute_environments.state();
+    let launches_seen = Instant::now();
     let (compute_environments, queues) = snapshot(ctx, st, &ces);
     refresh_backlog(ctx, st, verdict_tx);
     // The planner reads the backlog's list in place; it is handed back after the plan.
@@ -277,6 +277,17 @@ async fn pass(
         hold_gangs_after_ms: ctx.tunables.gang_hold_after.as_millis() as i64,
     };
     let plan = scheduler::plan(&snapshot);
+    let holds: Vec<NodeHold> = plan
+        .holds()
+        .into_iter()
+        .map(|h| NodeHold {
+            job: snapshot.jobs[h.job].name.to_string(),
+            queue: snapshot.jobs[h.job].queue.to_string(),
+            compute_environment: h.compute_environment.to_string(),
+            held: h.held,
+            nodes: h.nodes,
+        })
+        .collect();
     st.backlog.jobs = snapshot.jobs;
 
     let admission = admit(ctx, st, &plan, &ces);
@@ -297,7 +308,10 @@ async fn pass(
 
     hand_off_verdicts(ctx, st, &plan, first.into_iter().chain(admission.verdicts), verdict_tx);
     let names: Vec<String> = ces.iter().map(|c| c.name_any()).collect();
-    for ce in ctx.handoff.set_demand(plan.demand.clone(), &names) {
+    for ce in ctx.handoff.set_demand(plan.demand.clone(), launches_seen, &names) {
+        let _ = capacity_tx.unbounded_send(ObjectRef::new(&ce));
+    }
+    for ce in ctx.handoff.set_holds(holds) {
         let _ = capacity_tx.unbounded_send(ObjectRef::new(&ce));
     }
     ctx.handoff.set_blocked(plan.blocked_queues.iter().map(|(q, w)| (q.clone(), w.to_string())).collect());

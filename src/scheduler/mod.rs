@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::capacity::Need;
 use crate::resources::{Res, fmt_vcpus};
 
 /// A job waiting for admission.
@@ -326,9 +327,40 @@ pub struct Plan {
     /// The distinct reasons of this pass: most of a large backlog waits for a few.
     pub reasons: Vec<Waiting>,
     /// Requests of the jobs each compute environment should grow for.
-    pub demand: HashMap<String, Vec<Res>>,
+    pub demand: HashMap<String, Vec<Need>>,
     /// Per queue, why its first waiting job (in order) cannot run.
     pub blocked_queues: HashMap<String, Waiting>,
+}
+
+/// Nodes a pass held for a multi-node job that has waited its turn (see `decide_gang`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold<'a> {
+    /// Index into `Snapshot::jobs`.
+    pub job: usize,
+    pub compute_environment: &'a str,
+    /// Nodes held for it, taking no other job.
+    pub held: u32,
+    /// Nodes it needs together.
+    pub nodes: u32,
+}
+
+impl Plan {
+    /// The nodes held for multi-node jobs in this pass, job by job.
+    pub fn holds(&self) -> Vec<Hold<'_>> {
+        let holding = |w: &Waiting| matches!(w, Waiting::GangWaiting { held, .. } if *held > 0);
+        if !self.reasons.iter().any(holding) {
+            return Vec::new();
+        }
+        self.waiting
+            .iter()
+            .filter_map(|&(job, r)| match &self.reasons[r] {
+                Waiting::GangWaiting { compute_environment, nodes, held, .. } if *held > 0 => {
+                    Some(Hold { job, compute_environment, held: *held, nodes: *nodes })
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Working state of one compute environment during a pass.
@@ -785,7 +817,7 @@ fn decide<'a>(
     queue: Option<&'a QueueInfo>,
     usable_by_queue: &UsableByQueue<'a>,
     ces: &mut HashMap<&'a str, CeState<'a>>,
-    demand: &mut HashMap<String, Vec<Res>>,
+    demand: &mut HashMap<String, Vec<Need>>,
 ) -> Result<Admission, Waiting> {
     let usable = usable_environments(job, queue, usable_by_queue)?;
     let r = job.request;
@@ -817,7 +849,7 @@ fn decide<'a>(
         if ce.info.cannot_grow.is_none() && ce.projected_vcpus + r.millicpu <= ce.info.max_vcpus as u64 * 1000
         {
             ce.projected_vcpus += r.millicpu;
-            demand.entry(name.to_string()).or_default().push(r);
+            demand.entry(name.to_string()).or_default().push(Need::shared(r));
             return Err(Waiting::ScalingUp { compute_environment: name.to_string() });
         }
     }
@@ -849,7 +881,7 @@ fn decide_gang<'a>(
     queue: Option<&'a QueueInfo>,
     usable_by_queue: &UsableByQueue<'a>,
     ces: &mut HashMap<&'a str, CeState<'a>>,
-    demand: &mut HashMap<String, Vec<Res>>,
+    demand: &mut HashMap<String, Vec<Need>>,
     overdue: bool,
 ) -> Result<Admission, Waiting> {
     let usable = usable_environments(job, queue, usable_by_queue)?;
@@ -912,7 +944,10 @@ fn decide_gang<'a>(
             return Err(Waiting::NodesLaunching { compute_environment });
         }
         ce.projected_vcpus += grow;
-        demand.entry(compute_environment.clone()).or_default().extend(shapes);
+        demand
+            .entry(compute_environment.clone())
+            .or_default()
+            .extend(missing.into_iter().map(Need::own_instance));
         return Err(Waiting::ScalingUp { compute_environment });
     }
     // No environment can give all of them now. Once overdue, it holds nodes as a
@@ -1391,6 +1426,8 @@ mod tests {
              taking no other job until it runs"
         );
         assert!(p.demand.is_empty(), "{:?}", p.demand);
+        // The hold, for the queue's and the environment's status.
+        assert_eq!(p.holds(), [Hold { job: 1, compute_environment: "ce", held: 1, nodes: 3 }]);
     }
 
     #[test]
@@ -1421,8 +1458,9 @@ mod tests {
         };
         let p = plan(&s);
         assert_eq!(reason_of(&s, &p, "mpi"), &Waiting::ScalingUp { compute_environment: "ce".into() });
-        // One node each: the smallest instance type that holds 3 vCPUs, twice.
-        assert_eq!(p.demand["ce"][..2], [res(4), res(4)]);
+        // One instance of its own for each node it lacks, twice; the small job shares.
+        assert_eq!(p.demand["ce"][..2], [Need::own_instance(res(3)), Need::own_instance(res(3))]);
+        assert_eq!(p.demand["ce"][2..], [Need::shared(res(1))]);
         // The free node is held for the gang: the small job behind it waits for capacity.
         assert!(p.admitted.is_empty());
         assert_eq!(reason_of(&s, &p, "small"), &Waiting::ScalingUp { compute_environment: "ce".into() });
