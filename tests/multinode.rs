@@ -69,6 +69,21 @@ impl Gang {
         let selector = format!("barge.dev/job-uid={}", job.uid().unwrap());
         self.pods.list(&ListParams::default().labels(&selector)).await.unwrap().items
     }
+
+    /// Waits until no pod of `job` runs on (ended, or being deleted).
+    async fn all_stopped(&self, job: &BatchJob, what: &str) {
+        eventually(what, WAIT, || async {
+            let running = self.pods_of(job).await.into_iter().any(|p| {
+                let ended = matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+                !ended && p.metadata.deletion_timestamp.is_none()
+            });
+            (!running).then_some(())
+        })
+        .await
+    }
 }
 
 fn nodes(num: u32, ranges: Value) -> Value {
@@ -177,20 +192,7 @@ async fn a_failing_main_node_retries_the_whole_gang() {
     assert_eq!(s.attempts.len(), 2);
     assert_eq!(s.attempts[0].exit_code, Some(1));
     // The other nodes are stopped once the main node ended: none runs on.
-    eventually("the other nodes to be stopped", WAIT, || async {
-        let active: Vec<String> = g
-            .pods_of(&job)
-            .await
-            .iter()
-            .filter(|p| {
-                !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-            })
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| p.name_any())
-            .collect();
-        active.is_empty().then_some(())
-    })
-    .await;
+    g.all_stopped(&job, "the other nodes to be stopped").await;
     g.env.cleanup(&[&g.ce]).await;
 }
 
@@ -219,20 +221,7 @@ async fn a_timeout_stops_every_node_and_is_not_retried() {
     let ran = s.stopped_at.unwrap() - s.started_at.unwrap();
     assert!(ran.num_seconds() >= 59 && ran.num_seconds() < 80, "stopped after about 60 s: {ran}");
     // Every node's pod is stopped, not only the main node's.
-    eventually("every node's pod to stop", WAIT, || async {
-        let live: Vec<String> = g
-            .pods_of(&job)
-            .await
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-            })
-            .map(|p| p.name_any())
-            .collect();
-        live.is_empty().then_some(())
-    })
-    .await;
+    g.all_stopped(&job, "every node's pod to stop").await;
     g.env.cleanup(&[&g.ce]).await;
 }
 
