@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster bench-api demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster bench-api chaos demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -65,6 +65,14 @@ bench-memory:
 ## The AWS Batch API under 16 concurrent clients, beside raw BatchJob creates, on a fresh cluster.
 bench-api:
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-api hack/with-cluster.sh $(CARGO) bench --bench batch_api
+
+## Six failure scenarios on a fresh local cluster with moto (see benches/chaos.rs):
+## bench/results/chaos.md and .csv. CHAOS_JOBS (2000), CHAOS_EC2_JOBS (200), CHAOS_ONLY=1,3.
+CHAOS_JOBS ?= 2000
+CHAOS_EC2_JOBS ?= 200
+chaos:
+	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/chaos CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_EC2_JOBS=$(CHAOS_EC2_JOBS) \
+	  hack/with-cluster.sh $(CARGO) bench --bench chaos
 
 bench-cluster:
 	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \

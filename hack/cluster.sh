@@ -6,6 +6,9 @@
 #   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
 #   hack/cluster.sh status   say what runs
 #   hack/cluster.sh env      print `export KUBECONFIG=…` lines (eval "$(hack/cluster.sh env)")
+#   hack/cluster.sh stop-for COMPONENT SECONDS   stop one component, then start it again as
+#                            `up` did and wait until it answers (for `make chaos`)
+#   hack/cluster.sh pause-for COMPONENT SECONDS  SIGSTOP it, then SIGCONT (a hung process)
 #
 # Environment: BARGE_CLUSTER_DIR (state; default .barge/cluster in the repo),
 # BARGE_CACHE (built binaries), KCM_QPS / KCM_BURST (controller-manager client limits),
@@ -93,8 +96,49 @@ KC
 
 start() { # start <component> <command…>: run in the background with its own log
   local name=$1; shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
+  mkdir -p "$state/commands"
+  printf '%q ' "$@" >"$state/commands/$name"
+  "$@" >>"$state/logs/$name.log" 2>&1 &
   echo $! >"$state/pids/$name"
+}
+
+answers() { # answers <component>: its health endpoint says ok
+  # shellcheck disable=SC1091
+  source "$state/ports.env"
+  local pki="$state/pki"
+  case "$1" in
+    etcd) curl -sf "http://127.0.0.1:$ETCD_PORT/health" ;;
+    kube-apiserver) curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+      "https://127.0.0.1:$APISERVER_PORT/readyz" ;;
+    kwok) curl -sf "http://127.0.0.1:$KWOK_PORT/healthz" ;;
+    *) alive "$1" ;;
+  esac
+}
+
+stop_for() { # stop_for <component> <seconds>
+  local c=$1 secs=$2 pid
+  [ -f "$state/commands/$c" ] || die "$c was not started by up"
+  pid=$(cat "$state/pids/$c")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  log "$c stopped for ${secs}s"
+  sleep "$secs"
+  eval "start $c $(cat "$state/commands/$c")"
+  wait_for "$c" 120 answers "$c"
+  log "$c answers again"
+}
+
+pause_for() { # pause_for <component> <seconds>
+  local c=$1 secs=$2 pid
+  pid=$(cat "$state/pids/$c")
+  # shellcheck disable=SC2064 # the pid is meant to be expanded now
+  trap "kill -CONT $pid 2>/dev/null || true" EXIT
+  kill -STOP "$pid"
+  log "$c paused for ${secs}s"
+  sleep "$secs"
+  kill -CONT "$pid"
+  log "$c resumed"
 }
 
 check_alive() { # every component started so far still runs
@@ -237,5 +281,7 @@ case "${1:-}" in
   down) down_quiet; log "stopped" ;;
   status) status ;;
   env) env_lines ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  stop-for) stop_for "${2:?component}" "${3:?seconds}" ;;
+  pause-for) pause_for "${2:?component}" "${3:?seconds}" ;;
+  *) echo "usage: $0 up|down|status|env|stop-for C S|pause-for C S" >&2; exit 2 ;;
 esac

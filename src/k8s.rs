@@ -197,3 +197,35 @@ mod tests {
         assert_eq!(instance_id("aws:///us-east-1a/not-an-instance"), None);
     }
 }
+
+/// The most an Event's note may hold (the API server refuses longer ones).
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// `note` cut to fit an Event (at a character boundary, ending in `…`), so that a long
+/// message (many launch errors at once, a long status reason) still gets its event.
+pub fn event_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_MAX {
+        return note;
+    }
+    let ellipsis = "…";
+    let mut end = EVENT_NOTE_MAX - ellipsis.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &note[..end])
+}
+
+#[cfg(test)]
+mod event_note_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_note_is_cut_to_what_an_event_holds_at_a_character_boundary() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(1000); // 2,000 bytes
+        let cut = event_note(long);
+        assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+    }
+}

@@ -16,6 +16,7 @@ pub mod provider;
 pub mod resources;
 pub mod scheduler;
 pub mod state;
+pub mod throttle;
 
 /// The field manager Barge writes every object and status under (server-side apply).
 pub const FIELD_MANAGER: &str = "barge";

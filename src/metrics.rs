@@ -84,6 +84,8 @@ pub struct Metrics {
     pub ec2_calls: Family<Ec2Call, Counter>,
     pub ec2_errors: Family<Ec2Error, Counter>,
     pub leader: Gauge,
+    pub kube_throttled_requests: Counter,
+    pub kube_throttled_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -103,6 +105,8 @@ impl Metrics {
         let ec2_calls = Family::<Ec2Call, Counter>::default();
         let ec2_errors = Family::<Ec2Error, Counter>::default();
         let leader = Gauge::default();
+        let kube_throttled_requests = Counter::default();
+        let kube_throttled_seconds = Counter::<f64, AtomicU64>::default();
         // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
         r.register("jobs", "BatchJobs per queue and phase", jobs.clone());
@@ -134,6 +138,16 @@ impl Metrics {
         r.register("ec2_api_calls", "EC2 API calls by operation", ec2_calls.clone());
         r.register("ec2_api_errors", "EC2 API errors by operation and code", ec2_errors.clone());
         r.register("leader", "1 while this replica is the leader", leader.clone());
+        r.register(
+            "kube_client_throttled_requests",
+            "apiserver requests that waited for the client-side limit (--kube-api-qps)",
+            kube_throttled_requests.clone(),
+        );
+        r.register(
+            "kube_client_throttled_seconds",
+            "Time apiserver requests waited for the client-side limit",
+            kube_throttled_seconds.clone(),
+        );
         let build: Family<BuildInfo, Gauge> = Family::default();
         build.get_or_create(&BuildInfo { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "Barge's version", build);
@@ -152,6 +166,8 @@ impl Metrics {
             ec2_calls,
             ec2_errors,
             leader,
+            kube_throttled_requests,
+            kube_throttled_seconds,
         }
     }
 

@@ -45,7 +45,7 @@ where
 {
     let (store, writer) = reflector::store();
     let drive = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .modify(crate::controller::prune_object)
         .reflect(writer)
         .for_each(move |ev| {

@@ -80,6 +80,13 @@ pub struct RunArgs {
     /// Name of this replica, in events and in the leader Lease.
     #[arg(long, env = "POD_NAME", default_value = "barge")]
     instance: String,
+    /// apiserver requests a second this operator makes at most, after a burst of
+    /// --kube-api-burst (0: no limit). Its watches count once each, when they open.
+    #[arg(long, env = "BARGE_KUBE_API_QPS", default_value_t = 200)]
+    kube_api_qps: u32,
+    /// apiserver requests this operator may make at once before --kube-api-qps applies.
+    #[arg(long, env = "BARGE_KUBE_API_BURST", default_value_t = 400)]
+    kube_api_burst: u32,
     /// Changes one of the loops' tunables, e.g. `scheduling-tick=500ms` (repeatable; see
     /// `controller::Tunables` for the names and defaults).
     #[arg(long = "tune", env = "BARGE_TUNE", value_delimiter = ',', value_name = "NAME=VALUE")]
@@ -107,7 +114,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance = %args.instance,
         "starting Barge"
     );
-    let client = Client::try_default().await?;
+    let limit = crate::throttle::Limit::new(args.kube_api_qps, args.kube_api_burst);
+    tracing::info!(
+        qps = args.kube_api_qps,
+        burst = limit.map_or(0, |l| l.burst.get()),
+        "apiserver request limit"
+    );
+    let client = kube_client(limit).await?;
 
     // /readyz: the stores have synced, or this replica is a standby waiting for the Lease.
     let synced = Arc::new(AtomicBool::new(false));
@@ -166,4 +179,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.lease_duration_seconds),
     );
     Ok(lock.lead(operator).await??)
+}
+
+/// kube's default client for the inferred config, with the request limit under it.
+async fn kube_client(limit: Option<crate::throttle::Limit>) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await?;
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(match limit {
+        Some(limit) => builder.with_layer(&crate::throttle::ThrottleLayer::new(limit)).build(),
+        None => builder.build(),
+    })
 }

@@ -72,8 +72,13 @@ pub async fn write_status(
 }
 
 pub async fn publish(ctx: &Shared, ce: &ComputeEnvironment, type_: EventType, reason: &str, note: String) {
-    let ev =
-        Event { type_, reason: reason.into(), note: Some(note), action: "Scale".into(), secondary: None };
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(crate::k8s::event_note(note)),
+        action: "Scale".into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&ev, &ce.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
     }

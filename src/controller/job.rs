@@ -672,7 +672,7 @@ async fn publish_transition(
             _ => return,
         }
     };
-    let note = new.status_reason.clone();
+    let note = new.status_reason.clone().map(crate::k8s::event_note);
     let ev = Event { type_, reason: reason.into(), note, action: "Reconcile".into(), secondary: None };
     // Not the shared recorder: it keeps each event it published for six minutes and scans
     // them all on every publish, which over a hundred thousand jobs ending is hundreds of

@@ -25,6 +25,8 @@ pub mod unmanaged;
 pub mod usage;
 mod watch;
 
+pub(crate) use watch::backoff as watch_backoff;
+
 use std::future::ready;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -248,10 +250,12 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     let (pods, usage) = watch_pods(&client, &feeds, &mut drives);
     let nodes = watch_nodes(&client, &feeds, &cluster, &mut drives);
     let jd_controller =
-        Controller::new(Api::<JobDefinition>::all(client.clone()), watcher::Config::default());
+        Controller::new(Api::<JobDefinition>::all(client.clone()), watcher::Config::default())
+            .trigger_backoff(watch::backoff());
     let definitions = watch_definitions(&client, &feeds, &jd_controller, &mut drives);
     let ce_controller =
-        Controller::new(Api::<ComputeEnvironment>::all(client.clone()), watcher::Config::default());
+        Controller::new(Api::<ComputeEnvironment>::all(client.clone()), watcher::Config::default())
+            .trigger_backoff(watch::backoff());
     let (queues, drive) = plain_watch(
         Api::<JobQueue>::all(client.clone()),
         watcher::Config::default(),
@@ -263,7 +267,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
     drives.push(drive.boxed());
     let (namespaces, ns_writer) = reflector::store();
     let drive = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+        .backoff(watch::backoff())
         .reflect(ns_writer)
         .for_each(|_| ready(()));
     drives.push(drive.boxed());

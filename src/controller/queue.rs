@@ -56,7 +56,8 @@ pub async fn run(ctx: Arc<Shared>) {
                 }
             }
             if is_blocked(Some(&status)) && !was_blocked {
-                let note = condition(&status.conditions, ConditionType::Blocked).map(|c| c.message.clone());
+                let note = condition(&status.conditions, ConditionType::Blocked)
+                    .map(|c| crate::k8s::event_note(c.message.clone()));
                 let ev = Event {
                     type_: EventType::Warning,
                     reason: "Blocked".into(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod batch;
+pub mod chaos;
 pub mod ec2;
 pub mod env;
 
