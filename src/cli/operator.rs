@@ -82,10 +82,10 @@ pub struct RunArgs {
     instance: String,
     /// apiserver requests a second this operator makes at most, after a burst of
     /// --kube-api-burst (0: no limit). Its watches count once each, when they open.
-    #[arg(long, env = "BARGE_KUBE_API_QPS", default_value_t = 200)]
+    #[arg(long, env = "BARGE_KUBE_API_QPS", default_value_t = 1000)]
     kube_api_qps: u32,
     /// apiserver requests this operator may make at once before --kube-api-qps applies.
-    #[arg(long, env = "BARGE_KUBE_API_BURST", default_value_t = 400)]
+    #[arg(long, env = "BARGE_KUBE_API_BURST", default_value_t = 2000)]
     kube_api_burst: u32,
     /// Changes one of the loops' tunables, e.g. `scheduling-tick=500ms` (repeatable; see
     /// `controller::Tunables` for the names and defaults).
