@@ -333,7 +333,7 @@ async fn ready_nodes(client: &Client, labels: &str) -> usize {
 /// What a measured run watches: its pods, and the objects whose end ends it (if not the
 /// pods themselves).
 struct Watch<K> {
-    contender: &'static str,
+    contender: String,
     n: usize,
     pods: (Api<Pod>, &'static str),
     owners: Option<Owners<K>>,
@@ -364,7 +364,7 @@ where
     let owners = w.owners.map(|o| track(o.api, o.labels, o.count, start, o.done));
     let submit_s = submit(start).await;
     let done = owners.as_ref().unwrap_or(&pods);
-    wait_for(w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
+    wait_for(&w.contender, Duration::from_secs(7200), || done.lock().unwrap().all_done.is_some()).await;
     let requests: BTreeMap<String, u64> = apiserver_requests(client)
         .await
         .into_iter()
@@ -379,7 +379,7 @@ where
     let all_done_s = done.lock().unwrap().all_done.unwrap_or(f64::NAN);
     let p = pods.lock().unwrap();
     Row {
-        contender: w.contender.into(),
+        contender: w.contender.clone(),
         n: w.n,
         submit_s,
         first_pod_s: p.first_seen.unwrap_or(f64::NAN),
@@ -401,8 +401,13 @@ async fn ceiling(client: &Client, n: usize, contender: &'static str) -> Row {
     fresh_namespace(client, ns).await;
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods: Vec<Pod> = (0..n).map(|i| barge_shaped_pod(i, "ceiling")).collect();
-    let w =
-        Watch::<Pod> { contender, n, pods: (api.clone(), "bench=ceiling"), owners: None, controller: None };
+    let w = Watch::<Pod> {
+        contender: contender.into(),
+        n,
+        pods: (api.clone(), "bench=ceiling"),
+        owners: None,
+        controller: None,
+    };
     let row = measure(client, w, |start| create_all(&api, pods, start)).await;
     drop_namespace(client, ns).await;
     row
@@ -427,7 +432,7 @@ async fn batch_v1(client: &Client, n: usize) -> Row {
         })
         .collect();
     let w = Watch {
-        contender: "batch/v1 Job",
+        contender: "batch/v1 Job".into(),
         n,
         pods: (pods, "bench=batch-v1"),
         owners: Some(Owners { api: jobs.clone(), labels: "bench=batch-v1", count: n, done: job_done }),
@@ -513,6 +518,11 @@ struct Operator {
 impl Operator {
     /// Starts it, and waits until the compute environment's nodes are Ready.
     async fn start(client: &Client, nodes: usize) -> Operator {
+        Self::start_with(client, nodes, &[]).await
+    }
+
+    /// Starts it with extra environment variables (a request limit, say).
+    async fn start_with(client: &Client, nodes: usize, env: &[(&str, String)]) -> Operator {
         let port = free_port();
         // BENCH_OPERATOR_WRAP runs the operator under a profiler (e.g. `heaptrack`, or
         // `perf record -g --`); its CPU and memory figures are then the profiler's.
@@ -527,6 +537,7 @@ impl Operator {
             .arg("run")
             .env("RUST_LOG", arg("BENCH_OPERATOR_LOG").unwrap_or_else(|| "warn".into()))
             .env("BARGE_METRICS_BIND", format!("127.0.0.1:{port}"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -557,8 +568,8 @@ impl Operator {
 /// Barge's three scenarios, on a running operator: N BatchJobs submitted and run at once,
 /// N from a backlog, and one array job.
 async fn barge(client: &Client, operator: &Operator, n: usize, array: usize) -> Vec<Row> {
-    let watch = |contender, ns: &str, n| Watch {
-        contender,
+    let watch = |contender: &str, ns: &str, n| Watch {
+        contender: contender.into(),
         n,
         pods: (Api::namespaced(client.clone(), ns), "barge.dev/job-name"),
         owners: Some(Owners {
@@ -570,16 +581,10 @@ async fn barge(client: &Client, operator: &Operator, n: usize, array: usize) -> 
         controller: Some(operator.pid),
     };
 
-    let ns = "bench-barge";
-    fresh_namespace(client, ns).await;
+    let mut row = submit_and_run(client, operator, n, "Barge BatchJob").await;
+    row.note = format!("submitted and run at once; peak RSS while holding {n} BatchJobs and their pods");
     let ssa = PatchParams::apply("barge-bench").force();
     let queues: Api<barge::api::JobQueue> = Api::all(client.clone());
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("b-{i}"), "bench", None)).collect();
-    let mut row =
-        measure(client, watch("Barge BatchJob", ns, n), |start| create_all(&jobs, objects, start)).await;
-    row.note = format!("submitted and run at once; peak RSS while holding {n} BatchJobs and their pods");
-    drop_namespace(client, ns).await;
 
     // A backlog: N jobs wait in a DISABLED queue until the operator has taken each in;
     // the clock starts when the queue is enabled, so admission is Barge's alone.
@@ -628,6 +633,66 @@ async fn barge(client: &Client, operator: &Operator, n: usize, array: usize) -> 
     );
     drop_namespace(client, ns).await;
     vec![row, backlog, arr]
+}
+
+/// N BatchJobs submitted at once and run to their end, on a running operator.
+async fn submit_and_run(client: &Client, operator: &Operator, n: usize, contender: &str) -> Row {
+    let ns = "bench-barge";
+    fresh_namespace(client, ns).await;
+    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
+    let objects: Vec<BatchJob> = (0..n).map(|i| barge_job(&format!("b-{i}"), "bench", None)).collect();
+    let watch = Watch {
+        contender: contender.to_string(),
+        n,
+        pods: (Api::namespaced(client.clone(), ns), "barge.dev/job-name"),
+        owners: Some(Owners {
+            api: Api::namespaced(client.clone(), ns),
+            labels: "bench=barge",
+            count: n,
+            done: batch_job_done,
+        }),
+        controller: Some(operator.pid),
+    };
+    let row = measure(client, watch, |start| create_all(&jobs, objects, start)).await;
+    drop_namespace(client, ns).await;
+    row
+}
+
+/// `BENCH_LIMITS=off,1000/2000,200/400`: the submit-and-run scenario again under each
+/// client-side request limit (`--kube-api-qps`/`--kube-api-burst`), an operator each, with
+/// the time its requests waited for the limit.
+async fn limits(client: &Client, nodes: usize, n: usize, settings: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for setting in settings.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (qps, burst) = match setting.split_once('/') {
+            _ if setting == "off" => ("0".to_string(), "0".to_string()),
+            Some((q, b)) => (q.to_string(), b.to_string()),
+            None => (setting.to_string(), (setting.parse::<u32>().expect("a QPS") * 2).to_string()),
+        };
+        let env = [("BARGE_KUBE_API_QPS", qps.clone()), ("BARGE_KUBE_API_BURST", burst.clone())];
+        let operator = Operator::start_with(client, nodes, &env).await;
+        let read = || {
+            (
+                operator_metric(operator.port, "barge_kube_client_throttled_requests_total").unwrap_or(0.0),
+                operator_metric(operator.port, "barge_kube_client_throttled_seconds_total").unwrap_or(0.0),
+            )
+        };
+        let (waited0, seconds0) = read();
+        let contender = format!("Barge BatchJob, limit {setting}");
+        let mut row = submit_and_run(client, &operator, n, &contender).await;
+        let (waited1, seconds1) = read();
+        row.note = match setting {
+            "off" => "no client-side request limit".into(),
+            _ => format!(
+                "--kube-api-qps {qps} --kube-api-burst {burst}: {:.0} requests waited for the limit,                  {:.1} s in all",
+                waited1 - waited0,
+                seconds1 - seconds0
+            ),
+        };
+        operator.stop().await;
+        rows.push(row);
+    }
+    rows
 }
 
 /// Submits `count` BatchJobs to the DISABLED queue and waits until the operator has taken
@@ -719,6 +784,9 @@ async fn main() {
         let operator = Operator::start(&client, nodes).await;
         rows.extend(barge(&client, &operator, n, array).await);
         operator.stop().await;
+        if let Some(settings) = arg("BENCH_LIMITS") {
+            rows.extend(limits(&client, nodes, n, &settings).await);
+        }
     }
     // The same ceiling once more, on the cluster the others have used: how far the
     // apiserver's own rate moved during the run (etcd's history grows, the machine varies).
@@ -834,6 +902,19 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     } else {
         BTreeMap::new()
     };
+    let limited: Vec<&Row> =
+        rows.iter().filter(|r| r.contender.starts_with("Barge BatchJob, limit ")).collect();
+    let mut ratios = ratios;
+    let names: Vec<String> = limited
+        .iter()
+        .filter(|r| !r.contender.ends_with(" off"))
+        .map(|r| format!("end-to-end, {} / limit off", r.contender))
+        .collect();
+    if let Some(off) = limited.iter().find(|r| r.contender.ends_with(" off")) {
+        for (r, name) in limited.iter().filter(|r| !r.contender.ends_with(" off")).zip(&names) {
+            ratios.insert(name.as_str(), r.e2e_rate() / off.e2e_rate());
+        }
+    }
     md += "\n";
     for (k, v) in &ratios {
         md += &format!("- {k}: **{v:.2}**\n");

@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::FIELD_MANAGER;
 use crate::api::compute_environment::CapacityType;
-use crate::api::{ComputeEnvironment, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT};
+use crate::api::{
+    ComputeEnvironment, Interruption, LABEL_CAPACITY_TYPE, LABEL_COMPUTE_ENVIRONMENT, LABEL_INTERRUPTION,
+};
 use crate::resources::{GPU_RESOURCE, QuantityError, Res, parse_mib, parse_millicpu};
 
 /// Writes `status` as the object's status under Barge's field manager (server-side
@@ -120,6 +122,20 @@ pub fn node_is_ready(node: &Node) -> bool {
 pub fn node_is_cordoned(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
         || node.meta().deletion_timestamp.is_some()
+}
+
+/// What EC2 warned of the node's instance, if anything.
+pub fn node_interruption(node: &Node) -> Option<Interruption> {
+    node.labels().get(LABEL_INTERRUPTION).and_then(|v| Interruption::parse(v))
+}
+
+/// Why the attempts on an EC2 node ended when its host went away, in AWS Batch's words.
+pub fn lost_host_reason(node: &Node) -> Option<String> {
+    let id = node_instance_id(node)?;
+    Some(match node_interruption(node) {
+        Some(Interruption::Spot) => format!("Host EC2 (instance {id}) Spot interruption"),
+        _ => format!("Host EC2 (instance {id}) terminated."),
+    })
 }
 
 pub fn node_compute_environment(node: &Node) -> Option<&str> {

@@ -57,6 +57,13 @@ pub struct Ec2Error {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeKind {
+    /// spot_interruption, rebalance_recommendation, state_change (acted on), duplicate,
+    /// unknown_instance, other or malformed (dropped).
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
     pub version: String,
 }
@@ -86,6 +93,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub kube_throttled_requests: Counter,
     pub kube_throttled_seconds: Counter<f64, AtomicU64>,
+    pub instance_notices: Family<NoticeKind, Counter>,
 }
 
 impl Metrics {
@@ -107,6 +115,7 @@ impl Metrics {
         let leader = Gauge::default();
         let kube_throttled_requests = Counter::default();
         let kube_throttled_seconds = Counter::<f64, AtomicU64>::default();
+        let instance_notices = Family::<NoticeKind, Counter>::default();
         // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
         r.register("jobs", "BatchJobs per queue and phase", jobs.clone());
@@ -148,6 +157,11 @@ impl Metrics {
             "Time apiserver requests waited for the client-side limit",
             kube_throttled_seconds.clone(),
         );
+        r.register(
+            "instance_notices",
+            "EC2 instance notices read from SQS, by what Barge made of them",
+            instance_notices.clone(),
+        );
         let build: Family<BuildInfo, Gauge> = Family::default();
         build.get_or_create(&BuildInfo { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "Barge's version", build);
@@ -168,6 +182,7 @@ impl Metrics {
             leader,
             kube_throttled_requests,
             kube_throttled_seconds,
+            instance_notices,
         }
     }
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, Instance};
 use barge::api::batch_job::JobPhase;
-use common::ec2::{Ec2Proxy, Faults, moto, start_node_bridge};
+use common::ec2::{Ec2Proxy, Faults, ec2_event, moto, sqs, start_node_bridge};
 use common::*;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -25,6 +25,8 @@ struct Aws {
     cluster: String,
     subnets: Vec<String>,
     launch_template: String,
+    /// The SQS queue the operator reads EC2's instance notices from.
+    notices: String,
 }
 
 /// moto's default subnets, a launch template, the proxy, the bridge and an operator with
@@ -50,7 +52,21 @@ async fn start_aws() -> Aws {
     let cluster = format!("tests-{}", suffix());
     let proxy = Ec2Proxy::get();
     start_node_bridge(&cluster, HashSet::from([NEVER_JOINS.to_string()]));
+    let notices = sqs()
+        .await
+        .create_queue()
+        .queue_name(format!("{cluster}-notices"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let moto_url = common::ec2::moto_url();
     let env = [
+        ("BARGE_INTERRUPTION_QUEUE_URL", notices.as_str()),
+        ("BARGE_INTERRUPTION_QUEUE_WAIT_SECONDS", "1"),
+        ("AWS_ENDPOINT_URL_SQS", moto_url.as_str()),
         ("BARGE_EC2_PROVIDER", "true"),
         ("BARGE_CLUSTER_NAME", cluster.as_str()),
         ("BARGE_CAPACITY_COOLDOWN_SECONDS", "30"),
@@ -62,7 +78,7 @@ async fn start_aws() -> Aws {
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
     spawn_operator_for_process("ec2", &env);
-    Aws { cluster, subnets, launch_template: lt_name }
+    Aws { cluster, subnets, launch_template: lt_name, notices }
 }
 
 async fn setup(prefix: &str) -> (Env, &'static Aws) {
@@ -240,6 +256,178 @@ async fn a_spot_environment_requests_spot_and_a_lost_spot_instance_is_a_retried_
     );
     assert_eq!(s.attempts[1].exit_code, Some(0));
     assert_ne!(s.attempts[1].node_name, s.attempts[0].node_name);
+    e.cleanup(&[&ce]).await;
+}
+
+/// Sends EC2 notices to the interruption queue, as EventBridge would.
+async fn notify(aws: &Aws, bodies: &[String]) {
+    let sqs = sqs().await;
+    for body in bodies {
+        sqs.send_message().queue_url(&aws.notices).message_body(body).send().await.unwrap();
+    }
+}
+
+fn instance_of(node: &Node) -> String {
+    node.spec.as_ref().unwrap().provider_id.as_ref().unwrap().rsplit('/').next().unwrap().to_string()
+}
+
+fn spot_interruption(id: &str) -> String {
+    ec2_event(
+        "EC2 Spot Instance Interruption Warning",
+        json!({"instance-id": id, "instance-action": "terminate"}),
+    )
+}
+
+fn rebalance(id: &str) -> String {
+    ec2_event("EC2 Instance Rebalance Recommendation", json!({"instance-id": id}))
+}
+
+#[tokio::test]
+async fn a_spot_interruption_warning_stops_the_attempt_before_the_reclaim_and_the_job_retries_elsewhere() {
+    let (e, aws) = setup("ec2-warned").await;
+    let ce = e
+        .ce(
+            "spot",
+            ec2_spec(
+                aws,
+                json!({"instanceTypes": ["m6i.xlarge"], "capacityType": "SPOT",
+                       "maxvCpus": 16, "scaleDownDelaySeconds": 600}),
+            ),
+        )
+        .await;
+    let q = e.queue("q", 10, "ENABLED", &[&ce]).await;
+    e.job(
+        "long",
+        &q,
+        2.0,
+        json!({"sim.barge.dev/duration": "15s"}),
+        json!({"retryStrategy": {"attempts": 2}}),
+    )
+    .await;
+    let running = e.wait_phase("long", JobPhase::Running).await;
+    let nodes: Api<Node> = Api::all(e.client.clone());
+    let node = nodes.get(&running.status.unwrap().node_name.unwrap()).await.unwrap();
+    let id = instance_of(&node);
+
+    // What a real queue also carries: events Barge did not expect, then the warning, twice,
+    // and a rebalance recommendation that must not undo it.
+    notify(
+        aws,
+        &[
+            "not json at all".into(),
+            json!({"detail-type": "EC2 Spot Instance Interruption Warning"}).to_string(),
+            spot_interruption("i-0123456789abcdef0"),
+            json!({"source": "aws.health", "detail-type": "AWS Health Event", "detail": {}}).to_string(),
+            spot_interruption(&id),
+        ],
+    )
+    .await;
+    let cordoned = eventually("the warned node cordoned and marked", WAIT, || async {
+        let n = nodes.get(&node.name_any()).await.ok()?;
+        let marked =
+            n.labels().get("barge.dev/interruption").map(String::as_str) == Some("spot-interruption");
+        (marked && n.spec.as_ref()?.unschedulable == Some(true)).then_some(n)
+    })
+    .await;
+    notify(aws, &[spot_interruption(&id), rebalance(&id)]).await;
+
+    // The attempt stops ahead of the reclaim (nobody terminates the instance here) and the
+    // job runs again on another instance.
+    let done = eventually("the job to succeed on a new instance", Duration::from_secs(120), || async {
+        let j = e.jobs.get("long").await.ok()?;
+        (j.status.as_ref()?.phase == JobPhase::Succeeded).then_some(j)
+    })
+    .await;
+    let s = done.status.unwrap();
+    assert_eq!(s.attempts.len(), 2, "one stopped attempt, one retry, no more: {:?}", s.attempts);
+    assert_eq!(
+        s.attempts[0].reason.as_deref(),
+        Some(format!("Host EC2 (instance {id}) Spot interruption").as_str())
+    );
+    assert_ne!(s.attempts[1].node_name.as_deref(), Some(cordoned.name_any().as_str()));
+    assert_eq!(s.attempts[1].exit_code, Some(0));
+
+    // Idle and warned, the instance goes without waiting out scaleDownDelaySeconds.
+    eventually("the warned instance terminated by Barge", Duration::from_secs(60), || async {
+        let live = instances(aws, &ce, LIVE).await;
+        (!live.iter().any(|i| i.instance_id() == Some(id.as_str()))).then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(e.client.clone(), "default");
+    eventually("a SpotInterruption event on the environment", WAIT, || async {
+        let by_ce = ListParams::default().fields(&format!("involvedObject.name={ce}"));
+        let list = events.list(&by_ce).await.ok()?;
+        list.items
+            .iter()
+            .find(|ev| {
+                ev.reason.as_deref() == Some("SpotInterruption")
+                    && ev
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains(&id) && m.contains("1 running attempt stopped"))
+            })
+            .map(|_| ())
+    })
+    .await;
+    // Every message was read and deleted, the unexpected ones included.
+    let sqs = sqs().await;
+    eventually("the notice queue drained", WAIT, || async {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&aws.notices)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .ok()?;
+        let count = |k: aws_sdk_sqs::types::QueueAttributeName| {
+            attrs.attributes().and_then(|a| a.get(&k)).map_or(0, |v| v.parse::<u32>().unwrap_or(0))
+        };
+        (count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages) == 0
+            && count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0)
+            .then_some(())
+    })
+    .await;
+    e.cleanup(&[&ce]).await;
+}
+
+#[tokio::test]
+async fn a_rebalance_recommendation_lets_running_jobs_finish_and_sends_new_ones_elsewhere() {
+    let (e, aws) = setup("ec2-rebalance").await;
+    let ce = e
+        .ce(
+            "spot",
+            ec2_spec(
+                aws,
+                json!({"instanceTypes": ["m6i.xlarge"], "capacityType": "SPOT",
+                       "maxvCpus": 16, "scaleDownDelaySeconds": 600}),
+            ),
+        )
+        .await;
+    let q = e.queue("q", 10, "ENABLED", &[&ce]).await;
+    e.job("first", &q, 1.0, json!({"sim.barge.dev/duration": "12s"}), json!({})).await;
+    let running = e.wait_phase("first", JobPhase::Running).await;
+    let nodes: Api<Node> = Api::all(e.client.clone());
+    let node = running.status.unwrap().node_name.unwrap();
+    let id = instance_of(&nodes.get(&node).await.unwrap());
+    notify(aws, &[rebalance(&id)]).await;
+    eventually("the node cordoned for rebalancing", WAIT, || async {
+        let n = nodes.get(&node).await.ok()?;
+        let marked =
+            n.labels().get("barge.dev/interruption").map(String::as_str) == Some("rebalance-recommendation");
+        (marked && n.spec.as_ref()?.unschedulable == Some(true)).then_some(())
+    })
+    .await;
+    // The node has room for it, but it goes to a new instance.
+    e.job("second", &q, 1.0, json!({"sim.barge.dev/duration": "1s"}), json!({})).await;
+    let second = e.wait_phase("second", JobPhase::Succeeded).await;
+    assert_ne!(second.status.unwrap().node_name.as_deref(), Some(node.as_str()));
+    let first = e.wait_phase("first", JobPhase::Succeeded).await.status.unwrap();
+    assert_eq!(first.attempts.len(), 1, "the running job was left alone: {:?}", first.attempts);
+    eventually("the recommended instance removed once idle", Duration::from_secs(60), || async {
+        let live = instances(aws, &ce, LIVE).await;
+        (!live.iter().any(|i| i.instance_id() == Some(id.as_str()))).then_some(())
+    })
+    .await;
     e.cleanup(&[&ce]).await;
 }
 

@@ -39,6 +39,35 @@ pub const LABEL_JOB_QUEUE: &str = "barge.dev/job-queue";
 pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
 /// Label on nodes: `on-demand` or `spot`.
 pub const LABEL_CAPACITY_TYPE: &str = "barge.dev/capacity-type";
+/// Label on a node EC2 warned about (see `Interruption`): Barge cordoned it and keeps it
+/// cordoned; it goes once idle.
+pub const LABEL_INTERRUPTION: &str = "barge.dev/interruption";
+
+/// What EC2 warned of a node's instance, as the value of [`LABEL_INTERRUPTION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// EC2 takes the Spot instance back within two minutes: its attempts were stopped.
+    Spot,
+    /// The Spot instance is at elevated risk: nothing new starts on it.
+    Rebalance,
+}
+
+impl Interruption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interruption::Spot => "spot-interruption",
+            Interruption::Rebalance => "rebalance-recommendation",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "spot-interruption" => Some(Interruption::Spot),
+            "rebalance-recommendation" => Some(Interruption::Rebalance),
+            _ => None,
+        }
+    }
+}
 
 /// ENABLED or DISABLED, as on AWS Batch queues and compute environments.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -232,6 +232,9 @@ pub struct NodeUse {
     pub vcpus: u32,
     /// Seconds since the node last ran a Barge pod; `None` while it runs one.
     pub idle_seconds: Option<u64>,
+    /// EC2 warned it may take the instance back: it takes no new work, goes as soon as it
+    /// is idle, and is never kept for `minvCpus`.
+    pub interrupted: bool,
 }
 
 /// Nodes to remove: those idle longer than `delay`, except the smallest set of them
@@ -246,8 +249,11 @@ pub fn plan_scale_down(
     smallest_vcpus: u32,
 ) -> Vec<String> {
     let past_delay = |n: &NodeUse| n.idle_seconds.is_some_and(|s| s >= delay_seconds);
+    let interrupted_idle: Vec<String> =
+        nodes.iter().filter(|n| n.interrupted && n.idle_seconds.is_some()).map(|n| n.name.clone()).collect();
+    let nodes: Vec<&NodeUse> = nodes.iter().filter(|n| !n.interrupted).collect();
     let kept: u32 = nodes.iter().filter(|n| !past_delay(n)).map(|n| n.vcpus).sum();
-    let mut eligible: Vec<&NodeUse> = nodes.iter().filter(|n| past_delay(n)).collect();
+    let mut eligible: Vec<&NodeUse> = nodes.into_iter().filter(|n| past_delay(n)).collect();
     // Longest idle first to go; the order also makes the choice deterministic.
     eligible.sort_by(|a, b| b.idle_seconds.cmp(&a.idle_seconds).then(a.name.cmp(&b.name)));
     let mut need = min_vcpus.saturating_sub(kept);
@@ -265,7 +271,7 @@ pub fn plan_scale_down(
         let Some(pick) = pick else { break };
         need = need.saturating_sub(eligible.remove(pick).vcpus);
     }
-    eligible.into_iter().map(|n| n.name.clone()).collect()
+    interrupted_idle.into_iter().chain(eligible.into_iter().map(|n| n.name.clone())).collect()
 }
 
 #[cfg(test)]
@@ -376,10 +382,10 @@ mod tests {
     #[test]
     fn scale_down_keeps_min_vcpus_and_busy_nodes() {
         let nodes = vec![
-            NodeUse { name: "a".into(), vcpus: 4, idle_seconds: Some(600) },
-            NodeUse { name: "b".into(), vcpus: 4, idle_seconds: Some(900) },
-            NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None },
-            NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10) },
+            NodeUse { name: "a".into(), vcpus: 4, idle_seconds: Some(600), interrupted: false },
+            NodeUse { name: "b".into(), vcpus: 4, idle_seconds: Some(900), interrupted: false },
+            NodeUse { name: "c".into(), vcpus: 4, idle_seconds: None, interrupted: false },
+            NodeUse { name: "d".into(), vcpus: 4, idle_seconds: Some(10), interrupted: false },
         ];
         assert_eq!(plan_scale_down(&nodes, 8, 300, 2), vec!["b".to_string(), "a".to_string()]);
         assert_eq!(plan_scale_down(&nodes, 12, 300, 2), vec!["b".to_string()]);
@@ -387,10 +393,26 @@ mod tests {
 
     #[test]
     fn an_idle_node_far_larger_than_min_vcpus_needs_is_not_kept_for_it() {
-        let nodes = vec![NodeUse { name: "big".into(), vcpus: 64, idle_seconds: Some(600) }];
+        let nodes =
+            vec![NodeUse { name: "big".into(), vcpus: 64, idle_seconds: Some(600), interrupted: false }];
         assert_eq!(plan_scale_down(&nodes, 2, 300, 2), vec!["big".to_string()]);
         // Unless nothing smaller may be launched: no churn.
         assert!(plan_scale_down(&nodes, 2, 300, 64).is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_node_goes_as_soon_as_it_is_idle_and_is_not_kept_for_min_vcpus() {
+        let node = |name: &str, idle_seconds, interrupted| NodeUse {
+            name: name.into(),
+            vcpus: 4,
+            idle_seconds,
+            interrupted,
+        };
+        let nodes =
+            vec![node("spot", Some(0), true), node("busy-spot", None, true), node("b", Some(600), false)];
+        // minvCpus 8: the busy interrupted node does not count, so b is kept; spot goes at once.
+        assert_eq!(plan_scale_down(&nodes, 8, 300, 2), vec!["spot".to_string()]);
+        assert_eq!(plan_scale_down(&nodes, 0, 300, 2), vec!["spot".to_string(), "b".to_string()]);
     }
 }
 

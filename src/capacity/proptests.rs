@@ -61,23 +61,30 @@ proptest! {
 
     #[test]
     fn scale_down_removes_only_nodes_idle_past_the_delay(
-        nodes in prop::collection::vec((2u32..=64, prop::option::of(0u64..=600)), 0..=12),
+        nodes in prop::collection::vec((2u32..=64, prop::option::of(0u64..=600), prop::bool::weighted(0.2)), 0..=12),
         min_vcpus in 0u32..=96,
         delay in 0u64..=300,
     ) {
         let nodes: Vec<NodeUse> = nodes
             .into_iter()
             .enumerate()
-            .map(|(i, (vcpus, idle_seconds))| NodeUse { name: format!("n{i}"), vcpus, idle_seconds })
+            .map(|(i, (vcpus, idle_seconds, interrupted))| NodeUse { name: format!("n{i}"), vcpus, idle_seconds, interrupted })
             .collect();
         let gone = plan_scale_down(&nodes, min_vcpus, delay, 2);
         for name in &gone {
             let n = nodes.iter().find(|n| &n.name == name).expect("a node it was given");
-            prop_assert!(n.idle_seconds.is_some_and(|s| s >= delay), "{name} is busy or idle only {:?}", n.idle_seconds);
+            // Never a node with a running Barge pod; an interrupted node as soon as it is idle.
+            prop_assert!(
+                n.idle_seconds.is_some_and(|s| s >= delay || n.interrupted),
+                "{name} is busy or idle only {:?}", n.idle_seconds
+            );
         }
         let mut unique = gone.clone();
         unique.sort();
         unique.dedup();
         prop_assert_eq!(unique.len(), gone.len(), "a node removed twice");
+        for n in nodes.iter().filter(|n| n.interrupted && n.idle_seconds.is_some()) {
+            prop_assert!(gone.contains(&n.name), "idle interrupted {} kept", n.name);
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::metrics::{self, metrics};
 use crate::provider::Providers;
 use crate::provider::ec2::{Ec2Provider, Ec2Settings};
 use crate::provider::local::LocalProvider;
+use crate::provider::sqs::NoticeQueue;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
@@ -34,6 +35,16 @@ pub struct RunArgs {
     /// How long an instance may run without its node joining before it is terminated.
     #[arg(long, env = "BARGE_REGISTRATION_TIMEOUT_SECONDS", default_value_t = 600)]
     registration_timeout_seconds: u64,
+    /// An SQS queue EC2's instance notices arrive on (an EventBridge rule sends it Spot
+    /// interruption warnings, rebalance recommendations and state changes); repeatable, one
+    /// per region. Credentials and endpoint (AWS_ENDPOINT_URL_SQS) from the AWS chain.
+    #[arg(long = "interruption-queue-url", env = "BARGE_INTERRUPTION_QUEUE_URL", value_delimiter = ',')]
+    interruption_queue_urls: Vec<String>,
+    /// How long one receive from an interruption queue waits for a message (SQS long
+    /// polling, at most 20).
+    #[arg(long, env = "BARGE_INTERRUPTION_QUEUE_WAIT_SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(0..=20))]
+    interruption_queue_wait_seconds: u64,
     /// Run only while holding the leader Lease (for several replicas).
     #[arg(long, env = "BARGE_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -167,7 +178,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         },
     };
-    let options = Options { instance: args.instance.clone(), synced, tunables };
+    let mut notice_queues = Vec::new();
+    for url in args.interruption_queue_urls.iter().filter(|u| !u.is_empty()) {
+        notice_queues.push(Arc::new(NoticeQueue::new(url.clone()).await));
+    }
+    let options = Options {
+        instance: args.instance.clone(),
+        synced,
+        tunables,
+        notice_queues,
+        notice_wait: Duration::from_secs(args.interruption_queue_wait_seconds),
+    };
     let operator = controller::run(client.clone(), providers, options);
     if !args.leader_elect {
         return Ok(operator.await?);

@@ -22,7 +22,10 @@ use crate::api::{
     ComputeEnvironment, ComputeEnvironmentStatus, Condition, ConditionType, State, set_condition,
 };
 use crate::capacity::{self, Fleet, NodeUse, Strategy, catalog};
-use crate::k8s::{delete_if_present, node_compute_environment, node_is_cordoned, node_is_ready, node_vcpus};
+use crate::k8s::{
+    delete_if_present, node_compute_environment, node_interruption, node_is_cordoned, node_is_ready,
+    node_vcpus,
+};
 use crate::provider::NodeProvider;
 use crate::resources::Res;
 use crate::state::{Launching, NodeHold};
@@ -127,7 +130,12 @@ fn node_use(ctx: &Shared, nodes: &[Arc<Node>], busy: &HashMap<String, f64>) -> V
     nodes
         .iter()
         .zip(idle)
-        .map(|(n, idle_seconds)| NodeUse { name: n.name_any(), vcpus: node_vcpus(n), idle_seconds })
+        .map(|(n, idle_seconds)| NodeUse {
+            name: n.name_any(),
+            vcpus: node_vcpus(n),
+            idle_seconds,
+            interrupted: node_interruption(n).is_some(),
+        })
         .collect()
 }
 
@@ -224,7 +232,8 @@ async fn scale_down(
         }
     }
     for node in nodes.iter().filter(|n| node_is_cordoned(n) && !remove.contains(&n.name_any())) {
-        if node.meta().deletion_timestamp.is_none() {
+        // A node EC2 warned about stays cordoned until it goes.
+        if node.meta().deletion_timestamp.is_none() && node_interruption(node).is_none() {
             let uncordon = json!({"spec": {"unschedulable": false}});
             nodes_api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&uncordon)).await?;
         }

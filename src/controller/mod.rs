@@ -14,6 +14,7 @@ pub mod environment;
 pub mod facts;
 #[cfg(test)]
 pub mod fixtures;
+pub mod interruptions;
 pub mod job;
 pub mod nodes;
 pub mod pod;
@@ -44,8 +45,8 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue, LABEL_JOB_UID};
-use crate::k8s::{node_compute_environment, node_instance_id};
+use crate::api::{BatchJob, ComputeEnvironment, Interruption, JobDefinition, JobQueue, LABEL_JOB_UID};
+use crate::k8s::{lost_host_reason, node_compute_environment, node_instance_id, node_interruption};
 use crate::provider::Providers;
 use crate::state::{ClusterState, HandOff};
 use backlog::Change;
@@ -68,6 +69,10 @@ pub struct Options {
     /// Set once every store has synced (for `/readyz`).
     pub synced: Arc<AtomicBool>,
     pub tunables: Tunables,
+    /// SQS queues EC2's instance notices arrive on (Spot interruptions, rebalance
+    /// recommendations, state changes), and how long each receive waits for one.
+    pub notice_queues: Vec<Arc<crate::provider::sqs::NoticeQueue>>,
+    pub notice_wait: std::time::Duration,
 }
 
 type Drive = BoxFuture<'static, ()>;
@@ -192,11 +197,16 @@ fn watch_nodes(
             let instance = node_instance_id(node);
             if deleted {
                 // Recorded before any job can see the node gone.
-                if let Some(id) = instance {
-                    cluster.host_lost(&node.name_any(), format!("Host EC2 (instance {id}) terminated."));
+                if let Some(why) = lost_host_reason(node) {
+                    cluster.host_lost(&node.name_any(), why);
                 }
                 cluster.node_gone(&node.name_any());
                 let _ = lost_tx.unbounded_send(node.name_any());
+            } else if node_interruption(node) == Some(Interruption::Spot) {
+                // Also after a restart: the attempts stopped on it end as a Spot interruption.
+                if let Some(why) = lost_host_reason(node) {
+                    cluster.host_lost(&node.name_any(), why);
+                }
             } else if instance.is_some() && node_compute_environment(node).is_none() {
                 joined_tx.notify_one();
             }
@@ -339,6 +349,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         readiness(shared.clone()).boxed(),
         nodes::wake_jobs_of_lost_nodes(shared.clone(), lost_rx, feeds.jobs.clone()).boxed(),
         nodes::provider_sync(shared.clone(), feeds.joined.clone()).boxed(),
+        interruptions::run(shared.clone(), options.notice_queues, options.notice_wait).boxed(),
     ]);
 
     info!("Barge is running");

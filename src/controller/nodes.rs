@@ -14,8 +14,9 @@ use tracing::{info, warn};
 
 use super::context::Shared;
 use super::pod::{self, owning_job};
-use crate::api::BatchJob;
-use crate::k8s::{delete_if_present, node_labels, node_taints};
+use crate::Result;
+use crate::api::{BatchJob, Interruption};
+use crate::k8s::{delete_if_present, node_interruption, node_labels, node_taints};
 
 /// Wakes the job of every pod that was on a node that went away: its attempt's host is lost.
 pub(super) async fn wake_jobs_of_lost_nodes(
@@ -67,9 +68,7 @@ pub(super) async fn provider_sync(ctx: Arc<Shared>, joined: Arc<Notify>) {
                 }
             }
             for (node, why) in report.gone {
-                info!(%node, %why, "removing the node of an instance going away");
-                ctx.cluster.host_lost(&node, why);
-                if let Err(e) = delete_if_present(&nodes_api, &node).await {
+                if let Err(e) = remove_lost(&ctx, &nodes_api, &node, why).await {
                     warn!(%node, error = %e, "could not delete node");
                 }
             }
@@ -77,13 +76,27 @@ pub(super) async fn provider_sync(ctx: Arc<Shared>, joined: Arc<Notify>) {
     }
 }
 
-/// A pod still marked active on a Barge node that no longer exists: its host is lost
-/// (the node's pods are only cleaned up later by the pod garbage collector).
+/// Deletes the node of an instance that is going away, saying why first: its pods'
+/// attempts end as host loss with that reason.
+pub(super) async fn remove_lost(ctx: &Shared, nodes_api: &Api<Node>, node: &str, why: String) -> Result<()> {
+    info!(%node, %why, "removing the node of an instance going away");
+    ctx.cluster.host_lost(node, why);
+    Ok(delete_if_present(nodes_api, node).await?)
+}
+
+/// A pod whose attempt's host is lost: still marked active on a Barge node that no longer
+/// exists (the node's pods are only cleaned up later by the pod garbage collector), or
+/// being stopped on a node EC2 is about to take back (a Spot interruption).
 pub fn pod_host_lost(ctx: &Shared, pod: &Pod) -> bool {
-    pod::pod_is_active(pod)
-        && pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_ref())
-            .is_some_and(|n| ctx.nodes.get(&ObjectRef::new(n)).is_none())
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { return false };
+    let gone = || ctx.nodes.get(&ObjectRef::new(node)).is_none();
+    let succeeded = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+    let interrupted = || {
+        ctx.nodes
+            .get(&ObjectRef::new(node))
+            .is_some_and(|n| node_interruption(&n) == Some(Interruption::Spot))
+            || ctx.cluster.lost_host(node).is_some()
+    };
+    (pod::pod_is_active(pod) && gone())
+        || (pod.metadata.deletion_timestamp.is_some() && !succeeded && interrupted())
 }

@@ -39,7 +39,7 @@ use super::{LaunchReport, Launched, NodeProvider, SyncReport};
 use crate::api::compute_environment::{AllocationStrategy, CapacityType};
 use crate::api::{ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT};
 use crate::capacity::{InstanceType, Offer, catalog};
-use crate::k8s::{node_instance_id, node_key};
+use crate::k8s::{lost_host_reason, node_instance_id, node_key};
 use crate::{ProviderError, Result};
 
 /// Tag naming the Barge installation (cluster) an instance belongs to.
@@ -706,7 +706,9 @@ impl NodeProvider for Ec2Provider {
                     let Some(inst) = instances.get(id) else { continue };
                     claimed.insert(id, node);
                     if is_going_away(&inst.state) {
-                        report.gone.push((node.name_any(), format!("Host EC2 (instance {id}) terminated.")));
+                        let why = lost_host_reason(node)
+                            .unwrap_or_else(|| format!("Host EC2 (instance {id}) terminated."));
+                        report.gone.push((node.name_any(), why));
                     } else if node.labels().get(LABEL_COMPUTE_ENVIRONMENT) != Some(&inst.compute_environment)
                     {
                         report.register.push((node.name_any(), inst.compute_environment.clone()));

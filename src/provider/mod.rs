@@ -4,6 +4,8 @@
 
 pub mod ec2;
 pub mod local;
+pub mod notices;
+pub mod sqs;
 
 use std::sync::Arc;
 

@@ -106,6 +106,33 @@ pub async fn moto() -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&config)
 }
 
+/// An SQS client straight to moto, for the queue EC2's instance notices arrive on.
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto_url())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// An EventBridge event about an EC2 instance, as the rule delivers it to SQS.
+pub fn ec2_event(detail_type: &str, detail: serde_json::Value) -> String {
+    json!({
+        "version": "0", "id": uuid_like(), "detail-type": detail_type,
+        "source": "aws.ec2", "account": "123456789012", "time": "2026-12-04T12:00:00Z",
+        "region": "us-east-1", "resources": [], "detail": detail,
+    })
+    .to_string()
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
 /// Starts a runtime on its own thread that outlives every test's runtime.
 fn background<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
     std::thread::spawn(move || {
