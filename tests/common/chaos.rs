@@ -975,13 +975,19 @@ mod hostile {
     }
 }
 
+/// How far ahead of a Spot reclaim its warning comes in scenario 5 (EC2: two minutes).
+const WARNING_LEAD: Duration = Duration::from_secs(5);
+
 /// Scenario 5: `n` jobs of `secs` that each need an instance of their own, on a Spot `ec2`
 /// environment against moto through the fault proxy: a throttling storm, no capacity for
 /// every type but one and 5xx answers from the start, `reclaim` running instances taken
-/// away mid-run (Spot reclaims), and at the end the environment deleted. `leaked` counts
-/// the instances still tagged for it afterwards.
+/// away mid-run (Spot reclaims; half of them warned on the interruption queue a few
+/// seconds ahead, among malformed, unknown and repeated notices), and at the end the
+/// environment deleted. `leaked` counts the instances still tagged for it afterwards.
 pub async fn ec2_at_scale(client: &Client, n: usize, secs: u64, reclaim: usize) -> Outcome {
-    use super::ec2::{CE_TAG, Ec2Proxy, Faults, moto, moto_subnets_and_image, start_node_bridge};
+    use super::ec2::{
+        CE_TAG, Ec2Proxy, Faults, ec2_event, moto, moto_subnets_and_image, sqs, start_node_bridge,
+    };
     use aws_sdk_ec2::types::Filter;
 
     let ec2 = moto().await;
@@ -1009,7 +1015,21 @@ pub async fn ec2_at_scale(client: &Client, n: usize, secs: u64, reclaim: usize) 
         server_errors: 5,
     };
     proxy.set_faults(&w.tag, faults);
+    let sqs = sqs().await;
+    let notices = sqs
+        .create_queue()
+        .queue_name(format!("{cluster}-notices"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let moto_url = super::ec2::moto_url();
     let env = [
+        ("BARGE_INTERRUPTION_QUEUE_URL", notices.as_str()),
+        ("BARGE_INTERRUPTION_QUEUE_WAIT_SECONDS", "1"),
+        ("AWS_ENDPOINT_URL_SQS", moto_url.as_str()),
         ("BARGE_EC2_PROVIDER", "true"),
         ("BARGE_CLUSTER_NAME", cluster.as_str()),
         ("BARGE_CAPACITY_COOLDOWN_SECONDS", "30"),
@@ -1068,6 +1088,27 @@ pub async fn ec2_at_scale(client: &Client, n: usize, secs: u64, reclaim: usize) 
             .count();
         if busy >= 2 * reclaim.max(1) && live.len() >= reclaim {
             if reclaim > 0 {
+                // Half are warned first, as EC2 does two minutes ahead (here: WARNING_LEAD),
+                // among messages a real queue may also carry; the rest go unannounced.
+                let warned = &live[..reclaim / 2];
+                let warning = |id: &str| {
+                    ec2_event(
+                        "EC2 Spot Instance Interruption Warning",
+                        json!({"instance-id": id, "instance-action": "terminate"}),
+                    )
+                };
+                let mut bodies: Vec<String> =
+                    warned.iter().flat_map(|id| [warning(id), warning(id)]).collect();
+                bodies.extend([
+                    "{".to_string(),
+                    "null".into(),
+                    warning("i-0000000000000dead"),
+                    "x".repeat(100_000),
+                ]);
+                for body in bodies {
+                    sqs.send_message().queue_url(&notices).message_body(body).send().await.unwrap();
+                }
+                tokio::time::sleep(WARNING_LEAD).await;
                 ec2.terminate_instances()
                     .set_instance_ids(Some(live[..reclaim].to_vec()))
                     .send()
@@ -1087,9 +1128,20 @@ pub async fn ec2_at_scale(client: &Client, n: usize, secs: u64, reclaim: usize) 
     // No recovery figure here: a job's managedFields keep only its last status write, and a
     // reclaimed job's last is its end, a job's length later.
     if !fault_ends.is_empty() {
+        let (mut warned, mut unwarned) = (0, 0);
+        for job in list_all(&w.jobs).await {
+            for a in job.status.iter().flat_map(|s| &s.attempts) {
+                match a.reason.as_deref() {
+                    Some(r) if r.ends_with("Spot interruption") => warned += 1,
+                    Some(r) if r.starts_with("Host EC2") => unwarned += 1,
+                    _ => {}
+                }
+            }
+        }
         out.notes.push(format!(
-            "the jobs on the {reclaim} reclaimed instances were retried as host losses ({} attempts beyond the first in all)",
-            out.retried
+            "the jobs on the {reclaim} reclaimed instances were retried as host losses ({} attempts beyond the first in all): {warned} attempts stopped ahead of the reclaim on the {} warned instances (`Spot interruption`), {unwarned} ended with it (`terminated.`); 4 malformed, unknown or oversized notices and a repeat of each warning changed nothing",
+            out.retried,
+            reclaim / 2
         ));
     }
     let fleets = proxy.calls("CreateFleet", &w.tag);
