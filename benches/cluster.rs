@@ -9,6 +9,10 @@
 //!    then N BatchJobs held in a DISABLED queue until the operator has taken each in, and
 //!    released by enabling it (admission from a backlog, Barge's own rate); then one array job.
 //!
+//! `BENCH_LIMITS=off,1000/2000,200/400` runs the submit-and-run scenario again under each
+//! client-side apiserver request limit (QPS/burst; `BENCH_BARGE=0` skips the three above),
+//! with the time requests waited for it.
+//!
 //! `BENCH_HOLD=100000` adds a hold: that many BatchJobs waiting in the DISABLED queue, with
 //! the operator's peak RSS and its scheduling pass time over them (its own histogram).
 //!
@@ -780,13 +784,16 @@ async fn main() {
     }
     barge_setup(&client, nodes).await;
     let _ = std::fs::remove_file(operator_log());
-    if n > 0 {
+    // BENCH_BARGE=0 skips Barge's three scenarios (to compare request limits alone).
+    if n > 0 && arg("BENCH_BARGE").is_none_or(|v| v != "0") {
         let operator = Operator::start(&client, nodes).await;
         rows.extend(barge(&client, &operator, n, array).await);
         operator.stop().await;
-        if let Some(settings) = arg("BENCH_LIMITS") {
-            rows.extend(limits(&client, nodes, n, &settings).await);
-        }
+    }
+    if n > 0
+        && let Some(settings) = arg("BENCH_LIMITS")
+    {
+        rows.extend(limits(&client, nodes, n, &settings).await);
     }
     // The same ceiling once more, on the cluster the others have used: how far the
     // apiserver's own rate moved during the run (etcd's history grows, the machine varies).

@@ -46,7 +46,15 @@ pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> kube::Result<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    delete_with(api, name, &DeleteParams::default()).await
+}
+
+/// Deletes an object with `params`; one already gone is fine.
+pub async fn delete_with<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),

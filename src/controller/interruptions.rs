@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -21,7 +21,7 @@ use super::pod::{owning_job, pod_is_active};
 use crate::Result;
 use crate::api::{ComputeEnvironment, Interruption, LABEL_INTERRUPTION};
 use crate::k8s::{
-    delete_if_present, lost_host_reason, node_compute_environment, node_instance_id, node_interruption,
+    delete_with, lost_host_reason, node_compute_environment, node_instance_id, node_interruption,
 };
 use crate::metrics::metrics;
 use crate::provider::notices::{self, Notice};
@@ -31,6 +31,9 @@ use crate::provider::sqs::NoticeQueue;
 /// is gone, short enough that two minutes of warning are not lost to the wait.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The longest grace period a stopped attempt gets: EC2 reclaims two minutes after its
+/// warning, and the warning takes a few seconds to arrive.
+const MAX_GRACE_SECONDS: i64 = 100;
 
 /// Polls every queue until the operator stops. `wait` is each receive's long poll.
 pub(super) async fn run(ctx: Arc<Shared>, queues: Vec<Arc<NoticeQueue>>, wait: Duration) {
@@ -148,8 +151,9 @@ async fn cordon(ctx: &Shared, node: &Node, mark: Interruption) -> Result<bool> {
     Ok(true)
 }
 
-/// Cordons the node and stops its running attempts (SIGTERM, then the pods' grace
-/// period), before EC2 takes the instance back; false if there was nothing left to do.
+/// Cordons the node and stops its running attempts (SIGTERM, then the pods' grace period,
+/// at most MAX_GRACE_SECONDS), before EC2 takes the instance back; false if there was
+/// nothing left to do.
 async fn interrupt(ctx: &Shared, node: &Node, id: &str, action: &str) -> Result<bool> {
     let name = node.name_any();
     // Said before any pod stops, so every attempt there ends with this reason.
@@ -168,7 +172,12 @@ async fn interrupt(ctx: &Shared, node: &Node, id: &str, action: &str) -> Result<
         .collect();
     for pod in &pods {
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-        delete_if_present(&api, &pod.name_any()).await?;
+        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+        let params = DeleteParams {
+            grace_period_seconds: Some(grace.clamp(0, MAX_GRACE_SECONDS) as u32),
+            ..Default::default()
+        };
+        delete_with(&api, &pod.name_any(), &params).await?;
         if let Some(job) = owning_job(pod) {
             debug!(job = %job, pod = %pod.name_any(), "attempt stopped for a Spot interruption");
         }
