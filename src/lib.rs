@@ -34,6 +34,9 @@ pub enum Error {
     /// Not a failure: what the object waits for before its reconcile can finish.
     #[error("waiting: {0}")]
     Waiting(String),
+    /// A defect in Barge itself, such as a loop that ended.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -45,6 +48,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Provider(_) => "provider",
             Error::Waiting(_) => "waiting",
+            Error::Internal(_) => "internal",
         }
     }
 }
@@ -74,7 +78,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retryable(),
                 _ => true,
             },
-            Error::Kube(_) | Error::Waiting(_) => true,
+            Error::Kube(_) | Error::Waiting(_) | Error::Internal(_) => true,
         }
     }
 }

@@ -35,9 +35,11 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// warning, and the warning takes a few seconds to arrive.
 const MAX_GRACE_SECONDS: i64 = 100;
 
-/// Polls every queue until the operator stops. `wait` is each receive's long poll.
+/// Polls every queue until the operator stops. `wait` is each receive's long poll. Never
+/// returns, also without queues: the operator stops when any of its loops ends.
 pub(super) async fn run(ctx: Arc<Shared>, queues: Vec<Arc<NoticeQueue>>, wait: Duration) {
     join_all(queues.into_iter().map(|q| poll(ctx.clone(), q, wait))).await;
+    futures::future::pending::<()>().await
 }
 
 async fn poll(ctx: Arc<Shared>, queue: Arc<NoticeQueue>, wait: Duration) {

@@ -354,7 +354,12 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
 
     info!("Barge is running");
     tokio::select! {
-        _ = futures::future::select_all(drives) => {},
+        (_, index, _) = futures::future::select_all(drives) => {
+            // The loops never end on their own: one that did is a defect, and a restart
+            // (the Deployment's) is the way back.
+            tracing::error!(index, "one of the operator's loops ended; stopping");
+            return Err(crate::Error::Internal(format!("loop {index} of the operator ended")));
+        },
         _ = shutdown_signal() => info!("shutting down"),
     }
     Ok(())
