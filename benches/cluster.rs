@@ -688,7 +688,7 @@ async fn limits(client: &Client, nodes: usize, n: usize, settings: &str) -> Vec<
         row.note = match setting {
             "off" => "no client-side request limit".into(),
             _ => format!(
-                "--kube-api-qps {qps} --kube-api-burst {burst}: {:.0} requests waited for the limit,                  {:.1} s in all",
+                "--kube-api-qps {qps} --kube-api-burst {burst}: {:.0} requests waited for the limit, {:.1} s in all",
                 waited1 - waited0,
                 seconds1 - seconds0
             ),
