@@ -22,6 +22,7 @@ fail() { # fail <message>: say why, with the operator's last words
 
 say "Building barge (a cold build compiles ~400 crates: several minutes on 2 cores)"
 cargo build --bin barge
+barge=${CARGO_TARGET_DIR:-$repo/target}/debug/barge
 
 say "Starting the local control plane (the first run builds it from Go modules: ~17 min on 2 cores)"
 env_lines=$(hack/cluster.sh up)
@@ -41,7 +42,7 @@ KEYS_NS=barge-system
 kubectl create namespace "$KEYS_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BARGE_BATCH_API_ADDR=127.0.0.1:$api_port BARGE_CREDENTIALS_NAMESPACE=$KEYS_NS RUST_LOG=info \
-  target/debug/barge run >"$state/logs/barge.log" 2>&1 &
+  "$barge" run >"$state/logs/barge.log" 2>&1 &
 echo $! >"$state/pids/barge"
 
 say "Applying examples/: a compute environment (max 64 vCPUs), queues 'urgent' and 'bulk'"
@@ -76,7 +77,7 @@ say "Submitting one job with the AWS CLI, through Barge's AWS Batch API"
 # A key for namespace barge-demo, and what `aws` needs to reach the endpoint with it.
 api_env=$state/batch-api.env
 {
-  target/debug/barge credentials create --namespace "$NS" --operator-namespace "$KEYS_NS"
+  "$barge" credentials create --namespace "$NS" --operator-namespace "$KEYS_NS"
   echo "export AWS_ENDPOINT_URL_BATCH=http://127.0.0.1:$api_port AWS_DEFAULT_REGION=us-east-1"
   echo "export PATH=\"$BARGE_AWS_CLIENTS_BIN:\$PATH\""
 } >"$api_env" 2>/dev/null
