@@ -49,8 +49,10 @@ static:
 	  --target x86_64-unknown-linux-gnu --bin barge
 
 ## Criterion benches of the pure core, then the cluster benchmark on a fresh local cluster:
-## ceiling vs batch/v1 vs Barge, BENCH_JOBS (default 10000) one-pod jobs. The Job
-## controller gets the same generous client limits as the scheduler (QPS 200, burst 400).
+## ceiling vs batch/v1 vs Kueue vs Barge, BENCH_JOBS (default 10000) one-pod jobs, then the
+## turnaround scenario (a saturated 64-vCPU environment). The Job controller gets the same
+## generous client limits as the scheduler (QPS 200, burst 400); Kueue is built on first use
+## (BENCH_KUEUE=0 leaves it out, BENCH_TURNAROUND=0 the turnaround).
 ## BENCH_HOLD=100000 also holds that many BatchJobs for the operator's memory and pass time.
 BENCH_JOBS ?= 10000
 BENCH_HOLD ?= 0

@@ -1,13 +1,18 @@
 //! The cluster benchmark: on one local control plane, in one run, N single-pod workloads go
-//! through three contenders, and their throughputs are compared:
+//! through four contenders, and their throughputs are compared:
 //!
 //! 1. **ceiling**: this program creates the N pods itself, 64 at a time (Barge's own pod
 //!    creation concurrency), shaped as Barge shapes them: as fast as the apiserver,
 //!    scheduler and kwok take them;
 //! 2. **batch/v1**: N Jobs of one pod each, run by kube-controller-manager's Job controller;
-//! 3. **barge**: N BatchJobs through the operator (release build), submitted and run at once;
+//! 3. **Kueue**: the same Jobs created suspended for Kueue to admit (benches/cluster/kueue.rs);
+//! 4. **barge**: N BatchJobs through the operator (release build), submitted and run at once;
 //!    then N BatchJobs held in a DISABLED queue until the operator has taken each in, and
 //!    released by enabling it (admission from a backlog, Barge's own rate); then one array job.
+//!
+//! 5. **turnaround**: a 64-vCPU environment saturated with 1-s jobs, then with 10-s jobs: how
+//!    much of it is busy, and how soon a pod starts on the room another freed
+//!    (benches/cluster/turnaround.rs).
 //!
 //! `BENCH_LIMITS=off,1000/2000,200/400` runs the submit-and-run scenario again under each
 //! client-side apiserver request limit (QPS/burst; `BENCH_BARGE=0` skips the three above),
@@ -35,6 +40,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+#[path = "cluster/kueue.rs"]
+mod kueue;
+#[path = "cluster/turnaround.rs"]
+mod turnaround;
 
 /// The ceiling's two runs: first, and last (after batch/v1 and Barge).
 const CEILING_FIRST: &str = "ceiling (pods)";
@@ -778,16 +788,37 @@ async fn main() {
     let mut rows = Vec::new();
     // BENCH_BASELINES=0 runs Barge alone (to profile it); the report then has no ratios.
     let baselines = arg("BENCH_BASELINES").is_none_or(|v| v != "0");
+    // BENCH_KUEUE=0 leaves Kueue out (it is built on first use, about 10 minutes cold).
+    let mut skipped = Vec::new();
     if n > 0 && baselines {
         rows.push(ceiling(&client, n, CEILING_FIRST).await);
         rows.push(batch_v1(&client, n).await);
+        if arg("BENCH_KUEUE").is_none_or(|v| v != "0") {
+            match kueue::row(&client, n).await {
+                Ok(row) => rows.push(row),
+                Err(why) => {
+                    eprintln!("the Kueue row did not run: {why}");
+                    skipped.push(format!("Kueue did not run: {why}"));
+                }
+            }
+        }
     }
     barge_setup(&client, nodes).await;
     let _ = std::fs::remove_file(operator_log());
     // BENCH_BARGE=0 skips Barge's three scenarios (to compare request limits alone).
+    let mut turns = Vec::new();
     if n > 0 && arg("BENCH_BARGE").is_none_or(|v| v != "0") {
         let operator = Operator::start(&client, nodes).await;
         rows.extend(barge(&client, &operator, n, array).await);
+        // BENCH_TURNAROUND=0 leaves out the saturated 64-vCPU environment.
+        if arg("BENCH_TURNAROUND").is_none_or(|v| v != "0") {
+            turnaround::setup(&client).await;
+            for (seconds, waves) in [(1, 30), (10, 6)] {
+                let t = turnaround::run(&client, seconds, waves).await;
+                eprintln!("turnaround {seconds} s: {t:?}");
+                turns.push(t);
+            }
+        }
         operator.stop().await;
     }
     if n > 0
@@ -814,7 +845,7 @@ async fn main() {
     };
     match (n, hold) {
         (0, Some(h)) => println!("{}", report_hold(&out, &h)),
-        (_, hold) => report(&out, n, &rows, hold.as_ref()),
+        (_, hold) => report(&out, n, &rows, &turns, &skipped, hold.as_ref()),
     }
 }
 
@@ -833,7 +864,14 @@ fn report_hold(out: &std::path::Path, h: &Hold) -> String {
     )
 }
 
-fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
+fn report(
+    out: &std::path::Path,
+    n: usize,
+    rows: &[Row],
+    turns: &[turnaround::Turnaround],
+    skipped: &[String],
+    hold: Option<&Hold>,
+) {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
     let mut csv = String::from(
         "contender,n,submit_s,first_pod_s,all_pods_created_s,all_done_s,admission_pods_per_s,end_to_end_per_s,\
@@ -891,27 +929,40 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     let ceilings: Vec<&Row> = [row(CEILING_FIRST), row(CEILING_LAST)].into_iter().flatten().collect();
     let mean = |rate: fn(&Row) -> f64| ceilings.iter().map(|r| rate(r)).sum::<f64>() / ceilings.len() as f64;
     let (ceiling_admission, ceiling_e2e) = (mean(Row::admission_rate), mean(Row::e2e_rate));
-    let ratios: BTreeMap<&str, f64> = if let [Some(_), Some(batch), Some(barge), Some(backlog)] = contenders {
-        BTreeMap::from([
-            (
-                "admission, Barge backlog / ceiling (target >= 0.8)",
-                backlog.admission_rate() / ceiling_admission,
-            ),
-            ("admission, Barge submit-and-run / ceiling", barge.admission_rate() / ceiling_admission),
-            ("admission, Barge / batch/v1", barge.admission_rate() / batch.admission_rate()),
-            ("end-to-end, Barge / ceiling", barge.e2e_rate() / ceiling_e2e),
-            ("end-to-end, Barge / batch/v1 (target >= 3)", barge.e2e_rate() / batch.e2e_rate()),
-            (
-                "end-to-end, ceiling / batch/v1 (the most a kube-scheduler client reaches)",
-                ceiling_e2e / batch.e2e_rate(),
-            ),
-        ])
-    } else {
-        BTreeMap::new()
-    };
+    let mut ratios: BTreeMap<&str, f64> =
+        if let [Some(_), Some(batch), Some(barge), Some(backlog)] = contenders {
+            BTreeMap::from([
+                (
+                    "admission, Barge backlog / ceiling (target >= 0.8)",
+                    backlog.admission_rate() / ceiling_admission,
+                ),
+                ("admission, Barge submit-and-run / ceiling", barge.admission_rate() / ceiling_admission),
+                ("admission, Barge / batch/v1", barge.admission_rate() / batch.admission_rate()),
+                ("end-to-end, Barge / ceiling", barge.e2e_rate() / ceiling_e2e),
+                ("end-to-end, Barge / batch/v1 (target >= 3)", barge.e2e_rate() / batch.e2e_rate()),
+                (
+                    "end-to-end, ceiling / batch/v1 (the most a kube-scheduler client reaches)",
+                    ceiling_e2e / batch.e2e_rate(),
+                ),
+            ])
+        } else {
+            BTreeMap::new()
+        };
+    if let (Some(kueue), Some(barge)) = (row("Kueue + batch/v1 Job"), row("Barge BatchJob")) {
+        ratios.insert("end-to-end, Barge / Kueue (target >= 3)", barge.e2e_rate() / kueue.e2e_rate());
+        ratios.insert("admission, Barge / Kueue", barge.admission_rate() / kueue.admission_rate());
+    }
+    // Requests per job against the ceiling's per pod (target <= 1.3).
+    let per = |r: &Row| r.apiserver_requests() as f64 / r.n as f64;
+    if let (Some(barge), false) = (row("Barge BatchJob"), ceilings.is_empty()) {
+        let ceiling_per = ceilings.iter().map(|r| per(r)).sum::<f64>() / ceilings.len() as f64;
+        ratios.insert(
+            "apiserver requests per job, Barge / the ceiling's per pod (target <= 1.3)",
+            per(barge) / ceiling_per,
+        );
+    }
     let limited: Vec<&Row> =
         rows.iter().filter(|r| r.contender.starts_with("Barge BatchJob, limit ")).collect();
-    let mut ratios = ratios;
     let names: Vec<String> = limited
         .iter()
         .filter(|r| !r.contender.ends_with(" off"))
@@ -939,8 +990,49 @@ fn report(out: &std::path::Path, n: usize, rows: &[Row], hold: Option<&Hold>) {
     for r in rows.iter().filter(|r| !r.note.is_empty()) {
         md += &format!("- {}: {}\n", r.contender, r.note);
     }
+    for why in skipped {
+        md += &format!("- {why}\n");
+    }
     if let Some(h) = hold {
         md += &report_hold(out, h);
+    }
+    if !turns.is_empty() {
+        md += &format!(
+            "\n**Turnaround**: one {}-vCPU environment saturated with 1-vCPU jobs, all submitted at once \
+             (targets: 1-s jobs >= 70 % busy, 10-s jobs >= 95 %, turnaround p50 <= 0.5 s)\n\n\
+             | job length | jobs | makespan | capacity ideal | busy while jobs wait | busy over the makespan | turnaround p50 | turnaround p99 |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            turnaround::VCPUS
+        );
+        let mut turn_csv = String::from(
+            "job_seconds,jobs,makespan_s,ideal_s,utilisation_waiting,utilisation_makespan,turnaround_p50_s,turnaround_p99_s,gaps\n",
+        );
+        for t in turns {
+            md += &format!(
+                "| {} s | {} | {:.1} s | {:.1} s | {:.0} % | {:.0} % | {:.2} s | {:.2} s |\n",
+                t.seconds,
+                t.jobs,
+                t.makespan_s,
+                t.ideal_s,
+                t.utilisation * 100.0,
+                t.utilisation_makespan * 100.0,
+                t.gap_p50_s,
+                t.gap_p99_s
+            );
+            turn_csv += &format!(
+                "{},{},{:.2},{:.2},{:.3},{:.3},{:.3},{:.3},{}\n",
+                t.seconds,
+                t.jobs,
+                t.makespan_s,
+                t.ideal_s,
+                t.utilisation,
+                t.utilisation_makespan,
+                t.gap_p50_s,
+                t.gap_p99_s,
+                t.gaps
+            );
+        }
+        std::fs::write(out.join(format!("turnaround-{n}.csv")), turn_csv).unwrap();
     }
     std::fs::write(out.join(format!("cluster-{n}.csv")), &csv).unwrap();
     std::fs::write(out.join(format!("timeline-{n}.csv")), &timeline).unwrap();

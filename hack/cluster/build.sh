@@ -21,6 +21,7 @@ clients_venv="$cache/aws-clients-$AWSCLI_VERSION"
 snakemake_venv="$cache/snakemake-$SNAKEMAKE_VERSION-$SNAKEMAKE_AWS_BATCH_VERSION"
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
+kueue_bin="$cache/kueue-$KUEUE_VERSION"
 
 log() { printf '[build] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -94,6 +95,18 @@ go_helm() {
     helm.sh/helm/v3/cmd/helm)
 }
 
+# Kueue's manager, with the CRDs of the same version (from its module) beside it.
+go_kueue() {
+  (cd "$here/kueue" && go build -trimpath -ldflags "-s -w \
+      -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+    -o "$1/kueue" sigs.k8s.io/kueue/cmd/kueue)
+  local dir
+  dir=$(cd "$here/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+  mkdir -p "$1/crds"
+  cp "$dir"/config/components/crd/bases/*.yaml "$1/crds/"
+  chmod -R u+w "$1/crds"
+}
+
 # venv <name> <dir> <check command> <pip requirement>...: a venv with these installed,
 # made in place (a venv is not relocatable: its scripts name its path) under a lock. When
 # $after_install names a function, it runs in the new venv's directory before the check.
@@ -147,6 +160,7 @@ build_k8s() {
     "kube-scheduler --version" "kube-controller-manager --version" "kubectl version --client"
 }
 build_helm() { ensure "helm-$HELM_VERSION" "$helm_bin" 2 go_helm "helm version"; }
+build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --help"; }
 
 all() {
   local start=$SECONDS
@@ -158,8 +172,9 @@ all() {
 case "${1:-all}" in
   all) all ;;
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;; helm) build_helm ;;
+  kueue) build_kueue ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
          echo "AWS_CLIENTS_VENV=$clients_venv"; echo "SNAKEMAKE_VENV=$snakemake_venv"
-         echo "HELM_BIN=$helm_bin" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|paths]" >&2; exit 2 ;;
+         echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin" ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|paths]" >&2; exit 2 ;;
 esac
