@@ -31,9 +31,15 @@ use crate::{Error, Result};
 /// only if it lasts (or as part of the write of whatever comes next).
 pub const PASSING_STEP: Duration = Duration::from_secs(3);
 
+/// How long a container runs before its job's status says RUNNING. A job that ends sooner
+/// gets one write, its end, instead of two a moment apart; a longer one is seen RUNNING
+/// from this long after its start (its `startedAt` is the container's own).
+pub const RUNNING_SHOWN_AFTER: Duration = Duration::from_secs(2);
+
 /// When `new` differs from `old` only by a step that a new pod usually passes in a moment
-/// (placed by kube-scheduler, its container starting): how long until it is worth writing.
-/// A step the pod is stuck in (kube-scheduler says why it cannot place it) is never passing.
+/// (placed by kube-scheduler, its container starting, a short container running): how long
+/// until it is worth writing. A step the pod is stuck in (kube-scheduler says why it cannot
+/// place it) is never passing.
 pub fn passing_step(
     old: &BatchJobStatus,
     new: &BatchJobStatus,
@@ -42,15 +48,21 @@ pub fn passing_step(
 ) -> Option<Duration> {
     let pod = pod?;
     let not_started = |p: JobPhase| matches!(p, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable);
-    let passing = pod.phase == "Pending"
-        && pod.unschedulable.is_none()
-        && not_started(old.phase)
-        && (new.phase == JobPhase::Starting || (new.phase == JobPhase::Runnable && pod.node.is_none()));
-    if !passing {
+    let (since, window) = match (pod.phase.as_str(), new.phase) {
+        ("Pending", JobPhase::Starting) if not_started(old.phase) => (pod.created_at?, PASSING_STEP),
+        ("Pending", JobPhase::Runnable) if not_started(old.phase) && pod.node.is_none() => {
+            (pod.created_at?, PASSING_STEP)
+        }
+        ("Running", JobPhase::Running) if not_started(old.phase) || old.phase == JobPhase::Starting => {
+            (pod.started_at?, RUNNING_SHOWN_AFTER)
+        }
+        _ => return None,
+    };
+    if pod.unschedulable.is_some() {
         return None;
     }
-    let age = (now - pod.created_at?).to_std().unwrap_or_default();
-    PASSING_STEP.checked_sub(age).filter(|left| !left.is_zero())
+    let age = (now - since).to_std().unwrap_or_default();
+    window.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// The status of a job whose job definition is not resolved: SUBMITTED while it may yet
@@ -640,9 +652,9 @@ async fn write_status(ctx: &Shared, job: &BatchJob, status: &BatchJobStatus) -> 
     Ok(())
 }
 
-/// Events mark what a user may act on: a job's end, a failed attempt, a misconfiguration.
-/// The steps between (RUNNABLE, STARTING, RUNNING) are in the status alone: an event each
-/// would add three API writes per job for nothing `kubectl get` does not show.
+/// Events mark what a user may act on: a failed job, a failed attempt, a misconfiguration.
+/// Every other step, SUCCEEDED included, is in the status alone: an event each would add
+/// an API write per step for nothing `kubectl get` does not show.
 /// `verdict` is the scheduling pass's: a misconfiguration it names is warned of once, when
 /// the job's status first gives it.
 async fn publish_transition(
@@ -668,7 +680,6 @@ async fn publish_transition(
             JobPhase::Runnable if current_attempt(new) > current_attempt(old) => {
                 (EventType::Warning, "AttemptFailed")
             }
-            JobPhase::Succeeded => (EventType::Normal, "Succeeded"),
             _ => return,
         }
     };
@@ -917,14 +928,24 @@ mod tests {
             assert_eq!(passing_step(&runnable, &new, Some(&p), at(1)), Some(Duration::from_secs(2)));
             assert_eq!(passing_step(&runnable, &new, Some(&p), at(3)), None, "it lasted: written");
         }
-        // Stuck (kube-scheduler says why), or past the steps: written at once.
+        // Stuck (kube-scheduler says why): written at once.
         let stuck =
             PodFacts { unschedulable: Some("0/3 nodes are available".into()), ..pod("Pending", None, None) };
         assert_eq!(passing_step(&runnable, &with_pod(&stuck), Some(&stuck), at(1)), None);
-        let running = pod("Running", Some("n1"), None);
-        assert_eq!(passing_step(&runnable, &with_pod(&running), Some(&running), at(1)), None);
-        // A job already STARTING is not held back again, nor one without a pod.
+        // Running: shown 2 s after the container started, from RUNNABLE or STARTING; a
+        // job that ends first is written once, at its end.
+        let running = PodFacts { started_at: Some(at(1)), ..pod("Running", Some("n1"), None) };
         let starting = with_pod(&pod("Pending", Some("n1"), None));
+        for old in [&runnable, &starting] {
+            let new = next_status(&with(job(1, None), old.clone()), &Deps::Met, Some(&running), None, at(2));
+            assert_eq!(new.phase, JobPhase::Running);
+            assert_eq!(passing_step(old, &new, Some(&running), at(2)), Some(Duration::from_secs(1)));
+            assert_eq!(passing_step(old, &new, Some(&running), at(3)), None, "it lasted: written");
+        }
+        let done = PodFacts { finished_at: Some(at(2)), ..pod("Succeeded", Some("n1"), Some(0)) };
+        let ended = next_status(&with(job(1, None), runnable.clone()), &Deps::Met, Some(&done), None, at(2));
+        assert_eq!(passing_step(&runnable, &ended, Some(&done), at(2)), None);
+        // A job already STARTING is not held back again, nor one without a pod.
         assert_eq!(passing_step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), at(1)), None);
         assert_eq!(passing_step(&runnable, &runnable, None, at(1)), None);
     }
