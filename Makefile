@@ -66,17 +66,17 @@ bench-memory:
 
 ## The AWS Batch API under 16 concurrent clients, beside raw BatchJob creates, on a fresh cluster.
 bench-api:
-	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-api hack/with-cluster.sh $(CARGO) bench --bench batch_api
+	BARGE_REAL_NODE=0 BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-api hack/with-cluster.sh $(CARGO) bench --bench batch_api
 
 ## Six failure scenarios on a fresh local cluster with moto (see benches/chaos.rs):
 ## bench/results/chaos.md and .csv. CHAOS_JOBS (2000), CHAOS_EC2_JOBS (200), CHAOS_ONLY=1,3.
 CHAOS_JOBS ?= 2000
 CHAOS_EC2_JOBS ?= 200
 chaos:
-	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/chaos CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_EC2_JOBS=$(CHAOS_EC2_JOBS) \
+	BARGE_REAL_NODE=0 BARGE_CLUSTER_DIR=$(CURDIR)/.barge/chaos CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_EC2_JOBS=$(CHAOS_EC2_JOBS) \
 	  hack/with-cluster.sh $(CARGO) bench --bench chaos
 
 bench-cluster:
-	BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \
+	BARGE_REAL_NODE=0 BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cluster KCM_QPS=200 KCM_BURST=400 BENCH_JOBS=$(BENCH_JOBS) BENCH_HOLD=$(BENCH_HOLD) \
 	  hack/with-cluster.sh $(CARGO) bench --bench cluster
 	[ "$(BENCH_JOBS)" = 0 ] || hack/bench-plot.sh $(BENCH_JOBS)

@@ -2,9 +2,13 @@
 # The local Kubernetes control plane for Barge's demo, tests and benchmarks:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback.
 #
-#   hack/cluster.sh up       build (cached) and start; a second `up` reuses the running cluster
+#   hack/cluster.sh up [--no-real-node]
+#                            build (cached) and start; a second `up` reuses the running cluster.
+#                            Where the machine allows it (root, cgroups, Debian's containerd),
+#                            one real node runs beside the kwok nodes (hack/cluster/real-node.sh)
 #   hack/cluster.sh down     stop exactly the processes `up` started and remove the state
 #   hack/cluster.sh status   say what runs
+#   hack/cluster.sh leftovers  what a real node left on this machine, a line each (after down)
 #   hack/cluster.sh env      print `export KUBECONFIG=…` lines (eval "$(hack/cluster.sh env)")
 #   hack/cluster.sh stop-for COMPONENT SECONDS   stop one component, then start it again as
 #                            `up` did and wait until it answers (for `make chaos`)
@@ -12,13 +16,17 @@
 #
 # Environment: BARGE_CLUSTER_DIR (state; default .barge/cluster in the repo),
 # BARGE_CACHE (built binaries), KCM_QPS / KCM_BURST (controller-manager client limits),
-# BARGE_MOTO=0 to skip the moto server.
+# BARGE_MOTO=0 to skip the moto server, BARGE_REAL_NODE=0 to start no real node.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto barge)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto containerd kubelet barge)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
+# shellcheck source=cluster/real-node.sh
+source "$repo/hack/cluster/real-node.sh"
+# shellcheck source=cluster/versions.env
+source "$repo/hack/cluster/versions.env"
 die() { log "error: $*"; exit 1; }
 
 alive() { # alive <component>: its recorded pid is running
@@ -54,12 +62,14 @@ CNF
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
     -extfile san.cnf -extensions ext -out apiserver.crt 2>/dev/null
   local who
-  for who in admin:system:masters kube-controller-manager:system:masters kube-scheduler: kwok:system:masters; do
+  for who in admin:system:masters kube-controller-manager:system:masters kube-scheduler: kwok:system:masters \
+      apiserver-kubelet-client:system:masters; do
     local name=${who%%:*} org=${who#*:} subj
     # The controller-manager runs every controller under one identity here (no per-controller
     # service accounts), so it gets the admin group, as kwokctl's binary runtime does.
     case $name in
       admin|kwok) subj="/O=$org/CN=barge-$name" ;;
+      apiserver-kubelet-client) subj="/O=$org/CN=kube-$name" ;;
       kube-controller-manager) subj="/O=$org/CN=system:$name" ;;
       *) subj="/CN=system:$name" ;;
     esac
@@ -202,7 +212,10 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC \
     --endpoint-reconciler-type none --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
-    --allow-privileged=true --v=1
+    --allow-privileged=true --v=1 \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname
   wait_for kube-apiserver 90 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "https://127.0.0.1:$APISERVER_PORT/readyz"
 
@@ -232,8 +245,30 @@ up() {
   fi
   export KUBECONFIG="$state/kubeconfig"
   wait_for "default service account" 60 "$K8S_BIN/kubectl" get serviceaccount default -n default
+  start_real_node "$@"
   log "ready"
   env_lines
+}
+
+start_real_node() {
+  local why
+  if [ "${1:-}" = --no-real-node ] || [ "${BARGE_REAL_NODE:-1}" = 0 ]; then
+    log "no real node (turned off): kwok nodes only"; return 0
+  fi
+  if ! why=$(real_node_unable); then
+    log "no real node: $why; kwok nodes only"; return 0
+  fi
+  log "starting the real node $REAL_NODE (containerd, kubelet $K8S_VERSION) on $REAL_NODE_IP"
+  if ! "$repo/hack/cluster/build.sh" real-node || ! (real_node_up); then
+    log "no real node: it did not start (see $state/logs/kubelet.log and containerd.log); kwok nodes only"
+    real_node_down_keep_logs
+  fi
+}
+
+real_node_down_keep_logs() { # a failed start: remove the node, keep the logs that say why
+  real_node_down
+  sed -i '/^REAL_NODE=/d' "$state/ports.env"
+  rm -f "$state/pids/kubelet" "$state/pids/containerd"
 }
 
 env_lines() {
@@ -248,6 +283,8 @@ env_lines() {
   [ -z "${MOTO_VENV:-}" ] || echo "export BARGE_MOTO_VENV=$MOTO_VENV"
   # Snakemake with its AWS Batch executor, for the workflow test of the Batch API.
   [ -z "${SNAKEMAKE_VENV:-}" ] || echo "export BARGE_SNAKEMAKE_VENV=$SNAKEMAKE_VENV"
+  # The real node's name, for its tests and the demo's last job (hack/cluster/real-node.sh).
+  if [ -n "${REAL_NODE:-}" ] && alive kubelet; then echo "export BARGE_REAL_NODE=$REAL_NODE"; fi
   if alive moto; then
     echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
     echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"
@@ -266,6 +303,7 @@ status() {
 
 down_quiet() {
   local c pid
+  real_node_down
   for c in barge kwok moto kube-scheduler kube-controller-manager kube-apiserver etcd; do
     [ -f "$state/pids/$c" ] || continue
     pid=$(cat "$state/pids/$c")
@@ -277,11 +315,12 @@ down_quiet() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) shift; up "$@" ;;
   down) down_quiet; log "stopped" ;;
   status) status ;;
+  leftovers) real_node_leftovers ;;
   env) env_lines ;;
   stop-for) stop_for "${2:?component}" "${3:?seconds}" ;;
   pause-for) pause_for "${2:?component}" "${3:?seconds}" ;;
-  *) echo "usage: $0 up|down|status|env|stop-for C S|pause-for C S" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--no-real-node]|down|status|env|stop-for C S|pause-for C S" >&2; exit 2 ;;
 esac

@@ -22,6 +22,8 @@ snakemake_venv="$cache/snakemake-$SNAKEMAKE_VERSION-$SNAKEMAKE_AWS_BATCH_VERSION
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
 kueue_bin="$cache/kueue-$KUEUE_VERSION"
+kubelet_bin="$cache/kubelet-$K8S_VERSION"
+node_images="$cache/node-images-$K8S_VERSION-$BUSYBOX_TAG"
 
 log() { printf '[build] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -69,6 +71,46 @@ go_k8s() {
       -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+}
+
+# The real node's kubelet, from the same wrapper module as the control plane.
+go_kubelet() {
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  (cd "$here/k8s" && go build -trimpath -o "$1/" \
+    -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+      -X k8s.io/component-base/version.gitTreeState=clean" \
+    k8s.io/kubernetes/cmd/kubelet)
+}
+
+# The real node's images, made here since no registry is reachable: the pause image from
+# Kubernetes' own pause.c (in its module), compiled static, and busybox from Debian's
+# busybox-static with a link per applet. Imported into containerd by hack/cluster.sh.
+node_images() {
+  local dir applet links=()
+  dir=$(cd "$here/k8s" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+  gcc -Os -static -DVERSION="$PAUSE_TAG-barge" -o "$1/pause" "$dir/build/pause/linux/pause.c"
+  strip "$1/pause"
+  python3 "$here/oci-image.py" "$1/pause.tar" "registry.k8s.io/pause:$PAUSE_TAG" \
+    --file "$1/pause:/pause" --entrypoint /pause
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || links+=(--link "/bin/$applet:busybox")
+  done
+  python3 "$here/oci-image.py" "$1/busybox.tar" "docker.io/library/busybox:$BUSYBOX_TAG" \
+    --file /bin/busybox:/bin/busybox "${links[@]}" --dir /tmp --dir /etc --dir /root --cmd sh
+}
+
+# What the real node needs from Debian's packages; installed only as root.
+real_node_packages=(containerd runc containernetworking-plugins busybox-static iproute2)
+node_packages() {
+  local missing=() p
+  for p in "${real_node_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  [ "$(id -u)" = 0 ] || die "the real node needs ${missing[*]} (Debian packages) and root to install them"
+  log "installing ${missing[*]} from Debian's packages"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 go_etcd() {
@@ -160,6 +202,11 @@ build_k8s() {
     "kube-scheduler --version" "kube-controller-manager --version" "kubectl version --client"
 }
 build_helm() { ensure "helm-$HELM_VERSION" "$helm_bin" 2 go_helm "helm version"; }
+build_real_node() {
+  node_packages
+  ensure "kubelet-$K8S_VERSION" "$kubelet_bin" 2 go_kubelet "kubelet --version"
+  ensure "node-images-$K8S_VERSION-$BUSYBOX_TAG" "$node_images" 1 node_images "pause -v"
+}
 build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --help"; }
 
 all() {
@@ -173,8 +220,10 @@ case "${1:-all}" in
   all) all ;;
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;; helm) build_helm ;;
   kueue) build_kueue ;;
+  real-node) build_real_node ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
          echo "AWS_CLIENTS_VENV=$clients_venv"; echo "SNAKEMAKE_VENV=$snakemake_venv"
-         echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|paths]" >&2; exit 2 ;;
+         echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin"
+         echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images" ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|real-node|paths]" >&2; exit 2 ;;
 esac

@@ -15,14 +15,14 @@ use crate::api::batch_job::{BatchJobStatus, JobPhase};
 use crate::api::job_definition::DefinitionRef;
 use crate::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
 
-async fn client() -> anyhow::Result<Client> {
+pub(super) async fn client() -> anyhow::Result<Client> {
     Client::try_default().await.context(
         "cannot reach a cluster: set KUBECONFIG (or run inside a cluster) as for kubectl, \
          e.g. `eval \"$(hack/cluster.sh env)\"` for the local one",
     )
 }
 
-fn jobs_api(client: &Client, common: &Common) -> Api<BatchJob> {
+pub(super) fn jobs_api(client: &Client, common: &Common) -> Api<BatchJob> {
     match &common.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::default_namespaced(client.clone()),
@@ -30,7 +30,7 @@ fn jobs_api(client: &Client, common: &Common) -> Api<BatchJob> {
 }
 
 /// A friendlier error for a missing job.
-async fn get_job(api: &Api<BatchJob>, name: &str) -> anyhow::Result<BatchJob> {
+pub(super) async fn get_job(api: &Api<BatchJob>, name: &str) -> anyhow::Result<BatchJob> {
     match api.get_opt(name).await? {
         Some(j) => Ok(j),
         None => bail!("no BatchJob {name} in this namespace: check the name, or pass -n <namespace>"),

@@ -1,9 +1,10 @@
 //! The `barge` command line: the operator (`barge run`) and the user commands (`queues`,
-//! `definitions`, `describe`, `submit`, `cancel`, `terminate`, `watch`). Installed as `kubectl-barge`, the
+//! `definitions`, `describe`, `submit`, `cancel`, `terminate`, `watch`, `logs`). Installed as `kubectl-barge`, the
 //! same binary is the kubectl plugin: `kubectl barge queues`.
 
 mod commands;
 mod credentials;
+mod logs;
 mod operator;
 mod output;
 
@@ -31,6 +32,8 @@ pub use operator::RunArgs;
         barge describe jd render\n  \
         barge describe my-job\n  \
         barge watch my-job\n  \
+        barge logs my-job -f\n  \
+        barge logs my-array --index 3 --attempt 2\n  \
         barge cancel my-job --reason 'wrong input'\n  \
         barge credentials create --namespace team-a"
 )]
@@ -105,6 +108,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// What a job's container printed: the last attempt unless told (`--attempt`), a
+    /// child of an array job by `--index`, a node of a multi-node job by `--node`.
+    Logs(Box<logs::LogsArgs>),
     /// Keys for the AWS Batch API (`barge run --batch-api-addr`): create, list, revoke.
     #[command(subcommand)]
     Credentials(credentials::CredentialsCommand),
@@ -146,6 +152,7 @@ pub async fn main() -> anyhow::Result<()> {
             commands::stop(&job, "terminate", &reason, &common).await
         }
         Command::Watch { job, queue, common } => commands::watch(job, queue, &common).await,
+        Command::Logs(args) => logs::logs(*args).await,
         Command::Credentials(c) => credentials::run(c).await,
     }
 }
