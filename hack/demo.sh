@@ -112,6 +112,20 @@ while :; do
   sleep 3
 done
 
+if [ -n "${BARGE_REAL_NODE:-}" ]; then
+  say "One job that really runs, on the real node $BARGE_REAL_NODE (examples/real-node.yaml), and its output"
+  kubectl apply -n "$NS" -f examples/real-node.yaml >/dev/null
+  for _ in $(seq 1 120); do
+    case $(kubectl get bj hello-real -n "$NS" -o jsonpath='{.status.phase}') in SUCCEEDED|FAILED) break ;; esac
+    sleep 1
+  done
+  kubectl get bj hello-real -n "$NS" -o jsonpath='  hello-real: {.status.phase} on {.status.attempts[0].nodeName}, exit code {.status.attempts[0].exitCode}{"\n"}'
+  echo "  \$ barge logs hello-real -n $NS"
+  "$barge" logs hello-real -n "$NS" | sed 's/^/  /' || fail "barge logs could not read the real job's output"
+else
+  say "No real node on this cluster (see the [cluster] lines above): the demo's jobs all ran on simulated nodes"
+fi
+
 say "Summary"
 echo "$total jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes: $(phases)"
 echo

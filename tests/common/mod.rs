@@ -108,6 +108,43 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// The local cluster's real node (`hack/cluster.sh up` starts it where the machine allows
+/// it and says so in `BARGE_REAL_NODE`), or `None` with a note that `what` is skipped. With
+/// `BARGE_REQUIRE_REAL_NODE=1` (CI sets it) a missing real node fails the test instead.
+pub fn real_node(what: &str) -> Option<String> {
+    match std::env::var("BARGE_REAL_NODE").ok().filter(|n| !n.is_empty()) {
+        Some(node) => Some(node),
+        None if std::env::var("BARGE_REQUIRE_REAL_NODE").is_ok_and(|v| v == "1") => panic!(
+            "{what} needs the real node, and BARGE_REQUIRE_REAL_NODE=1 asks for it: `hack/cluster.sh up` \
+             did not start it (its log line says why)"
+        ),
+        None => {
+            eprintln!(
+                "skipped: {what} needs the real node, which this cluster does not have (hack/cluster.sh up --no-real-node, or not root)"
+            );
+            None
+        }
+    }
+}
+
+/// Waits until the real node is in no compute environment but `ce`, after deleting the
+/// environments other tests make of it (an operator of this process finishes their deletion
+/// and releases the node, also when the test that made them has ended).
+pub async fn free_real_node(client: &Client, node: &str, ce: &str) {
+    use barge::api::{ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT};
+    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
+    for other in ["real-node", "real-tests"].into_iter().filter(|o| *o != ce) {
+        let _ = ces.delete(other, &DeleteParams::default()).await;
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(&format!("the real node free for {ce}"), Duration::from_secs(90), || async {
+        let n = nodes.get(node).await.ok()?;
+        let held = n.metadata.labels.as_ref().and_then(|l| l.get(LABEL_COMPUTE_ENVIRONMENT)).cloned();
+        (held.is_none() || held.as_deref() == Some(ce)).then_some(())
+    })
+    .await;
+}
+
 /// Where operator logs go (kept after the run, for reading a failure).
 pub fn log_path(name: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
