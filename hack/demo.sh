@@ -122,12 +122,13 @@ if [ -n "${BARGE_REAL_NODE:-}" ]; then
   kubectl get bj hello-real -n "$NS" -o jsonpath='  hello-real: {.status.phase} on {.status.attempts[0].nodeName}, exit code {.status.attempts[0].exitCode}{"\n"}'
   echo "  \$ barge logs hello-real -n $NS"
   "$barge" logs hello-real -n "$NS" | sed 's/^/  /' || fail "barge logs could not read the real job's output"
+  total=$((total + 1)); on_real=" and the real node"
 else
   say "No real node on this cluster (see the [cluster] lines above): the demo's jobs all ran on simulated nodes"
 fi
 
 say "Summary"
-echo "$total jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes: $(phases)"
+echo "$total jobs finished in $((SECONDS - start)) s on at most $peak_nodes simulated nodes${on_real:-}: $(phases)"
 echo
 echo "Jobs run from job definition render (the revision each resolved, and its command):"
 for j in frame-42 frame-43-4k; do
