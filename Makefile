@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster bench-api chaos demo demo-down cluster-up cluster-down bench
+.PHONY: all build test fmt-check clippy unit integration crds generate static bench bench-core bench-memory bench-cluster bench-api bench-cost chaos demo demo-down cluster-up cluster-down bench
 
 all: build
 
@@ -67,6 +67,16 @@ bench-memory:
 ## The AWS Batch API under 16 concurrent clients, beside raw BatchJob creates, on a fresh cluster.
 bench-api:
 	BARGE_REAL_NODE=0 BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-api hack/with-cluster.sh $(CARGO) bench --bench batch_api
+
+## What the compute costs (see benches/cost.rs): one seeded trace replayed at once against
+## Barge's four allocation strategies and batch/v1 with Karpenter (kwok provider, built on
+## first use), on a fresh local cluster: bench/results/cost.md, cost.csv, cost-series.csv,
+## cost.png. COST_JOBS (240), COST_WINDOW (180 s), COST_SEED (1), COST_INTERRUPTIONS (6 per
+## Spot node-hour), COST_KARPENTER=0 leaves Karpenter out.
+bench-cost:
+	[ "$${COST_KARPENTER:-1}" = 0 ] || hack/cluster/build.sh karpenter
+	BARGE_REAL_NODE=0 BARGE_CLUSTER_DIR=$(CURDIR)/.barge/bench-cost hack/with-cluster.sh $(CARGO) bench --bench cost
+	hack/cost-plot.sh
 
 ## Six failure scenarios on a fresh local cluster with moto (see benches/chaos.rs):
 ## bench/results/chaos.md and .csv. CHAOS_JOBS (2000), CHAOS_EC2_JOBS (200), CHAOS_ONLY=1,3.

@@ -22,6 +22,7 @@ snakemake_venv="$cache/snakemake-$SNAKEMAKE_VERSION-$SNAKEMAKE_AWS_BATCH_VERSION
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
 kueue_bin="$cache/kueue-$KUEUE_VERSION"
+karpenter_bin="$cache/karpenter-$KARPENTER_VERSION"
 kubelet_bin="$cache/kubelet-$K8S_VERSION"
 node_images="$cache/node-images-$K8S_VERSION-$BUSYBOX_TAG"
 
@@ -71,6 +72,16 @@ go_k8s() {
       -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+}
+
+# Karpenter with its kwok cloud provider, and its CRDs (from the module) beside it.
+go_karpenter() {
+  (cd "$here/karpenter" && go build -trimpath -ldflags "-s -w" -o "$1/karpenter" sigs.k8s.io/karpenter/kwok)
+  local dir
+  dir=$(cd "$here/karpenter" && go list -m -f '{{.Dir}}' sigs.k8s.io/karpenter)
+  mkdir -p "$1/crds"
+  cp "$dir"/kwok/charts/crds/*.yaml "$dir"/kwok/apis/crds/*.yaml "$1/crds/"
+  chmod -R u+w "$1/crds"
 }
 
 # The real node's kubelet, from the same wrapper module as the control plane.
@@ -207,6 +218,7 @@ build_real_node() {
   ensure "kubelet-$K8S_VERSION" "$kubelet_bin" 2 go_kubelet "kubelet --version"
   ensure "node-images-$K8S_VERSION-$BUSYBOX_TAG" "$node_images" 1 node_images "pause -v"
 }
+build_karpenter() { ensure "karpenter-$KARPENTER_VERSION" "$karpenter_bin" 10 go_karpenter "karpenter --help"; }
 build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --help"; }
 
 all() {
@@ -221,9 +233,10 @@ case "${1:-all}" in
   k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;; helm) build_helm ;;
   kueue) build_kueue ;;
   real-node) build_real_node ;;
+  karpenter) build_karpenter ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
          echo "AWS_CLIENTS_VENV=$clients_venv"; echo "SNAKEMAKE_VENV=$snakemake_venv"
          echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin"
-         echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|real-node|paths]" >&2; exit 2 ;;
+         echo "KARPENTER_BIN=$karpenter_bin"; echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images" ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|karpenter|real-node|paths]" >&2; exit 2 ;;
 esac

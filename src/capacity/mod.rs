@@ -3,6 +3,7 @@
 //! nodes to remove. No I/O: providers carry the plans out.
 
 pub mod catalog;
+pub mod spot;
 
 use crate::resources::Res;
 pub use catalog::InstanceType;

@@ -23,6 +23,13 @@ pub struct RunArgs {
     /// Enable the local provider (simulated kwok nodes).
     #[arg(long, env = "BARGE_LOCAL_PROVIDER", default_value_t = true, action = clap::ArgAction::Set)]
     local_provider: bool,
+    /// Local provider: how often the simulated Spot market takes back a Spot node, per node
+    /// and hour (0: never). The attempts on it end as host loss and are retried.
+    #[arg(long, env = "BARGE_LOCAL_SPOT_INTERRUPTIONS", default_value_t = 0.0)]
+    local_spot_interruptions: f64,
+    /// Local provider: the simulated Spot market's seed (prices and interruptions).
+    #[arg(long, env = "BARGE_LOCAL_SPOT_SEED", default_value_t = 1)]
+    local_spot_seed: u64,
     /// Enable the ec2 provider (credentials, region and endpoint from the AWS chain).
     #[arg(long, env = "BARGE_EC2_PROVIDER", default_value_t = false, action = clap::ArgAction::Set)]
     ec2_provider: bool,
@@ -166,7 +173,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let providers = Providers {
-        local: args.local_provider.then(|| Box::new(LocalProvider::new(client.clone())) as _),
+        local: args.local_provider.then(|| {
+            let market = crate::capacity::spot::SpotMarket {
+                seed: args.local_spot_seed,
+                interruptions_per_node_hour: args.local_spot_interruptions.max(0.0),
+                ..Default::default()
+            };
+            Box::new(LocalProvider::new(client.clone(), market)) as _
+        }),
         ec2: if args.ec2_provider {
             let settings = Ec2Settings {
                 cluster: args.cluster_name.clone(),

@@ -1,0 +1,98 @@
+//! The cost benchmark's pure parts (`make bench-cost`, benches/cost.rs): its trace
+//! generator and its accounting, tested without a cluster.
+
+#[path = "../benches/cost/account.rs"]
+mod account;
+#[path = "../benches/cost/trace.rs"]
+mod trace;
+
+use account::*;
+use barge::capacity::catalog::lookup;
+use barge::capacity::spot::SpotMarket;
+
+fn node(name: &str, ty: &str, created: f64, deleted: Option<f64>) -> NodeLife {
+    NodeLife {
+        name: name.into(),
+        ty: lookup(ty).unwrap(),
+        spot: false,
+        created,
+        ready: Some(created + 1.0),
+        deleted,
+        interrupted: false,
+    }
+}
+
+fn pod(job: usize, node: &str, vcpus: f64, started: f64, ended: f64) -> PodLife {
+    PodLife {
+        job,
+        node: Some(node.into()),
+        vcpus,
+        memory_gib: vcpus * 4.0,
+        started: Some(started),
+        ended: Some(ended),
+    }
+}
+
+#[test]
+fn an_on_demand_node_costs_its_price_over_its_life() {
+    let m = SpotMarket::default();
+    let n = node("a", "m6i.xlarge", 0.0, Some(3600.0));
+    assert!((node_cost(&n, &m, 9999.0) - 0.192).abs() < 1e-9);
+    // Still alive at the end: costed until then.
+    let n = node("a", "m6i.xlarge", 0.0, None);
+    assert!((node_cost(&n, &m, 1800.0) - 0.096).abs() < 1e-9);
+    let spot = NodeLife { spot: true, ..node("s", "m6i.xlarge", 0.0, Some(3600.0)) };
+    let c = node_cost(&spot, &m, 9999.0);
+    assert!(c > 0.192 * 0.15 && c < 0.192 * 0.5, "{c}");
+}
+
+#[test]
+fn the_lower_bound_is_the_cheapest_way_to_buy_the_work() {
+    let types = types_of(&["m6i", "c6i", "r6i"]);
+    // One vCPU for an hour: c6i.large's $0.085 for 2 vCPUs is the cheapest per vCPU.
+    let b = lower_bound(3600.0, 0.0, &types, None);
+    assert!((b - 0.0425).abs() < 1e-9, "{b}");
+    // 8 GiB for an hour: r6i.large's $0.126 for 16 GiB.
+    let b = lower_bound(0.0, 8.0 * 3600.0, &types, None);
+    assert!((b - 0.063).abs() < 1e-9, "{b}");
+    let m = SpotMarket::default();
+    assert!(lower_bound(3600.0, 0.0, &types, Some((&m, 0.0, 3600.0))) < 0.0425 * 0.5);
+}
+
+#[test]
+fn the_account_adds_up() {
+    let m = SpotMarket::default();
+    // One 4-vCPU node from 0 to 100 s; two 2-vCPU pods: 10–50 s and 20–60 s. Job 2 waits
+    // from 0 until 20 s.
+    let nodes = [node("a", "m6i.xlarge", 0.0, Some(100.0))];
+    let pods = [pod(0, "a", 2.0, 10.0, 50.0), pod(1, "a", 2.0, 20.0, 60.0)];
+    let a = account(&nodes, &pods, &[5.0, 0.0], &m, 0.0, 100.0);
+    assert!((a.cost - 0.192 * 100.0 / 3600.0).abs() < 1e-9);
+    assert_eq!((a.launched, a.removed, a.interrupted, a.lost_attempts), (1, 1, 0, 0));
+    assert_eq!((a.wait_p50_s, a.wait_p99_s), (5.0, 20.0));
+    assert_eq!(a.idle_after_max_s, 40.0);
+    // 160 vCPU-s requested of 400 provisioned.
+    assert!((a.cpu_utilisation - 0.4).abs() < 1e-9, "{}", a.cpu_utilisation);
+    // While a job waited (0–19 s): 2 vCPUs of 4 for 10 s of 20.
+    assert!((a.cpu_utilisation_pending - 0.25).abs() < 1e-9, "{}", a.cpu_utilisation_pending);
+    assert_eq!(a.series.len(), 100);
+    assert_eq!(a.series[30], (30.0, 4.0, 4.0));
+}
+
+#[test]
+fn trace() {
+    let a = trace::generate(7, 2000, 300.0);
+    assert_eq!(a, trace::generate(7, 2000, 300.0));
+    assert_ne!(a, trace::generate(8, 2000, 300.0));
+    assert!(a.windows(2).all(|w| w[0].at_s <= w[1].at_s));
+    assert!(a.iter().all(|j| (0.5..=32.0).contains(&j.vcpus) && (5..=120).contains(&j.duration_s)));
+    let gpus = a.iter().filter(|j| j.gpus > 0).count();
+    assert!((20..120).contains(&gpus), "{gpus}");
+    let high = a.iter().filter(|j| j.high).count();
+    assert!((450..750).contains(&high), "{high}");
+    let r = a.iter().filter(|j| j.gpus == 0 && j.memory_mib as f64 > j.vcpus * 6.0 * 1024.0).count();
+    assert!((250..550).contains(&r), "r-family jobs: {r}");
+    let (cpu, mem) = trace::demand(&a[..1]);
+    assert_eq!(cpu, a[0].vcpus * a[0].duration_s as f64);
+    assert!(mem > 0.0);
+}
