@@ -56,7 +56,7 @@ static:
 ## BENCH_HOLD=100000 also holds that many BatchJobs for the operator's memory and pass time.
 BENCH_JOBS ?= 10000
 BENCH_HOLD ?= 0
-bench: bench-core bench-memory bench-api bench-cluster
+bench: bench-core bench-memory bench-api bench-cluster bench-cost
 
 bench-core:
 	$(CARGO) bench --bench core

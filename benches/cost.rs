@@ -178,9 +178,13 @@ fn watch(client: &Client, seen: Arc<Mutex<Seen>>) {
     });
     let pods: Api<Pod> = Api::all(client.clone());
     tokio::spawn(async move {
-        let config = watcher::Config::default();
-        let mut events = std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
-        while let Some(Ok(pod)) = events.next().await {
+        let mut events = std::pin::pin!(watcher(pods, watcher::Config::default()).default_backoff());
+        while let Some(Ok(event)) = events.next().await {
+            let (pod, deleted) = match event {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
+                watcher::Event::Delete(p) => (p, true),
+                _ => continue,
+            };
             let ns = pod.namespace().unwrap_or_default();
             if !ns.starts_with("cost-") {
                 continue;
@@ -190,7 +194,16 @@ fn watch(client: &Client, seen: Arc<Mutex<Seen>>) {
             let (vcpus, memory_gib) = pod_request(&pod);
             let mut s = seen.lock().unwrap();
             let (_, life) = s.pods.entry(format!("{ns}/{}", pod.name_any())).or_insert_with(|| {
-                (ns.clone(), PodLife { job, node: None, vcpus, memory_gib, started: None, ended: None })
+                let life = PodLife {
+                    job,
+                    node: None,
+                    vcpus,
+                    memory_gib,
+                    started: None,
+                    ended: None,
+                    completed: false,
+                };
+                (ns.clone(), life)
             });
             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 life.node = Some(node);
@@ -202,8 +215,13 @@ fn watch(client: &Client, seen: Arc<Mutex<Seen>>) {
                 Some("Succeeded") => {
                     life.started.get_or_insert(now);
                     life.ended.get_or_insert(now);
+                    life.completed = true;
                 }
                 _ => {}
+            }
+            // Deleted before it ended: its node was taken back (or it was stopped).
+            if deleted && life.started.is_some() {
+                life.ended.get_or_insert(now);
             }
         }
     });

@@ -30,6 +30,7 @@ fn pod(job: usize, node: &str, vcpus: f64, started: f64, ended: f64) -> PodLife 
         memory_gib: vcpus * 4.0,
         started: Some(started),
         ended: Some(ended),
+        completed: true,
     }
 }
 
@@ -77,6 +78,17 @@ fn the_account_adds_up() {
     assert!((a.cpu_utilisation_pending - 0.25).abs() < 1e-9, "{}", a.cpu_utilisation_pending);
     assert_eq!(a.series.len(), 100);
     assert_eq!(a.series[30], (30.0, 4.0, 4.0));
+
+    // The node taken back at 40 s with job 1's pod on it: an interruption and a lost
+    // attempt, and no idle time to count for it.
+    let nodes = [NodeLife { deleted: Some(40.0), ..node("a", "m6i.xlarge", 0.0, None) }];
+    let pods = [
+        pod(0, "a", 2.0, 10.0, 30.0),
+        PodLife { ended: Some(40.0), completed: false, ..pod(1, "a", 2.0, 20.0, 0.0) },
+    ];
+    let a = account(&nodes, &pods, &[5.0, 0.0], &m, 0.0, 100.0);
+    assert_eq!((a.interrupted, a.lost_attempts), (1, 1));
+    assert!(a.idle_after_max_s.is_nan());
 }
 
 #[test]

@@ -29,7 +29,10 @@ pub struct PodLife {
     pub vcpus: f64,
     pub memory_gib: f64,
     pub started: Option<f64>,
+    /// When it ended, or was deleted (its node taken back) before it did.
     pub ended: Option<f64>,
+    /// It ran to its end (Succeeded).
+    pub completed: bool,
 }
 
 /// One contender's figures.
@@ -49,6 +52,7 @@ pub struct Account {
     pub idle_after_max_s: f64,
     pub launched: usize,
     pub removed: usize,
+    /// Nodes taken back by the Spot market while they ran pods (or told so).
     pub interrupted: usize,
     /// Attempts that ran but did not finish (their node was taken back).
     pub lost_attempts: usize,
@@ -110,8 +114,16 @@ pub fn account(
         cost: nodes.iter().map(|n| node_cost(n, market, end)).sum(),
         launched: nodes.len(),
         removed: nodes.iter().filter(|n| n.deleted.is_some()).count(),
-        interrupted: nodes.iter().filter(|n| n.interrupted).count(),
-        lost_attempts: pods.iter().filter(|p| p.started.is_some() && p.ended.is_none()).count(),
+        interrupted: nodes
+            .iter()
+            .filter(|n| {
+                n.interrupted
+                    || pods.iter().any(|p| {
+                        p.node.as_deref() == Some(n.name.as_str()) && p.started.is_some() && !p.completed
+                    })
+            })
+            .count(),
+        lost_attempts: pods.iter().filter(|p| p.started.is_some() && !p.completed).count(),
         ..Account::default()
     };
     // First start per job.
@@ -131,7 +143,10 @@ pub fn account(
     let mut idle: Vec<f64> = nodes
         .iter()
         .filter_map(|n| {
-            let deleted = n.deleted.filter(|_| !n.interrupted)?;
+            let lost = pods
+                .iter()
+                .any(|p| p.node.as_deref() == Some(n.name.as_str()) && p.started.is_some() && !p.completed);
+            let deleted = n.deleted.filter(|_| !n.interrupted && !lost)?;
             let last = pods
                 .iter()
                 .filter(|p| p.node.as_deref() == Some(n.name.as_str()))

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvVar, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+    PreferredSchedulingTerm, ResourceRequirements, Toleration,
+};
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -186,6 +189,33 @@ pub struct NodePlacement<'a> {
     pub main_address: Option<&'a str>,
 }
 
+/// Asks kube-scheduler to put the pod on `node`, the node the scheduling pass placed it on
+/// (best fit: the fullest node that holds it), while leaving it free to go elsewhere if that
+/// node no longer has room. Without it kube-scheduler spreads pods over the least
+/// allocated nodes, so every node keeps a little work and none empties to be removed, and a
+/// large job finds no node with room and waits for a new one. A preference the pod template
+/// already has is kept beside it.
+pub fn prefer_node(pod: &mut Pod, node: &str) {
+    if node.is_empty() {
+        return;
+    }
+    let Some(spec) = pod.spec.as_mut() else { return };
+    let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+    let nodes = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
+    let preferred = nodes.preferred_during_scheduling_ignored_during_execution.get_or_insert_with(Vec::new);
+    preferred.push(PreferredSchedulingTerm {
+        weight: 100,
+        preference: NodeSelectorTerm {
+            match_fields: Some(vec![NodeSelectorRequirement {
+                key: "metadata.name".into(),
+                operator: "In".into(),
+                values: Some(vec![node.to_string()]),
+            }]),
+            match_expressions: None,
+        },
+    });
+}
+
 /// The pod of node `place.index` of `attempt` of a multi-node job: its range's container,
 /// bound to the node planned for it (which the job has to itself), with AWS Batch's
 /// multi-node variables, named `node-N` under the job's headless Service.
@@ -317,6 +347,25 @@ mod tests {
         }))
         .unwrap();
         ComputeEnvironment::new("ce-a", spec)
+    }
+
+    #[test]
+    fn the_planned_node_is_preferred_beside_the_templates_own_preferences() {
+        let j = job();
+        let mut pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None).unwrap();
+        prefer_node(&mut pod, "");
+        assert!(pod.spec.as_ref().unwrap().affinity.is_none(), "no node planned, no preference");
+        prefer_node(&mut pod, "ce-a-m6i-large-x1");
+        prefer_node(&mut pod, "ce-a-m6i-large-x2");
+        let terms = pod.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
+        let terms = terms.preferred_during_scheduling_ignored_during_execution.unwrap();
+        assert_eq!(terms.len(), 2);
+        let field = &terms[0].preference.match_fields.as_ref().unwrap()[0];
+        assert_eq!(
+            (field.key.as_str(), field.values.as_ref().unwrap()[0].as_str()),
+            ("metadata.name", "ce-a-m6i-large-x1")
+        );
+        assert_eq!(terms[0].weight, 100);
     }
 
     #[test]

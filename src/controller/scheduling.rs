@@ -544,7 +544,10 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
                         NodePlacement { index: layout.main_node, nodes: &adm.gang, main_address: None };
                     build_node_pod(&job, &work, ce, owner.attempt, &place)
                 }
-                None => build_pod(&job, &work, ce, owner.attempt, owner.index),
+                None => build_pod(&job, &work, ce, owner.attempt, owner.index).map(|mut pod| {
+                    super::pod::prefer_node(&mut pod, &adm.node);
+                    pod
+                }),
             };
             pod.map_err(|e| match e {
                 crate::Error::InvalidJob(why) => why,
