@@ -70,19 +70,6 @@ struct Contender {
     barge: Option<(&'static str, bool)>,
 }
 
-impl Contender {
-    /// Whether `node` is one of this contender's.
-    fn owns(&self, node: &Node) -> bool {
-        let labels = node.labels();
-        match self.barge {
-            Some(_) => labels
-                .get("barge.dev/compute-environment")
-                .is_some_and(|ce| *ce == self.ns || *ce == format!("{}-gpu", self.ns)),
-            None => labels.get("karpenter.sh/nodepool").is_some_and(|p| p == karpenter::NODEPOOL),
-        }
-    }
-}
-
 #[derive(Default)]
 struct Seen {
     nodes: HashMap<String, NodeLife>,
@@ -324,23 +311,23 @@ async fn finished(client: &Client, c: &Contender) -> usize {
 }
 
 /// Takes Karpenter's Spot nodes back at the market's rate, as the operator does Barge's.
-fn interrupt_karpenter(client: Client, market: SpotMarket, seen: Arc<Mutex<Seen>>, c: Contender) {
+fn interrupt_karpenter(client: Client, market: SpotMarket, seen: Arc<Mutex<Seen>>) {
     tokio::spawn(async move {
         let nodes: Api<Node> = Api::all(client);
         let mut drawn: HashMap<String, u64> = HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let tick = (unix_now() / 10.0) as u64;
-            let spot: Vec<String> = {
+            // Its Spot nodes still alive, from the watch.
+            let mine: Vec<String> = {
                 let s = seen.lock().unwrap();
-                s.nodes.values().filter(|n| n.spot && n.deleted.is_none()).map(|n| n.name.clone()).collect()
+                s.nodes
+                    .values()
+                    .filter(|n| n.spot && n.deleted.is_none())
+                    .filter(|n| s.owners.get(&n.name).is_some_and(|o| o == karpenter::NODEPOOL))
+                    .map(|n| n.name.clone())
+                    .collect()
             };
-            let current = nodes.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
-            let mine: Vec<String> = current
-                .iter()
-                .filter(|n| c.owns(n) && spot.contains(&n.name_any()))
-                .map(|n| n.name_any())
-                .collect();
             for (node, _) in barge::provider::local::interruptions(&market, &mine, tick, &mut drawn) {
                 if let Some(n) = seen.lock().unwrap().nodes.get_mut(&node) {
                     n.interrupted = true;
@@ -446,8 +433,8 @@ async fn main() {
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     watch(&client, seen.clone());
-    if let Some(c) = contenders.iter().find(|c| c.barge.is_none()) {
-        interrupt_karpenter(client.clone(), market, seen.clone(), c.clone());
+    if contenders.iter().any(|c| c.barge.is_none()) {
+        interrupt_karpenter(client.clone(), market, seen.clone());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = unix_now();

@@ -4,12 +4,8 @@
 # matplotlib comes from PyPI into a venv in the cache (as for hack/bench-plot.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cache=${BARGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/barge}
-venv="$cache/plot-venv"
-if [ ! -f "$venv/.complete" ]; then
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check matplotlib==3.10.7 \
-    && touch "$venv/.complete" || { echo "matplotlib unavailable: no plot" >&2; exit 0; }
-fi
+# shellcheck source=plot-venv.sh
+source "$repo/hack/plot-venv.sh"
 "$venv/bin/python" - "${BENCH_OUT:-$repo/bench/results}" <<'PY'
 import csv, sys
 import matplotlib
