@@ -116,7 +116,7 @@ real_node_packages=(containerd runc containernetworking-plugins busybox-static i
 node_packages() {
   local missing=() p
   for p in "${real_node_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
   done
   [ ${#missing[@]} -gt 0 ] || return 0
   [ "$(id -u)" = 0 ] || die "the real node needs ${missing[*]} (Debian packages) and root to install them"

@@ -75,10 +75,11 @@ real_node_up() {
   read -r kubelet_port healthz_port < <(free_ports 2)
 
   # The node's address and the pods' bridge.
-  ip addr show dev lo | grep -q " $REAL_NODE_IP/32" || ip addr add "$REAL_NODE_IP/32" dev lo
+  # `replace` is idempotent; no `ip … | grep -q` here or below: under pipefail, grep leaving
+  # early makes ip die of SIGPIPE and the test read "absent" at random.
+  ip addr replace "$REAL_NODE_IP/32" dev lo
   [ -e /sys/class/net/$REAL_BRIDGE ] || ip link add "$REAL_BRIDGE" type bridge
-  ip addr show dev "$REAL_BRIDGE" | grep -q " $REAL_POD_GATEWAY/" \
-    || ip addr add "$REAL_POD_GATEWAY/${REAL_POD_SUBNET#*/}" dev "$REAL_BRIDGE"
+  ip addr replace "$REAL_POD_GATEWAY/${REAL_POD_SUBNET#*/}" dev "$REAL_BRIDGE"
   ip link set "$REAL_BRIDGE" up
   cat >"$real/cni/conf/10-barge.conflist" <<JSON
 {
@@ -228,8 +229,14 @@ real_node_down() {
   done < <(cat "$real/made" 2>/dev/null || true)
   rm -f /var/lib/cni/results/barge-real-* 2>/dev/null || true
   [ ! -e /sys/class/net/$REAL_BRIDGE ] || ip link del "$REAL_BRIDGE" 2>/dev/null || true
-  ! ip addr show dev lo | grep -q " $REAL_NODE_IP/32" || ip addr del "$REAL_NODE_IP/32" dev lo 2>/dev/null || true
+  if real_node_address_on_lo; then ip addr del "$REAL_NODE_IP/32" dev lo || true; fi
   rm -rf "$real"
+}
+
+# Whether the node's address is on the loopback device (read whole, then matched: no pipe).
+real_node_address_on_lo() {
+  local addrs; addrs=$(ip -o -4 addr show dev lo 2>/dev/null) || return 1
+  [[ $addrs == *" $REAL_NODE_IP/32 "* ]]
 }
 
 # What is left of a real node on this machine, a line each (nothing when clean): for CI
@@ -237,7 +244,7 @@ real_node_down() {
 real_node_leftovers() {
   local c p
   [ ! -e /sys/class/net/$REAL_BRIDGE ] || echo "the bridge $REAL_BRIDGE"
-  ! ip addr show dev lo 2>/dev/null | grep -q " $REAL_NODE_IP/32" || echo "the address $REAL_NODE_IP on lo"
+  ! real_node_address_on_lo || echo "the address $REAL_NODE_IP on lo"
   pgrep -af "containerd-shim-runc-v2|containerd --config .*/real/containerd|kubelet --config .*/real/kubelet" \
     | sed 's/^/process /' || true
   awk '$2 ~ /\/real\/(containerd|kubelet)\// {print "mount " $2}' /proc/self/mounts
