@@ -16,6 +16,9 @@ pub const LAUNCH_TTL: Duration = Duration::from_secs(900);
 /// Why a host went away is kept this long for its jobs: they hear of the node's loss
 /// within seconds, and the pod garbage collector removes its pods within minutes.
 pub const LOST_HOST_TTL: Duration = Duration::from_secs(3600);
+/// A node whose kubelet refused a pod Barge placed on it gets its next pods through
+/// kube-scheduler for this long: something Barge does not count holds room there.
+pub const REFUSAL_TTL: Duration = Duration::from_secs(300);
 
 /// What the scheduling pass decided for a job it saw waiting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +72,8 @@ struct Cluster {
     idle_since: HashMap<String, Instant>,
     /// Per node: why its host went away, and when that was heard.
     lost_hosts: HashMap<String, (String, Instant)>,
+    /// Per node: when its kubelet last refused a pod Barge placed on it.
+    refused: HashMap<String, Instant>,
 }
 
 /// The capacity view: what the capacity pass and the provider sync know of nodes beyond
@@ -142,6 +147,19 @@ impl ClusterState {
         let mut st = lock(&self.0);
         st.lost_hosts.retain(|_, (_, at)| at.elapsed() < LOST_HOST_TTL);
         st.lost_hosts.insert(node.to_string(), (why, Instant::now()));
+    }
+
+    /// Records that the kubelet of `node` refused a pod Barge placed on it.
+    pub fn refused(&self, node: &str, now: Instant) {
+        let mut st = lock(&self.0);
+        st.refused.retain(|_, at| now.duration_since(*at) < REFUSAL_TTL);
+        st.refused.insert(node.to_string(), now);
+    }
+
+    /// Whether Barge may place pods on `node` itself: its kubelet has not refused one in
+    /// the last `REFUSAL_TTL`.
+    pub fn may_place_on(&self, node: &str, now: Instant) -> bool {
+        lock(&self.0).refused.get(node).is_none_or(|at| now.duration_since(*at) >= REFUSAL_TTL)
     }
 
     /// Why the host of `node` went away, if its provider said.
@@ -342,6 +360,17 @@ mod tests {
         assert!(hand.give(2, [(uid.clone(), wait)]).is_empty());
         assert_eq!(hand.give(3, [(uid, admit.clone())]), vec![0]);
         assert_eq!(hand.verdict("u1"), Some(admit));
+    }
+
+    #[test]
+    fn a_node_that_refused_a_pod_is_left_to_the_scheduler_for_a_while() {
+        let cluster = ClusterState::default();
+        let t0 = Instant::now();
+        assert!(cluster.may_place_on("n1", t0));
+        cluster.refused("n1", t0);
+        assert!(!cluster.may_place_on("n1", t0 + Duration::from_secs(10)));
+        assert!(cluster.may_place_on("n2", t0 + Duration::from_secs(10)), "other nodes are not affected");
+        assert!(cluster.may_place_on("n1", t0 + REFUSAL_TTL));
     }
 
     #[test]

@@ -203,6 +203,12 @@ fn roll_children(
                 (None, ChildGate::Wait) => pending += 1,
                 (None, ChildGate::Ready) => runnable += 1,
             },
+            // Its node refused the pod before it ran: the child waits for a node again.
+            Some(p) if p.refused.is_some() => {
+                c.started.remove(&i);
+                stop.push((i, attempt));
+                runnable += 1;
+            }
             Some(p) => match (p.phase.as_str(), &p.node) {
                 ("Pending", None) => runnable += 1,
                 ("Pending", Some(_)) => {
@@ -389,6 +395,26 @@ mod tests {
         assert_eq!(s.phase, JobPhase::Failed);
         assert_eq!(s.status_reason.as_deref(), Some(why));
         assert!(stop.is_empty());
+    }
+
+    #[test]
+    fn a_child_whose_node_refused_its_pod_waits_again_without_using_an_attempt() {
+        let j = array(2, 1);
+        let refused =
+            PodFacts { refused: Some("node n refused the pod (OutOfcpu)".into()), ..facts("Failed", None) };
+        let (s, stop) = next_status(
+            &j,
+            &Deps::Met,
+            &Gates::default(),
+            |i, _| Some(if i == 0 { refused.clone() } else { facts("Running", None) }),
+            None,
+            Utc::now(),
+        );
+        let a = s.array.as_ref().unwrap();
+        assert_eq!((a.runnable, a.running, a.failed), (1, 1, 0));
+        assert!(a.failed_attempts.is_empty(), "no attempt was used");
+        assert_eq!(a.started_indexes, "1");
+        assert_eq!(stop, vec![(0, 0)], "the refused pod is removed to be created again");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct PodFacts {
     /// Why kube-scheduler has not placed it, if it says.
     pub unschedulable: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// Why the node's kubelet refused the pod before any container ran (see `refusal`).
+    pub refused: Option<String>,
 }
 
 impl PodFacts {
@@ -53,8 +55,38 @@ impl PodFacts {
             reason: term.and_then(|t| t.reason.clone()).or(status.reason.clone()),
             unschedulable,
             created_at: pod.metadata.creation_timestamp.as_ref().and_then(ts),
+            refused: refusal(pod),
         }
     }
+}
+
+/// Why the node's kubelet refused the pod at admission, before any container ran: it had
+/// no room for it (room held by pods Barge does not count), or it could not take it for
+/// another reason. The kubelet fails such a pod with its reason (`OutOfcpu`, ...) and a
+/// message beginning "Pod was rejected". No work ran: the attempt did not happen, and the
+/// job goes back to its queue.
+pub fn refusal(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Failed") {
+        return None;
+    }
+    let message = status.message.as_deref()?;
+    if !message.starts_with("Pod was rejected") {
+        return None;
+    }
+    let ran = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some()));
+    if ran {
+        return None;
+    }
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("?");
+    Some(match status.reason.as_deref() {
+        Some(reason) => format!("node {node} refused the pod ({reason}: {message})"),
+        None => format!("node {node} refused the pod ({message})"),
+    })
 }
 
 /// The attempt the job is on: finished attempts are never reopened.
@@ -119,5 +151,33 @@ pub fn failure_reason(exit_code: Option<i32>, container_reason: Option<&str>) ->
         (Some(c), None) => format!("Essential container in task exited with code {c}"),
         (None, Some(r)) => format!("Pod failed: {r}"),
         (None, None) => "Pod failed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(message: &str, container: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": "Failed", "reason": "OutOfcpu", "message": message,
+                       "containerStatuses": container}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_the_kubelet_rejected_before_it_ran_is_a_refusal() {
+        let rejected = "Pod was rejected: Node didn't have enough resource: cpu, requested: 4000, used: 6000, capacity: 8000";
+        let why = refusal(&failed(rejected, serde_json::json!([]))).unwrap();
+        assert!(why.starts_with("node n1 refused the pod (OutOfcpu: Pod was rejected"), "{why}");
+        assert_eq!(PodFacts::of(&failed(rejected, serde_json::json!([]))).refused, Some(why));
+        // A container that ran makes it a failure of the job, whatever the message.
+        let ran = serde_json::json!([{"name": "main", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 1}}}]);
+        assert_eq!(refusal(&failed(rejected, ran)), None);
+        assert_eq!(refusal(&failed("Evicted for memory", serde_json::json!([]))), None);
     }
 }

@@ -12,9 +12,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::context::Shared;
+use super::facts::refusal;
 pub use super::facts::{Deps, Limits, PodFacts, TIMEOUT_REASON, current_attempt, failure_reason};
 use super::revisions::{self, Resolution};
 use crate::api::batch_job::{
@@ -191,6 +192,18 @@ fn with_pod(
     now: DateTime<Utc>,
 ) -> BatchJobStatus {
     let retry = limits.retry;
+    if let Some(why) = &pod.refused {
+        // No container ran: the attempt did not happen. The job waits for a node again
+        // (the job controller removes the pod, and the pass places it anew).
+        if s.attempts.get(attempt).is_some_and(|a| a.started_at.is_none() && a.stopped_at.is_none()) {
+            s.attempts.truncate(attempt);
+            s.attempt_count = s.attempts.len() as u32;
+        }
+        runnable(&mut s, now);
+        s.node_name = None;
+        s.status_reason = Some(format!("Pod {pod_name} did not start: {why}; placing it again"));
+        return s;
+    }
     if pod.node.is_some() && s.attempts.len() == attempt {
         // Admitted before its RUNNABLE status was written: it was runnable from the start.
         if s.runnable_at.is_none() {
@@ -359,7 +372,8 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let mut job = job;
     let mut step = Step::of(&ctx, &job);
     let reworded_only = step.old.phase == JobPhase::Runnable && step.new.phase == JobPhase::Runnable;
-    if step.new != step.old && reworded_only && ctx.bursts.put_off(&job) {
+    let refused = step.pod.as_deref().is_some_and(|p| refusal(p).is_some());
+    if step.new != step.old && reworded_only && !refused && ctx.bursts.put_off(&job) {
         return Ok(Action::await_change());
     }
     let turn = if step.new != step.old { ctx.bursts.write_turn().await } else { None };
@@ -386,6 +400,18 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         && super::pod::pod_is_active(p)
         && p.metadata.deletion_timestamp.is_none()
     {
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        crate::k8s::delete_if_present(&api, &p.name_any()).await?;
+    }
+    // A pod its node refused goes, once the status no longer counts it as an attempt; the
+    // node's next pods go through kube-scheduler for a while.
+    if let Some(p) = &pod
+        && let Some(why) = refusal(p)
+    {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            ctx.cluster.refused(node, std::time::Instant::now());
+        }
+        info!(pod = %p.name_any(), %why, "the node refused the pod; placing it again");
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
         crate::k8s::delete_if_present(&api, &p.name_any()).await?;
     }
@@ -479,7 +505,11 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
             lost.borrow_mut().push((i, a));
             return None;
         }
-        Some(PodFacts::of(&pod))
+        let facts = PodFacts::of(&pod);
+        if let Some(node) = facts.refused.as_ref().and(facts.node.as_deref()) {
+            ctx.cluster.refused(node, std::time::Instant::now());
+        }
+        Some(facts)
     };
     let old = job.status.clone().unwrap_or_default();
     let def = match revisions::resolve(&ctx.definitions, job, now) {
@@ -739,6 +769,7 @@ mod tests {
             reason: exit.map(|c| if c == 0 { "Completed" } else { "Error" }.into()),
             unschedulable: None,
             created_at: Some(at(0)),
+            refused: None,
         }
     }
 
@@ -819,6 +850,28 @@ mod tests {
             s.status_reason.as_deref(),
             Some("Essential container in task exited with code 3 (Error)")
         );
+    }
+
+    #[test]
+    fn a_pod_its_node_refused_is_not_an_attempt_and_the_job_waits_again() {
+        let j = job(1, None);
+        // Bound by Barge: STARTING, with its attempt open.
+        let starting = next_status(&j, &Deps::Met, Some(&pod("Pending", Some("n1"), None)), None, at(1));
+        assert_eq!((starting.phase, starting.attempts.len()), (JobPhase::Starting, 1));
+        let j = with(j, starting);
+        let refused = PodFacts {
+            refused: Some("node n1 refused the pod (OutOfcpu: Pod was rejected: ...)".into()),
+            ..pod("Failed", Some("n1"), None)
+        };
+        let s = next_status(&j, &Deps::Met, Some(&refused), None, at(2));
+        assert_eq!(s.phase, JobPhase::Runnable, "a single attempt is not used up");
+        assert!(s.attempts.is_empty() && s.attempt_count == 0);
+        assert_eq!(s.node_name, None);
+        assert!(s.status_reason.as_deref().unwrap().contains("refused the pod (OutOfcpu"));
+        // Once gone, the job waits for the pass like a new one.
+        let j = with(j, s);
+        let s = next_status(&j, &Deps::Met, None, None, at(3));
+        assert_eq!((s.phase, current_attempt(&s)), (JobPhase::Runnable, 0));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvVar, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
-    PreferredSchedulingTerm, ResourceRequirements, Toleration,
+    Affinity, Container, EnvVar, Node, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+    PreferredSchedulingTerm, ResourceRequirements, Taint, Toleration,
 };
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -216,6 +216,65 @@ pub fn prefer_node(pod: &mut Pod, node: &str) {
     });
 }
 
+/// Puts the pod on `node` itself, the node the scheduling pass placed it on, when nothing
+/// in the pod asks for a decision only kube-scheduler can make; returns whether it did.
+///
+/// The pass keeps every node of a managed environment and every pod Barge placed there in
+/// its indexes, so it knows a node's room as well as kube-scheduler does; binding at
+/// creation saves the scheduler's round trip (its queue, a binding request and an Event per
+/// pod). A pod is left to the scheduler when it has affinity, topology spread, scheduling
+/// gates, claims, volumes the scheduler binds, host ports, another scheduler, a node
+/// selector the node does not match, or the node has a taint it does not tolerate. If the
+/// node's kubelet refuses it anyway (room held by a pod Barge does not count), the job
+/// controller puts the job back in the queue and that node's next pods go through the
+/// scheduler (see `facts::refusal`).
+pub fn bind_to_node(pod: &mut Pod, node: &Node) -> bool {
+    let Some(spec) = pod.spec.as_mut() else { return false };
+    if !placeable_by_barge(spec, node) {
+        return false;
+    }
+    spec.node_name = Some(node.name_any());
+    true
+}
+
+fn placeable_by_barge(spec: &PodSpec, node: &Node) -> bool {
+    let scheduler = spec.scheduler_name.as_deref().is_none_or(|s| s == "default-scheduler");
+    let constrained = spec.affinity.is_some()
+        || spec.topology_spread_constraints.as_ref().is_some_and(|t| !t.is_empty())
+        || spec.scheduling_gates.as_ref().is_some_and(|g| !g.is_empty())
+        || spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty())
+        || spec.node_name.is_some();
+    let bound_volumes =
+        spec.volumes.iter().flatten().any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+    let host_ports = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .any(|p| p.host_port.is_some_and(|h| h > 0));
+    let labels = node.labels();
+    let selected = spec.node_selector.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let tolerated = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| spec.tolerations.iter().flatten().any(|tol| tolerates(tol, t)));
+    scheduler && !constrained && !bound_volumes && !host_ports && selected && tolerated
+}
+
+/// Whether `tol` tolerates `taint`, as the scheduler reads tolerations (an empty key
+/// with `Exists` tolerates every taint).
+fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
+    let effect = tol.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key = tol.key.as_deref().is_none_or(str::is_empty) || tol.key.as_deref() == Some(taint.key.as_str());
+    let value = tol.operator.as_deref() == Some("Exists")
+        || tol.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+    effect && key && value
+}
+
 /// The pod of node `place.index` of `attempt` of a multi-node job: its range's container,
 /// bound to the node planned for it (which the job has to itself), with AWS Batch's
 /// multi-node variables, named `node-N` under the job's headless Service.
@@ -391,6 +450,71 @@ mod tests {
         assert_eq!(var("AWS_BATCH_JQ_NAME").as_deref(), Some("q"));
         assert_eq!(var("AWS_BATCH_CE_NAME").as_deref(), Some("ce-a"));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
+    }
+
+    #[test]
+    fn a_plain_pod_is_bound_to_its_node_and_one_that_asks_for_the_scheduler_is_not() {
+        let node = |taints: serde_json::Value| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "ce-a-m6i-large-x1", "labels": {LABEL_COMPUTE_ENVIRONMENT: "ce-a"}},
+                "spec": {"taints": taints}
+            }))
+            .unwrap()
+        };
+        let j = job();
+        let fresh = || build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None).unwrap();
+        let ours = node(serde_json::json!([{"key": "batch", "effect": "NoSchedule"}]));
+
+        let mut pod = fresh();
+        assert!(bind_to_node(&mut pod, &ours));
+        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("ce-a-m6i-large-x1"));
+
+        // A taint the pod does not tolerate (a node going away, another team's) is the scheduler's.
+        let tainted = node(serde_json::json!([
+            {"key": "batch", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+        ]));
+        assert!(!bind_to_node(&mut fresh(), &tainted));
+        // A PreferNoSchedule taint only steers the scheduler.
+        let soft = node(serde_json::json!([
+            {"key": "batch", "effect": "NoSchedule"}, {"key": "soft", "effect": "PreferNoSchedule"}
+        ]));
+        assert!(bind_to_node(&mut fresh(), &soft));
+
+        // The node of another environment does not match the pod's node selector.
+        let mut other = ours.clone();
+        other.labels_mut().insert(LABEL_COMPUTE_ENVIRONMENT.into(), "ce-b".into());
+        assert!(!bind_to_node(&mut fresh(), &other));
+
+        // What only the scheduler decides: affinity, claims of volumes, host ports, another scheduler.
+        let asks: [fn(&mut PodSpec); 4] = [
+            |s| s.affinity = Some(Affinity::default()),
+            |s| {
+                s.volumes = Some(vec![
+                    serde_json::from_value(serde_json::json!(
+                        {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+                    ))
+                    .unwrap(),
+                ])
+            },
+            |s| {
+                s.containers[0].ports = Some(vec![
+                    serde_json::from_value(serde_json::json!({"containerPort": 80, "hostPort": 80})).unwrap(),
+                ])
+            },
+            |s| s.scheduler_name = Some("volcano".into()),
+        ];
+        for ask in asks {
+            let mut pod = fresh();
+            ask(pod.spec.as_mut().unwrap());
+            assert!(!bind_to_node(&mut pod, &ours));
+            assert!(pod.spec.unwrap().node_name.is_none());
+        }
+        // An empty key with Exists tolerates everything.
+        let everything = Toleration { operator: Some("Exists".into()), ..Default::default() };
+        let mut pod = fresh();
+        pod.spec.as_mut().unwrap().tolerations = Some(vec![everything]);
+        assert!(bind_to_node(&mut pod, &tainted));
     }
 
     #[test]

@@ -159,6 +159,8 @@ struct Inflight {
     request: Res,
     /// The nodes a multi-node job's main pod holds whole for the job (none for other pods).
     whole: Vec<String>,
+    /// The node Barge bound the pod to, if it did (see `pod::bind_to_node`).
+    node: Option<String>,
     since: Instant,
 }
 
@@ -458,8 +460,15 @@ impl Room {
         for f in inflight {
             if let Some(&ci) = self.index.get(&f.compute_environment) {
                 take_room(&mut self.ces[ci], f.request);
-                if f.whole.is_empty() {
-                    unbound.push((ci, f.request));
+                let bound = f.node.as_ref().and_then(|n| self.node_slot.get(n)).copied();
+                match bound {
+                    Some((bci, ni)) => {
+                        let n = &mut self.ces[bci].nodes[ni];
+                        n.free -= f.request;
+                        n.empty = false;
+                    }
+                    None if f.whole.is_empty() => unbound.push((ci, f.request)),
+                    None => {}
                 }
             }
             for node in &f.whole {
@@ -521,6 +530,7 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
     let mut out = Admission { creations: Vec::new(), verdicts: Vec::new(), leaving: Vec::new() };
     let metrics = crate::metrics::metrics();
     let now = chrono::Utc::now();
+    let now_instant = Instant::now();
     let backlog = &st.backlog;
     for adm in &plan.admitted {
         let owner = &backlog.owners[adm.job];
@@ -533,6 +543,7 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
             metrics.runnable_seconds.observe((now - since).num_milliseconds().max(0) as f64 / 1000.0);
         }
         let ce = ce_by_name[&adm.compute_environment];
+        let mut bound = false;
         let def = super::revisions::pinned(&ctx.definitions, &job);
         let pod = def.and_then(|d| {
             // The work borrows the revision; the pod is built while both are at hand.
@@ -545,7 +556,11 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
                     build_node_pod(&job, &work, ce, owner.attempt, &place)
                 }
                 None => build_pod(&job, &work, ce, owner.attempt, owner.index).map(|mut pod| {
-                    super::pod::prefer_node(&mut pod, &adm.node);
+                    bound = placeable_node(ctx, ce, &adm.node, now_instant)
+                        .is_some_and(|node| super::pod::bind_to_node(&mut pod, &node));
+                    if !bound {
+                        super::pod::prefer_node(&mut pod, &adm.node);
+                    }
                     pod
                 }),
             };
@@ -562,7 +577,8 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
                     compute_environment: adm.compute_environment.clone(),
                     request: backlog.jobs[adm.job].request,
                     whole: adm.gang.clone(),
-                    since: Instant::now(),
+                    node: bound.then(|| adm.node.clone()),
+                    since: now_instant,
                 };
                 st.inflight.insert(key.clone(), flight);
                 let verdict = Verdict::Admitted { compute_environment: adm.compute_environment.clone() };
@@ -573,6 +589,22 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
         }
     }
     out
+}
+
+/// The node `node` of `ce`, if Barge may bind a pod to it itself: Barge places pods on
+/// the nodes of managed environments (it launched them and counts what runs there), when
+/// the node is ready and schedulable and its kubelet has not lately refused a pod.
+/// Unmanaged environments' nodes, and nodes still launching, are kube-scheduler's.
+fn placeable_node(ctx: &Shared, ce: &ComputeEnvironment, node: &str, now: Instant) -> Option<Arc<Node>> {
+    if !ctx.tunables.bind_pods || node.is_empty() || ce.spec.provider == Provider::Unmanaged {
+        return None;
+    }
+    let n = ctx.nodes.get(&ObjectRef::new(node))?;
+    let usable = node_is_ready(&n)
+        && !node_is_cordoned(&n)
+        && node_compute_environment(&n) == Some(ce.name_any().as_str())
+        && ctx.cluster.may_place_on(node, now);
+    usable.then_some(n)
 }
 
 /// Creates the pods with bounded concurrency; returns those that failed, with the verdict
