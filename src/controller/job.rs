@@ -15,7 +15,6 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::context::Shared;
-use super::facts::refusal;
 pub use super::facts::{Deps, Limits, PodFacts, TIMEOUT_REASON, current_attempt, failure_reason};
 use super::revisions::{self, Resolution};
 use crate::api::batch_job::{
@@ -372,8 +371,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     let mut job = job;
     let mut step = Step::of(&ctx, &job);
     let reworded_only = step.old.phase == JobPhase::Runnable && step.new.phase == JobPhase::Runnable;
-    let refused = step.pod.as_deref().is_some_and(|p| refusal(p).is_some());
-    if step.new != step.old && reworded_only && !refused && ctx.bursts.put_off(&job) {
+    if step.new != step.old && reworded_only && step.refused.is_none() && ctx.bursts.put_off(&job) {
         return Ok(Action::await_change());
     }
     let turn = if step.new != step.old { ctx.bursts.write_turn().await } else { None };
@@ -383,7 +381,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         job = ctx.jobs.get(&ObjectRef::from_obj(&*job)).unwrap_or(job);
         step = Step::of(&ctx, &job);
     }
-    let Step { old, new, pod, host_lost, wake, verdict, nodes } = step;
+    let Step { old, new, pod, host_lost, refused, wake, verdict, nodes } = step;
     if new != old {
         debug!(job = %job.name_any(), from = ?old.phase, to = ?new.phase, reason = ?new.status_reason, "status");
         write_status(&ctx, &job, &new).await?;
@@ -406,7 +404,7 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     // A pod its node refused goes, once the status no longer counts it as an attempt; the
     // node's next pods go through kube-scheduler for a while.
     if let Some(p) = &pod
-        && let Some(why) = refusal(p)
+        && let Some(why) = refused
     {
         if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
             ctx.cluster.refused(node, std::time::Instant::now());
@@ -432,6 +430,8 @@ struct Step {
     pod: Option<Arc<Pod>>,
     /// That pod's node vanished: the attempt's host is lost.
     host_lost: bool,
+    /// Why that pod's node refused it, before any container ran (see `facts::refusal`).
+    refused: Option<String>,
     /// When to look again: the attempt's deadline, a dependency's or a time limit's recheck.
     wake: Option<Duration>,
     /// The scheduling pass's verdict the step read.
@@ -457,6 +457,7 @@ impl Step {
         // A pod on a vanished node counts as gone: the attempt's host is lost.
         let host_lost = pod.as_ref().is_some_and(|p| super::nodes::pod_host_lost(ctx, p));
         let facts = pod.as_deref().filter(|_| !host_lost).map(PodFacts::of);
+        let refused = facts.as_ref().and_then(|f| f.refused.clone());
         let verdict = ctx.verdict(job);
         let (deps, deps_recheck) = dependencies(ctx, job, now);
         let mut new = next_status(job, &limits, &deps, facts.as_ref(), verdict.as_ref(), now);
@@ -483,7 +484,7 @@ impl Step {
             Some(Duration::from_secs(left.max(1) as u64))
         });
         let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
-        Step { old, new, pod, host_lost, wake, verdict, nodes }
+        Step { old, new, pod, host_lost, refused, wake, verdict, nodes }
     }
 }
 

@@ -444,11 +444,7 @@ impl Room {
                     if let Some(share) = &held.share {
                         *running_by_share.entry(share.clone()).or_default() += held.request.vcpus();
                     }
-                    if let Some(&(ci, ni)) = self.node_slot.get(node) {
-                        let n = &mut self.ces[ci].nodes[ni];
-                        n.free -= held.request;
-                        n.empty = false;
-                    }
+                    self.take_on_node(node, held.request);
                 }
                 None if held.whole.is_empty() => unbound.extend(ci.map(|ci| (ci, held.request))),
                 None => {}
@@ -460,15 +456,9 @@ impl Room {
         for f in inflight {
             if let Some(&ci) = self.index.get(&f.compute_environment) {
                 take_room(&mut self.ces[ci], f.request);
-                let bound = f.node.as_ref().and_then(|n| self.node_slot.get(n)).copied();
-                match bound {
-                    Some((bci, ni)) => {
-                        let n = &mut self.ces[bci].nodes[ni];
-                        n.free -= f.request;
-                        n.empty = false;
-                    }
-                    None if f.whole.is_empty() => unbound.push((ci, f.request)),
-                    None => {}
+                let on_node = f.node.as_ref().is_some_and(|n| self.take_on_node(n, f.request));
+                if !on_node && f.whole.is_empty() {
+                    unbound.push((ci, f.request));
                 }
             }
             for node in &f.whole {
@@ -483,6 +473,15 @@ impl Room {
             }
         }
         running_by_share
+    }
+
+    /// Takes `request` from the room of `node`; returns whether the pass knows that node.
+    fn take_on_node(&mut self, node: &str, request: Res) -> bool {
+        let Some(&(ci, ni)) = self.node_slot.get(node) else { return false };
+        let n = &mut self.ces[ci].nodes[ni];
+        n.free -= request;
+        n.empty = false;
+        true
     }
 
     /// A node a multi-node job's node runs on, or will: it has the node to itself.
