@@ -526,7 +526,7 @@ fn report(
     rate: f64,
 ) {
     let mut csv = String::from(
-        "contender,cost_usd,lower_bound_usd,cost_over_bound,cpu_util_pending,cpu_util,memory_util,wait_p50_s,wait_p99_s,idle_after_p50_s,idle_after_max_s,launched,removed,interrupted,lost_attempts\n",
+        "contender,cost_usd,lower_bound_usd,cost_over_bound,cpu_util_pending,cpu_util,memory_util,wait_p50_s,wait_p99_s,idle_after_p50_s,idle_after_max_s,launched,removed,interrupted,lost_attempts,work_usd,unused_room_usd,before_first_pod_usd,after_last_pod_usd,mean_node_vcpus\n",
     );
     let mut md = format!(
         "Cost on a replayed trace: {} jobs over {window:.0} s (seed {seed}), Spot interruptions {rate} per node-hour, scaleDownDelaySeconds {SCALE_DOWN_DELAY_S}\n\n\
@@ -536,7 +536,7 @@ fn report(
     );
     for (c, a, bound) in rows {
         csv.push_str(&format!(
-            "{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.1},{:.1},{},{},{},{}\n",
+            "{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.1},{:.1},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.1}\n",
             c.name,
             a.cost,
             bound,
@@ -551,7 +551,12 @@ fn report(
             a.launched,
             a.removed,
             a.interrupted,
-            a.lost_attempts
+            a.lost_attempts,
+            a.split.work,
+            a.split.unused_room,
+            a.split.before_first_pod,
+            a.split.after_last_pod,
+            a.mean_node_vcpus
         ));
         md.push_str(&format!(
             "| {} | ${:.4} | ${:.4} | **{:.2}** | {:.0} % | {:.0} % | {:.0} % | {:.1} / {:.1} s | {:.0} / {:.0} s | {} / {} | {} ({}) |\n",
@@ -570,6 +575,28 @@ fn report(
             a.removed,
             a.interrupted,
             a.lost_attempts
+        ));
+    }
+    md.push_str(
+        "\nWhere each contender's cost went (share of its cost; a node's time at its mean price):\n\n\
+         | contender | jobs' share of the nodes they ran on | room no job held | before a node's first pod | after its last pod | vCPUs per node launched |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (c, a, _) in rows {
+        assert!(
+            (a.split.total() - a.cost).abs() <= 1e-6 * a.cost.max(1.0),
+            "{}: the split must add up to the cost",
+            c.name
+        );
+        let share = |x: f64| if a.cost > 0.0 { x / a.cost * 100.0 } else { f64::NAN };
+        md.push_str(&format!(
+            "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {:.1} |\n",
+            c.name,
+            share(a.split.work),
+            share(a.split.unused_room),
+            share(a.split.before_first_pod),
+            share(a.split.after_last_pod),
+            a.mean_node_vcpus
         ));
     }
     if let Some((_, k, _)) = rows.iter().find(|(c, _, _)| c.barge.is_none()) {

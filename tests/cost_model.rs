@@ -78,6 +78,16 @@ fn the_account_adds_up() {
     assert!((a.cpu_utilisation_pending - 0.25).abs() < 1e-9, "{}", a.cpu_utilisation_pending);
     assert_eq!(a.series.len(), 100);
     assert_eq!(a.series[30], (30.0, 4.0, 4.0));
+    // Where the 100 node-seconds went: 10 before the first pod, 40 after the last; of the
+    // 50 between, the pods held half the node for 40 s each (40 node-seconds), 10 unused.
+    let per_s = a.cost / 100.0;
+    let s = a.split;
+    for (got, want) in
+        [(s.before_first_pod, 10.0), (s.after_last_pod, 40.0), (s.work, 40.0), (s.unused_room, 10.0)]
+    {
+        assert!((got - want * per_s).abs() < 1e-9, "{s:?}");
+    }
+    assert!((s.total() - a.cost).abs() < 1e-9);
 
     // The node taken back at 40 s with job 1's pod on it: an interruption and a lost
     // attempt, and no idle time to count for it.
@@ -89,6 +99,13 @@ fn the_account_adds_up() {
     let a = account(&nodes, &pods, &[5.0, 0.0], &m, 0.0, 100.0);
     assert_eq!((a.interrupted, a.lost_attempts), (1, 1));
     assert!(a.idle_after_max_s.is_nan());
+    // The lost attempt's run counts as work (it held the room); nothing after its end.
+    assert_eq!(a.split.after_last_pod, 0.0);
+    assert!((a.split.total() - a.cost).abs() < 1e-9);
+
+    // A node that never ran a pod: all of it before a first pod.
+    let a = account(&[node("b", "c6i.large", 0.0, Some(50.0))], &[], &[], &m, 0.0, 50.0);
+    assert!((a.split.before_first_pod - a.cost).abs() < 1e-12 && a.split.work == 0.0);
 }
 
 #[test]

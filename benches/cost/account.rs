@@ -58,6 +58,64 @@ pub struct Account {
     pub lost_attempts: usize,
     /// Provisioned and requested vCPUs, a sample a second from `t0`.
     pub series: Vec<(f64, f64, f64)>,
+    /// Where the cost went.
+    pub split: CostSplit,
+    /// The mean size of the nodes launched.
+    pub mean_node_vcpus: f64,
+}
+
+/// A contender's cost by what each node's time was spent on (USD; the four add up to the
+/// cost). A node's time is priced at its mean price over its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CostSplit {
+    /// The share of each node its running pods held (the larger of their vCPU and memory
+    /// shares), over their run.
+    pub work: f64,
+    /// The rest of the node while it ran pods: room no pod held.
+    pub unused_room: f64,
+    /// From launch to its first pod's start (boot, and waiting for work).
+    pub before_first_pod: f64,
+    /// From its last pod's end to its removal (the scale-down delay, or the run's end).
+    pub after_last_pod: f64,
+}
+
+impl CostSplit {
+    pub fn total(&self) -> f64 {
+        self.work + self.unused_room + self.before_first_pod + self.after_last_pod
+    }
+}
+
+/// Splits one node's cost (see `CostSplit`).
+pub fn split_node(n: &NodeLife, pods: &[&PodLife], cost: f64, end: f64) -> CostSplit {
+    let until = n.deleted.unwrap_or(end);
+    let life = (until - n.created).max(0.0);
+    if life <= 0.0 {
+        return CostSplit::default();
+    }
+    let per_s = cost / life;
+    let ran: Vec<(f64, f64, &PodLife)> = pods
+        .iter()
+        .filter_map(|p| {
+            let s = p.started?.clamp(n.created, until);
+            Some((s, p.ended.unwrap_or(until).clamp(s, until), *p))
+        })
+        .collect();
+    let Some(first) = ran.iter().map(|r| r.0).reduce(f64::min) else {
+        return CostSplit { before_first_pod: cost, ..CostSplit::default() };
+    };
+    let last = ran.iter().map(|r| r.1).fold(first, f64::max);
+    let (vcpus, gib) = (n.ty.vcpus as f64, n.ty.memory_mib as f64 / 1024.0);
+    let held: f64 = ran
+        .iter()
+        .map(|(s, e, p)| (e - s) * (p.vcpus / vcpus).max(p.memory_gib / gib).min(1.0))
+        .sum::<f64>()
+        .min(last - first);
+    CostSplit {
+        work: held * per_s,
+        unused_room: (last - first - held) * per_s,
+        before_first_pod: (first - n.created) * per_s,
+        after_last_pod: (until - last) * per_s,
+    }
 }
 
 pub fn node_cost(n: &NodeLife, market: &SpotMarket, end: f64) -> f64 {
@@ -110,8 +168,19 @@ pub fn account(
     t0: f64,
     end: f64,
 ) -> Account {
+    let mut split = CostSplit::default();
+    for n in nodes {
+        let on: Vec<&PodLife> = pods.iter().filter(|p| p.node.as_deref() == Some(n.name.as_str())).collect();
+        let s = split_node(n, &on, node_cost(n, market, end), end);
+        split.work += s.work;
+        split.unused_room += s.unused_room;
+        split.before_first_pod += s.before_first_pod;
+        split.after_last_pod += s.after_last_pod;
+    }
     let mut a = Account {
         cost: nodes.iter().map(|n| node_cost(n, market, end)).sum(),
+        split,
+        mean_node_vcpus: nodes.iter().map(|n| n.ty.vcpus as f64).sum::<f64>() / nodes.len().max(1) as f64,
         launched: nodes.len(),
         removed: nodes.iter().filter(|n| n.deleted.is_some()).count(),
         interrupted: nodes
