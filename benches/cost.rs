@@ -475,9 +475,10 @@ async fn main() {
     }
     let end = unix_now();
 
-    let rows: Vec<(Contender, Account, f64)> = {
+    let rows: Vec<Row> = {
         let s = seen.lock().unwrap();
         let (vcpu_s, gib_s) = trace::demand(&trace);
+        let ((cpu_vcpu_s, cpu_gib_s), (gpu_vcpu_s, gpu_gib_s, gpu_s)) = trace::demand_by_kind(&trace);
         contenders
             .iter()
             .zip(&submitted)
@@ -498,9 +499,18 @@ async fn main() {
                     s.pods.values().filter(|(ns, _)| *ns == c.ns).map(|(_, p)| p.clone()).collect();
                 let spot = c.barge.is_none_or(|(_, spot)| spot);
                 let types = account::types_of(CPU_FAMILIES);
-                let bound = account::lower_bound(vcpu_s, gib_s, &types, spot.then_some((&market, t0, end)));
+                let market_window = spot.then_some((&market, t0, end));
+                let bound = account::lower_bound(vcpu_s, gib_s, &types, market_window);
+                let on_gpus = account::lower_bound(cpu_vcpu_s, cpu_gib_s, &types, market_window)
+                    + account::lower_bound_gpu(
+                        gpu_vcpu_s,
+                        gpu_gib_s,
+                        gpu_s,
+                        &account::types_of(GPU_FAMILIES),
+                        market_window,
+                    );
                 let a = account::account(&nodes, &pods, sub, &market, t0, end);
-                (c.clone(), a, bound)
+                Row { contender: c.clone(), account: a, bound, bound_gpu_on_gpu: on_gpus }
             })
             .collect()
     };
@@ -516,9 +526,20 @@ async fn main() {
     }
 }
 
+/// One contender's figures and the two lower bounds its cost is set against.
+struct Row {
+    contender: Contender,
+    account: Account,
+    /// Every job's vCPU·s and GiB·s at the cheapest CPU types' rate (the GPU jobs' too).
+    bound: f64,
+    /// The same for the jobs without GPUs, plus the GPU jobs priced on the GPU types they
+    /// need (see `account::lower_bound_gpu`).
+    bound_gpu_on_gpu: f64,
+}
+
 fn report(
     out: &std::path::Path,
-    rows: &[(Contender, Account, f64)],
+    rows: &[Row],
     trace: &[TraceJob],
     market: &SpotMarket,
     window: f64,
@@ -526,21 +547,23 @@ fn report(
     rate: f64,
 ) {
     let mut csv = String::from(
-        "contender,cost_usd,lower_bound_usd,cost_over_bound,cpu_util_pending,cpu_util,memory_util,wait_p50_s,wait_p99_s,idle_after_p50_s,idle_after_max_s,launched,removed,interrupted,lost_attempts,work_usd,unused_room_usd,before_first_pod_usd,after_last_pod_usd,mean_node_vcpus\n",
+        "contender,cost_usd,lower_bound_usd,cost_over_bound,lower_bound_gpu_on_gpu_usd,cost_over_bound_gpu_on_gpu,cpu_util_pending,cpu_util,memory_util,wait_p50_s,wait_p99_s,idle_after_p50_s,idle_after_max_s,launched,removed,interrupted,lost_attempts,work_usd,unused_room_usd,before_first_pod_usd,after_last_pod_usd,mean_node_vcpus\n",
     );
     let mut md = format!(
         "Cost on a replayed trace: {} jobs over {window:.0} s (seed {seed}), Spot interruptions {rate} per node-hour, scaleDownDelaySeconds {SCALE_DOWN_DELAY_S}\n\n\
-         | contender | cost | lower bound | cost ÷ bound | CPU util. while jobs wait | CPU util. | memory util. | submit → running p50 / p99 | idle after last pod p50 / max | nodes launched / removed | interrupted (attempts lost) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | contender | cost | lower bound | cost ÷ bound | ÷ bound with GPU jobs on GPU types | CPU util. while jobs wait | CPU util. | memory util. | submit → running p50 / p99 | idle after last pod p50 / max | nodes launched / removed | interrupted (attempts lost) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         trace.len()
     );
-    for (c, a, bound) in rows {
+    for Row { contender: c, account: a, bound, bound_gpu_on_gpu } in rows {
         csv.push_str(&format!(
-            "{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.1},{:.1},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.1}\n",
+            "{},{:.4},{:.4},{:.3},{:.4},{:.3},{:.3},{:.3},{:.3},{:.2},{:.2},{:.1},{:.1},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.1}\n",
             c.name,
             a.cost,
             bound,
             a.cost / bound,
+            bound_gpu_on_gpu,
+            a.cost / bound_gpu_on_gpu,
             a.cpu_utilisation_pending,
             a.cpu_utilisation,
             a.memory_utilisation,
@@ -559,11 +582,12 @@ fn report(
             a.mean_node_vcpus
         ));
         md.push_str(&format!(
-            "| {} | ${:.4} | ${:.4} | **{:.2}** | {:.0} % | {:.0} % | {:.0} % | {:.1} / {:.1} s | {:.0} / {:.0} s | {} / {} | {} ({}) |\n",
+            "| {} | ${:.4} | ${:.4} | **{:.2}** | {:.2} | {:.0} % | {:.0} % | {:.0} % | {:.1} / {:.1} s | {:.0} / {:.0} s | {} / {} | {} ({}) |\n",
             c.name,
             a.cost,
             bound,
             a.cost / bound,
+            a.cost / bound_gpu_on_gpu,
             a.cpu_utilisation_pending * 100.0,
             a.cpu_utilisation * 100.0,
             a.memory_utilisation * 100.0,
@@ -582,7 +606,7 @@ fn report(
          | contender | jobs' share of the nodes they ran on | room no job held | before a node's first pod | after its last pod | vCPUs per node launched |\n\
          |---|---|---|---|---|---|\n",
     );
-    for (c, a, _) in rows {
+    for Row { contender: c, account: a, .. } in rows {
         assert!(
             (a.split.total() - a.cost).abs() <= 1e-6 * a.cost.max(1.0),
             "{}: the split must add up to the cost",
@@ -599,28 +623,31 @@ fn report(
             a.mean_node_vcpus
         ));
     }
-    if let Some((_, k, _)) = rows.iter().find(|(c, _, _)| c.barge.is_none()) {
-        let best =
-            rows.iter().filter(|(c, _, _)| c.barge.is_some()).min_by(|a, b| a.1.cost.total_cmp(&b.1.cost));
-        if let Some((c, a, bound)) = best {
+    if let Some(k) = rows.iter().find(|r| r.contender.barge.is_none()) {
+        let best = rows
+            .iter()
+            .filter(|r| r.contender.barge.is_some())
+            .min_by(|a, b| a.account.cost.total_cmp(&b.account.cost));
+        if let Some(r) = best {
             md.push_str(&format!(
-                "\n- Barge's cheapest: {} at {:.2} × the lower bound; ÷ Karpenter's cost: **{:.2}**; submit → running p99 {:.1} s against Karpenter's {:.1} s\n",
-                c.name,
-                a.cost / bound,
-                a.cost / k.cost,
-                a.wait_p99_s,
-                k.wait_p99_s
+                "\n- Barge's cheapest: {} at {:.2} × the lower bound ({:.2} with GPU jobs priced on GPU types); ÷ Karpenter's cost: **{:.2}**; submit → running p99 {:.1} s against Karpenter's {:.1} s\n",
+                r.contender.name,
+                r.account.cost / r.bound,
+                r.account.cost / r.bound_gpu_on_gpu,
+                r.account.cost / k.account.cost,
+                r.account.wait_p99_s,
+                k.account.wait_p99_s
             ));
         }
     }
     md.push_str(&format!(
-        "- the lower bound prices the trace's vCPU·s and GiB·s (GPU jobs' too) at the cheapest m6i/c6i/r6i rate, at the mean simulated Spot price for Spot contenders (Karpenter may use both); market seed {}\n",
+        "- the lower bound prices the trace's vCPU·s and GiB·s (GPU jobs' too) at the cheapest m6i/c6i/r6i rate, at the mean simulated Spot price for Spot contenders (Karpenter may use both); the second bound prices the GPU jobs on g5 instead, the larger of their vCPU·s, GiB·s and GPU·s at g5's cheapest rates; market seed {}\n",
         market.seed
     ));
     std::fs::write(out.join("cost.csv"), csv).unwrap();
     std::fs::write(out.join("cost.md"), &md).unwrap();
     let mut series = String::from("contender,t_s,provisioned_vcpus,requested_vcpus\n");
-    for (c, a, _) in rows {
+    for Row { contender: c, account: a, .. } in rows {
         for (t, p, r) in &a.series {
             series.push_str(&format!("{},{t:.0},{p:.0},{r:.2}\n", c.name));
         }

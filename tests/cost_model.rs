@@ -58,6 +58,14 @@ fn the_lower_bound_is_the_cheapest_way_to_buy_the_work() {
     assert!((b - 0.063).abs() < 1e-9, "{b}");
     let m = SpotMarket::default();
     assert!(lower_bound(3600.0, 0.0, &types, Some((&m, 0.0, 3600.0))) < 0.0425 * 0.5);
+    // A GPU for an hour: g5.xlarge's $1.006 (its 4 vCPUs cost more than c6i's, but the GPU
+    // is what costs); on CPU types alone the same job's 4 vCPUs would be priced at $0.17.
+    let gpu = types_of(&["g5"]);
+    let b = lower_bound_gpu(4.0 * 3600.0, 13.6 * 3600.0, 3600.0, &gpu, None);
+    assert!((b - 1.006).abs() < 1e-9, "{b}");
+    // Many vCPUs on one GPU: the vCPUs at g5's cheapest per vCPU (g5.48xlarge) cost more.
+    let b = lower_bound_gpu(192.0 * 3600.0, 0.0, 3600.0, &gpu, None);
+    assert!((b - 16.288).abs() < 1e-9, "{b}");
 }
 
 #[test]
@@ -121,7 +129,57 @@ fn trace() {
     assert!((450..750).contains(&high), "{high}");
     let r = a.iter().filter(|j| j.gpus == 0 && j.memory_mib as f64 > j.vcpus * 6.0 * 1024.0).count();
     assert!((250..550).contains(&r), "r-family jobs: {r}");
+    let ((c, m), (gc, gm, g)) = trace::demand_by_kind(&a);
+    let (all_c, all_m) = trace::demand(&a);
+    assert!((c + gc - all_c).abs() < 1e-6 && (m + gm - all_m).abs() < 1e-6);
+    let gpu_s: f64 = a.iter().filter(|j| j.gpus > 0).map(|j| j.duration_s as f64).sum();
+    assert_eq!(g, gpu_s);
     let (cpu, mem) = trace::demand(&a[..1]);
     assert_eq!(cpu, a[0].vcpus * a[0].duration_s as f64);
     assert!(mem > 0.0);
+}
+
+#[test]
+fn a_burst_of_the_trace_s_jobs_is_packed_close_to_its_lower_bound() {
+    use barge::capacity::{Fleet, Need, Strategy, plan_scale_up};
+    use barge::resources::Res;
+    // What the packer launches for a burst of the trace's CPU jobs, per hour, against
+    // their lower bound per hour: a guard on the packing, and the ceiling any run of the
+    // benchmark starts from. Kubelet's reserve means a job of 2^k vCPUs never fills a
+    // 2^k-vCPU instance, and no one family is the cheapest both per vCPU (c6i) and per
+    // GiB (r6i), so a perfect packing is still above the bound.
+    let types = types_of(&["m6i", "c6i", "r6i"]);
+    let per_vcpu_h = types.iter().map(|t| t.price / t.vcpus as f64).fold(f64::MAX, f64::min);
+    let per_gib_h = types.iter().map(|t| t.price / (t.memory_mib as f64 / 1024.0)).fold(f64::MAX, f64::min);
+    let fleet = Fleet { total_vcpus: 0, min_vcpus: 0, max_vcpus: 100_000 };
+    let over_bound = |burst: usize, strategy: Strategy| {
+        const SEEDS: u64 = 40;
+        (0..SEEDS)
+            .map(|seed| {
+                let jobs: Vec<_> =
+                    trace::generate(seed, burst, 100.0).into_iter().filter(|j| j.gpus == 0).collect();
+                let demand: Vec<Need> = jobs
+                    .iter()
+                    .map(|j| Need::shared(Res::new((j.vcpus * 1000.0) as u64, j.memory_mib, 0)))
+                    .collect();
+                let plan = plan_scale_up(&demand, &types, strategy, &fleet);
+                assert_eq!(plan.unplaced, 0);
+                let price: f64 = plan.launch.iter().map(|t| t.price).sum();
+                let vcpus: f64 = jobs.iter().map(|j| j.vcpus).sum();
+                let gib: f64 = jobs.iter().map(|j| j.memory_gib()).sum();
+                price / (vcpus * per_vcpu_h).max(gib * per_gib_h)
+            })
+            .sum::<f64>()
+            / SEEDS as f64
+    };
+    let (one, burst, large) =
+        (over_bound(1, Strategy::Mixed), over_bound(32, Strategy::Mixed), over_bound(200, Strategy::Mixed));
+    // One job alone: its instance is about twice its size (2.16 when measured).
+    assert!(one > 1.8 && one < 2.4, "{one}");
+    // Measured 1.20 for 32 jobs and 1.16 for 200.
+    assert!(burst < 1.25, "{burst}");
+    assert!(large < 1.2 && large > 1.1, "{large}");
+    // One type for the whole launch (BEST_FIT) packs worse: 1.34 and 1.20 when measured.
+    let single = over_bound(32, Strategy::SingleType);
+    assert!(single > burst && single < 1.4, "{single} against {burst}");
 }

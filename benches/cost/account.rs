@@ -146,6 +146,25 @@ pub fn lower_bound(
     (vcpu_s * per_vcpu_s).max(gib_s * per_gib_s)
 }
 
+/// `lower_bound` for work that needs GPUs: the larger of its vCPU·s and GiB·s at the
+/// cheapest rates among `types` (those that have GPUs) and its GPU·s at the cheapest price
+/// per GPU·s among them.
+pub fn lower_bound_gpu(
+    vcpu_s: f64,
+    gib_s: f64,
+    gpu_s: f64,
+    types: &[&'static InstanceType],
+    spot: Option<(&SpotMarket, f64, f64)>,
+) -> f64 {
+    let gpu_types: Vec<&'static InstanceType> = types.iter().copied().filter(|t| t.gpus > 0).collect();
+    let price = |t: &InstanceType| match spot {
+        Some((m, from, to)) => m.cost(t, from, to) * 3600.0 / (to - from).max(1.0),
+        None => t.price,
+    };
+    let per_gpu_s = gpu_types.iter().map(|t| price(t) / 3600.0 / t.gpus as f64).fold(f64::MAX, f64::min);
+    lower_bound(vcpu_s, gib_s, &gpu_types, spot).max(gpu_s * per_gpu_s)
+}
+
 /// The catalogue's types of these families.
 pub fn types_of(families: &[&str]) -> Vec<&'static InstanceType> {
     CATALOG.iter().filter(|t| families.contains(&t.family())).collect()

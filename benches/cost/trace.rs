@@ -85,3 +85,11 @@ pub fn demand(trace: &[TraceJob]) -> (f64, f64) {
         (c + j.vcpus * j.duration_s as f64, m + j.memory_gib() * j.duration_s as f64)
     })
 }
+
+/// `demand` of the jobs that need no GPU, and of those that do with their GPU·s.
+pub fn demand_by_kind(trace: &[TraceJob]) -> ((f64, f64), (f64, f64, f64)) {
+    let (gpu, cpu): (Vec<TraceJob>, Vec<TraceJob>) = trace.iter().cloned().partition(|j| j.gpus > 0);
+    let gpu_s = gpu.iter().map(|j| j.gpus as f64 * j.duration_s as f64).sum();
+    let (gc, gm) = demand(&gpu);
+    (demand(&cpu), (gc, gm, gpu_s))
+}
