@@ -151,8 +151,6 @@ fn a_burst_of_the_trace_s_jobs_is_packed_close_to_its_lower_bound() {
     // 2^k-vCPU instance, and no one family is the cheapest both per vCPU (c6i) and per
     // GiB (r6i), so a perfect packing is still above the bound.
     let types = types_of(&["m6i", "c6i", "r6i"]);
-    let per_vcpu_h = types.iter().map(|t| t.price / t.vcpus as f64).fold(f64::MAX, f64::min);
-    let per_gib_h = types.iter().map(|t| t.price / (t.memory_mib as f64 / 1024.0)).fold(f64::MAX, f64::min);
     let fleet = Fleet { total_vcpus: 0, min_vcpus: 0, max_vcpus: 100_000 };
     let over_bound = |burst: usize, strategy: Strategy| {
         const SEEDS: u64 = 40;
@@ -169,7 +167,8 @@ fn a_burst_of_the_trace_s_jobs_is_packed_close_to_its_lower_bound() {
                 let price: f64 = plan.launch.iter().map(|t| t.price).sum();
                 let vcpus: f64 = jobs.iter().map(|j| j.vcpus).sum();
                 let gib: f64 = jobs.iter().map(|j| j.memory_gib()).sum();
-                price / (vcpus * per_vcpu_h).max(gib * per_gib_h)
+                // Both per hour: the launch's price, and the jobs' bound over an hour.
+                price / lower_bound(vcpus * 3600.0, gib * 3600.0, &types, None)
             })
             .sum::<f64>()
             / SEEDS as f64

@@ -127,6 +127,14 @@ pub fn node_cost(n: &NodeLife, market: &SpotMarket, end: f64) -> f64 {
     }
 }
 
+/// A type's price per hour: On-Demand, or its mean simulated Spot price over a window.
+fn hourly(t: &InstanceType, spot: Option<(&SpotMarket, f64, f64)>) -> f64 {
+    match spot {
+        Some((m, from, to)) => m.cost(t, from, to) * 3600.0 / (to - from).max(1.0),
+        None => t.price,
+    }
+}
+
 /// The least the work could cost: Σ vCPU·s at the cheapest price per vCPU·s among
 /// `types`, or Σ GiB·s at the cheapest per GiB·s, whichever is more (at the mean Spot
 /// price over the window for a Spot contender).
@@ -136,13 +144,11 @@ pub fn lower_bound(
     types: &[&'static InstanceType],
     spot: Option<(&SpotMarket, f64, f64)>,
 ) -> f64 {
-    let price = |t: &InstanceType| match spot {
-        Some((m, from, to)) => m.cost(t, from, to) * 3600.0 / (to - from).max(1.0),
-        None => t.price,
+    let cheapest = |per: &dyn Fn(&InstanceType) -> f64| {
+        types.iter().map(|t| hourly(t, spot) / 3600.0 / per(t)).fold(f64::MAX, f64::min)
     };
-    let per_vcpu_s = types.iter().map(|t| price(t) / 3600.0 / t.vcpus as f64).fold(f64::MAX, f64::min);
-    let per_gib_s =
-        types.iter().map(|t| price(t) / 3600.0 / (t.memory_mib as f64 / 1024.0)).fold(f64::MAX, f64::min);
+    let per_vcpu_s = cheapest(&|t| t.vcpus as f64);
+    let per_gib_s = cheapest(&|t| t.memory_mib as f64 / 1024.0);
     (vcpu_s * per_vcpu_s).max(gib_s * per_gib_s)
 }
 
@@ -157,11 +163,8 @@ pub fn lower_bound_gpu(
     spot: Option<(&SpotMarket, f64, f64)>,
 ) -> f64 {
     let gpu_types: Vec<&'static InstanceType> = types.iter().copied().filter(|t| t.gpus > 0).collect();
-    let price = |t: &InstanceType| match spot {
-        Some((m, from, to)) => m.cost(t, from, to) * 3600.0 / (to - from).max(1.0),
-        None => t.price,
-    };
-    let per_gpu_s = gpu_types.iter().map(|t| price(t) / 3600.0 / t.gpus as f64).fold(f64::MAX, f64::min);
+    let per_gpu_s =
+        gpu_types.iter().map(|t| hourly(t, spot) / 3600.0 / t.gpus as f64).fold(f64::MAX, f64::min);
     lower_bound(vcpu_s, gib_s, &gpu_types, spot).max(gpu_s * per_gpu_s)
 }
 

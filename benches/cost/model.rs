@@ -9,6 +9,7 @@
 use barge::capacity::{Fleet, InstanceType, Need, Strategy, plan_scale_up};
 use barge::resources::Res;
 
+use super::account::lower_bound;
 use super::trace::TraceJob;
 
 /// Seconds from launch to a node being ready.
@@ -138,12 +139,9 @@ pub fn replay(trace: &[TraceJob], types: &[&'static InstanceType], policy: Polic
     let life = |n: &Node| n.gone.unwrap_or(t) - n.launched;
     let vcpu_s: f64 = jobs.iter().map(|j| j.vcpus * j.duration_s as f64).sum();
     let gib_s: f64 = jobs.iter().map(|j| j.memory_gib() * j.duration_s as f64).sum();
-    let per_vcpu_s = types.iter().map(|t| t.price / 3600.0 / t.vcpus as f64).fold(f64::MAX, f64::min);
-    let per_gib_s =
-        types.iter().map(|t| t.price / 3600.0 / (t.memory_mib as f64 / 1024.0)).fold(f64::MAX, f64::min);
     Outcome {
         cost: nodes.iter().map(|n| n.ty.price * life(n) / 3600.0).sum(),
-        lower_bound: (vcpu_s * per_vcpu_s).max(gib_s * per_gib_s),
+        lower_bound: lower_bound(vcpu_s, gib_s, types, None),
         nodes: nodes.len(),
         provisioned_over_requested: nodes.iter().map(|n| n.ty.vcpus as f64 * life(n)).sum::<f64>() / vcpu_s,
     }
