@@ -94,6 +94,8 @@ pub struct Metrics {
     pub kube_throttled_requests: Counter,
     pub kube_throttled_seconds: Counter<f64, AtomicU64>,
     pub instance_notices: Family<NoticeKind, Counter>,
+    pub job_steps_deferred: Counter,
+    pub job_step_line: Gauge,
 }
 
 impl Metrics {
@@ -116,6 +118,8 @@ impl Metrics {
         let kube_throttled_requests = Counter::default();
         let kube_throttled_seconds = Counter::<f64, AtomicU64>::default();
         let instance_notices = Family::<NoticeKind, Counter>::default();
+        let job_steps_deferred = Counter::default();
+        let job_step_line = Gauge::default();
         // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
         r.register("jobs", "BatchJobs per queue and phase", jobs.clone());
@@ -162,6 +166,16 @@ impl Metrics {
             "EC2 instance notices read from SQS, by what Barge made of them",
             instance_notices.clone(),
         );
+        r.register(
+            "job_steps_deferred",
+            "Job phase steps (RUNNABLE before a pod, STARTING, RUNNING) that waited for the step-write budget",
+            job_steps_deferred.clone(),
+        );
+        r.register(
+            "job_step_line",
+            "Jobs waiting for the step-write budget to write the step they are in",
+            job_step_line.clone(),
+        );
         let build: Family<BuildInfo, Gauge> = Family::default();
         build.get_or_create(&BuildInfo { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "Barge's version", build);
@@ -183,6 +197,8 @@ impl Metrics {
             kube_throttled_requests,
             kube_throttled_seconds,
             instance_notices,
+            job_steps_deferred,
+            job_step_line,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::backoff::Failures;
 use super::burst::Bursts;
 use super::revisions::Definitions;
+use super::steps::StepWrites;
 use super::tally::JobTally;
 use super::usage::PodUsage;
 use crate::api::{BatchJob, ComputeEnvironment, JobQueue};
@@ -64,6 +65,10 @@ pub struct Tunables {
     /// and one Event fewer per pod, and no wait in the scheduler's queue. `bind-pods=false`
     /// leaves every pod but a multi-node job's to the scheduler.
     pub bind_pods: bool,
+    /// Writes a second, across all jobs, of the steps a job passes on its way (RUNNABLE
+    /// before its pod exists, STARTING, RUNNING; see `steps`). A job's end, a failed
+    /// attempt and why it waits are always written at once. 0: no budget.
+    pub step_writes: u16,
 }
 
 impl Default for Tunables {
@@ -83,13 +88,14 @@ impl Default for Tunables {
             retry_max: Duration::from_secs(300),
             gang_hold_after: Duration::from_secs(600),
             bind_pods: true,
+            step_writes: 20,
         }
     }
 }
 
 impl Tunables {
     /// Sets one tunable from `name=value`: a duration (`500ms`, `2s`, `5m`), for the two
-    /// concurrencies a count, for `bind-pods` true or false. Names are the fields', with `-` or `_`.
+    /// concurrencies and `step-writes` a count, for `bind-pods` true or false. Names are the fields', with `-` or `_`.
     pub fn set(&mut self, setting: &str) -> Result<(), String> {
         let (name, value) = setting
             .split_once('=')
@@ -113,6 +119,7 @@ impl Tunables {
             "retry_first" => self.retry_first = duration()?,
             "retry_max" => self.retry_max = duration()?,
             "gang_hold_after" => self.gang_hold_after = duration()?,
+            "step_writes" => self.step_writes = count()?,
             "bind_pods" => {
                 self.bind_pods =
                     value.parse().map_err(|_| format!("{name}: {value:?} is not true or false"))?
@@ -164,6 +171,8 @@ pub struct Shared {
     pub handoff: HandOff,
     /// The scheduling pass's pod creations, which job status writes yield to.
     pub bursts: Bursts,
+    /// The budget for writing the steps jobs pass on their way.
+    pub steps: StepWrites<ObjectRef<BatchJob>>,
     /// Per object, how often its reconcile has failed in a row (for the backoff).
     pub failures: Failures,
     pub tunables: Tunables,

@@ -36,33 +36,72 @@ pub const PASSING_STEP: Duration = Duration::from_secs(3);
 /// from this long after its start (its `startedAt` is the container's own).
 pub const RUNNING_SHOWN_AFTER: Duration = Duration::from_secs(2);
 
-/// When `new` differs from `old` only by a step that a new pod usually passes in a moment
-/// (placed by kube-scheduler, its container starting, a short container running): how long
-/// until it is worth writing. A step the pod is stuck in (kube-scheduler says why it cannot
-/// place it) is never passing.
+/// Whether a status write only records a step a job passes on its way, and when to write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passing {
+    /// Not a passing step: written at once.
+    No,
+    /// A step a new pod usually passes in a moment, not written yet: look again after this.
+    Wait(Duration),
+    /// A step that lasted, or one that needs no window: written when the step-write budget
+    /// allows (`steps`).
+    Due,
+}
+
+impl Passing {
+    fn wait(self) -> Option<Duration> {
+        match self {
+            Passing::Wait(left) => Some(left),
+            _ => None,
+        }
+    }
+}
+
+/// When `new` differs from `old` only by a step on the job's way to running: RUNNABLE before
+/// the scheduling pass placed it (or while its pod is being created), placed by
+/// kube-scheduler, its container starting, a short container running. A step the pod is stuck
+/// in (kube-scheduler says why it cannot place it) is never passing, nor is a write that fixes
+/// the job definition's revision (the pass waits for it), a failed attempt, or an end.
 pub fn passing_step(
     old: &BatchJobStatus,
     new: &BatchJobStatus,
     pod: Option<&PodFacts>,
+    verdict: Option<&Verdict>,
     now: DateTime<Utc>,
-) -> Option<Duration> {
-    let pod = pod?;
+) -> Passing {
+    if old == new || old.job_definition != new.job_definition || old.attempt_count > new.attempt_count {
+        return Passing::No;
+    }
     let not_started = |p: JobPhase| matches!(p, JobPhase::Submitted | JobPhase::Pending | JobPhase::Runnable);
+    let Some(pod) = pod else {
+        let placing = matches!(verdict, None | Some(Verdict::Admitted { .. }));
+        let same_attempts = old.attempts.len() == new.attempts.len();
+        return match (old.phase, new.phase) {
+            (JobPhase::Submitted | JobPhase::Runnable, JobPhase::Runnable) if placing && same_attempts => {
+                Passing::Due
+            }
+            _ => Passing::No,
+        };
+    };
     let (since, window) = match (pod.phase.as_str(), new.phase) {
-        ("Pending", JobPhase::Starting) if not_started(old.phase) => (pod.created_at?, PASSING_STEP),
+        ("Pending", JobPhase::Starting) if not_started(old.phase) => (pod.created_at, PASSING_STEP),
         ("Pending", JobPhase::Runnable) if not_started(old.phase) && pod.node.is_none() => {
-            (pod.created_at?, PASSING_STEP)
+            (pod.created_at, PASSING_STEP)
         }
         ("Running", JobPhase::Running) if not_started(old.phase) || old.phase == JobPhase::Starting => {
-            (pod.started_at?, RUNNING_SHOWN_AFTER)
+            (pod.started_at, RUNNING_SHOWN_AFTER)
         }
-        _ => return None,
+        _ => return Passing::No,
     };
     if pod.unschedulable.is_some() {
-        return None;
+        return Passing::No;
     }
+    let Some(since) = since else { return Passing::Due };
     let age = (now - since).to_std().unwrap_or_default();
-    window.checked_sub(age).filter(|left| !left.is_zero())
+    match window.checked_sub(age).filter(|left| !left.is_zero()) {
+        Some(left) => Passing::Wait(left),
+        None => Passing::Due,
+    }
 }
 
 /// The status of a job whose job definition is not resolved: SUBMITTED while it may yet
@@ -374,14 +413,24 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
     if step.new != step.old && reworded_only && step.refused.is_none() && ctx.bursts.put_off(&job) {
         return Ok(Action::await_change());
     }
+    let key = ObjectRef::from_obj(&*job);
+    if step.new != step.old && step.passing == Passing::Due && !ctx.steps.may_write(&key) {
+        // The step-write budget is spent: the job waits in line, and its turn brings it back
+        // (to write where it got to by then). Its deadlines still wake it.
+        return Ok(step.wake.map_or_else(Action::await_change, Action::requeue));
+    }
     let turn = if step.new != step.old { ctx.bursts.write_turn().await } else { None };
     if turn.is_some() {
         // The write waited behind pod creations: write what holds now. A job whose pod
         // started, or ended, meanwhile gets one write, not one for each step.
-        job = ctx.jobs.get(&ObjectRef::from_obj(&*job)).unwrap_or(job);
+        job = ctx.jobs.get(&key).unwrap_or(job);
         step = Step::of(&ctx, &job);
     }
-    let Step { old, new, pod, host_lost, refused, wake, verdict, nodes } = step;
+    if step.passing != Passing::Due {
+        // Nothing to write, or something that is not a step: no turn in the line is needed.
+        ctx.steps.forget(&key);
+    }
+    let Step { old, new, pod, host_lost, refused, wake, verdict, nodes, .. } = step;
     if new != old {
         debug!(job = %job.name_any(), from = ?old.phase, to = ?new.phase, reason = ?new.status_reason, "status");
         write_status(&ctx, &job, &new).await?;
@@ -438,6 +487,8 @@ struct Step {
     verdict: Option<Verdict>,
     /// For a multi-node job: what its nodes need done.
     nodes: Option<multinode::Actions>,
+    /// Whether the change is only a step on the job's way (`new` is `old` while it waits).
+    passing: Passing,
 }
 
 impl Step {
@@ -473,8 +524,8 @@ impl Step {
             .and_then(|w| Some((w, w.nodes.as_ref()?)))
             .map(|(w, layout)| multinode::overlay(ctx, job, w, layout, &old, &mut new, limits.retry, now));
         // A step the pod will likely have passed by the next look is not written yet.
-        let passing = passing_step(&old, &new, facts.as_ref(), now);
-        if passing.is_some() {
+        let passing = passing_step(&old, &new, facts.as_ref(), verdict.as_ref(), now);
+        if let Passing::Wait(_) = passing {
             new = old.clone();
         }
         // Wake up for the attempt's deadline; pod changes and verdicts trigger the rest.
@@ -483,8 +534,8 @@ impl Step {
             let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
             Some(Duration::from_secs(left.max(1) as u64))
         });
-        let wake = [deadline, deps_recheck, limit_recheck, passing].into_iter().flatten().min();
-        Step { old, new, pod, host_lost, refused, wake, verdict, nodes }
+        let wake = [deadline, deps_recheck, limit_recheck, passing.wait()].into_iter().flatten().min();
+        Step { old, new, pod, host_lost, refused, wake, verdict, nodes, passing }
     }
 }
 
@@ -970,22 +1021,26 @@ mod tests {
 
     #[test]
     fn a_new_pod_s_passing_steps_are_written_only_if_they_last() {
+        let submitted = BatchJobStatus::default();
         let runnable = next_status(&job(1, None), &Deps::Met, None, None, at(0));
         assert_eq!(runnable.phase, JobPhase::Runnable);
         let with_pod = |p: &PodFacts| {
             next_status(&with(job(1, None), runnable.clone()), &Deps::Met, Some(p), None, at(1))
         };
+        fn step(old: &BatchJobStatus, new: &BatchJobStatus, p: Option<&PodFacts>, t: i64) -> Passing {
+            passing_step(old, new, p, None, at(t))
+        }
         // Waiting for kube-scheduler, then starting: 1 s into the pod's life, 2 s to go.
         for p in [pod("Pending", None, None), pod("Pending", Some("n1"), None)] {
             let new = with_pod(&p);
             assert_ne!(new, runnable);
-            assert_eq!(passing_step(&runnable, &new, Some(&p), at(1)), Some(Duration::from_secs(2)));
-            assert_eq!(passing_step(&runnable, &new, Some(&p), at(3)), None, "it lasted: written");
+            assert_eq!(step(&runnable, &new, Some(&p), 1), Passing::Wait(Duration::from_secs(2)));
+            assert_eq!(step(&runnable, &new, Some(&p), 3), Passing::Due, "it lasted: written");
         }
         // Stuck (kube-scheduler says why): written at once.
         let stuck =
             PodFacts { unschedulable: Some("0/3 nodes are available".into()), ..pod("Pending", None, None) };
-        assert_eq!(passing_step(&runnable, &with_pod(&stuck), Some(&stuck), at(1)), None);
+        assert_eq!(step(&runnable, &with_pod(&stuck), Some(&stuck), 1), Passing::No);
         // Running: shown 2 s after the container started, from RUNNABLE or STARTING; a
         // job that ends first is written once, at its end.
         let running = PodFacts { started_at: Some(at(1)), ..pod("Running", Some("n1"), None) };
@@ -993,15 +1048,31 @@ mod tests {
         for old in [&runnable, &starting] {
             let new = next_status(&with(job(1, None), old.clone()), &Deps::Met, Some(&running), None, at(2));
             assert_eq!(new.phase, JobPhase::Running);
-            assert_eq!(passing_step(old, &new, Some(&running), at(2)), Some(Duration::from_secs(1)));
-            assert_eq!(passing_step(old, &new, Some(&running), at(3)), None, "it lasted: written");
+            assert_eq!(step(old, &new, Some(&running), 2), Passing::Wait(Duration::from_secs(1)));
+            assert_eq!(step(old, &new, Some(&running), 3), Passing::Due, "it lasted: written");
         }
         let done = PodFacts { finished_at: Some(at(2)), ..pod("Succeeded", Some("n1"), Some(0)) };
         let ended = next_status(&with(job(1, None), runnable.clone()), &Deps::Met, Some(&done), None, at(2));
-        assert_eq!(passing_step(&runnable, &ended, Some(&done), at(2)), None);
-        // A job already STARTING is not held back again, nor one without a pod.
-        assert_eq!(passing_step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), at(1)), None);
-        assert_eq!(passing_step(&runnable, &runnable, None, at(1)), None);
+        assert_eq!(step(&runnable, &ended, Some(&done), 2), Passing::No);
+        // A job already STARTING is not held back again, and nothing changed is no step.
+        assert_eq!(step(&starting, &starting, Some(&pod("Pending", Some("n1"), None)), 1), Passing::No);
+        assert_eq!(step(&runnable, &runnable, None, 1), Passing::No);
+        // RUNNABLE before the pass placed the job, or while its pod is created: a step.
+        let admitted = Verdict::Admitted { compute_environment: "ce".into() };
+        for verdict in [None, Some(&admitted)] {
+            assert_eq!(passing_step(&submitted, &runnable, None, verdict, at(0)), Passing::Due);
+        }
+        // Why it waits is not a step, nor a failed attempt, nor fixing the definition's revision.
+        for why in [Verdict::Waiting("full".into()), Verdict::Misconfigured("too big".into())] {
+            assert_eq!(passing_step(&submitted, &runnable, None, Some(&why), at(0)), Passing::No);
+        }
+        let failed = PodFacts { finished_at: Some(at(2)), ..pod("Failed", Some("n1"), Some(1)) };
+        let retrying =
+            next_status(&with(job(2, None), starting.clone()), &Deps::Met, Some(&failed), None, at(2));
+        assert_eq!((retrying.phase, retrying.attempts.len()), (JobPhase::Runnable, 1));
+        assert_eq!(step(&starting, &retrying, Some(&failed), 2), Passing::No);
+        let pinned = BatchJobStatus { job_definition: Some("render:1".into()), ..runnable.clone() };
+        assert_eq!(step(&submitted, &pinned, None, 0), Passing::No);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod pod;
 pub mod queue;
 pub mod revisions;
 pub mod scheduling;
+pub mod steps;
 pub mod tally;
 pub mod unmanaged;
 pub mod usage;
@@ -301,6 +302,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         cluster,
         handoff: HandOff::default(),
         bursts: burst::Bursts::default(),
+        steps: steps::StepWrites::new(options.tunables.step_writes.into()),
         failures: backoff::Failures::default(),
         tunables: options.tunables.clone(),
         ready: options.synced.clone(),
@@ -350,6 +352,10 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         nodes::wake_jobs_of_lost_nodes(shared.clone(), lost_rx, feeds.jobs.clone()).boxed(),
         nodes::provider_sync(shared.clone(), feeds.joined.clone()).boxed(),
         interruptions::run(shared.clone(), options.notice_queues, options.notice_wait).boxed(),
+        {
+            let (s, tx) = (shared.clone(), feeds.jobs.clone());
+            async move { s.steps.serve(tx).await }.boxed()
+        },
     ]);
 
     info!("Barge is running");
