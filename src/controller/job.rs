@@ -524,7 +524,11 @@ impl Step {
             .and_then(|w| Some((w, w.nodes.as_ref()?)))
             .map(|(w, layout)| multinode::overlay(ctx, job, w, layout, &old, &mut new, limits.retry, now));
         // A step the pod will likely have passed by the next look is not written yet.
-        let passing = passing_step(&old, &new, facts.as_ref(), verdict.as_ref(), now);
+        let passing = match (passing_step(&old, &new, facts.as_ref(), verdict.as_ref(), now), &nodes) {
+            // A multi-node job's status also carries its nodes': never put off for long.
+            (Passing::Due, Some(_)) => Passing::No,
+            (passing, _) => passing,
+        };
         if let Passing::Wait(_) = passing {
             new = old.clone();
         }

@@ -11,10 +11,11 @@
 //! step long enough is seen in it, and one that moves on meanwhile is written once, where it
 //! got to. Under a light load (a budget's worth of jobs starting a second) nothing changes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::UnboundedSender;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -35,13 +36,18 @@ struct Line<T> {
     order: VecDeque<T>,
     /// The jobs in `order` still waiting (one that has gone on needs no turn: see `forget`).
     waiting: HashSet<T>,
-    /// Jobs given a turn, until their next reconcile uses it.
-    granted: HashSet<T>,
+    /// Jobs given a turn, and when, until their next reconcile uses it (or, for a job
+    /// deleted meanwhile, until it expires).
+    granted: HashMap<T, Instant>,
 }
+
+/// A turn not used within this long is dropped (its job was deleted, say); a job that still
+/// needs one joins the line again.
+const TURN_KEPT: Duration = Duration::from_secs(60);
 
 impl<T> Default for Line<T> {
     fn default() -> Self {
-        Line { order: VecDeque::new(), waiting: HashSet::new(), granted: HashSet::new() }
+        Line { order: VecDeque::new(), waiting: HashSet::new(), granted: HashMap::new() }
     }
 }
 
@@ -61,7 +67,7 @@ impl<T: Hash + Eq + Clone> StepWrites<T> {
     pub fn may_write(&self, job: &T) -> bool {
         let Some(limiter) = &self.limiter else { return true };
         let mut line = lock(&self.line);
-        if line.granted.remove(job) {
+        if line.granted.remove(job).is_some() {
             return true;
         }
         if line.waiting.is_empty() && limiter.check().is_ok() {
@@ -103,9 +109,13 @@ impl<T: Hash + Eq + Clone> StepWrites<T> {
     /// The next job in the line that still waits; it is given its turn.
     fn next(&self) -> Option<T> {
         let mut line = lock(&self.line);
+        let now = Instant::now();
+        if line.granted.len() >= 1024 {
+            line.granted.retain(|_, at| now.duration_since(*at) < TURN_KEPT);
+        }
         while let Some(job) = line.order.pop_front() {
             if line.waiting.remove(&job) {
-                line.granted.insert(job.clone());
+                line.granted.insert(job.clone(), now);
                 return Some(job);
             }
         }
@@ -133,8 +143,6 @@ impl<T: Hash + Eq + Clone> StepWrites<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use futures::StreamExt;
 
     use super::*;
