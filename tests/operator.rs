@@ -58,9 +58,17 @@ async fn jobs_run_to_succeeded_and_failed_with_exit_codes_attempts_and_timestamp
     let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
     // Events mark what a user may act on: the failure and each failed attempt; a success
     // is in the status alone.
-    let evs = events.list(&ListParams::default().fields("involvedObject.name=bad")).await.unwrap();
-    let reasons: Vec<_> = evs.items.iter().filter_map(|ev| ev.reason.as_deref()).collect();
-    assert!(reasons.contains(&"Failed") && reasons.contains(&"AttemptFailed"), "{reasons:?}");
+    // Each event follows its status write: look for a few seconds.
+    let mut reasons = Vec::new();
+    for _ in 0..50 {
+        let evs = events.list(&ListParams::default().fields("involvedObject.name=bad")).await.unwrap();
+        reasons = evs.items.iter().filter_map(|ev| ev.reason.clone()).collect();
+        if ["Failed", "AttemptFailed"].iter().all(|r| reasons.iter().any(|x| x == r)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(["Failed", "AttemptFailed"].iter().all(|r| reasons.iter().any(|x| x == r)), "{reasons:?}");
     let evs = events.list(&ListParams::default().fields("involvedObject.name=ok")).await.unwrap();
     assert!(evs.items.is_empty(), "no event for a success: {:?}", evs.items);
     e.cleanup(&[&ce]).await;
