@@ -301,7 +301,15 @@ fn barge_shaped_pod(i: usize, bench: &str) -> Pod {
         "spec": {"instanceTypes": ["m6i.32xlarge"], "minvCpus": 0, "maxvCpus": 128}}))
     .unwrap();
     let work = barge::api::job_definition::work(&job.spec, None).expect("a valid job");
-    let mut pod = barge::controller::pod::build_pod(&job, &work, &ce, 0, None).expect("a valid job");
+    let mut pod = barge::controller::pod::build_pod(
+        &job,
+        &work,
+        &ce,
+        0,
+        None,
+        &barge::controller::container::PodInputs::none(),
+    )
+    .expect("a valid job");
     pod.metadata.owner_references = None;
     pod.labels_mut().insert("bench".into(), bench.into());
     if let Some(spec) = pod.spec.as_mut() {

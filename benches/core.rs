@@ -197,8 +197,13 @@ fn backlog_intake(c: &mut Criterion) {
         let pod_known = |_: &str, _: &str| false;
         let allowed = |_: &str, _: &str| true;
         let pinned = |j: &barge::api::BatchJob| Ok(j.spec.job_definition.as_ref().map(|_| def.clone()));
-        let lookups =
-            Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed, definition: &pinned };
+        let lookups = Lookups {
+            job: &job,
+            pod_known: &pod_known,
+            namespace_allowed: &allowed,
+            definition: &pinned,
+            role_account: &|_, _| None,
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut backlog = Backlog::default();

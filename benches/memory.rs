@@ -166,6 +166,7 @@ fn main() {
             pod_known: &pod_known,
             namespace_allowed: &allowed,
             definition: &definition,
+            role_account: &|_, _| None,
         };
         for job in store.state() {
             backlog.refresh(&ObjectRef::from_obj(job.as_ref()), Some(&job), &lookups);

@@ -46,60 +46,7 @@ impl JobPhase {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Resources {
-    /// vCPUs the container needs, e.g. 1 or 0.5.
-    #[serde(default = "default_vcpus")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("vcpus must be greater than 0"))]
-    pub vcpus: f64,
-    /// Memory as a Kubernetes quantity, e.g. 2Gi or 512Mi.
-    #[serde(default = "default_memory")]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("memory must be a positive quantity such as 2Gi or 512Mi"))]
-    pub memory: String,
-    #[serde(default)]
-    pub gpus: u32,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources { vcpus: default_vcpus(), memory: default_memory(), gpus: 0 }
-    }
-}
-
-fn default_vcpus() -> f64 {
-    1.0
-}
-fn default_memory() -> String {
-    "2Gi".into()
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = Rule::new("!self.name.startsWith('AWS_BATCH_')").message("environment variables named AWS_BATCH_* are reserved: Barge sets them on every job's pod"))]
-pub struct EnvVar {
-    pub name: String,
-    #[serde(default)]
-    pub value: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerSpec {
-    #[x_kube(validation = Rule::new("size(self) > 0").message("container.image is required, e.g. busybox:1.36"))]
-    pub image: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvVar>,
-    #[serde(default)]
-    pub resources: Resources,
-    /// Runs the container privileged (AWS's `containerProperties.privileged`): the
-    /// cluster's Pod Security admission decides whether the namespace allows it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub privileged: bool,
-}
+pub use super::container::{ContainerSpec, EnvVar, Resources};
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -277,6 +277,13 @@ pub fn parse_range(target: &str, num_nodes: u32) -> Result<(u32, u32), String> {
 }
 
 impl<'a> Work<'a> {
+    /// The IAM roles its containers act as (`jobRoleArn`).
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        let single = self.container.as_deref();
+        let ranges = self.nodes.iter().flat_map(|l| l.ranges.iter().map(|(_, _, c)| c));
+        single.into_iter().chain(ranges).filter_map(|c| c.extra.as_deref()?.job_role_arn.as_deref())
+    }
+
     /// What node `node` of a multi-node job runs; the work itself for any other job.
     pub fn for_node(&self, node: u32) -> Work<'_> {
         match &self.nodes {
@@ -427,12 +434,21 @@ fn apply_overrides(c: &mut ContainerSpec, o: &ContainerOverrides) {
     if let Some(g) = o.gpus {
         c.resources.gpus = g;
     }
+    if let Some(t) = &o.instance_type {
+        c.extra_mut().instance_type = Some(t.clone());
+    }
 }
 
 /// Overrides of a pod-template definition apply to its first (the job's) container; vCPUs,
 /// memory and GPUs become that container's requests and limits.
 fn apply_template_overrides(t: &mut PodTemplateSpec, o: &ContainerOverrides) -> Result<(), String> {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    if let Some(ty) = &o.instance_type
+        && let Some(spec) = t.spec.as_mut()
+    {
+        let selector = spec.node_selector.get_or_insert_with(BTreeMap::new);
+        selector.insert(super::LABEL_INSTANCE_TYPE.into(), ty.clone());
+    }
     let Some(c) = t.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
         return Err("the definition's pod template has no container".into());
     };

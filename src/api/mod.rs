@@ -3,6 +3,7 @@
 
 pub mod batch_job;
 pub mod compute_environment;
+pub mod container;
 pub mod job_definition;
 pub mod job_queue;
 pub mod string_map;

@@ -18,22 +18,21 @@ use super::shapes::{
 use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal};
 use crate::api::JobDefinition;
 use crate::api::batch_job::{ContainerSpec, NodeProperties, NodeRangeProperty, Resources};
+use crate::api::container::ContainerExtra;
 use crate::api::job_definition::{DefinitionState, JobDefinitionSpec, NodeLayout};
 
 /// How long RegisterJobDefinition waits for Barge's controller to number the new revision.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(15);
 
-/// Fields of AWS's container properties that describe AWS plumbing with no meaning on a
-/// cluster (IAM roles, CloudWatch logging, Fargate): accepted, and not acted on.
-const IGNORED_CONTAINER_FIELDS: &[&str] = &[
-    "jobRoleArn",
-    "executionRoleArn",
-    "logConfiguration",
-    "fargatePlatformConfiguration",
-    "networkConfiguration",
-    "runtimePlatform",
-    "repositoryCredentials",
-];
+/// The container fields RegisterJobDefinition reads itself; every other field it serves is
+/// one of `ContainerExtra`'s, with AWS's name and shape.
+pub const SERVED_CONTAINER_FIELDS: &[&str] =
+    &["image", "vcpus", "memory", "command", "environment", "resourceRequirements", "privileged"];
+
+/// Fields of AWS's container properties that only Fargate or ECS Exec read: accepted (AWS
+/// accepts them on EC2 too), not kept, and listed in the README's mapping table.
+pub const IGNORED_CONTAINER_FIELDS: &[&str] =
+    &["fargatePlatformConfiguration", "networkConfiguration", "runtimePlatform", "enableExecuteCommand"];
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
@@ -48,6 +47,10 @@ pub struct ContainerProperties {
     #[serde(default)]
     pub resource_requirements: Vec<ResourceRequirement>,
     pub privileged: Option<bool>,
+    /// Volumes, mount points, Linux parameters, user, secrets, roles, logging: the same
+    /// names and shapes in AWS's model and in Barge's container.
+    #[serde(flatten)]
+    pub extra: ContainerExtra,
     #[serde(flatten)]
     pub other: Unknown,
 }
@@ -73,6 +76,15 @@ pub struct NodeRangeIn {
     other: Unknown,
 }
 
+/// `eksProperties` of a definition: a pod in Kubernetes' words (see `eks`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EksPropertiesIn {
+    pod_properties: Option<serde_json::Value>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterInput {
@@ -84,6 +96,7 @@ pub struct RegisterInput {
     scheduling_priority: Option<i32>,
     container_properties: Option<ContainerProperties>,
     node_properties: Option<NodePropertiesIn>,
+    eks_properties: Option<EksPropertiesIn>,
     retry_strategy: Option<RetryStrategyShape>,
     propagate_tags: Option<bool>,
     timeout: Option<TimeoutShape>,
@@ -150,9 +163,10 @@ pub async fn register(ctx: &Context, who: &Principal, input: RegisterInput) -> A
             "jobDefinitionName {name:?} must be 1 to 128 letters, numbers, hyphens and underscores"
         )));
     }
-    let spec = definition_spec(&input)?;
+    let spec = definition_spec(&input, &who.namespace)?;
     let object = object_name(&name);
     let ns = &who.namespace;
+    check_roles(ctx, ns, &spec)?;
     let api: Api<JobDefinition> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({
         "apiVersion": JobDefinition::api_version(&()),
@@ -198,7 +212,7 @@ async fn registered_revision(ctx: &Context, ns: &str, name: &str, generation: i6
     None
 }
 
-fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
+fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSpec> {
     super::tags::validate(&input.tags)?;
     let multinode = match input.type_.as_deref() {
         Some("container") => false,
@@ -213,7 +227,21 @@ fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
             "platformCapabilities {p} is not supported: Barge runs jobs as EC2 does"
         )));
     }
-    let (container, node_properties) = if multinode {
+    let mut pod_template = None;
+    let (container, node_properties) = if let Some(eks) = &input.eks_properties {
+        refuse_unknown(&eks.other, "eksProperties.")?;
+        if multinode || input.container_properties.is_some() {
+            return Err(ApiError::client(
+                "eksProperties is a container job definition's whole pod: give no containerProperties or nodeProperties beside it",
+            ));
+        }
+        let pod = eks
+            .pod_properties
+            .as_ref()
+            .ok_or_else(|| ApiError::client("eksProperties.podProperties is required"))?;
+        pod_template = Some(Box::new(super::eks::pod_template(pod, ns, "eksProperties.podProperties.")?));
+        (None, None)
+    } else if multinode {
         if input.container_properties.is_some() {
             return Err(ApiError::client(
                 "a multinode job definition takes nodeProperties, not containerProperties",
@@ -236,7 +264,7 @@ fn definition_spec(input: &RegisterInput) -> ApiResult<JobDefinitionSpec> {
     Ok(JobDefinitionSpec {
         state: DefinitionState::Active,
         container,
-        pod_template: None,
+        pod_template,
         node_properties,
         parameters: input.parameters.clone(),
         retry_strategy: input.retry_strategy.as_ref().map(|r| r.to_barge()).transpose()?,
@@ -293,7 +321,7 @@ fn container_spec(props: &ContainerProperties, at: &str) -> ApiResult<ContainerS
         .ok_or_else(|| ApiError::client(format!("{at}image is required")))?;
     let asked = shapes::asked(&props.resource_requirements, props.vcpus, props.memory, at)?;
     let defaults = Resources::default();
-    Ok(ContainerSpec {
+    let container = ContainerSpec {
         image,
         command: props.command.clone(),
         args: Vec::new(),
@@ -304,7 +332,26 @@ fn container_spec(props: &ContainerProperties, at: &str) -> ApiResult<ContainerS
             gpus: asked.gpus.unwrap_or(0),
         },
         privileged: props.privileged.unwrap_or(false),
-    })
+        extra: (props.extra != ContainerExtra::default()).then(|| Box::new(props.extra.clone())),
+    };
+    crate::api::container::check(&container, at).map_err(ApiError::client)?;
+    Ok(container)
+}
+
+/// Refuses a definition whose `jobRoleArn` no ServiceAccount of the caller's namespace is
+/// bound to: Barge never makes such an account, so a key cannot assume a role nobody gave
+/// its namespace.
+fn check_roles(ctx: &Context, ns: &str, spec: &JobDefinitionSpec) -> ApiResult<()> {
+    let containers = spec.container.as_deref().into_iter().chain(
+        spec.node_properties.iter().flat_map(|n| n.node_range_properties.iter().map(|r| &r.container)),
+    );
+    for role in containers.filter_map(|c| c.extra.as_deref()?.job_role_arn.as_deref()) {
+        let accounts = ctx.stores.service_accounts.state();
+        if crate::api::container::role_account(accounts.iter().map(|a| &a.metadata), ns, role).is_none() {
+            return Err(ApiError::client(crate::controller::container::missing_role_account(role, ns)));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -335,6 +382,8 @@ pub struct ContainerDetailOut {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_stream_name: Option<String>,
+    #[serde(flatten)]
+    pub extra: ContainerExtra,
 }
 
 impl ContainerDetailOut {
@@ -347,6 +396,7 @@ impl ContainerDetailOut {
             vcpus: c.resources.vcpus,
             memory: shapes::memory_mib(&c.resources.memory),
             privileged: c.privileged,
+            extra: c.extra().clone(),
             ..Default::default()
         }
     }
@@ -395,6 +445,8 @@ pub struct DefinitionOut {
     container_properties: Option<ContainerDetailOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_properties: Option<NodePropertiesOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eks_properties: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_strategy: Option<RetryStrategyShape>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,6 +542,10 @@ fn revision_out(ctx: &Context, jd: &JobDefinition, revision: u32, spec: &JobDefi
         parameters: spec.parameters.clone(),
         container_properties: spec.node_properties.is_none().then(|| container_out(spec)),
         node_properties: spec.node_properties.as_deref().map(NodePropertiesOut::of),
+        eks_properties: spec
+            .pod_template
+            .as_deref()
+            .map(|t| serde_json::json!({"podProperties": super::eks::pod_properties(t)})),
         retry_strategy: spec.retry_strategy.as_ref().map(RetryStrategyShape::of),
         timeout: spec
             .timeout

@@ -227,11 +227,6 @@ fn node_overrides(o: &NodeOverridesIn) -> ApiResult<NodeOverrides> {
 
 fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
     refuse_unknown(&o.other, "containerOverrides.")?;
-    if o.instance_type.is_some() {
-        return Err(ApiError::client(
-            "containerOverrides.instanceType is not supported by Barge yet: give the queue a compute environment of that type",
-        ));
-    }
     let asked = shapes::asked(&o.resource_requirements, o.vcpus, o.memory, "containerOverrides.")?;
     Ok(ContainerOverrides {
         command: o.command.clone(),
@@ -239,7 +234,7 @@ fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
         vcpus: asked.vcpus,
         memory: asked.memory,
         gpus: asked.gpus,
-        instance_type: None,
+        instance_type: o.instance_type.clone().filter(|t| !t.is_empty()),
     })
 }
 

@@ -9,7 +9,8 @@
 
 mod admin;
 pub mod auth;
-mod definitions;
+pub mod definitions;
+pub mod eks;
 mod environments;
 mod jobs;
 mod names;

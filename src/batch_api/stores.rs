@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,6 +30,8 @@ pub struct Stores {
     pub compute_environments: Store<ComputeEnvironment>,
     pub definitions: Definitions,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// ServiceAccounts, for the IAM role a definition's `jobRoleArn` names.
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     secrets: Store<Secret>,
     ready: Arc<AtomicBool>,
 }
@@ -82,6 +84,8 @@ impl Stores {
         );
         let (namespaces, drive_namespaces) =
             reflect(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all(), |_| {});
+        let (service_accounts, drive_accounts) =
+            reflect(Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()), all(), |_| {});
         let (secrets, drive_secrets) = reflect(
             Api::<Secret>::namespaced(client, credentials_namespace),
             all().labels(&format!("{LABEL_CREDENTIALS}=true")),
@@ -94,6 +98,7 @@ impl Stores {
             compute_environments: ces.clone(),
             definitions: Definitions { definitions: defs.clone(), revisions: revisions.clone(), index },
             namespaces: namespaces.clone(),
+            service_accounts: service_accounts.clone(),
             secrets: secrets.clone(),
             ready: ready.clone(),
         };
@@ -105,6 +110,7 @@ impl Stores {
                 defs.wait_until_ready(),
                 revisions.wait_until_ready(),
                 namespaces.wait_until_ready(),
+                service_accounts.wait_until_ready(),
                 secrets.wait_until_ready(),
             );
             ready.store(true, Ordering::Release);
@@ -119,6 +125,7 @@ impl Stores {
                 drive_defs,
                 drive_revisions,
                 drive_namespaces,
+                drive_accounts,
                 drive_secrets,
                 synced
             );
@@ -139,6 +146,7 @@ impl Stores {
                 index: Default::default(),
             },
             namespaces: reflector::store().0,
+            service_accounts: reflector::store().0,
             secrets: reflector::store().0,
             ready: Arc::new(AtomicBool::new(true)),
         }

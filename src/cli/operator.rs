@@ -202,6 +202,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tunables,
         notice_queues,
         notice_wait: Duration::from_secs(args.interruption_queue_wait_seconds),
+        // EFS volumes are reached in the cluster's region: the AWS chain's, else the one
+        // the AWS Batch API answers for.
+        region: std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| args.batch_api_region.clone()),
     };
     let operator = controller::run(client.clone(), providers, options);
     if !args.leader_elect {

@@ -53,6 +53,8 @@ pub struct Lookups<'a> {
     pub namespace_allowed: &'a dyn Fn(&str, &str) -> bool,
     /// The job definition revision a job fixed (see `definition::pinned`).
     pub definition: &'a dyn Fn(&BatchJob) -> Pinned,
+    /// The ServiceAccount bound to an IAM role, by (namespace, role ARN).
+    pub role_account: &'a dyn Fn(&str, &str) -> Option<String>,
 }
 
 /// The job definition revision a job fixed, if it names one; or why it cannot be read.
@@ -129,11 +131,24 @@ pub fn standing(job: &BatchJob, lookups: &Lookups<'_>) -> Standing {
     }
     let work = work(&job.spec, def.as_deref()).map_err(Error::InvalidJob);
     match work.and_then(|w| Ok((requests(&w)?, w))) {
+        Ok((_, w)) if missing_role(&w, ns, lookups).is_some() => {
+            let role = missing_role(&w, ns, lookups).unwrap_or_default();
+            Standing::Invalid(crate::controller::container::missing_role_account(role, ns))
+        }
         Ok(((request, gang), w)) => {
             Standing::Waiting { pods, request, priority: w.scheduling_priority, gang }
         }
         Err(e) => Standing::Invalid(format!("Invalid job: {e}")),
     }
+}
+
+/// The IAM role a job's containers name that no ServiceAccount of its namespace is bound to.
+fn missing_role<'w>(
+    w: &'w crate::api::job_definition::Work<'_>,
+    ns: &str,
+    lookups: &Lookups<'_>,
+) -> Option<&'w str> {
+    w.roles().find(|role| (lookups.role_account)(ns, role).is_none())
 }
 
 /// A job's "namespace/name", the backlog's key for it.
@@ -315,7 +330,13 @@ mod tests {
     }
 
     fn lookups<'a>(pods: &'a dyn Fn(&str, &str) -> bool) -> Lookups<'a> {
-        Lookups { job: &none, pod_known: pods, namespace_allowed: &|_, _| true, definition: &|_| Ok(None) }
+        Lookups {
+            job: &none,
+            pod_known: pods,
+            namespace_allowed: &|_, _| true,
+            definition: &|_| Ok(None),
+            role_account: &|_, _| None,
+        }
     }
 
     fn key(name: &str) -> ObjectRef<BatchJob> {
@@ -369,6 +390,7 @@ mod tests {
             pod_known: &|_, _| false,
             namespace_allowed: &|_, _| true,
             definition: &pinned,
+            role_account: &|_, _| None,
         };
         assert_eq!(standing(&j, &l), Standing::Idle, "not admitted before its revision is fixed");
         j.status =
@@ -411,6 +433,7 @@ mod tests {
             pod_known: &|_, _| false,
             namespace_allowed: &|_, _| true,
             definition: &|_| Ok(None),
+            role_account: &|_, _| None,
         };
         assert_eq!(standing(&j, &l), Standing::Gated { ended: true });
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -158,6 +158,10 @@ pub struct Shared {
     pub tally: Arc<Mutex<JobTally>>,
     pub nodes: Store<Node>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// ServiceAccounts, each with only the IAM role annotations it carries.
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// The AWS region EFS volumes are reached in.
+    pub region: String,
     /// Events of queues and compute environments (few objects: repeats become a series).
     pub recorder: Recorder,
     /// Who publishes Barge's events; each job's events get a recorder of their own.
@@ -181,6 +185,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The ServiceAccount of `ns` bound to IAM role `role` (the first by name, if several).
+    pub fn role_account(&self, ns: &str, role: &str) -> Option<String> {
+        crate::api::container::role_account(
+            self.service_accounts.state().iter().map(|sa| &sa.metadata),
+            ns,
+            role,
+        )
+    }
+
     /// What a failed reconcile of `key` waits for: a change to the object when trying
     /// again cannot help, else a backoff of its own.
     pub fn retry_after(&self, key: &str, err: &crate::Error) -> Action {

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod burst;
 pub mod capacity;
 pub mod coalesce;
+pub mod container;
 pub mod context;
 pub mod definition;
 pub mod environment;
@@ -37,7 +38,7 @@ use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -74,6 +75,8 @@ pub struct Options {
     /// recommendations, state changes), and how long each receive waits for one.
     pub notice_queues: Vec<Arc<crate::provider::sqs::NoticeQueue>>,
     pub notice_wait: std::time::Duration,
+    /// The AWS region EFS volumes are reached in (`AWS_REGION`).
+    pub region: String,
 }
 
 type Drive = BoxFuture<'static, ()>;
@@ -217,6 +220,39 @@ fn watch_nodes(
     nodes
 }
 
+/// ServiceAccounts, of which the store keeps only the IAM role each is bound to (a job's
+/// `jobRoleArn` runs as the one of its namespace bound to that role).
+fn watch_role_accounts(
+    client: &Client,
+    feeds: &Feeds,
+    drives: &mut Vec<Drive>,
+) -> Store<PartialObjectMeta<ServiceAccount>> {
+    let (accounts, writer) = reflector::store();
+    let backlog = feeds.backlog.clone();
+    let drive =
+        watcher(Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()), watcher::Config::default())
+            .backoff(watch::backoff())
+            .modify(|sa| {
+                sa.metadata.managed_fields = None;
+                sa.metadata.labels = None;
+                if let Some(a) = sa.metadata.annotations.as_mut() {
+                    a.retain(|k, _| crate::api::container::role_annotation(k));
+                }
+            })
+            .reflect(writer)
+            .for_each(move |ev| {
+                // A job waiting for its role's account is looked at again once one is bound.
+                if let Ok(watcher::Event::Apply(sa) | watcher::Event::Delete(sa)) = &ev
+                    && sa.metadata.annotations.as_ref().is_some_and(|a| !a.is_empty())
+                {
+                    let _ = backlog.send(Change::All);
+                }
+                ready(())
+            });
+    drives.push(drive.boxed());
+    accounts
+}
+
 /// Job definitions (their controller's store) and their revisions with the revision index.
 fn watch_definitions(
     client: &Client,
@@ -282,6 +318,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         .reflect(ns_writer)
         .for_each(|_| ready(()));
     drives.push(drive.boxed());
+    let service_accounts = watch_role_accounts(&client, &feeds, &mut drives);
 
     let reporter = Reporter { controller: "barge".into(), instance: Some(options.instance.clone()) };
     let shared = Arc::new(Shared {
@@ -295,6 +332,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         tally,
         nodes,
         namespaces,
+        service_accounts,
+        region: options.region.clone(),
         recorder: Recorder::new(client.clone(), reporter.clone()),
         reporter,
         providers,
@@ -394,6 +433,7 @@ async fn readiness(s: Arc<Shared>) {
         s.pods.wait_until_ready(),
         s.nodes.wait_until_ready(),
         s.namespaces.wait_until_ready(),
+        s.service_accounts.wait_until_ready(),
         s.definitions.definitions.wait_until_ready(),
         s.definitions.revisions.wait_until_ready(),
     );

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvVar, Node, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
-    PreferredSchedulingTerm, ResourceRequirements, Taint, Toleration,
+    Affinity, EnvVar, Node, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+    PreferredSchedulingTerm, Taint, Toleration,
 };
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::container::{PodInputs, container_pod_spec};
 use crate::api::batch_job::{
     attempt_index, attempt_number, child_pod_name, job_service_name, node_pod_name, pod_name,
 };
@@ -20,7 +21,7 @@ use crate::api::{
     ANNOTATION_GANG_NODES, BatchJob, LABEL_ATTEMPT, LABEL_COMPUTE_ENVIRONMENT, LABEL_JOB_NAME,
     LABEL_JOB_QUEUE, LABEL_JOB_UID, LABEL_NODE_INDEX,
 };
-use crate::k8s::{quantities, res_of, res_of_lossy};
+use crate::k8s::{res_of, res_of_lossy};
 use crate::resources::{Res, parse_mib};
 use crate::{Error, Result};
 
@@ -79,13 +80,14 @@ pub fn build_pod(
     ce: &ComputeEnvironment,
     attempt: u32,
     index: Option<u32>,
+    inputs: &PodInputs<'_>,
 ) -> Result<Pod> {
     let name = job.name_any();
     let uid = job.uid().ok_or_else(|| Error::InvalidJob("job has no uid yet".into()))?;
     let template = work.pod_template.as_deref().cloned().unwrap_or_default();
     let mut meta = template.metadata.unwrap_or_default();
     let mut spec = match (&work.container, template.spec) {
-        (Some(c), _) => container_pod_spec(c, job_request(work)?),
+        (Some(c), _) => container_pod_spec(c, job_request(work)?, inputs).map_err(Error::InvalidJob)?,
         (None, Some(spec)) => spec,
         (None, None) => {
             return Err(Error::InvalidJob("set container or podTemplate.spec".into()));
@@ -284,13 +286,14 @@ pub fn build_node_pod(
     ce: &ComputeEnvironment,
     attempt: u32,
     place: &NodePlacement<'_>,
+    inputs: &PodInputs<'_>,
 ) -> Result<Pod> {
     let layout = work.nodes.as_ref().ok_or_else(|| Error::InvalidJob("not a multi-node job".into()))?;
     let node = place
         .nodes
         .get(place.index as usize)
         .ok_or_else(|| Error::InvalidJob(format!("no node was planned for node {}", place.index)))?;
-    let mut pod = build_pod(job, &work.for_node(place.index), ce, attempt, None)?;
+    let mut pod = build_pod(job, &work.for_node(place.index), ce, attempt, None, inputs)?;
     let (name, uid) = (job.name_any(), job.uid().unwrap_or_default());
     pod.metadata.name = Some(node_pod_name(&name, &uid, place.index, attempt));
     pod.labels_mut().insert(LABEL_NODE_INDEX.into(), place.index.to_string());
@@ -323,30 +326,6 @@ pub fn build_node_pod(
         env.splice(at..at, vars);
     }
     Ok(pod)
-}
-
-fn container_pod_spec(c: &crate::api::batch_job::ContainerSpec, request: Res) -> PodSpec {
-    let amounts = quantities(request);
-    PodSpec {
-        containers: vec![Container {
-            name: "main".into(),
-            image: Some(c.image.clone()),
-            command: (!c.command.is_empty()).then(|| c.command.clone()),
-            args: (!c.args.is_empty()).then(|| c.args.clone()),
-            env: Some(c.env.iter().map(|e| env_var(&e.name, &e.value)).collect()),
-            resources: Some(ResourceRequirements {
-                requests: Some(amounts.clone()),
-                limits: Some(amounts),
-                ..Default::default()
-            }),
-            security_context: c.privileged.then(|| k8s_openapi::api::core::v1::SecurityContext {
-                privileged: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
@@ -411,7 +390,8 @@ mod tests {
     #[test]
     fn the_planned_node_is_preferred_beside_the_templates_own_preferences() {
         let j = job();
-        let mut pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None).unwrap();
+        let mut pod =
+            build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None, &PodInputs::none()).unwrap();
         prefer_node(&mut pod, "");
         assert!(pod.spec.as_ref().unwrap().affinity.is_none(), "no node planned, no preference");
         prefer_node(&mut pod, "ce-a-m6i-large-x1");
@@ -431,7 +411,7 @@ mod tests {
     fn the_pod_is_pinned_owned_and_named_for_its_attempt_counted_from_one() {
         // The third attempt (index 2) is attempt 3 wherever a user reads it.
         let j = job();
-        let pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 2, None).unwrap();
+        let pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 2, None, &PodInputs::none()).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("etl-abcdef12-3"));
         assert_eq!(pod.metadata.labels.as_ref().unwrap()[LABEL_ATTEMPT], "3");
         assert_eq!(pod_job(&pod).map(|(_, a)| a), Some(2));
@@ -462,7 +442,8 @@ mod tests {
             .unwrap()
         };
         let j = job();
-        let fresh = || build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None).unwrap();
+        let fresh =
+            || build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None, &PodInputs::none()).unwrap();
         let ours = node(serde_json::json!([{"key": "batch", "effect": "NoSchedule"}]));
 
         let mut pod = fresh();

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
 use super::backlog::{Backlog, Change, Lookups, job_ref};
+use super::container::PodInputs;
 use super::context::Shared;
 use super::pod::{NodePlacement, build_node_pod, build_pod};
 use crate::api::compute_environment::Provider;
@@ -544,6 +545,9 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
         let ce = ce_by_name[&adm.compute_environment];
         let mut bound = false;
         let def = super::revisions::pinned(&ctx.definitions, &job);
+        let ns = job.namespace().unwrap_or_default();
+        let accounts = |role: &str| ctx.role_account(&ns, role);
+        let inputs = PodInputs { region: &ctx.region, role_account: &accounts };
         let pod = def.and_then(|d| {
             // The work borrows the revision; the pod is built while both are at hand.
             let work = work(&job.spec, d.as_deref())?;
@@ -552,9 +556,9 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
                 Some(layout) => {
                     let place =
                         NodePlacement { index: layout.main_node, nodes: &adm.gang, main_address: None };
-                    build_node_pod(&job, &work, ce, owner.attempt, &place)
+                    build_node_pod(&job, &work, ce, owner.attempt, &place, &inputs)
                 }
-                None => build_pod(&job, &work, ce, owner.attempt, owner.index).map(|mut pod| {
+                None => build_pod(&job, &work, ce, owner.attempt, owner.index, &inputs).map(|mut pod| {
                     bound = placeable_node(ctx, ce, &adm.node, now_instant)
                         .is_some_and(|node| super::pod::bind_to_node(&mut pod, &node));
                     if !bound {
@@ -714,8 +718,14 @@ fn refresh_backlog(ctx: &Shared, st: &mut PassState, verdict_tx: &UnboundedSende
     };
     let allowed = |queue: &str, ns: &str| selection.allows(queue, ns);
     let definition = |j: &BatchJob| super::revisions::pinned(&ctx.definitions, j);
-    let lookups =
-        Lookups { job: &job, pod_known: &pod_known, namespace_allowed: &allowed, definition: &definition };
+    let role_account = |ns: &str, role: &str| ctx.role_account(ns, role);
+    let lookups = Lookups {
+        job: &job,
+        pod_known: &pod_known,
+        namespace_allowed: &allowed,
+        definition: &definition,
+        role_account: &role_account,
+    };
     let mut ended = Vec::new();
     if std::mem::take(&mut st.rebuild) {
         st.backlog.clear();

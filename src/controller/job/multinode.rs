@@ -170,12 +170,15 @@ pub fn overlay(
     let service = job_service_name(&job.name_any(), &job.uid().unwrap_or_default());
     let dns = format!("node-{}.{service}", layout.main_node);
     let address = main.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or(dns);
+    let ns = job.namespace().unwrap_or_default();
+    let accounts = |role: &str| ctx.role_account(&ns, role);
+    let inputs = crate::controller::container::PodInputs { region: &ctx.region, role_account: &accounts };
     for i in (0..layout.num_nodes).filter(|i| *i != layout.main_node) {
         if pods[i as usize].is_some() || seen.contains(&i) {
             continue;
         }
         let place = NodePlacement { index: i, nodes: &planned, main_address: Some(&address) };
-        match build_node_pod(job, work, &ce, attempt, &place) {
+        match build_node_pod(job, work, &ce, attempt, &place, &inputs) {
             Ok(pod) => actions.create.push(pod),
             Err(e) => tracing::warn!(job = %job.name_any(), node = i, error = %e, "cannot build node pod"),
         }
