@@ -326,6 +326,187 @@ async fn aws_cli_sees_kubectl_jobs_and_submits_its_own() {
 }
 
 #[tokio::test]
+async fn aws_cli_registers_every_dialect_and_describes_it_back() {
+    let h = harness().await;
+    let c = corner("api-dialects").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    until_answered(h, &key).await;
+    let role = "arn:aws:iam::123456789012:role/etl";
+    let register = |name: &str, kind: &str, body: &str| {
+        let flag = match kind {
+            "eks" => "--eks-properties",
+            "ecs" => "--ecs-properties",
+            _ => "--container-properties",
+        };
+        aws(
+            h,
+            &key,
+            &["register-job-definition", "--job-definition-name", name, "--type", "container", flag, body],
+        )
+    };
+    let container = |extra: &str| {
+        format!(
+            r#"{{"image": "busybox:1.35", "command": ["true"], "resourceRequirements": [{{"type": "VCPU", "value": "1"}}, {{"type": "MEMORY", "value": "512"}}]{extra}}}"#
+        )
+    };
+
+    // A role no ServiceAccount of the key's namespace is bound to: refused, saying what to make.
+    let refused = register("roled", "", &container(&format!(r#", "jobRoleArn": "{role}""#))).unwrap_err();
+    assert!(
+        refused.contains("ClientException")
+            && refused.contains(role)
+            && refused.contains("eks.amazonaws.com/role-arn"),
+        "{refused}"
+    );
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(c.env.client.clone(), &c.env.ns);
+    let sa = serde_json::from_value(
+        json!({"metadata": {"name": "etl", "annotations": {"eks.amazonaws.com/role-arn": role}}}),
+    )
+    .unwrap();
+    accounts.create(&Default::default(), &sa).await.unwrap();
+
+    // Every container field, registered and described back as it went in.
+    let fields = format!(
+        r#", "jobRoleArn": "{role}", "executionRoleArn": "arn:aws:iam::123456789012:role/exec",
+        "user": "1000:1000", "readonlyRootFilesystem": true, "instanceType": "m6i.xlarge",
+        "volumes": [{{"name": "scratch", "host": {{"sourcePath": "/mnt/scratch"}}}},
+                    {{"name": "shared", "efsVolumeConfiguration": {{"fileSystemId": "fs-0123456789abcdef0", "rootDirectory": "/data"}}}}],
+        "mountPoints": [{{"containerPath": "/scratch", "sourceVolume": "scratch"}}, {{"containerPath": "/shared", "sourceVolume": "shared", "readOnly": true}}],
+        "linuxParameters": {{"sharedMemorySize": 256, "tmpfs": [{{"containerPath": "/tmp", "size": 64, "mountOptions": ["noexec"]}}], "initProcessEnabled": true, "maxSwap": 0, "swappiness": 60}},
+        "secrets": [{{"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/db"}}],
+        "logConfiguration": {{"logDriver": "awslogs", "options": {{"awslogs-group": "/batch/etl"}}}},
+        "ephemeralStorage": {{"sizeInGiB": 30}},
+        "fargatePlatformConfiguration": {{"platformVersion": "LATEST"}}"#
+    );
+    let body = container(&fields);
+    let reg = eventually("the role's account is seen", Duration::from_secs(10), || async {
+        register("full", "", &body).ok()
+    })
+    .await;
+    assert_eq!(reg["revision"], 1, "{reg}");
+    let d = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "full"]).unwrap();
+    let got = &d["jobDefinitions"][0]["containerProperties"];
+    let sent: Value = serde_json::from_str(&body).unwrap();
+    for field in [
+        "jobRoleArn",
+        "executionRoleArn",
+        "user",
+        "readonlyRootFilesystem",
+        "instanceType",
+        "volumes",
+        "mountPoints",
+        "linuxParameters",
+        "secrets",
+        "logConfiguration",
+        "ephemeralStorage",
+    ] {
+        assert_eq!(got[field], sent[field], "{field} described back as registered: {got}");
+    }
+    let jd: Api<barge::api::JobDefinition> = Api::namespaced(c.env.client.clone(), &c.env.ns);
+    let stored = jd.get("full").await.unwrap();
+    assert_eq!(
+        stored.spec.container.unwrap().extra().linux_parameters.as_ref().unwrap().shared_memory_size,
+        Some(256)
+    );
+
+    // What a pod cannot do is refused by name, and nothing is registered.
+    for (extra, words) in [
+        (
+            r#", "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 4096}]"#,
+            "containerProperties.ulimits",
+        ),
+        (r#", "user": "nobody""#, "numeric UID"),
+        (r#", "linuxParameters": {"devices": [{"hostPath": "/dev/fuse"}]}"#, "needs privileged"),
+        (
+            r#", "volumes": [{"name": "e", "efsVolumeConfiguration": {"fileSystemId": "fs-12345678", "transitEncryption": "ENABLED"}}]"#,
+            "transitEncryption ENABLED",
+        ),
+        (
+            r#", "secrets": [{"name": "S", "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf:k:AWSPREVIOUS:"}]"#,
+            "version stage",
+        ),
+    ] {
+        let e = register("refused", "", &container(extra)).unwrap_err();
+        assert!(e.contains("ClientException") && e.contains(words), "{words}: {e}");
+    }
+    assert!(jd.get_opt("refused").await.unwrap().is_none());
+
+    // eksProperties: the pod template, described back; a job overrides a container by name.
+    let pod = r#"{"podProperties": {"serviceAccountName": "etl", "metadata": {"labels": {"team": "a"}},
+        "initContainers": [{"name": "fetch", "image": "busybox:1.35", "command": ["true"]}],
+        "containers": [{"name": "app", "image": "busybox:1.35", "command": ["sleep", "1"],
+                        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+                        "securityContext": {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}}]}}"#;
+    register("eks", "eks", pod).unwrap();
+    let d = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "eks"]).unwrap();
+    let props = &d["jobDefinitions"][0]["eksProperties"]["podProperties"];
+    assert_eq!(props["containers"][0]["securityContext"]["capabilities"]["drop"], json!(["ALL"]), "{d}");
+    assert_eq!(props["initContainers"][0]["name"], "fetch");
+    assert_eq!(props["metadata"]["labels"]["team"], "a");
+    let sub = aws(h, &key, &["submit-job", "--job-name", "eks-job", "--job-queue", &c.held, "--job-definition", "eks",
+        "--eks-properties-override", r#"{"podProperties": {"containers": [{"name": "app", "image": "busybox:1.36", "env": [{"name": "MODE", "value": "x"}]}], "metadata": {"labels": {"run": "1"}}}}"#]).unwrap();
+    let id = sub["jobId"].as_str().unwrap();
+    let jobs: Api<BatchJob> = Api::namespaced(c.env.client.clone(), &c.env.ns);
+    let o = jobs.get(id).await.unwrap().spec.pod_overrides.unwrap();
+    assert_eq!(
+        (o.containers[0].image.as_deref(), o.labels.get("run").map(String::as_str)),
+        (Some("busybox:1.36"), Some("1"))
+    );
+    let desc = eventually("the job is described with its pod", Duration::from_secs(10), || async {
+        let d = aws(h, &key, &["describe-jobs", "--jobs", id]).ok()?;
+        d["jobs"][0].get("eksProperties").is_some().then_some(d)
+    })
+    .await;
+    assert_eq!(
+        desc["jobs"][0]["eksProperties"]["podProperties"]["containers"][0]["image"], "busybox:1.36",
+        "{desc}"
+    );
+
+    // ecsProperties: one task of several containers, described back; overrides by name.
+    let task = r#"{"taskProperties": [{"containers": [
+        {"name": "app", "image": "busybox:1.35", "command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "256"}],
+         "dependsOn": [{"containerName": "proxy", "condition": "START"}]},
+        {"name": "proxy", "essential": false, "image": "busybox:1.35", "command": ["sleep", "60"], "stopTimeout": 5,
+         "resourceRequirements": [{"type": "VCPU", "value": "0.5"}, {"type": "MEMORY", "value": "128"}]}]}]}"#;
+    register("ecs", "ecs", task).unwrap();
+    let d = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "ecs"]).unwrap();
+    let containers = &d["jobDefinitions"][0]["ecsProperties"]["taskProperties"][0]["containers"];
+    assert_eq!(
+        (containers[1]["name"].as_str(), containers[1]["essential"].as_bool()),
+        (Some("proxy"), Some(false)),
+        "{d}"
+    );
+    assert_eq!(containers[0]["dependsOn"][0]["containerName"], "proxy");
+    let sub = aws(
+        h,
+        &key,
+        &[
+            "submit-job",
+            "--job-name",
+            "ecs-job",
+            "--job-queue",
+            &c.held,
+            "--job-definition",
+            "ecs",
+            "--ecs-properties-override",
+            r#"{"taskProperties": [{"containers": [{"name": "app", "command": ["false"]}]}]}"#,
+        ],
+    )
+    .unwrap();
+    let o = jobs.get(sub["jobId"].as_str().unwrap()).await.unwrap().spec.pod_overrides.unwrap();
+    assert_eq!(o.containers[0].command, Some(vec!["false".to_string()]));
+    let e = register(
+        "ecs-bad",
+        "ecs",
+        r#"{"taskProperties": [{"containers": [{"name": "a", "image": "i", "essential": false}]}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("essential"), "{e}");
+    c.cleanup().await;
+}
+
+#[tokio::test]
 async fn aws_cli_runs_a_multinode_job_and_describes_its_nodes() {
     let h = harness().await;
     let c = corner("api-mnp").await;

@@ -312,7 +312,9 @@ pub struct Dependency {
 #[x_kube(validation = Rule::new("!has(self.nodeProperties) || !has(self.array)").message("a multi-node parallel job (nodeProperties) cannot be an array job"))]
 #[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.nodeOverrides)").message("nodeOverrides needs a jobDefinition with nodeProperties to override"))]
 #[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.containerOverrides)").message("containerOverrides needs a jobDefinition to override"))]
+#[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.podOverrides)").message("podOverrides needs a jobDefinition to override"))]
 #[x_kube(validation = Rule::new("has(self.jobDefinition) || !has(self.parameters)").message("parameters need a jobDefinition whose Ref:: placeholders they fill"))]
+#[x_kube(validation = Rule::new(crate::mounts_name_volumes_rule!("self.container")).message("every container.mountPoints[].sourceVolume must name one of container.volumes[].name"))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("jobQueue is immutable"))]
@@ -346,6 +348,11 @@ pub struct BatchJobSpec {
     /// What differs from the definition's container for this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_overrides: Option<Box<ContainerOverrides>>,
+    /// What differs from the named containers of the definition's pod template or task, and
+    /// the pod's labels and annotations (AWS's `eksPropertiesOverride`,
+    /// `ecsPropertiesOverride`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_overrides: Option<Box<super::overrides::PodOverrides>>,
     /// Tags of the job; its pods carry them as labels (see the README for the rule).
     #[serde(default, skip_serializing_if = "super::StringMap::is_empty")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)").message("a tag key is at most 128 characters and a value at most 256"))]

@@ -147,7 +147,6 @@ impl ContainerExtra {
 /// How a container is written: every field flat, as in `containerProperties`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.mountPoints) || self.mountPoints.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.sourceVolume))").message("every mountPoints[].sourceVolume must name one of volumes[].name"))]
 #[x_kube(validation = Rule::new("!has(self.linuxParameters) || !has(self.linuxParameters.devices) || size(self.linuxParameters.devices) == 0 || (has(self.privileged) && self.privileged)").message("linuxParameters.devices needs privileged: true (a pod reaches a host device only when privileged)"))]
 pub struct ContainerFields {
     #[x_kube(validation = Rule::new("size(self) > 0").message("container.image is required, e.g. busybox:1.36"))]
@@ -213,6 +212,7 @@ impl JsonSchema for ContainerSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.host) && has(self.efsVolumeConfiguration))").message("a volume is a host path or an EFS file system, not both"))]
+#[x_kube(validation = Rule::new("!has(self.s3filesVolumeConfiguration)").message("s3filesVolumeConfiguration cannot be mounted on a pod: Amazon S3 Files needs its own mount helper on the node; copy the data in the job, or mount a PersistentVolume from eksProperties"))]
 pub struct Volume {
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]{1,255}$')").message("a volume name is 1 to 255 letters, numbers, hyphens and underscores"))]
     pub name: String,
@@ -220,6 +220,23 @@ pub struct Volume {
     pub host: Option<Host>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efs_volume_configuration: Option<EfsVolume>,
+    /// Refused: see the message.
+    #[serde(default, rename = "s3filesVolumeConfiguration", skip_serializing_if = "Option::is_none")]
+    pub s3files_volume_configuration: Option<S3FilesVolume>,
+}
+
+/// An Amazon S3 Files file system (refused: a pod cannot mount it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3FilesVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_system_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit_encryption_port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_point_arn: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -490,6 +507,12 @@ pub fn check(c: &ContainerSpec, at: &str) -> Result<(), String> {
         if let Some(efs) = &v.efs_volume_configuration {
             check_efs(efs, &format!("{at}volumes[{}].efsVolumeConfiguration.", v.name))?;
         }
+        if v.s3files_volume_configuration.is_some() {
+            return Err(format!(
+                "{at}volumes[{}].s3filesVolumeConfiguration cannot be mounted on a pod: Amazon S3 Files needs its own mount helper on the node; copy the data in the job, or mount a PersistentVolume from eksProperties",
+                v.name
+            ));
+        }
     }
     if let Some(l) = &x.linux_parameters {
         if !l.devices.is_empty() && !c.privileged {
@@ -591,6 +614,27 @@ pub fn role_account<'a>(
         .filter(|m| m.annotations.iter().flatten().any(|(k, v)| role_annotation(k) && v == role))
         .filter_map(|m| m.name.clone())
         .min()
+}
+
+/// The API server's rule that a container's mount points name its volumes (a task's
+/// containers name the task's, which its own rule checks).
+#[macro_export]
+macro_rules! mounts_name_volumes_rule {
+    ($c:literal) => {
+        concat!(
+            "!has(",
+            $c,
+            ") || !has(",
+            $c,
+            ".mountPoints) || ",
+            $c,
+            ".mountPoints.all(m, has(",
+            $c,
+            ".volumes) && ",
+            $c,
+            ".volumes.exists(v, v.name == m.sourceVolume))"
+        )
+    };
 }
 
 /// The NFS server of an EFS file system: its DNS name in `region`.

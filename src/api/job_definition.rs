@@ -15,6 +15,7 @@ use super::Condition;
 use super::batch_job::{
     BatchJobSpec, ContainerOverrides, ContainerSpec, NodeOverrides, NodeProperties, RetryStrategy, Timeout,
 };
+use super::task::TaskSpec;
 
 /// ACTIVE or INACTIVE, as AWS Batch says of job definitions.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -50,7 +51,8 @@ impl DefinitionState {
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.container.image"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.nodeProperties)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate or nodeProperties"))]
+#[x_kube(validation = Rule::new("[has(self.container), has(self.podTemplate), has(self.nodeProperties), has(self.task)].filter(x, x).size() == 1").message("set exactly one of container, podTemplate, nodeProperties or task"))]
+#[x_kube(validation = Rule::new(crate::mounts_name_volumes_rule!("self.container")).message("every container.mountPoints[].sourceVolume must name one of container.volumes[].name"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobDefinitionSpec {
     /// INACTIVE deregisters the definition (all its revisions) for new jobs.
@@ -66,6 +68,10 @@ pub struct JobDefinitionSpec {
     /// range's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_properties: Option<Box<NodeProperties>>,
+    /// Several containers in one pod (AWS's `ecsProperties.taskProperties`): essential
+    /// ones, and the sidecars and init containers they depend on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Box<TaskSpec>>,
     /// Defaults for the `Ref::name` placeholders of the command and args.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
@@ -93,6 +99,9 @@ impl JobDefinitionSpec {
 
     /// The image of the job's container, for listings.
     pub fn image(&self) -> Option<&str> {
+        if let Some(t) = &self.task {
+            return t.containers.iter().find(|c| c.is_essential()).map(|c| c.container.image.as_str());
+        }
         match (&self.container, &self.pod_template, &self.node_properties) {
             (Some(c), _, _) => Some(c.image.as_str()),
             (None, Some(t), _) => t.spec.as_ref()?.containers.first()?.image.as_deref(),
@@ -169,6 +178,8 @@ pub fn revision_object_name(name: &str, revision: u32) -> String {
 pub struct Work<'a> {
     pub container: Option<Cow<'a, ContainerSpec>>,
     pub pod_template: Option<Cow<'a, PodTemplateSpec>>,
+    /// A task's containers (see `task`), overrides applied.
+    pub task: Option<Cow<'a, TaskSpec>>,
     pub retry_strategy: Cow<'a, RetryStrategy>,
     pub timeout: Option<&'a Timeout>,
     pub scheduling_priority: i32,
@@ -291,6 +302,7 @@ impl<'a> Work<'a> {
             Some(layout) => Work {
                 container: Some(Cow::Borrowed(layout.container(node))),
                 pod_template: None,
+                task: None,
                 retry_strategy: Cow::Borrowed(&*self.retry_strategy),
                 timeout: self.timeout,
                 scheduling_priority: self.scheduling_priority,
@@ -315,6 +327,7 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
         let work = Work {
             container: job.container.as_deref().map(Cow::Borrowed),
             pod_template: job.pod_template.as_deref().map(Cow::Borrowed),
+            task: None,
             retry_strategy: job.retry_strategy.as_deref().map_or(no_retry, Cow::Borrowed),
             timeout: job.timeout.as_deref(),
             scheduling_priority: job.scheduling_priority.unwrap_or(0),
@@ -354,6 +367,30 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
         if let Some(o) = overrides {
             apply_template_overrides(t.to_mut(), o)?;
         }
+        if let Some(p) = job.pod_overrides.as_deref() {
+            super::overrides::apply_to_template(t.to_mut(), p)?;
+        }
+    }
+    let mut task = def.task.as_deref().map(Cow::Borrowed);
+    if let Some(t) = &mut task {
+        let has_refs = t.containers.iter().any(|c| c.container.command.iter().any(|a| a.contains(REF)));
+        if has_refs {
+            for c in &mut t.to_mut().containers {
+                c.container.command.iter_mut().for_each(|a| substitute_in_place(a, &params));
+            }
+        }
+        if overrides.is_some() {
+            return Err("containerOverrides do not apply to a task of several containers; override them by name (podOverrides, AWS's ecsPropertiesOverride)".into());
+        }
+        if let Some(p) = job.pod_overrides.as_deref() {
+            super::overrides::apply_to_task(t.to_mut(), p)?;
+        }
+        super::task::layout(t)?;
+    }
+    if job.pod_overrides.is_some() && pod_template.is_none() && task.is_none() {
+        return Err(
+            "podOverrides apply to a definition with a podTemplate or a task; use containerOverrides".into(),
+        );
     }
     let nodes = match &def.node_properties {
         Some(props) => Some(node_layout(props, job.node_overrides.as_deref(), &params)?),
@@ -374,6 +411,7 @@ pub fn work<'a>(job: &'a BatchJobSpec, def: Option<&'a JobDefinitionSpec>) -> Re
     let work = Work {
         container,
         pod_template,
+        task,
         retry_strategy: match (&job.retry_strategy, &def.retry_strategy) {
             (Some(r), _) => Cow::Borrowed(r),
             (None, Some(r)) => Cow::Borrowed(r),
@@ -517,8 +555,13 @@ pub fn substitute<'s, 'p>(arg: &'s str, params: &impl Fn(&str) -> Option<&'p Str
     Cow::Owned(out)
 }
 
-/// AWS Batch sets the `AWS_BATCH_*` variables itself and refuses them from users.
+/// AWS Batch sets the `AWS_BATCH_*` variables itself and refuses them from users; and a
+/// container's AWS fields must be ones a pod can honour (see `container::check`).
 fn check_env(work: &Work<'_>) -> Result<(), String> {
+    let ranges = work.nodes.iter().flat_map(|l| l.ranges.iter().map(|(_, _, c)| c));
+    for c in work.container.as_deref().into_iter().chain(ranges) {
+        super::container::check(c, "")?;
+    }
     let names: Vec<&str> = match (&work.container, &work.pod_template) {
         (Some(c), _) => c.env.iter().map(|e| e.name.as_str()).collect(),
         _ if work.nodes.is_some() => work

@@ -6,7 +6,9 @@ pub mod compute_environment;
 pub mod container;
 pub mod job_definition;
 pub mod job_queue;
+pub mod overrides;
 pub mod string_map;
+pub mod task;
 
 pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
 pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};

@@ -34,7 +34,7 @@ pub const SERVED_CONTAINER_FIELDS: &[&str] =
 pub const IGNORED_CONTAINER_FIELDS: &[&str] =
     &["fargatePlatformConfiguration", "networkConfiguration", "runtimePlatform", "enableExecuteCommand"];
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerProperties {
     pub image: Option<String>,
@@ -76,6 +76,75 @@ pub struct NodeRangeIn {
     other: Unknown,
 }
 
+/// `ecsProperties` of a definition: one task of several containers.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsPropertiesIn {
+    #[serde(default)]
+    task_properties: Vec<EcsTaskIn>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsTaskIn {
+    #[serde(default)]
+    containers: Vec<TaskContainerIn>,
+    #[serde(default)]
+    volumes: Vec<crate::api::container::Volume>,
+    task_role_arn: Option<String>,
+    execution_role_arn: Option<String>,
+    ipc_mode: Option<String>,
+    pid_mode: Option<String>,
+    #[serde(flatten)]
+    other: Unknown,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskContainerIn {
+    name: Option<String>,
+    essential: Option<bool>,
+    #[serde(default)]
+    depends_on: Vec<crate::api::task::TaskDependency>,
+    /// Seconds the container gets between SIGTERM and SIGKILL: the pod's grace period (the
+    /// longest of its containers').
+    stop_timeout: Option<i64>,
+    /// Accepted, not applied: a pod waits for what a container depends on for as long as
+    /// it takes.
+    start_timeout: Option<i64>,
+    #[serde(flatten)]
+    props: ContainerProperties,
+}
+
+/// The members of `TaskContainerProperties` RegisterJobDefinition reads beside AWS's
+/// container fields, for the test that walks AWS's model.
+pub const SERVED_TASK_CONTAINER_FIELDS: &[&str] =
+    &["name", "essential", "dependsOn", "stopTimeout", "startTimeout"];
+/// The members of `EcsTaskProperties` RegisterJobDefinition reads.
+pub const SERVED_TASK_FIELDS: &[&str] =
+    &["containers", "volumes", "taskRoleArn", "executionRoleArn", "ipcMode", "pidMode"];
+
+/// Members of `EcsTaskProperties` only Fargate or ECS Exec read: accepted, not kept.
+pub const IGNORED_TASK_FIELDS: &[&str] = &[
+    "platformVersion",
+    "networkConfiguration",
+    "runtimePlatform",
+    "ephemeralStorage",
+    "enableExecuteCommand",
+    "networkMode",
+];
+
+/// Container fields a task gives once for all its containers, not per container.
+const TASK_LEVEL_FIELDS: &[(&str, &str)] = &[
+    ("volumes", "volumes"),
+    ("jobRoleArn", "taskRoleArn"),
+    ("executionRoleArn", "executionRoleArn"),
+    ("instanceType", "no field: a task runs on any instance of its environment"),
+    ("ephemeralStorage", "ephemeralStorage (Fargate only)"),
+];
+
 /// `eksProperties` of a definition: a pod in Kubernetes' words (see `eks`).
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "camelCase")]
@@ -97,6 +166,7 @@ pub struct RegisterInput {
     container_properties: Option<ContainerProperties>,
     node_properties: Option<NodePropertiesIn>,
     eks_properties: Option<EksPropertiesIn>,
+    ecs_properties: Option<EcsPropertiesIn>,
     retry_strategy: Option<RetryStrategyShape>,
     propagate_tags: Option<bool>,
     timeout: Option<TimeoutShape>,
@@ -228,7 +298,21 @@ fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSp
         )));
     }
     let mut pod_template = None;
-    let (container, node_properties) = if let Some(eks) = &input.eks_properties {
+    let mut task = None;
+    let dialects = [
+        input.container_properties.is_some(),
+        input.eks_properties.is_some(),
+        input.ecs_properties.is_some(),
+    ];
+    if dialects.into_iter().filter(|d| *d).count() > 1 || (multinode && dialects.into_iter().any(|d| d)) {
+        return Err(ApiError::client(
+            "give one of containerProperties, eksProperties, ecsProperties or (type multinode) nodeProperties",
+        ));
+    }
+    let (container, node_properties) = if let Some(ecs) = &input.ecs_properties {
+        task = Some(Box::new(task_spec(ecs)?));
+        (None, None)
+    } else if let Some(eks) = &input.eks_properties {
         refuse_unknown(&eks.other, "eksProperties.")?;
         if multinode || input.container_properties.is_some() {
             return Err(ApiError::client(
@@ -266,6 +350,7 @@ fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSp
         container,
         pod_template,
         node_properties,
+        task,
         parameters: input.parameters.clone(),
         retry_strategy: input.retry_strategy.as_ref().map(|r| r.to_barge()).transpose()?,
         timeout: input.timeout.as_ref().map(|t| t.to_barge()).transpose()?.flatten(),
@@ -273,6 +358,90 @@ fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSp
         propagate_tags: input.propagate_tags.unwrap_or(false),
         scheduling_priority: input.scheduling_priority,
     })
+}
+
+/// `ecsProperties`: its one task, each container checked as a definition's container is.
+fn task_spec(ecs: &EcsPropertiesIn) -> ApiResult<crate::api::task::TaskSpec> {
+    refuse_unknown(&ecs.other, "ecsProperties.")?;
+    let [t] = ecs.task_properties.as_slice() else {
+        return Err(ApiError::client("ecsProperties.taskProperties holds exactly one task, as on AWS"));
+    };
+    let at = "ecsProperties.taskProperties[0].";
+    let unknown: Unknown = t
+        .other
+        .iter()
+        .filter(|(k, _)| !IGNORED_TASK_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    refuse_unknown(&unknown, at)?;
+    if t.containers.is_empty() || t.containers.len() > 10 {
+        return Err(ApiError::client(format!(
+            "{at}containers holds 1 to 10 containers, not {}",
+            t.containers.len()
+        )));
+    }
+    let mut containers = Vec::new();
+    for (i, c) in t.containers.iter().enumerate() {
+        let cat = format!("{at}containers[{i}].");
+        let name = c.name.clone().ok_or_else(|| ApiError::client(format!("{cat}name is required")))?;
+        let extra = serde_json::to_value(&c.props.extra).unwrap_or_default();
+        if let Some((field, instead)) = TASK_LEVEL_FIELDS.iter().find(|(f, _)| extra.get(*f).is_some()) {
+            return Err(ApiError::client(format!(
+                "{cat}{field} is the task's in ecsProperties: use {instead}"
+            )));
+        }
+        if c.start_timeout.is_some_and(|t| t < 2) {
+            return Err(ApiError::client(format!("{cat}startTimeout is at least 2 seconds")));
+        }
+        if c.stop_timeout.is_some_and(|t| !(0..=120).contains(&t)) {
+            return Err(ApiError::client(format!("{cat}stopTimeout is 0 to 120 seconds")));
+        }
+        // Checked with the task's volumes in view (its mount points name them), kept without.
+        let mut props = c.props.clone();
+        props.extra.volumes = t.volumes.clone();
+        let mut container = container_spec(&props, &cat)?;
+        if let Some(x) = container.extra.as_deref_mut() {
+            x.volumes.clear();
+        }
+        if container.extra.as_deref().is_some_and(|x| *x == ContainerExtra::default()) {
+            container.extra = None;
+        }
+        containers.push(crate::api::task::TaskContainer {
+            name,
+            essential: c.essential,
+            depends_on: c.depends_on.clone(),
+            stop_timeout: c.stop_timeout,
+            container,
+        });
+    }
+    for (i, v) in t.volumes.iter().enumerate() {
+        let probe = ContainerSpec {
+            image: "-".into(),
+            extra: Some(Box::new(ContainerExtra { volumes: vec![v.clone()], ..Default::default() })),
+            ..Default::default()
+        };
+        crate::api::container::check(&probe, &format!("{at}volumes[{i}].")).map_err(ApiError::client)?;
+    }
+    let task = crate::api::task::TaskSpec {
+        containers,
+        volumes: t.volumes.clone(),
+        task_role_arn: t.task_role_arn.clone(),
+        execution_role_arn: t.execution_role_arn.clone(),
+        ipc_mode: t.ipc_mode.clone(),
+        pid_mode: t.pid_mode.clone(),
+    };
+    if task.ipc_mode.as_deref().is_some_and(|m| m != "task" && m != "none") {
+        return Err(ApiError::client(format!(
+            "{at}ipcMode host would share the node's IPC namespace; Barge runs task (a pod's containers share IPC) or none"
+        )));
+    }
+    if task.pid_mode.as_deref().is_some_and(|m| m != "task") {
+        return Err(ApiError::client(format!(
+            "{at}pidMode host would share the node's processes; Barge runs pidMode task or none"
+        )));
+    }
+    crate::api::task::layout(&task).map_err(|e| ApiError::client(format!("{at}{e}")))?;
+    Ok(task)
 }
 
 /// A `multinode` definition's nodes, checked as the API server's rules check them.
@@ -407,6 +576,7 @@ impl ContainerDetailOut {
         let work = crate::api::job_definition::Work {
             container: None,
             pod_template: Some(std::borrow::Cow::Borrowed(t)),
+            task: None,
             retry_strategy: std::borrow::Cow::Owned(Default::default()),
             timeout: None,
             scheduling_priority: 0,
@@ -447,6 +617,8 @@ pub struct DefinitionOut {
     node_properties: Option<NodePropertiesOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     eks_properties: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ecs_properties: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_strategy: Option<RetryStrategyShape>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -523,6 +695,44 @@ pub fn container_out(spec: &JobDefinitionSpec) -> ContainerDetailOut {
     }
 }
 
+/// A task as `ecsProperties`: its containers with AWS's container fields.
+pub fn task_out(t: &crate::api::task::TaskSpec) -> serde_json::Value {
+    let containers: Vec<serde_json::Value> = t
+        .containers
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(ContainerDetailOut::of(&c.container)).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("name".into(), c.name.clone().into());
+                o.insert("essential".into(), c.is_essential().into());
+                if !c.depends_on.is_empty() {
+                    o.insert("dependsOn".into(), serde_json::to_value(&c.depends_on).unwrap_or_default());
+                }
+                if let Some(t) = c.stop_timeout {
+                    o.insert("stopTimeout".into(), t.into());
+                }
+            }
+            v
+        })
+        .collect();
+    let mut task = serde_json::json!({"containers": containers});
+    let fields = [
+        ("taskRoleArn", t.task_role_arn.as_deref()),
+        ("executionRoleArn", t.execution_role_arn.as_deref()),
+        ("ipcMode", t.ipc_mode.as_deref()),
+        ("pidMode", t.pid_mode.as_deref()),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            task[k] = v.into();
+        }
+    }
+    if !t.volumes.is_empty() {
+        task["volumes"] = serde_json::to_value(&t.volumes).unwrap_or_default();
+    }
+    serde_json::json!({"taskProperties": [task]})
+}
+
 /// Deregistered (or being deleted): no new job may use it.
 pub fn is_inactive(jd: &JobDefinition) -> bool {
     jd.spec.state == DefinitionState::Inactive
@@ -540,7 +750,9 @@ fn revision_out(ctx: &Context, jd: &JobDefinition, revision: u32, spec: &JobDefi
         status: state.as_str(),
         type_: if spec.node_properties.is_some() { "multinode" } else { "container" },
         parameters: spec.parameters.clone(),
-        container_properties: spec.node_properties.is_none().then(|| container_out(spec)),
+        container_properties: (spec.node_properties.is_none() && spec.task.is_none())
+            .then(|| container_out(spec)),
+        ecs_properties: spec.task.as_deref().map(task_out),
         node_properties: spec.node_properties.as_deref().map(NodePropertiesOut::of),
         eks_properties: spec
             .pod_template

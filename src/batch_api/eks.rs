@@ -19,7 +19,12 @@ const POD_PROPERTIES: &[&str] = &[
     "volumes",
     "metadata",
     "shareProcessNamespace",
+    "securityContext",
 ];
+const POD_SECURITY_CONTEXT: &[&str] =
+    &["runAsUser", "runAsGroup", "runAsNonRoot", "seccompProfile", "fsGroup"];
+const CAPABILITIES: &[&str] = &["add", "drop"];
+const SECCOMP_PROFILE: &[&str] = &["type", "localhostProfile"];
 const CONTAINER: &[&str] = &[
     "name",
     "image",
@@ -38,6 +43,8 @@ const SECURITY_CONTEXT: &[&str] = &[
     "allowPrivilegeEscalation",
     "readOnlyRootFilesystem",
     "runAsNonRoot",
+    "capabilities",
+    "seccompProfile",
 ];
 const VOLUME: &[&str] = &["name", "hostPath", "emptyDir", "secret", "persistentVolumeClaim"];
 const VOLUME_MOUNT: &[&str] = &["name", "mountPath", "subPath", "readOnly"];
@@ -54,7 +61,23 @@ pub const SERVED: &[(&str, &[&str])] = &[
     ("EksContainerVolumeMount", VOLUME_MOUNT),
     ("EksMetadata", METADATA),
     ("EksContainerResourceRequirements", RESOURCES),
+    ("EksPodSecurityContext", POD_SECURITY_CONTEXT),
+    ("EksContainerLinuxCapabilities", CAPABILITIES),
+    ("EksSeccompProfile", SECCOMP_PROFILE),
 ];
+
+/// Checks a security context's members, and its seccomp profile's and capabilities'.
+fn security_context(sc: &Value, allowed: &[&str], at: &str) -> ApiResult<()> {
+    let sc = object(sc, at)?;
+    only(sc, allowed, &format!("{at}."))?;
+    if let Some(p) = sc.get("seccompProfile") {
+        only(object(p, &format!("{at}.seccompProfile"))?, SECCOMP_PROFILE, &format!("{at}.seccompProfile."))?;
+    }
+    if let Some(c) = sc.get("capabilities") {
+        only(object(c, &format!("{at}.capabilities"))?, CAPABILITIES, &format!("{at}.capabilities."))?;
+    }
+    Ok(())
+}
 
 fn only(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> ApiResult<()> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -88,6 +111,9 @@ pub fn pod_template(pod: &Value, ns: &str, at: &str) -> ApiResult<PodTemplateSpe
             "{at}dnsPolicy must be one of {}, not {d:?}",
             DNS_POLICIES.join(", ")
         )));
+    }
+    if let Some(sc) = p.get("securityContext") {
+        security_context(sc, POD_SECURITY_CONTEXT, &format!("{at}securityContext"))?;
     }
     let mut spec = p.clone();
     let metadata = spec.remove("metadata").unwrap_or(json!({}));
@@ -168,6 +194,89 @@ fn strip_nulls(v: Value) -> Value {
         Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
         v => v,
     }
+}
+
+/// `eksPropertiesOverride`: the named containers' image, command, args, env and resources,
+/// and labels and annotations for the pod.
+pub fn pod_overrides(v: &Value, ns: &str) -> ApiResult<crate::api::overrides::PodOverrides> {
+    use crate::api::overrides::{NamedOverride, PodOverrides};
+    let at = "eksPropertiesOverride.";
+    let top = object(v, at)?;
+    only(top, &["podProperties"], at)?;
+    let Some(pod) = top.get("podProperties") else { return Ok(PodOverrides::default()) };
+    let at = "eksPropertiesOverride.podProperties.";
+    let p = object(pod, at)?;
+    only(p, &["containers", "initContainers", "metadata"], at)?;
+    let mut out = PodOverrides::default();
+    if let Some(meta) = p.get("metadata") {
+        let meta = object(meta, &format!("{at}metadata"))?;
+        only(meta, METADATA, &format!("{at}metadata."))?;
+        if let Some(other) = meta.get("namespace").and_then(Value::as_str).filter(|n| *n != ns) {
+            return Err(ApiError::client(format!(
+                "{at}metadata.namespace {other:?}: a job runs in its key's namespace, {ns}"
+            )));
+        }
+        let map = |k: &str| -> ApiResult<std::collections::BTreeMap<String, String>> {
+            match meta.get(k) {
+                None | Some(Value::Null) => Ok(Default::default()),
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|_| ApiError::client(format!("{at}metadata.{k} is a map of strings"))),
+            }
+        };
+        out.labels = map("labels")?;
+        out.annotations = map("annotations")?;
+    }
+    for (kind, into) in [("containers", &mut out.containers), ("initContainers", &mut out.init_containers)] {
+        for (i, c) in list(p.get(kind), &format!("{at}{kind}"))?.into_iter().enumerate() {
+            let cat = format!("{at}{kind}[{i}].");
+            only(c, &["name", "image", "command", "args", "env", "resources"], &cat)?;
+            let strings = |k: &str| -> ApiResult<Option<Vec<String>>> {
+                c.get(k)
+                    .map(|v| serde_json::from_value(v.clone()))
+                    .transpose()
+                    .map_err(|_| ApiError::client(format!("{cat}{k} is a list of strings")))
+            };
+            let env: Vec<super::shapes::KeyValuePair> = c
+                .get("env")
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|_| ApiError::client(format!("{cat}env is a list of name and value")))?
+                .unwrap_or_default();
+            into.push(NamedOverride {
+                name: c.get("name").and_then(Value::as_str).map(str::to_string),
+                image: c.get("image").and_then(Value::as_str).map(str::to_string),
+                command: strings("command")?,
+                args: strings("args")?,
+                env: super::shapes::environment(&env, &cat)?,
+                resources: c
+                    .get("resources")
+                    .map(|r| resource_override(r, &format!("{cat}resources")))
+                    .transpose()?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// EKS `resources` (`limits` and `requests` of `cpu`, `memory`, `nvidia.com/gpu`) as one
+/// amount each: the limit where given, else the request.
+fn resource_override(r: &Value, at: &str) -> ApiResult<crate::api::overrides::ResourceOverride> {
+    let r = object(r, at)?;
+    only(r, RESOURCES, &format!("{at}."))?;
+    let amount = |key: &str| {
+        ["limits", "requests"].iter().find_map(|k| r.get(*k)?.get(key)?.as_str().map(str::to_string))
+    };
+    let vcpus = amount("cpu")
+        .map(|q| {
+            crate::resources::parse_millicpu(&q)
+                .map(|m| m as f64 / 1000.0)
+                .map_err(|_| ApiError::client(format!("{at} cpu {q:?} is not a quantity")))
+        })
+        .transpose()?;
+    let gpus = amount(crate::resources::GPU_RESOURCE)
+        .map(|g| g.parse::<u32>().map_err(|_| ApiError::client(format!("{at} {g:?} GPUs is not a count"))))
+        .transpose()?;
+    Ok(crate::api::overrides::ResourceOverride { vcpus, memory: amount("memory"), gpus })
 }
 
 /// A pod template as `eksProperties.podProperties`: the members of AWS's shape it holds.

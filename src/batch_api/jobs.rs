@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::definitions::{self, ContainerDetailOut, Empty};
 use super::names;
@@ -68,6 +69,8 @@ pub struct SubmitInput {
     parameters: BTreeMap<String, String>,
     container_overrides: Option<OverridesIn>,
     node_overrides: Option<NodeOverridesIn>,
+    eks_properties_override: Option<serde_json::Value>,
+    ecs_properties_override: Option<serde_json::Value>,
     array_properties: Option<ArrayIn>,
     #[serde(default)]
     depends_on: Vec<DependencyIn>,
@@ -164,8 +167,36 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
     if multinode && input.container_overrides.is_some() {
         return Err(ApiError::client("a multinode job takes nodeOverrides, not containerOverrides"));
     }
+    let pod_overrides = match (&input.eks_properties_override, &input.ecs_properties_override) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::client("give eksPropertiesOverride or ecsPropertiesOverride, not both"));
+        }
+        (Some(eks), None) => {
+            if found.object.spec.pod_template.is_none() {
+                return Err(ApiError::client(
+                    "eksPropertiesOverride needs a job definition with eksProperties (a pod template)",
+                ));
+            }
+            Some(Box::new(super::eks::pod_overrides(eks, &who.namespace)?))
+        }
+        (None, Some(ecs)) => {
+            if found.object.spec.task.is_none() {
+                return Err(ApiError::client(
+                    "ecsPropertiesOverride needs a job definition with ecsProperties",
+                ));
+            }
+            Some(Box::new(task_overrides(ecs)?))
+        }
+        (None, None) => None,
+    };
+    if input.container_overrides.is_some() && found.object.spec.task.is_some() {
+        return Err(ApiError::client(
+            "a job of an ecsProperties definition takes ecsPropertiesOverride, not containerOverrides",
+        ));
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let spec = BatchJobSpec {
+        pod_overrides,
         job_queue: queue.name_any(),
         job_definition: Some(format!("{object}:{revision}")),
         parameters: input.parameters.clone().into(),
@@ -236,6 +267,64 @@ fn overrides(o: &OverridesIn) -> ApiResult<ContainerOverrides> {
         gpus: asked.gpus,
         instance_type: o.instance_type.clone().filter(|t| !t.is_empty()),
     })
+}
+
+/// `ecsPropertiesOverride`: its task's containers, by name.
+fn task_overrides(v: &serde_json::Value) -> ApiResult<crate::api::overrides::PodOverrides> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TaskIn {
+        #[serde(default)]
+        containers: Vec<ContainerIn>,
+        #[serde(flatten)]
+        other: Unknown,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ContainerIn {
+        name: Option<String>,
+        command: Option<Vec<String>>,
+        #[serde(default)]
+        environment: Vec<KeyValuePair>,
+        #[serde(default)]
+        resource_requirements: Vec<ResourceRequirement>,
+        #[serde(flatten)]
+        other: Unknown,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct EcsIn {
+        #[serde(default)]
+        task_properties: Vec<TaskIn>,
+        #[serde(flatten)]
+        other: Unknown,
+    }
+    let at = "ecsPropertiesOverride.";
+    let ecs: EcsIn = serde_json::from_value(v.clone()).map_err(|e| ApiError::client(format!("{at} {e}")))?;
+    refuse_unknown(&ecs.other, at)?;
+    let mut out = crate::api::overrides::PodOverrides::default();
+    for (t, task) in ecs.task_properties.iter().enumerate() {
+        let at = format!("{at}taskProperties[{t}].");
+        refuse_unknown(&task.other, &at)?;
+        for (i, c) in task.containers.iter().enumerate() {
+            let at = format!("{at}containers[{i}].");
+            refuse_unknown(&c.other, &at)?;
+            let asked = shapes::asked(&c.resource_requirements, None, None, &at)?;
+            let any = asked.vcpus.is_some() || asked.memory.is_some() || asked.gpus.is_some();
+            out.containers.push(crate::api::overrides::NamedOverride {
+                name: c.name.clone(),
+                command: c.command.clone(),
+                env: shapes::environment(&c.environment, &at)?,
+                resources: any.then_some(crate::api::overrides::ResourceOverride {
+                    vcpus: asked.vcpus,
+                    memory: asked.memory,
+                    gpus: asked.gpus,
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn dependencies(
@@ -375,6 +464,14 @@ pub struct JobDetail {
     node_properties: Option<super::definitions::NodePropertiesOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_details: Option<NodeDetailsOut>,
+    /// A job of an `eksProperties` definition (a pod template): its pod as AWS Batch on EKS
+    /// describes it, and its attempts' pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eks_properties: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eks_attempts: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ecs_properties: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<TimeoutShape>,
     tags: BTreeMap<String, String>,
@@ -447,7 +544,49 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
     let def = definition_of(ctx, job);
     let work = crate::api::job_definition::work(&job.spec, def.as_ref().map(|(_, _, s)| &**s)).ok();
     let layout = work.as_ref().and_then(|w| w.nodes.as_ref());
+    let template = work.as_ref().and_then(|w| w.pod_template.as_deref());
+    let eks_properties = template.map(|t| {
+        let mut pod = super::eks::pod_properties(t);
+        if let Some(last) = status.attempts.last() {
+            pod["podName"] = last.pod_name.clone().into();
+            if let Some(n) = &last.node_name {
+                pod["nodeName"] = n.clone().into();
+            }
+            if let Some(c) = pod["containers"].get_mut(0) {
+                c["exitCode"] = last.exit_code.into();
+                c["reason"] = last.reason.clone().into();
+            }
+        }
+        serde_json::json!({"podProperties": pod})
+    });
+    let eks_attempts = template.map(|t| {
+        let first = t.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone());
+        status
+            .attempts
+            .iter()
+            .filter(|a| a.stopped_at.is_some())
+            .map(|a| {
+                let mut v = serde_json::json!({
+                    "podName": a.pod_name,
+                    "containers": [{"name": first, "exitCode": a.exit_code, "reason": a.reason}],
+                    "statusReason": a.reason,
+                });
+                if let Some(n) = &a.node_name {
+                    v["nodeName"] = n.clone().into();
+                }
+                if let Some(t) = &a.started_at {
+                    v["startedAt"] = millis(t).into();
+                }
+                if let Some(t) = &a.stopped_at {
+                    v["stoppedAt"] = millis(t).into();
+                }
+                v
+            })
+            .collect()
+    });
+    let ecs_properties = work.as_ref().and_then(|w| w.task.as_deref()).map(definitions::task_out);
     let container = work.as_ref().and_then(|w| match (&w.container, &w.pod_template) {
+        _ if w.task.is_some() => None,
         (Some(c), _) => Some(ContainerDetailOut::of(c)),
         (None, Some(t)) => Some(ContainerDetailOut::of_template(t)),
         (None, None) => None,
@@ -526,6 +665,9 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
         }),
         node_properties: layout.map(super::definitions::NodePropertiesOut::of_layout),
         node_details: None,
+        eks_properties,
+        eks_attempts,
+        ecs_properties,
         timeout: work
             .as_ref()
             .and_then(|w| w.timeout)

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::LABEL_INSTANCE_TYPE;
 use crate::api::container::{ContainerSpec, efs_dns_name, parse_user, secret_source};
+use crate::api::task::{Role, TaskSpec, layout};
 use crate::k8s::quantities;
 use crate::resources::Res;
 
@@ -47,6 +48,118 @@ pub fn container_pod_spec(
     request: Res,
     inputs: &PodInputs<'_>,
 ) -> Result<PodSpec, String> {
+    let parts = container_parts(c, "main", "", request, inputs)?;
+    let mut spec = PodSpec::default();
+    parts.into_pod(&mut spec, false);
+    Ok(spec)
+}
+
+/// The pod of a task: its essential containers as the pod's containers, the others as
+/// sidecars (started first, stopped once the essential ones end) or, when something waits
+/// for their SUCCESS, init containers, in the order `dependsOn` asks.
+pub fn task_pod_spec(task: &TaskSpec, inputs: &PodInputs<'_>) -> Result<PodSpec, String> {
+    let order = layout(task)?;
+    let mut spec = PodSpec::default();
+    for (i, role) in order {
+        let tc = &task.containers[i];
+        let mut c = tc.container.clone();
+        // The task's volumes are every container's to mount; its role is every container's.
+        for v in &task.volumes {
+            if !c.extra().volumes.iter().any(|w| w.name == v.name) {
+                c.extra_mut().volumes.push(v.clone());
+            }
+        }
+        if let Some(role) = &task.task_role_arn
+            && c.extra().job_role_arn.is_none()
+        {
+            c.extra_mut().job_role_arn = Some(role.clone());
+        }
+        let request = container_request(&c)?;
+        let parts = container_parts(&c, &tc.name, &format!("{}-", tc.name), request, inputs)
+            .map_err(|e| format!("container {}: {e}", tc.name))?;
+        match role {
+            Role::Main => parts.into_pod(&mut spec, false),
+            Role::Init => parts.into_pod(&mut spec, true),
+            Role::Sidecar => {
+                let mut parts = parts;
+                parts.container.restart_policy = Some("Always".into());
+                parts.into_pod(&mut spec, true);
+            }
+        }
+    }
+    spec.termination_grace_period_seconds = task.containers.iter().filter_map(|c| c.stop_timeout).max();
+    if task.pid_mode.as_deref() == Some("task") {
+        spec.share_process_namespace = Some(true);
+    }
+    let accounts: std::collections::BTreeSet<_> =
+        task.containers.iter().filter_map(|c| c.container.extra().job_role_arn.clone()).collect();
+    if accounts.len() > 1 {
+        return Err(
+            "the task's containers name different jobRoleArns; a pod runs as one ServiceAccount".into()
+        );
+    }
+    Ok(spec)
+}
+
+/// What one container of a task requests.
+pub fn container_request(c: &ContainerSpec) -> Result<Res, String> {
+    let millicpu = (c.resources.vcpus * 1000.0).ceil() as u64;
+    let mib = crate::resources::parse_mib(&c.resources.memory).map_err(|e| e.to_string())?;
+    Ok(Res::new(millicpu, mib, c.resources.gpus))
+}
+
+/// One container and what it brings to its pod.
+struct Parts {
+    container: Container,
+    volumes: Vec<Volume>,
+    service_account: Option<String>,
+    share_process_namespace: bool,
+    node_selector: BTreeMap<String, String>,
+    pull_secrets: Vec<LocalObjectReference>,
+}
+
+impl Parts {
+    /// Adds the container (to the init containers when `init`) and what it brings; a
+    /// volume of a name already there is the same volume.
+    fn into_pod(self, spec: &mut PodSpec, init: bool) {
+        let list =
+            if init { spec.init_containers.get_or_insert_with(Vec::new) } else { &mut spec.containers };
+        list.push(self.container);
+        if !self.volumes.is_empty() {
+            let volumes = spec.volumes.get_or_insert_with(Vec::new);
+            for v in self.volumes {
+                if !volumes.iter().any(|w| w.name == v.name) {
+                    volumes.push(v);
+                }
+            }
+        }
+        if self.service_account.is_some() {
+            spec.service_account_name = self.service_account;
+        }
+        if self.share_process_namespace {
+            spec.share_process_namespace = Some(true);
+        }
+        if !self.node_selector.is_empty() {
+            spec.node_selector.get_or_insert_with(BTreeMap::new).extend(self.node_selector);
+        }
+        for s in self.pull_secrets {
+            let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+            if !secrets.contains(&s) {
+                secrets.push(s);
+            }
+        }
+    }
+}
+
+/// Container `c` named `name`; the volumes Barge adds for it (shared memory, tmpfs,
+/// devices) are named with `own` before them.
+fn container_parts(
+    c: &ContainerSpec,
+    name: &str,
+    own: &str,
+    request: Res,
+    inputs: &PodInputs<'_>,
+) -> Result<Parts, String> {
     crate::api::container::check(c, "")?;
     let x = c.extra();
     let mut amounts = quantities(request);
@@ -109,32 +222,31 @@ pub fn container_pod_spec(
         security.run_as_user = Some(uid);
         security.run_as_group = gid;
     }
-    let mut share_process_namespace = None;
+    let mut share_process_namespace = false;
     if let Some(l) = &x.linux_parameters {
         if let Some(mib) = l.shared_memory_size {
-            volumes.push(memory_volume("dev-shm", mib));
-            mounts.push(mount("dev-shm", "/dev/shm", false));
+            let volume = format!("{own}dev-shm");
+            volumes.push(memory_volume(&volume, mib));
+            mounts.push(mount(&volume, "/dev/shm", false));
         }
         for (i, t) in l.tmpfs.iter().enumerate() {
-            let name = format!("tmpfs-{i}");
-            volumes.push(memory_volume(&name, t.size));
-            mounts.push(mount(&name, &t.container_path, t.mount_options.iter().any(|o| o == "ro")));
+            let volume = format!("{own}tmpfs-{i}");
+            volumes.push(memory_volume(&volume, t.size));
+            mounts.push(mount(&volume, &t.container_path, t.mount_options.iter().any(|o| o == "ro")));
         }
         for (i, d) in l.devices.iter().enumerate() {
-            let name = format!("device-{i}");
+            let volume = format!("{own}device-{i}");
             volumes.push(Volume {
-                name: name.clone(),
+                name: volume.clone(),
                 host_path: Some(HostPathVolumeSource { path: d.host_path.clone(), type_: None }),
                 ..Default::default()
             });
             let path = d.container_path.clone().unwrap_or_else(|| d.host_path.clone());
-            mounts.push(mount(&name, &path, false));
+            mounts.push(mount(&volume, &path, false));
         }
-        if l.init_process_enabled {
-            share_process_namespace = Some(true);
-        }
+        share_process_namespace = l.init_process_enabled;
     }
-    let service_account_name = match &x.job_role_arn {
+    let service_account = match &x.job_role_arn {
         None => None,
         Some(role) => {
             Some((inputs.role_account)(role).ok_or_else(|| missing_role_account(role, "the job's"))?)
@@ -144,36 +256,27 @@ pub fn container_pod_spec(
     if let Some(t) = &x.instance_type {
         node_selector.insert(LABEL_INSTANCE_TYPE.to_string(), t.clone());
     }
-    let image_pull_secrets = match &x.repository_credentials {
-        None => None,
-        Some(r) => {
-            let (secret, _) = secret_source(&r.credentials_parameter)?;
-            Some(vec![LocalObjectReference { name: secret }])
-        }
-    };
-    Ok(PodSpec {
-        containers: vec![Container {
-            name: "main".into(),
-            image: Some(c.image.clone()),
-            command: (!c.command.is_empty()).then(|| c.command.clone()),
-            args: (!c.args.is_empty()).then(|| c.args.clone()),
-            env: Some(env),
-            resources: Some(ResourceRequirements {
-                requests: Some(amounts.clone()),
-                limits: Some(amounts),
-                ..Default::default()
-            }),
-            security_context: (security != SecurityContext::default()).then_some(security),
-            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+    let mut pull_secrets = Vec::new();
+    if let Some(r) = &x.repository_credentials {
+        let (secret, _) = secret_source(&r.credentials_parameter)?;
+        pull_secrets.push(LocalObjectReference { name: secret });
+    }
+    let container = Container {
+        name: name.into(),
+        image: Some(c.image.clone()),
+        command: (!c.command.is_empty()).then(|| c.command.clone()),
+        args: (!c.args.is_empty()).then(|| c.args.clone()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(amounts.clone()),
+            limits: Some(amounts),
             ..Default::default()
-        }],
-        volumes: (!volumes.is_empty()).then_some(volumes),
-        service_account_name,
-        share_process_namespace,
-        node_selector: (!node_selector.is_empty()).then_some(node_selector),
-        image_pull_secrets,
+        }),
+        security_context: (security != SecurityContext::default()).then_some(security),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
-    })
+    };
+    Ok(Parts { container, volumes, service_account, share_process_namespace, node_selector, pull_secrets })
 }
 
 /// A user's volume name as a pod volume's (a DNS label); Barge's own volumes have names no

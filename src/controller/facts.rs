@@ -27,12 +27,57 @@ pub struct PodFacts {
     pub created_at: Option<DateTime<Utc>>,
     /// Why the node's kubelet refused the pod before any container ran (see `refusal`).
     pub refused: Option<String>,
+    /// Why a container of the placed pod cannot start (a Secret it reads is missing, an
+    /// image that cannot be pulled), as the kubelet says it.
+    pub blocked: Option<Blocked>,
 }
+
+/// A container the kubelet cannot start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    /// The kubelet's reason, e.g. `CreateContainerConfigError`.
+    pub reason: String,
+    pub message: String,
+    /// Whether it cannot start until the user changes something in the cluster (a missing
+    /// Secret or ConfigMap, a bad image name), rather than a pull that may yet succeed.
+    pub config: bool,
+}
+
+/// The kubelet's reasons for a container it will not start; the first three need the user.
+const BLOCKED_REASONS: [(&str, bool); 5] = [
+    ("CreateContainerConfigError", true),
+    ("CreateContainerError", true),
+    ("InvalidImageName", true),
+    ("ErrImagePull", false),
+    ("ImagePullBackOff", false),
+];
 
 impl PodFacts {
     pub fn of(pod: &Pod) -> PodFacts {
         let status = pod.status.clone().unwrap_or_default();
-        let main = status.container_statuses.as_ref().and_then(|cs| cs.first()).and_then(|c| c.state.clone());
+        // The job's container is the pod's first (the kubelet lists statuses by name); of a
+        // pod with several, the first to fail speaks for the pod.
+        let statuses = status.container_statuses.as_deref().unwrap_or_default();
+        let first = pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.as_str());
+        let failed = pod.spec.iter().flat_map(|s| &s.containers).find_map(|c| {
+            let st = statuses.iter().find(|st| st.name == c.name)?;
+            st.state.as_ref()?.terminated.as_ref().filter(|t| t.exit_code != 0)?;
+            Some(st)
+        });
+        let main = failed
+            .or_else(|| statuses.iter().find(|st| Some(st.name.as_str()) == first))
+            .or(statuses.first())
+            .and_then(|c| c.state.clone());
+        let blocked = statuses.iter().chain(status.init_container_statuses.iter().flatten()).find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.as_deref()?;
+            let (_, config) = BLOCKED_REASONS.iter().find(|(r, _)| *r == reason)?;
+            Some(Blocked {
+                reason: reason.to_string(),
+                message: w.message.clone().unwrap_or_default(),
+                config: *config,
+            })
+        });
         let ts = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
             DateTime::<Utc>::from_timestamp_millis(t.0.as_millisecond())
         };
@@ -56,6 +101,7 @@ impl PodFacts {
             unschedulable,
             created_at: pod.metadata.creation_timestamp.as_ref().and_then(ts),
             refused: refusal(pod),
+            blocked,
         }
     }
 }

@@ -269,6 +269,16 @@ fn with_pod(
             s.phase = JobPhase::Starting;
             s.node_name = Some(node.clone());
             s.status_reason = Some(format!("Container is starting on node {node}"));
+            if let Some(b) = &pod.blocked {
+                let why = format!("{}: {}", b.reason, b.message);
+                let waited = pod.created_at.map_or(chrono::Duration::zero(), |c| now - c);
+                // A Secret the job reads that does not exist gets the grace a missing
+                // definition gets; then the job fails saying so (retrying cannot help).
+                if b.config && waited >= super::revisions::MISSING_GRACE {
+                    return finish_attempt(s, retry, None, Some(&b.reason), why, now, false);
+                }
+                s.status_reason = Some(format!("Container cannot start on node {node}: {why}"));
+            }
         }
         ("Running", node) => {
             s.phase = JobPhase::Running;
@@ -826,7 +836,32 @@ mod tests {
             unschedulable: None,
             created_at: Some(at(0)),
             refused: None,
+            blocked: None,
         }
+    }
+
+    #[test]
+    fn a_container_whose_secret_is_missing_says_so_then_fails_the_job_after_the_grace() {
+        let j = job(3, None);
+        let mut p = pod("Pending", Some("n1"), None);
+        p.blocked = Some(super::super::facts::Blocked {
+            reason: "CreateContainerConfigError".into(),
+            message: "secret \"prod-db\" not found".into(),
+            config: true,
+        });
+        let s = next_status(&j, &Deps::Met, Some(&p), None, at(10));
+        assert_eq!(s.phase, JobPhase::Starting);
+        let why = s.status_reason.unwrap();
+        assert!(
+            why.contains("cannot start on node n1: CreateContainerConfigError: secret \"prod-db\" not found"),
+            "{why}"
+        );
+        let s = next_status(&j, &Deps::Met, Some(&p), None, at(31));
+        assert_eq!(s.phase, JobPhase::Failed, "a missing Secret is not retried");
+        assert!(s.status_reason.unwrap().starts_with("CreateContainerConfigError"));
+        // An image still being pulled is shown, and waited for.
+        p.blocked.as_mut().unwrap().config = false;
+        assert_eq!(next_status(&j, &Deps::Met, Some(&p), None, at(300)).phase, JobPhase::Starting);
     }
 
     fn with(mut j: BatchJob, s: BatchJobStatus) -> BatchJob {

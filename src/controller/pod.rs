@@ -11,7 +11,7 @@ use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::container::{PodInputs, container_pod_spec};
+use super::container::{PodInputs, container_pod_spec, container_request, task_pod_spec};
 use crate::api::batch_job::{
     attempt_index, attempt_number, child_pod_name, job_service_name, node_pod_name, pod_name,
 };
@@ -47,6 +47,14 @@ pub fn job_request(work: &Work<'_>) -> Result<Res> {
         let millicpu = (c.resources.vcpus * 1000.0).ceil() as u64;
         let mib = parse_mib(&c.resources.memory).map_err(|e| Error::InvalidJob(e.to_string()))?;
         return Ok(Res::new(millicpu, mib, c.resources.gpus));
+    }
+    if let Some(t) = &work.task {
+        // Every container at once: what the task's init containers take first is less.
+        let mut total = Res::ZERO;
+        for c in &t.containers {
+            total += container_request(&c.container).map_err(Error::InvalidJob)?;
+        }
+        return Ok(total);
     }
     let spec = work
         .pod_template
@@ -87,6 +95,10 @@ pub fn build_pod(
     let template = work.pod_template.as_deref().cloned().unwrap_or_default();
     let mut meta = template.metadata.unwrap_or_default();
     let mut spec = match (&work.container, template.spec) {
+        _ if work.task.is_some() => {
+            let task = work.task.as_deref().expect("checked");
+            task_pod_spec(task, inputs).map_err(Error::InvalidJob)?
+        }
         (Some(c), _) => container_pod_spec(c, job_request(work)?, inputs).map_err(Error::InvalidJob)?,
         (None, Some(spec)) => spec,
         (None, None) => {
@@ -157,7 +169,15 @@ pub fn build_pod(
         }
         labels.insert(LABEL_ARRAY_INDEX.into(), i.to_string());
     }
-    if let Some(main) = spec.containers.first_mut() {
+    if work.task.is_some() {
+        // Each of a task's containers is told of the job, as each of AWS's is.
+        let every = spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten());
+        for c in every {
+            let mut vars = env.clone();
+            vars.extend(c.env.take().unwrap_or_default());
+            c.env = Some(vars);
+        }
+    } else if let Some(main) = spec.containers.first_mut() {
         env.extend(main.env.take().unwrap_or_default());
         main.env = Some(env);
     }
