@@ -160,6 +160,26 @@ async fn until_answered(h: &Harness, key: &Key) {
     .await;
 }
 
+/// Binds IAM role `role` to a ServiceAccount of `ns`, as the namespace's owner does before
+/// its tools register definitions with that `jobRoleArn`, and waits until the endpoint
+/// takes it.
+async fn bind_role(h: &Harness, key: &Key, ns: &str, role: &str) {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client().await, ns);
+    let name = format!("role-{}", suffix());
+    let sa = serde_json::from_value(
+        json!({"metadata": {"name": name, "annotations": {"eks.amazonaws.com/role-arn": role}}}),
+    )
+    .unwrap();
+    accounts.create(&Default::default(), &sa).await.unwrap();
+    let probe = json!({"jobDefinitionName": "role-probe", "type": "container",
+        "containerProperties": {"image": "busybox:1.35", "jobRoleArn": role}});
+    eventually("the endpoint sees the role's ServiceAccount", Duration::from_secs(10), || async {
+        let (status, _) = signed(h, key, "registerjobdefinition", probe.clone()).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
 /// A namespace, a local compute environment, a queue that runs jobs and one that holds them.
 struct Corner {
     env: Env,
@@ -194,6 +214,8 @@ async fn boto3_registers_submits_follows_and_stops_jobs() {
     let (env, queue, held) = (&c.env, &c.queue, &c.held);
     let key = create_key(h, &env.ns, &[]);
     until_answered(h, &key).await;
+    // The script's definitions name a job role, which the namespace binds as a user would.
+    bind_role(h, &key, &c.env.ns, "arn:aws:iam::000000000000:role/ignored").await;
     let out = aws_tool(h, &key, "python")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/batch_api/boto3_client.py"))
         .env("BARGE_QUEUE", queue)
@@ -218,6 +240,8 @@ async fn snakemakes_aws_batch_executor_runs_a_workflow() {
     let c = corner("api-smk").await;
     let key = create_key(h, &c.env.ns, &[]);
     until_answered(h, &key).await;
+    // Snakemake's definitions carry its `--aws-batch-job-role`: a role the namespace binds.
+    bind_role(h, &key, &c.env.ns, "arn:aws:iam::123456789012:role/snakemake-jobs").await;
     let venv = std::env::var("BARGE_SNAKEMAKE_VENV")
         .expect("BARGE_SNAKEMAKE_VENV is not set: run these tests with `make test` (hack/cluster.sh builds Snakemake's venv)");
     let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snakemake-{}", suffix()));
@@ -437,11 +461,11 @@ async fn aws_cli_registers_every_dialect_and_describes_it_back() {
         "initContainers": [{"name": "fetch", "image": "busybox:1.35", "command": ["true"]}],
         "containers": [{"name": "app", "image": "busybox:1.35", "command": ["sleep", "1"],
                         "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
-                        "securityContext": {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}}]}}"#;
+                        "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true}}]}}"#;
     register("eks", "eks", pod).unwrap();
     let d = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "eks"]).unwrap();
     let props = &d["jobDefinitions"][0]["eksProperties"]["podProperties"];
-    assert_eq!(props["containers"][0]["securityContext"]["capabilities"]["drop"], json!(["ALL"]), "{d}");
+    assert_eq!(props["containers"][0]["securityContext"]["runAsUser"], 1000, "{d}");
     assert_eq!(props["initContainers"][0]["name"], "fetch");
     assert_eq!(props["metadata"]["labels"]["team"], "a");
     let sub = aws(h, &key, &["submit-job", "--job-name", "eks-job", "--job-queue", &c.held, "--job-definition", "eks",
@@ -636,10 +660,13 @@ async fn refusals_are_aws_errors_and_create_nothing() {
         h,
         &key,
         "submitjob",
-        json!({"jobName": "a", "jobQueue": queue, "jobDefinition": "d", "eksPropertiesOverride": {}}),
+        json!({"jobName": "a", "jobQueue": queue, "jobDefinition": "d", "consumableResourcePropertiesOverride": {}}),
     )
     .await;
-    assert!(body["message"].as_str().unwrap().contains("eksPropertiesOverride is not supported"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("consumableResourcePropertiesOverride is not supported"),
+        "{body}"
+    );
     let (status, body) = signed(h, &key, "launchrocket", json!({})).await;
     assert_eq!((status, body["__type"].as_str()), (404, Some("UnknownOperationException")), "{body}");
     let ids: Vec<String> = (0..101).map(|i| format!("j{i}")).collect();

@@ -375,3 +375,87 @@ async fn a_restart_changes_no_jobs_revision_and_a_deleted_definition_waits_for_i
     let _ = operator.wait();
     s.teardown().await;
 }
+
+#[tokio::test]
+async fn the_api_server_refuses_what_a_pod_cannot_honour_and_a_role_waits_for_its_account() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = setup("jd-aws", "ENABLED").await;
+    // Refused by the API server's rules, each naming its field; nothing is stored.
+    for (extra, words) in [
+        (json!({"ulimits": [{"name": "nofile", "softLimit": 1, "hardLimit": 2}]}), "ulimits cannot be set"),
+        (json!({"user": "nobody"}), "numeric UID"),
+        (json!({"linuxParameters": {"devices": [{"hostPath": "/dev/fuse"}]}}), "needs privileged"),
+        (json!({"linuxParameters": {"maxSwap": 512}}), "maxSwap above 0"),
+        (
+            json!({"mountPoints": [{"containerPath": "/d", "sourceVolume": "nope"}]}),
+            "must name one of container.volumes",
+        ),
+        (
+            json!({"volumes": [{"name": "e", "efsVolumeConfiguration": {"fileSystemId": "fs-12345678", "transitEncryption": "ENABLED"}}]}),
+            "transitEncryption ENABLED",
+        ),
+        (json!({"jobRoleArn": "etl"}), "jobRoleArn must be an IAM role ARN"),
+    ] {
+        let mut spec = render("busybox:1.36");
+        spec["container"].as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let refused = apply(
+            &s.defs,
+            json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobDefinition", "metadata": {"name": "refused"}, "spec": spec}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains(words), "{words}: {refused}");
+    }
+    let task = json!({"task": {"containers": [{"name": "a", "image": "i", "essential": false}]}});
+    let refused = apply(
+        &s.defs,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobDefinition", "metadata": {"name": "refused"}, "spec": task}),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("at least one essential container"), "{refused}");
+    assert!(s.defs.get_opt("refused").await.unwrap().is_none());
+
+    // A role no ServiceAccount of the namespace is bound to: the job waits, saying what to
+    // make; once the namespace's owner binds one, the pod runs as it.
+    let mut operator = spawn_operator("definitions-aws");
+    let role = "arn:aws:iam::123456789012:role/render";
+    let mut spec = render("busybox:1.36");
+    spec["container"]["jobRoleArn"] = json!(role);
+    spec["container"]["linuxParameters"] = json!({"sharedMemorySize": 128});
+    s.define("roled", spec).await;
+    s.revision("roled", 1).await;
+    s.submit("as-role", json!({"jobDefinition": "roled"})).await;
+    eventually("as-role waits for a ServiceAccount of its role", WAIT, || async {
+        let st = s.jobs.get("as-role").await.ok()?.status?;
+        (st.phase == JobPhase::Runnable
+            && st
+                .status_reason
+                .as_deref()
+                .is_some_and(|r| r.contains(role) && r.contains("eks.amazonaws.com/role-arn")))
+        .then_some(())
+    })
+    .await;
+    let ns = s.jobs.namespace().unwrap().to_string();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client().await, &ns);
+    let sa = serde_json::from_value(
+        json!({"metadata": {"name": "render", "annotations": {"eks.amazonaws.com/role-arn": role}}}),
+    )
+    .unwrap();
+    accounts.create(&Default::default(), &sa).await.unwrap();
+    let job = s.ends("as-role", JobPhase::Succeeded).await;
+    let pods = s
+        .pods
+        .list(&ListParams::default().labels(&format!("barge.dev/job-uid={}", job.uid().unwrap())))
+        .await
+        .unwrap();
+    let spec = pods.items[0].spec.clone().unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("render"));
+    let shm = spec.volumes.unwrap().into_iter().find(|v| v.name == "dev-shm").unwrap();
+    assert_eq!(shm.empty_dir.unwrap().size_limit.unwrap().0, "128Mi");
+    operator.kill().unwrap();
+    let _ = operator.wait();
+    s.teardown().await;
+}

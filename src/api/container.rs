@@ -91,10 +91,10 @@ pub struct ContainerExtra {
     /// Volumes the container's `mountPoints` name: a host path, an EFS file system, or
     /// (with neither) an empty scratch directory for the attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub mount_points: Vec<MountPoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linux_parameters: Option<LinuxParameters>,
@@ -106,6 +106,7 @@ pub struct ContainerExtra {
     /// `UID` or `UID:GID`, numeric: the container's `runAsUser` and `runAsGroup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,10}(:[0-9]{1,10})?$')").message("user must be a numeric UID or UID:GID (Kubernetes runs containers as numbers, e.g. 65534 for nobody)"))]
+    #[schemars(length(max = 32))]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub readonly_root_filesystem: bool,
@@ -118,6 +119,7 @@ pub struct ContainerExtra {
     /// its namespace that is bound to this role (annotated `eks.amazonaws.com/role-arn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$')").message("jobRoleArn must be an IAM role ARN, arn:aws:iam::ACCOUNT:role/NAME"))]
+    #[schemars(length(max = 2048))]
     pub job_role_arn: Option<String>,
     /// Kept and described; on a cluster the kubelet's own credentials pull images and
     /// read Secrets, so nothing assumes this role.
@@ -215,6 +217,7 @@ impl JsonSchema for ContainerSpec {
 #[x_kube(validation = Rule::new("!has(self.s3filesVolumeConfiguration)").message("s3filesVolumeConfiguration cannot be mounted on a pod: Amazon S3 Files needs its own mount helper on the node; copy the data in the job, or mount a PersistentVolume from eksProperties"))]
 pub struct Volume {
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]{1,255}$')").message("a volume name is 1 to 255 letters, numbers, hyphens and underscores"))]
+    #[schemars(length(max = 255))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Host>,
@@ -254,11 +257,13 @@ pub struct Host {
 #[x_kube(validation = Rule::new("!has(self.authorizationConfig) || ((!has(self.authorizationConfig.accessPointId) || self.authorizationConfig.accessPointId == '') && (!has(self.authorizationConfig.iam) || self.authorizationConfig.iam == 'DISABLED'))").message("efsVolumeConfiguration.authorizationConfig (an access point or IAM authorization) needs the EFS CSI driver: make a PersistentVolume of driver efs.csi.aws.com and mount its claim from eksProperties"))]
 pub struct EfsVolume {
     #[x_kube(validation = Rule::new("self.matches('^fs-[0-9a-f]{8,40}$')").message("fileSystemId is an EFS file system id such as fs-0123456789abcdef0"))]
+    #[schemars(length(max = 64))]
     pub file_system_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_directory: Option<String>,
     /// DISABLED (the default). ENABLED is refused: see the README.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub transit_encryption: Option<String>,
     /// Ignored as on AWS without transit encryption: NFS is port 2049.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,8 +276,10 @@ pub struct EfsVolume {
 #[serde(rename_all = "camelCase")]
 pub struct EfsAuthorization {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub access_point_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub iam: Option<String>,
 }
 
@@ -280,7 +287,9 @@ pub struct EfsAuthorization {
 #[serde(rename_all = "camelCase")]
 pub struct MountPoint {
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("mountPoints[].containerPath must be an absolute path"))]
+    #[schemars(length(max = 4096))]
     pub container_path: String,
+    #[schemars(length(max = 255))]
     pub source_volume: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
@@ -319,6 +328,7 @@ pub struct LinuxParameters {
 #[serde(rename_all = "camelCase")]
 pub struct Tmpfs {
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("tmpfs[].containerPath must be an absolute path"))]
+    #[schemars(length(max = 4096))]
     pub container_path: String,
     /// MiB.
     #[x_kube(validation = Rule::new("self >= 1").message("tmpfs[].size is MiB, at least 1"))]
@@ -333,6 +343,7 @@ pub struct Tmpfs {
 #[serde(rename_all = "camelCase")]
 pub struct Device {
     #[x_kube(validation = Rule::new("self.startsWith('/dev/')").message("devices[].hostPath must be a device under /dev/"))]
+    #[schemars(length(max = 4096))]
     pub host_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_path: Option<String>,
@@ -357,6 +368,7 @@ pub struct SecretRef {
     /// A Secrets Manager secret's ARN (with AWS's `:json-key:version-stage:version-id`
     /// suffixes), an SSM parameter's ARN, or a parameter's name.
     #[x_kube(validation = Rule::new("size(self) > 0").message("secrets[].valueFrom names a Secrets Manager secret or an SSM parameter"))]
+    #[schemars(length(max = 2048))]
     pub value_from: String,
 }
 

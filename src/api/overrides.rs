@@ -45,22 +45,27 @@ pub struct NamedOverride {
     /// Added to the container's environment; a name both give takes this value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// vCPUs, memory and GPUs: the container's requests and limits.
+    /// The container's resources, replacing the definition's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("!has(self.vcpus) || self.vcpus > 0.0").message("an override's vcpus must be greater than 0"))]
     pub resources: Option<ResourceOverride>,
 }
 
+/// A container's resources, in place of the definition's: Kubernetes' `limits` and
+/// `requests` of `cpu`, `memory` and `nvidia.com/gpu` (a request left out is its limit).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceOverride {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("an override's memory must be a positive quantity such as 2Gi or 512Mi"))]
-    pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+}
+
+impl ResourceOverride {
+    /// The amount of `key`: its limit, else its request.
+    fn amount(&self, key: &str) -> Option<&str> {
+        self.limits.get(key).or(self.requests.get(key)).map(String::as_str)
+    }
 }
 
 /// The one of `names` an override means: by name, or the only one when it names none.
@@ -123,20 +128,14 @@ fn apply_to_container(c: &mut Container, o: &NamedOverride) {
         });
     }
     if let Some(r) = &o.resources {
-        let mut set = |key: &str, q: String| {
-            let res = c.resources.get_or_insert_with(Default::default);
-            res.requests.get_or_insert_with(BTreeMap::new).insert(key.into(), Quantity(q.clone()));
-            res.limits.get_or_insert_with(BTreeMap::new).insert(key.into(), Quantity(q));
+        let map = |m: &BTreeMap<String, String>| {
+            (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
         };
-        if let Some(v) = r.vcpus {
-            set("cpu", format!("{}m", (v * 1000.0).ceil() as u64));
-        }
-        if let Some(m) = &r.memory {
-            set("memory", m.clone());
-        }
-        if let Some(g) = r.gpus {
-            set(crate::resources::GPU_RESOURCE, g.to_string());
-        }
+        c.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits: map(&r.limits),
+            requests: map(&r.requests),
+            ..Default::default()
+        });
     }
 }
 
@@ -167,11 +166,17 @@ pub fn apply_to_task(t: &mut TaskSpec, p: &PodOverrides) -> Result<(), String> {
         }
         if let Some(r) = &o.resources {
             let Resources { vcpus, memory, gpus } = &mut c.resources;
-            *vcpus = r.vcpus.unwrap_or(*vcpus);
-            if let Some(m) = &r.memory {
-                *memory = m.clone();
+            if let Some(cpu) = r.amount("cpu") {
+                let m =
+                    crate::resources::parse_millicpu(cpu).map_err(|e| format!("podOverrides cpu: {e}"))?;
+                *vcpus = m as f64 / 1000.0;
             }
-            *gpus = r.gpus.unwrap_or(*gpus);
+            if let Some(m) = r.amount("memory") {
+                *memory = m.to_string();
+            }
+            if let Some(g) = r.amount(crate::resources::GPU_RESOURCE) {
+                *gpus = g.parse().map_err(|_| format!("podOverrides {g:?} GPUs is not a count"))?;
+            }
         }
     }
     Ok(())
@@ -192,7 +197,7 @@ mod tests {
         .unwrap();
         let p: PodOverrides = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "app", "image": "app:2", "args": ["--fast"], "env": [{"name": "MODE", "value": "y"}],
-                            "resources": {"vcpus": 2, "memory": "1Gi"}}],
+                            "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}],
             "initContainers": [{"command": ["true"]}],
             "labels": {"run": "7"}
         }))
@@ -203,7 +208,11 @@ mod tests {
         let app = &v["spec"]["containers"][0];
         assert_eq!((app["image"].as_str(), app["args"][0].as_str()), (Some("app:2"), Some("--fast")));
         assert_eq!(app["env"], serde_json::json!([{"name": "MODE", "value": "y"}]));
-        assert_eq!(app["resources"]["limits"], serde_json::json!({"cpu": "2000m", "memory": "1Gi"}));
+        assert_eq!(
+            app["resources"],
+            serde_json::json!({"requests": {"cpu": "2", "memory": "1Gi"}}),
+            "replaced whole"
+        );
         assert_eq!(v["spec"]["initContainers"][0]["command"], serde_json::json!(["true"]));
         let unnamed: PodOverrides =
             serde_json::from_value(serde_json::json!({"containers": [{"image": "x"}]})).unwrap();

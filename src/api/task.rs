@@ -18,7 +18,7 @@ pub struct TaskSpec {
     pub containers: Vec<TaskContainer>,
     /// Volumes the containers' `mountPoints` name (a host path, EFS, or scratch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub volumes: Vec<Volume>,
     /// The IAM role of every container: as a container's `jobRoleArn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,10 +29,12 @@ pub struct TaskSpec {
     /// `task` (the default on a pod: its containers share IPC) or none; `host` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 'task' || self == 'none'").message("ipcMode host would share the node's IPC namespace; Barge runs task (a pod's containers share IPC) or none"))]
+    #[schemars(length(max = 16))]
     pub ipc_mode: Option<String>,
     /// `task`: the containers share one process namespace. `host` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 'task'").message("pidMode host would share the node's processes; Barge runs pidMode task (shareProcessNamespace) or none"))]
+    #[schemars(length(max = 16))]
     pub pid_mode: Option<String>,
 }
 
@@ -42,6 +44,7 @@ pub struct TaskSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TaskContainer {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("a task container's name is a DNS label: lower-case letters, digits and -, at most 63"))]
+    #[schemars(length(max = 63))]
     pub name: String,
     /// When an essential container ends, the task ends (default true). A non-essential
     /// one runs beside the essential ones and is stopped once they end.
@@ -68,10 +71,12 @@ impl TaskContainer {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDependency {
+    #[schemars(length(max = 63))]
     pub container_name: String,
     /// START (it has started) or SUCCESS (it ended with 0); see the README for COMPLETE
     /// and HEALTHY.
     #[x_kube(validation = Rule::new("self == 'START' || self == 'SUCCESS'").message("dependsOn condition must be START or SUCCESS: Kubernetes cannot start a container after another exits with any code (COMPLETE) or turns healthy without a health check (HEALTHY)"))]
+    #[schemars(length(max = 16))]
     pub condition: String,
 }
 

@@ -341,7 +341,9 @@ fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSp
             return Err(ApiError::client("nodeProperties needs type multinode"));
         }
         let props = input.container_properties.as_ref().ok_or_else(|| {
-            ApiError::client("containerProperties is required for a container job definition")
+            ApiError::client(
+                "containerProperties or eksProperties must be provided (or ecsProperties) for a container job definition",
+            )
         })?;
         (Some(Box::new(container_spec(props, "containerProperties.")?)), None)
     };

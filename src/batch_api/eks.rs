@@ -127,7 +127,7 @@ pub fn pod_template(pod: &Value, ns: &str, at: &str) -> ApiResult<PodTemplateSpe
     let meta = json!({"labels": meta.get("labels"), "annotations": meta.get("annotations")});
     let containers = list(p.get("containers"), &format!("{at}containers"))?;
     if containers.is_empty() {
-        return Err(ApiError::client(format!("{at}containers needs at least one container")));
+        return Err(ApiError::client(format!("{at}containers must contain at least one container")));
     }
     for (kind, items) in [("containers", containers), ("initContainers", list(p.get("initContainers"), at)?)]
     {
@@ -149,6 +149,9 @@ pub fn pod_template(pod: &Value, ns: &str, at: &str) -> ApiResult<PodTemplateSpe
 /// given (as Kubernetes does, and as AWS Batch on EKS reads them).
 fn container(c: &Map<String, Value>, at: &str) -> ApiResult<Value> {
     only(c, CONTAINER, at)?;
+    if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(ApiError::client(format!("{at} must contain image")));
+    }
     let mut c = c.clone();
     if !c.contains_key("name") {
         let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
@@ -258,25 +261,18 @@ pub fn pod_overrides(v: &Value, ns: &str) -> ApiResult<crate::api::overrides::Po
     Ok(out)
 }
 
-/// EKS `resources` (`limits` and `requests` of `cpu`, `memory`, `nvidia.com/gpu`) as one
-/// amount each: the limit where given, else the request.
+/// EKS `resources`: `limits` and `requests`, each a map of quantities.
 fn resource_override(r: &Value, at: &str) -> ApiResult<crate::api::overrides::ResourceOverride> {
     let r = object(r, at)?;
     only(r, RESOURCES, &format!("{at}."))?;
-    let amount = |key: &str| {
-        ["limits", "requests"].iter().find_map(|k| r.get(*k)?.get(key)?.as_str().map(str::to_string))
+    let map = |k: &str| -> ApiResult<std::collections::BTreeMap<String, String>> {
+        match r.get(k) {
+            None | Some(Value::Null) => Ok(Default::default()),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| ApiError::client(format!("{at}.{k} is a map of quantities"))),
+        }
     };
-    let vcpus = amount("cpu")
-        .map(|q| {
-            crate::resources::parse_millicpu(&q)
-                .map(|m| m as f64 / 1000.0)
-                .map_err(|_| ApiError::client(format!("{at} cpu {q:?} is not a quantity")))
-        })
-        .transpose()?;
-    let gpus = amount(crate::resources::GPU_RESOURCE)
-        .map(|g| g.parse::<u32>().map_err(|_| ApiError::client(format!("{at} {g:?} GPUs is not a count"))))
-        .transpose()?;
-    Ok(crate::api::overrides::ResourceOverride { vcpus, memory: amount("memory"), gpus })
+    Ok(crate::api::overrides::ResourceOverride { limits: map("limits")?, requests: map("requests")? })
 }
 
 /// A pod template as `eksProperties.podProperties`: the members of AWS's shape it holds.
@@ -286,6 +282,14 @@ pub fn pod_properties(t: &PodTemplateSpec) -> Value {
     for key in POD_PROPERTIES.iter().filter(|k| **k != "metadata") {
         if let Some(v) = spec.get(*key) {
             out.insert(key.to_string(), v.clone());
+        }
+    }
+    // AWS answers a container's lists even when empty.
+    for kind in ["containers", "initContainers"] {
+        for c in out.get_mut(kind).and_then(Value::as_array_mut).into_iter().flatten() {
+            for list in ["command", "args", "env"] {
+                c.as_object_mut().map(|o| o.entry(list).or_insert(json!([])));
+            }
         }
     }
     let meta = t.metadata.clone().unwrap_or_default();
@@ -342,7 +346,8 @@ mod tests {
         let c = json!([{"image": "i"}]);
         assert!(refused(json!({"containers": c, "affinity": {}})).contains("p.affinity"));
         assert!(refused(json!({"containers": c, "metadata": {"namespace": "team-b"}})).contains("team-b"));
-        assert!(refused(json!({"containers": []})).contains("at least one container"));
+        assert!(refused(json!({"containers": []})).contains("must contain at least one container"));
+        assert!(refused(json!({"containers": [{"command": ["true"]}]})).contains("must contain image"));
         assert!(
             refused(json!({"containers": [{"image": "i", "ports": []}]})).contains("containers[0].ports")
         );

@@ -310,15 +310,23 @@ fn task_overrides(v: &serde_json::Value) -> ApiResult<crate::api::overrides::Pod
             let at = format!("{at}containers[{i}].");
             refuse_unknown(&c.other, &at)?;
             let asked = shapes::asked(&c.resource_requirements, None, None, &at)?;
-            let any = asked.vcpus.is_some() || asked.memory.is_some() || asked.gpus.is_some();
+            let mut limits = std::collections::BTreeMap::new();
+            if let Some(v) = asked.vcpus {
+                limits.insert("cpu".to_string(), format!("{}m", (v * 1000.0).ceil() as u64));
+            }
+            if let Some(m) = asked.memory {
+                limits.insert("memory".to_string(), m);
+            }
+            if let Some(g) = asked.gpus {
+                limits.insert(crate::resources::GPU_RESOURCE.to_string(), g.to_string());
+            }
             out.containers.push(crate::api::overrides::NamedOverride {
                 name: c.name.clone(),
                 command: c.command.clone(),
                 env: shapes::environment(&c.environment, &at)?,
-                resources: any.then_some(crate::api::overrides::ResourceOverride {
-                    vcpus: asked.vcpus,
-                    memory: asked.memory,
-                    gpus: asked.gpus,
+                resources: (!limits.is_empty()).then(|| crate::api::overrides::ResourceOverride {
+                    limits,
+                    requests: Default::default(),
                 }),
                 ..Default::default()
             });

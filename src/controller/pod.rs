@@ -62,8 +62,11 @@ pub fn job_request(work: &Work<'_>) -> Result<Res> {
         .and_then(|t| t.spec.as_ref())
         .ok_or_else(|| Error::InvalidJob("set container or podTemplate.spec".into()))?;
     let mut total = Res::ZERO;
-    for req in spec.containers.iter().filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
-        total += res_of(req).map_err(|e| Error::InvalidJob(e.to_string()))?;
+    for r in spec.containers.iter().filter_map(|c| c.resources.as_ref()) {
+        // A resource with a limit and no request requests its limit, as the API server sets it.
+        let mut asked = r.limits.clone().unwrap_or_default();
+        asked.extend(r.requests.clone().unwrap_or_default());
+        total += res_of(&asked).map_err(|e| Error::InvalidJob(e.to_string()))?;
     }
     Ok(total)
 }
