@@ -752,8 +752,8 @@ fn revision_out(ctx: &Context, jd: &JobDefinition, revision: u32, spec: &JobDefi
         status: state.as_str(),
         type_: if spec.node_properties.is_some() { "multinode" } else { "container" },
         parameters: spec.parameters.clone(),
-        container_properties: (spec.node_properties.is_none() && spec.task.is_none())
-            .then(|| container_out(spec)),
+        // A pod template is described as AWS describes an EKS definition: eksProperties only.
+        container_properties: spec.container.as_deref().map(ContainerDetailOut::of),
         ecs_properties: spec.task.as_deref().map(task_out),
         node_properties: spec.node_properties.as_deref().map(NodePropertiesOut::of),
         eks_properties: spec
