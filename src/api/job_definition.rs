@@ -494,15 +494,7 @@ fn apply_template_overrides(t: &mut PodTemplateSpec, o: &ContainerOverrides) -> 
         c.command = Some(cmd.clone());
         c.args = None;
     }
-    let env = c.env.get_or_insert_with(Vec::new);
-    for e in &o.environment {
-        env.retain(|x| x.name != e.name);
-        env.push(k8s_openapi::api::core::v1::EnvVar {
-            name: e.name.clone(),
-            value: Some(e.value.clone()),
-            value_from: None,
-        });
-    }
+    super::overrides::set_env(c, &o.environment);
     let mut set = |key: &str, q: String| {
         let r = c.resources.get_or_insert_with(Default::default);
         r.requests.get_or_insert_with(BTreeMap::new).insert(key.into(), Quantity(q.clone()));

@@ -118,15 +118,7 @@ fn apply_to_container(c: &mut Container, o: &NamedOverride) {
     if let Some(a) = &o.args {
         c.args = Some(a.clone());
     }
-    let env = c.env.get_or_insert_with(Vec::new);
-    for e in &o.env {
-        env.retain(|x| x.name != e.name);
-        env.push(k8s_openapi::api::core::v1::EnvVar {
-            name: e.name.clone(),
-            value: Some(e.value.clone()),
-            value_from: None,
-        });
-    }
+    set_env(c, &o.env);
     if let Some(r) = &o.resources {
         let map = |m: &BTreeMap<String, String>| {
             (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
@@ -135,6 +127,20 @@ fn apply_to_container(c: &mut Container, o: &NamedOverride) {
             limits: map(&r.limits),
             requests: map(&r.requests),
             ..Default::default()
+        });
+    }
+}
+
+/// Sets each variable on a pod template's container: a name already there takes the new
+/// value, at the end.
+pub fn set_env(c: &mut Container, vars: &[EnvVar]) {
+    let env = c.env.get_or_insert_with(Vec::new);
+    for e in vars {
+        env.retain(|x| x.name != e.name);
+        env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: e.name.clone(),
+            value: Some(e.value.clone()),
+            value_from: None,
         });
     }
 }

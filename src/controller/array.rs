@@ -211,9 +211,21 @@ fn roll_children(
             }
             Some(p) => match (p.phase.as_str(), &p.node) {
                 ("Pending", None) => runnable += 1,
-                ("Pending", Some(_)) => {
-                    starting += 1;
-                    c.started.insert(i);
+                ("Pending", node @ Some(_)) => {
+                    // A child whose Secret is missing fails after the grace, as a job does.
+                    let blocked = p.blocked.as_ref().filter(|b| b.config);
+                    let waited = p.created_at.map_or(chrono::Duration::zero(), |c| now - c);
+                    match blocked {
+                        Some(b) if waited >= super::revisions::MISSING_GRACE => {
+                            stop.push((i, attempt));
+                            let why = format!("{}: {}", b.reason, b.message);
+                            fail(c, why, None, Some(&b.reason), false, node.clone());
+                        }
+                        _ => {
+                            starting += 1;
+                            c.started.insert(i);
+                        }
+                    }
                 }
                 ("Running", node) => {
                     c.started.insert(i);

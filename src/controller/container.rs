@@ -18,6 +18,8 @@ use crate::resources::Res;
 
 /// What a pod needs from the cluster to honour a container's fields.
 pub struct PodInputs<'a> {
+    /// The job's namespace, whose ServiceAccounts `role_account` looks among.
+    pub namespace: &'a str,
     /// The region EFS file systems are reached in (their DNS names carry it).
     pub region: &'a str,
     /// The ServiceAccount of the job's namespace bound to an IAM role, by the role's ARN.
@@ -27,7 +29,7 @@ pub struct PodInputs<'a> {
 impl PodInputs<'_> {
     /// For pods whose containers name no role and no EFS volume.
     pub fn none() -> PodInputs<'static> {
-        PodInputs { region: DEFAULT_REGION, role_account: &|_| None }
+        PodInputs { namespace: "", region: DEFAULT_REGION, role_account: &|_| None }
     }
 }
 
@@ -249,7 +251,7 @@ fn container_parts(
     let service_account = match &x.job_role_arn {
         None => None,
         Some(role) => {
-            Some((inputs.role_account)(role).ok_or_else(|| missing_role_account(role, "the job's"))?)
+            Some((inputs.role_account)(role).ok_or_else(|| missing_role_account(role, inputs.namespace))?)
         }
     };
     let mut node_selector = BTreeMap::new();
@@ -336,7 +338,7 @@ mod tests {
     fn every_container_field_shows_on_the_pod() {
         let accounts =
             |role: &str| (role == "arn:aws:iam::123456789012:role/etl").then(|| "etl-runner".to_string());
-        let inputs = PodInputs { region: "eu-west-1", role_account: &accounts };
+        let inputs = PodInputs { namespace: "team-a", region: "eu-west-1", role_account: &accounts };
         let pod = spec(
             serde_json::json!({
                 "privileged": true,

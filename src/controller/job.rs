@@ -548,7 +548,16 @@ impl Step {
             let left = t.attempt_duration_seconds as i64 - (now - started).num_seconds();
             Some(Duration::from_secs(left.max(1) as u64))
         });
-        let wake = [deadline, deps_recheck, limit_recheck, passing.wait()].into_iter().flatten().min();
+        // A container that cannot start for want of a Secret fails at the end of its grace.
+        let blocked = facts.as_ref().filter(|f| f.blocked.as_ref().is_some_and(|b| b.config)).map(|f| {
+            let waited = f.created_at.map_or(chrono::Duration::zero(), |c| now - c);
+            (super::revisions::MISSING_GRACE - waited)
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1))
+        });
+        let wake =
+            [deadline, deps_recheck, limit_recheck, passing.wait(), blocked].into_iter().flatten().min();
         Step { old, new, pod, host_lost, refused, wake, verdict, nodes, passing }
     }
 }
@@ -605,7 +614,10 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     }
     ctx.schedule_now.notify_one();
     let running = new.array.as_ref().is_some_and(|a| a.running > 0);
-    Ok(match (new.phase.is_finished(), limits.timeout.is_some() && running) {
+    // Children still starting are looked at again: one whose Secret is missing fails after
+    // its grace, with no change of its pod to say so.
+    let starting = new.array.as_ref().is_some_and(|a| a.starting > 0);
+    Ok(match (new.phase.is_finished(), (limits.timeout.is_some() && running) || starting) {
         (true, _) => Action::await_change(),
         (false, true) => Action::requeue(Duration::from_secs(5)),
         (false, false) => Action::await_change(),

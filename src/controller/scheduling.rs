@@ -547,7 +547,7 @@ fn admit(ctx: &Shared, st: &mut PassState, plan: &Plan, ces: &[Arc<ComputeEnviro
         let def = super::revisions::pinned(&ctx.definitions, &job);
         let ns = job.namespace().unwrap_or_default();
         let accounts = |role: &str| ctx.role_account(&ns, role);
-        let inputs = PodInputs { region: &ctx.region, role_account: &accounts };
+        let inputs = PodInputs { namespace: &ns, region: &ctx.region, role_account: &accounts };
         let pod = def.and_then(|d| {
             // The work borrows the revision; the pod is built while both are at hand.
             let work = work(&job.spec, d.as_deref())?;

@@ -172,7 +172,11 @@ pub fn overlay(
     let address = main.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or(dns);
     let ns = job.namespace().unwrap_or_default();
     let accounts = |role: &str| ctx.role_account(&ns, role);
-    let inputs = crate::controller::container::PodInputs { region: &ctx.region, role_account: &accounts };
+    let inputs = crate::controller::container::PodInputs {
+        namespace: &ns,
+        region: &ctx.region,
+        role_account: &accounts,
+    };
     for i in (0..layout.num_nodes).filter(|i| *i != layout.main_node) {
         if pods[i as usize].is_some() || seen.contains(&i) {
             continue;
