@@ -438,6 +438,14 @@ async fn the_api_server_refuses_what_a_pod_cannot_honour_and_a_role_waits_for_it
         .then_some(())
     })
     .await;
+    eventually("a Misconfiguration warning for as-role", WAIT, || async {
+        let lp = ListParams::default().fields("involvedObject.name=as-role");
+        let list = s.events.list(&lp).await.ok()?.items;
+        list.iter()
+            .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("Misconfiguration"))
+            .then_some(())
+    })
+    .await;
     let ns = s.jobs.namespace().unwrap().to_string();
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client().await, &ns);
     let sa = serde_json::from_value(

@@ -658,8 +658,10 @@ fn hand_off_verdicts(
         given.push((owner.uid.clone(), verdict));
         jobs.push(&st.backlog.jobs[at].name);
     }
+    // A job that cannot be run as written (a role no account is bound to, an invalid
+    // container) is a misconfiguration: its reason, and a Warning event once.
     for (job, (uid, why)) in &st.backlog.invalid {
-        given.push((uid.clone(), Verdict::Waiting(why.clone())));
+        given.push((uid.clone(), Verdict::Misconfigured(why.clone())));
         jobs.push(job);
     }
     // Most waiting jobs share a few reasons: each is put in words once (and kept from pass
