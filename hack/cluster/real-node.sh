@@ -36,11 +36,34 @@ real_node_unable() {
   local eff; eff=$((16#$(awk '/^CapEff/ {print $2}' /proc/self/status)))
   (( (eff >> 12) & 1 && (eff >> 21) & 1 )) \
     || { echo "no CAP_NET_ADMIN and CAP_SYS_ADMIN (a container without privileges?)"; return 1; }
-  if [ -e /sys/class/net/$REAL_BRIDGE ] && ! [ -d "$(real_dir)" ]; then
-    echo "the bridge $REAL_BRIDGE exists and is not this cluster's (another checkout's real node?)"
-    return 1
+  if real_node_running /; then
+    [ -d "$(real_dir)" ] || { echo "another cluster's real node runs on this machine"; return 1; }
+  elif [ -n "$(real_node_leftovers)" ]; then
+    real_node_reclaim >&2
   fi
   return 0
+}
+
+# Whether a kubelet or containerd of a real node runs: the one of real directory $1, or any
+# when $1 is `/`.
+real_node_running() {
+  local dir=${1%/}
+  pgrep -f "containerd --config $dir.*/containerd/|kubelet --config $dir.*/kubelet/" >/dev/null
+}
+
+# A real node whose run was killed before its `down` leaves the bridge, the address, mounts,
+# cgroups and chains behind with no process: take them back, so that this cluster's node
+# starts and its own `down` leaves the machine clean. Whose they were: the bridge's alias
+# names its node's directory, and so do the mounts left under it.
+real_node_reclaim() {
+  local owners owner
+  owners=$({
+    cat "/sys/class/net/$REAL_BRIDGE/ifalias" 2>/dev/null || true
+    awk '$2 ~ /\/real\/(containerd|kubelet)(\/|$)/ {sub(/\/real\/.*/, "/real", $2); print $2}' /proc/self/mounts
+  } | grep -v '^$' | sort -u || true)
+  log "taking back what a real node left when its run ended without \`down\`: ${owners:-owner unknown}"
+  for owner in $owners; do real_node_clean "$owner"; done
+  real_node_clean /nonexistent/real  # the bridge and the address, whoever's they were
 }
 
 real_node_certs() {
@@ -79,6 +102,7 @@ real_node_up() {
   # early makes ip die of SIGPIPE and the test read "absent" at random.
   ip addr replace "$REAL_NODE_IP/32" dev lo
   [ -e /sys/class/net/$REAL_BRIDGE ] || ip link add "$REAL_BRIDGE" type bridge
+  ip link set "$REAL_BRIDGE" alias "$real"  # its owner, for an up that finds it left behind
   ip addr replace "$REAL_POD_GATEWAY/${REAL_POD_SUBNET#*/}" dev "$REAL_BRIDGE"
   ip link set "$REAL_BRIDGE" up
   cat >"$real/cni/conf/10-barge.conflist" <<JSON
@@ -193,8 +217,16 @@ real_node_down() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+  real_node_clean "$real"
+}
+
+# Removes what a real node of real directory $1 leaves once its kubelet and containerd are
+# gone: shims, containers' processes, mounts, cgroups, chains, outside paths, the bridge,
+# the address and the directory.
+real_node_clean() {
+  local real=$1 pid
   # Shims (and what runs under them) that outlived containerd.
-  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $(real_sock)" 2>/dev/null || true); do
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $real/containerd/containerd.sock" 2>/dev/null || true); do
     kill -9 "$pid" 2>/dev/null || true
   done
   local cg
@@ -247,7 +279,7 @@ real_node_leftovers() {
   ! real_node_address_on_lo || echo "the address $REAL_NODE_IP on lo"
   pgrep -af "containerd-shim-runc-v2|containerd --config .*/real/containerd|kubelet --config .*/real/kubelet" \
     | sed 's/^/process /' || true
-  awk '$2 ~ /\/real\/(containerd|kubelet)\// {print "mount " $2}' /proc/self/mounts
+  awk '$2 ~ /\/real\/(containerd|kubelet)(\/|$)/ {print "mount " $2}' /proc/self/mounts
   find /sys/fs/cgroup -maxdepth 2 -name kubepods 2>/dev/null | sed 's/^/cgroup /'
   for c in "${real_chains[@]}"; do
     # shellcheck disable=SC2086
