@@ -5,6 +5,7 @@
 //! `k8s` their Kubernetes helpers; `api` holds the custom resources.
 
 pub mod api;
+pub mod archive;
 pub mod batch_api;
 pub mod capacity;
 pub mod cli;

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub kube_throttled_seconds: Counter<f64, AtomicU64>,
     pub instance_notices: Family<NoticeKind, Counter>,
     pub job_steps_deferred: Counter,
+    /// Lines of containers' output written to the log archive, and reads or writes of it
+    /// that failed (each is tried again).
+    pub log_lines_archived: Counter,
+    pub log_archive_errors: Counter,
     pub job_step_line: Gauge,
 }
 
@@ -119,6 +123,8 @@ impl Metrics {
         let kube_throttled_seconds = Counter::<f64, AtomicU64>::default();
         let instance_notices = Family::<NoticeKind, Counter>::default();
         let job_steps_deferred = Counter::default();
+        let log_lines_archived = Counter::default();
+        let log_archive_errors = Counter::default();
         let job_step_line = Gauge::default();
         // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
@@ -172,6 +178,16 @@ impl Metrics {
             job_steps_deferred.clone(),
         );
         r.register(
+            "log_lines_archived",
+            "Lines of containers' output written to the log archive",
+            log_lines_archived.clone(),
+        );
+        r.register(
+            "log_archive_errors",
+            "Reads of containers' output or writes to the log archive that failed and are tried again",
+            log_archive_errors.clone(),
+        );
+        r.register(
             "job_step_line",
             "Jobs waiting for the step-write budget to write the step they are in",
             job_step_line.clone(),
@@ -198,6 +214,8 @@ impl Metrics {
             kube_throttled_seconds,
             instance_notices,
             job_steps_deferred,
+            log_lines_archived,
+            log_archive_errors,
             job_step_line,
         }
     }

@@ -74,6 +74,8 @@ struct Cluster {
     lost_hosts: HashMap<String, (String, Instant)>,
     /// Per node: when its kubelet last refused a pod Barge placed on it.
     refused: HashMap<String, Instant>,
+    /// Nodes with a container whose output is not archived yet (kept from scale-down).
+    unarchived: HashSet<String>,
 }
 
 /// The capacity view: what the capacity pass and the provider sync know of nodes beyond
@@ -140,6 +142,16 @@ impl ClusterState {
                 }
             })
             .collect()
+    }
+
+    /// The nodes whose pods' output the archiver has yet to read (the last list it gave).
+    pub fn set_unarchived(&self, nodes: HashSet<String>) {
+        lock(&self.0).unarchived = nodes;
+    }
+
+    /// Whether `node` holds output not archived yet: not idle, whatever its pods.
+    pub fn unarchived(&self, node: &str) -> bool {
+        lock(&self.0).unarchived.contains(node)
     }
 
     /// Records why a node's host went away, for its pods' attempts.

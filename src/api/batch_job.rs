@@ -426,6 +426,10 @@ pub struct Attempt {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where the attempt's output is archived, as AWS Batch names it:
+    /// `<definition or job>/default/<pod>` in the job definition's log group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_stream_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -473,6 +477,18 @@ pub struct BatchJobStatus {
 }
 
 /// The pod that runs `attempt` of child `index` of an array job.
+impl BatchJob {
+    /// The first part of its attempts' log stream names: its job definition's name, or its
+    /// own without one (AWS Batch's `<definition>/default/<task>`).
+    pub fn log_name(&self) -> String {
+        let definition = self.status.as_ref().and_then(|s| s.job_definition.as_deref());
+        match definition.or(self.spec.job_definition.as_deref()) {
+            Some(d) => d.split(':').next().unwrap_or(d).to_string(),
+            None => self.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 pub fn child_pod_name(job_name: &str, job_uid: &str, index: u32, attempt: u32) -> String {
     let prefix: String = job_name.chars().take(POD_NAME_PREFIX_MAX - 6).collect();
     let prefix = prefix.trim_end_matches(['-', '.']);

@@ -116,10 +116,12 @@ pub fn verify(
         ));
     };
     let auth = parse_authorization(authorization)?;
-    if auth.service != "batch" {
+    // CloudWatch Logs' operations are signed for `logs`, AWS Batch's for `batch`.
+    let service = if super::logs_operation(parts).is_some() { "logs" } else { "batch" };
+    if auth.service != service {
         return Err(denied(
             "InvalidSignatureException",
-            format!("the request is signed for the service {:?}; this endpoint is batch", auth.service),
+            format!("the request is signed for the service {:?}; this operation is {service}'s", auth.service),
         ));
     }
     let date = header("x-amz-date").ok_or_else(|| {

@@ -13,6 +13,7 @@ pub mod definitions;
 pub mod eks;
 mod environments;
 mod jobs;
+pub mod logs;
 mod names;
 mod page;
 mod shapes;
@@ -67,6 +68,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Where a MANAGED compute environment created through the API gets its nodes.
     pub managed_provider: crate::api::compute_environment::Provider,
+    /// The log archive CloudWatch Logs' operations read (none: they answer that there is
+    /// no output archived), and how many days it keeps output.
+    pub archive: Option<crate::archive::s3::Bucket>,
+    pub retention_days: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +175,9 @@ pub struct Context {
     pub credentials_namespace: String,
     /// Where a MANAGED compute environment created through the API gets its nodes.
     pub managed_provider: crate::api::compute_environment::Provider,
+    /// The log archive CloudWatch Logs' operations read, and its retention.
+    pub archive: Option<crate::archive::s3::Bucket>,
+    pub retention_days: u32,
     /// Each key's request rate, as AWS throttles an account's calls.
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
     requests_per_second: u32,
@@ -201,6 +209,8 @@ pub async fn serve(client: Client, config: Config, tls: Option<tokio_rustls::Tls
         arns: Arns { region: config.region.clone(), account_id: config.account_id.clone() },
         credentials_namespace: config.credentials_namespace.clone(),
         managed_provider: config.managed_provider,
+        archive: config.archive.clone(),
+        retention_days: config.retention_days,
         limiter: config
             .requests_per_second
             .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
@@ -283,7 +293,8 @@ async fn answer(ctx: &Context, req: Request<Incoming>, request_id: &str) -> Resp
             Ok(principal) => route(ctx, &principal, &parts, &body).await,
         },
     };
-    let operation = parts.uri.path().trim_start_matches("/v1/").to_string();
+    let operation = logs_operation(&parts)
+        .map_or_else(|| parts.uri.path().trim_start_matches("/v1/").to_string(), str::to_string);
     match outcome {
         Ok(json) => {
             tracing::debug!(%operation, %request_id, ms = started.elapsed().as_millis() as u64, "batch api");
@@ -321,6 +332,9 @@ async fn route(
     body: &[u8],
 ) -> ApiResult<Vec<u8>> {
     let (method, path) = (parts.method.as_str(), parts.uri.path());
+    if let Some(operation) = logs_operation(parts) {
+        return logs::route(ctx, who, operation, body).await;
+    }
     if let Some(arn) = path.strip_prefix("/v1/tags/") {
         let arn = percent_encoding::percent_decode_str(arn)
             .decode_utf8()
@@ -368,6 +382,12 @@ async fn route(
             format!("{other} is not an AWS Batch operation Barge serves (see the README for the list)"),
         )),
     }
+}
+
+/// The CloudWatch Logs operation a request names (`X-Amz-Target: Logs_20140328.<operation>`).
+pub fn logs_operation(parts: &hyper::http::request::Parts) -> Option<&str> {
+    let target = parts.headers.get("x-amz-target")?.to_str().ok()?;
+    target.strip_prefix(logs::TARGET_PREFIX)
 }
 
 /// A request body as the operation's input; an empty body is an empty object.
@@ -513,6 +533,8 @@ mod tests {
                 arns: Arns { region: "us-east-1".into(), account_id: "123456789012".into() },
                 credentials_namespace: "keys".into(),
                 managed_provider: crate::api::compute_environment::Provider::Local,
+                archive: None,
+                retention_days: 0,
                 limiter: None,
                 requests_per_second: 0,
             }

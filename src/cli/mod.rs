@@ -52,6 +52,38 @@ pub enum Format {
     Yaml,
 }
 
+/// Where containers' output is archived: an S3-compatible bucket (the operator writes it,
+/// `barge logs` and the CloudWatch Logs endpoint read it). Credentials from the AWS chain.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ArchiveArgs {
+    /// The bucket (no archive unless set).
+    #[arg(long = "logs-s3-bucket", env = "BARGE_LOGS_S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// A prefix for every key in the bucket (e.g. `barge/`).
+    #[arg(long = "logs-s3-prefix", env = "BARGE_LOGS_S3_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// The bucket's region (default: the AWS chain's).
+    #[arg(long = "logs-s3-region", env = "BARGE_LOGS_S3_REGION")]
+    pub region: Option<String>,
+    /// An S3-compatible endpoint such as MinIO's, reached with path-style addresses.
+    #[arg(long = "logs-s3-endpoint", env = "BARGE_LOGS_S3_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+impl ArchiveArgs {
+    /// The bucket, when one is set.
+    pub async fn bucket(&self) -> Option<crate::archive::s3::Bucket> {
+        let bucket = self.bucket.clone().filter(|b| !b.is_empty())?;
+        let settings = crate::archive::s3::Settings {
+            bucket,
+            prefix: self.prefix.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),
+        };
+        Some(crate::archive::s3::Bucket::new(&settings).await)
+    }
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Common {
     /// Namespace of the jobs (default: the kubeconfig's).

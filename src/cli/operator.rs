@@ -109,6 +109,19 @@ pub struct RunArgs {
     /// `controller::Tunables` for the names and defaults).
     #[arg(long = "tune", env = "BARGE_TUNE", value_delimiter = ',', value_name = "NAME=VALUE")]
     tune: Vec<String>,
+    #[command(flatten)]
+    archive: super::ArchiveArgs,
+    /// How often a running container's output is archived (sooner while it prints more
+    /// than a MiB between reads); a container's output is read once more when it ends.
+    #[arg(long, env = "BARGE_LOGS_CHECKPOINT_SECONDS", default_value_t = 60)]
+    logs_checkpoint_seconds: u64,
+    /// Archive the output of pods on simulated (kwok) nodes too (benchmarks: kwok serves
+    /// what it is told to).
+    #[arg(long, env = "BARGE_LOGS_SIMULATED", default_value_t = false, action = clap::ArgAction::Set)]
+    logs_simulated: bool,
+    /// Days archived output is kept (0: for ever, or as the bucket's lifecycle rule says).
+    #[arg(long, env = "BARGE_LOGS_RETENTION_DAYS", default_value_t = 0)]
+    logs_retention_days: u32,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -147,10 +160,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(move || synced.load(Ordering::Acquire) || (elect && metrics().leader.get() == 0))
     };
     tokio::spawn(metrics::serve(args.metrics_bind, ready));
+    let archive = args.archive.bucket().await;
+    if let Some(b) = &archive {
+        tracing::info!(bucket = b.name(), prefix = %args.archive.prefix, "containers' output is archived");
+    }
     // Every replica answers the AWS Batch API, leader or not.
     if let Some(addr) = args.batch_api_addr {
         let config = crate::batch_api::Config {
             addr,
+            archive: archive.clone(),
+            retention_days: args.logs_retention_days,
             region: args.batch_api_region.clone(),
             account_id: args.batch_api_account_id.clone(),
             credentials_namespace: args.credentials_namespace.clone(),
@@ -207,6 +226,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         region: std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| args.batch_api_region.clone()),
+        archive: archive.map(|bucket| {
+            let settings = controller::archive::Settings {
+                checkpoint: Duration::from_secs(args.logs_checkpoint_seconds.max(1)),
+                simulated: args.logs_simulated,
+                retention_days: args.logs_retention_days,
+            };
+            (bucket, settings)
+        }),
     };
     let operator = controller::run(client.clone(), providers, options);
     if !args.leader_elect {

@@ -148,6 +148,7 @@ fn roll_children(
     let timeout = limits.timeout.map(|t| t.attempt_duration_seconds as i64);
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
+    let log_name = job.log_name();
     let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
     let cancelling = job.spec.cancel.as_ref().map(|t| format!("Cancelled: {}", t.reason));
     let (mut runnable, mut pending, mut starting, mut running) = (0, 0, 0, 0);
@@ -165,8 +166,14 @@ fn roll_children(
                     node: Option<String>| {
             let key = i.to_string();
             let history = c.status.failed_attempts.entry(key).or_default();
+            let pod_name = child_pod_name(&name, &uid, i, attempt);
             history.push(Attempt {
-                pod_name: child_pod_name(&name, &uid, i, attempt),
+                log_stream_name: Some(crate::archive::stream_name(
+                    &log_name,
+                    crate::archive::MAIN_CONTAINER,
+                    &pod_name,
+                )),
+                pod_name,
                 node_name: node,
                 started_at: None,
                 stopped_at: Some(now),

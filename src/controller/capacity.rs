@@ -124,7 +124,11 @@ fn node_use(ctx: &Shared, nodes: &[Arc<Node>], busy: &HashMap<String, f64>) -> V
     let idle = ctx.cluster.idle_seconds(
         nodes
             .iter()
-            .map(|n| (n.metadata.name.as_deref().unwrap_or_default(), busy.contains_key(&n.name_any()))),
+            .map(|n| {
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                // A node whose pods' output is not archived yet is not idle: it would go with it.
+                (name, busy.contains_key(name) || ctx.cluster.unarchived(name))
+            }),
         Instant::now(),
     );
     nodes

@@ -180,6 +180,8 @@ pub struct Shared {
     /// Per object, how often its reconcile has failed in a row (for the backoff).
     pub failures: Failures,
     pub tunables: Tunables,
+    /// Where containers' output is archived, if anywhere.
+    pub archive: Option<Arc<super::archive::Archiver>>,
     /// Set once every store has synced (also `/readyz`).
     pub(super) ready: Arc<AtomicBool>,
 }

@@ -173,6 +173,10 @@ async fn interrupt(ctx: &Shared, node: &Node, id: &str, action: &str) -> Result<
         })
         .collect();
     for pod in &pods {
+        // What the attempt prints until it exits, its SIGTERM trap too, is archived.
+        if let Some(archive) = &ctx.archive {
+            archive.before_stop(pod, &ctx.nodes).await;
+        }
         let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
         let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
         let params = DeleteParams {

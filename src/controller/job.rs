@@ -139,6 +139,26 @@ pub fn next_status(
     verdict: Option<&Verdict>,
     now: DateTime<Utc>,
 ) -> BatchJobStatus {
+    let mut s = advance(job, limits, deps, pod, verdict, now);
+    // Each attempt says where its output is archived, as AWS Batch's do.
+    if s.attempts.iter().any(|a| a.log_stream_name.is_none()) {
+        let name = job.log_name();
+        for a in s.attempts.iter_mut().filter(|a| a.log_stream_name.is_none()) {
+            a.log_stream_name =
+                Some(crate::archive::stream_name(&name, crate::archive::MAIN_CONTAINER, &a.pod_name));
+        }
+    }
+    s
+}
+
+fn advance(
+    job: &BatchJob,
+    limits: &Limits<'_>,
+    deps: &Deps,
+    pod: Option<&PodFacts>,
+    verdict: Option<&Verdict>,
+    now: DateTime<Utc>,
+) -> BatchJobStatus {
     let mut s = job.status.clone().unwrap_or_default();
     if s.phase.is_finished() {
         return s;
@@ -457,8 +477,8 @@ pub async fn reconcile(job: Arc<BatchJob>, ctx: Arc<Shared>) -> Result<Action> {
         && super::pod::pod_is_active(p)
         && p.metadata.deletion_timestamp.is_none()
     {
-        let api = Api::<Pod>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-        crate::k8s::delete_if_present(&api, &p.name_any()).await?;
+        let ns = job.namespace().unwrap_or_default();
+        stop_pod(&ctx, &Api::namespaced(ctx.client.clone(), &ns), &ns, &p.name_any()).await?;
     }
     // A pod its node refused goes, once the status no longer counts it as an attempt; the
     // node's next pods go through kube-scheduler for a while.
@@ -610,7 +630,7 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for (i, a) in stop.into_iter().chain(lost.into_inner()) {
-        crate::k8s::delete_if_present(&pods, &child_pod_name(&name, &uid, i, a)).await?;
+        stop_pod(ctx, &pods, &ns, &child_pod_name(&name, &uid, i, a)).await?;
     }
     ctx.schedule_now.notify_one();
     let running = new.array.as_ref().is_some_and(|a| a.running > 0);
@@ -622,6 +642,18 @@ async fn reconcile_array(ctx: &Shared, job: &BatchJob) -> Result<Action> {
         (false, true) => Action::requeue(Duration::from_secs(5)),
         (false, false) => Action::await_change(),
     })
+}
+
+/// Deletes a pod Barge stops, once the archiver follows what its containers print to
+/// their end (a SIGTERM trap's last lines too).
+pub(crate) async fn stop_pod(ctx: &Shared, pods: &Api<Pod>, ns: &str, name: &str) -> Result<()> {
+    if let Some(archive) = &ctx.archive
+        && let Some(pod) = ctx.pods.get(&ObjectRef::new(name).within(ns))
+    {
+        archive.before_stop(&pod, &ctx.nodes).await;
+    }
+    crate::k8s::delete_if_present(pods, name).await?;
+    Ok(())
 }
 
 /// A job whose job definition is not resolved yet, or cannot be: its status says why.

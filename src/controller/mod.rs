@@ -2,6 +2,7 @@
 //! every loop: the BatchJob lifecycle controller, the scheduling pass, the
 //! ComputeEnvironment capacity controller and the JobQueue status loop. Nothing lists in a loop.
 
+pub mod archive;
 pub mod array;
 pub mod backlog;
 pub mod backoff;
@@ -77,6 +78,8 @@ pub struct Options {
     pub notice_wait: std::time::Duration,
     /// The AWS region EFS volumes are reached in (`AWS_REGION`).
     pub region: String,
+    /// Where containers' output is archived, and how often a running one is read.
+    pub archive: Option<(crate::archive::s3::Bucket, archive::Settings)>,
 }
 
 type Drive = BoxFuture<'static, ()>;
@@ -344,6 +347,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         steps: steps::StepWrites::new(options.tunables.step_writes.into()),
         failures: backoff::Failures::default(),
         tunables: options.tunables.clone(),
+        archive: options.archive.clone().map(|(bucket, settings)| archive::Archiver::new(client.clone(), bucket, settings)),
         ready: options.synced.clone(),
     });
     let (capacity_tx, capacity_rx) = mpsc::unbounded::<ObjectRef<ComputeEnvironment>>();
@@ -391,6 +395,7 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         nodes::wake_jobs_of_lost_nodes(shared.clone(), lost_rx, feeds.jobs.clone()).boxed(),
         nodes::provider_sync(shared.clone(), feeds.joined.clone()).boxed(),
         interruptions::run(shared.clone(), options.notice_queues, options.notice_wait).boxed(),
+        archive::run(shared.clone()).boxed(),
         {
             let (s, tx) = (shared.clone(), feeds.jobs.clone());
             async move { s.steps.serve(tx).await }.boxed()

@@ -131,6 +131,17 @@ pub fn build_pod(
             annotations.insert(k.to_string(), v.to_string());
         }
     }
+    // Where the archiver writes what its containers print.
+    annotations.insert(crate::archive::ANNOTATION_NAME.into(), job.log_name());
+    let configured = work.container.as_ref().and_then(|c| c.extra().log_configuration.as_ref());
+    if let Some(group) = crate::archive::configured_group(configured) {
+        annotations.insert(crate::archive::ANNOTATION_GROUP.into(), group.to_string());
+    }
+    if work.task.is_none()
+        && let Some(main) = spec.containers.first().map(|c| c.name.clone())
+    {
+        annotations.insert(crate::archive::ANNOTATION_MAIN.into(), main);
+    }
 
     spec.restart_policy = Some("Never".into());
     spec.node_selector

@@ -237,7 +237,7 @@ pub async fn act(ctx: &Shared, job: &BatchJob, actions: Actions) -> Result<()> {
         }
     }
     for name in &actions.stop {
-        crate::k8s::delete_if_present(&pods, name).await?;
+        super::stop_pod(ctx, &pods, &ns, name).await?;
     }
     if actions.delete_service {
         let name = job_service_name(&job.name_any(), &job.uid().unwrap_or_default());
