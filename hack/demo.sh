@@ -41,8 +41,16 @@ fi
 KEYS_NS=barge-system
 kubectl create namespace "$KEYS_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-BARGE_BATCH_API_ADDR=127.0.0.1:$api_port BARGE_CREDENTIALS_NAMESPACE=$KEYS_NS RUST_LOG=info \
-  "$barge" run >"$state/logs/barge.log" 2>&1 &
+# Job output outlives its pod: the operator archives it in a bucket of moto's S3.
+archive_env=()
+if [ -n "${BARGE_MOTO_URL:-}" ]; then
+  "$BARGE_AWS_CLIENTS_BIN/aws" --endpoint-url "$BARGE_MOTO_URL" --region us-east-1 s3 mb s3://barge-demo-logs \
+    >/dev/null 2>&1 || true
+  archive_env=(BARGE_LOGS_S3_BUCKET=barge-demo-logs "BARGE_LOGS_S3_ENDPOINT=$BARGE_MOTO_URL"
+    AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1)
+fi
+env "${archive_env[@]}" BARGE_BATCH_API_ADDR=127.0.0.1:$api_port BARGE_CREDENTIALS_NAMESPACE=$KEYS_NS \
+  RUST_LOG=info "$barge" run >"$state/logs/barge.log" 2>&1 &
 echo $! >"$state/pids/barge"
 
 say "Applying examples/: a compute environment (max 64 vCPUs), queues 'urgent' and 'bulk'"
@@ -79,6 +87,8 @@ api_env=$state/batch-api.env
 {
   "$barge" credentials create --namespace "$NS" --operator-namespace "$KEYS_NS"
   echo "export AWS_ENDPOINT_URL_BATCH=http://127.0.0.1:$api_port AWS_DEFAULT_REGION=us-east-1"
+  echo "export AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=http://127.0.0.1:$api_port"
+  [ -z "${BARGE_MOTO_URL:-}" ] || echo "export BARGE_LOGS_S3_BUCKET=barge-demo-logs BARGE_LOGS_S3_ENDPOINT=$BARGE_MOTO_URL"
   echo "export PATH=\"$BARGE_AWS_CLIENTS_BIN:\$PATH\""
 } >"$api_env" 2>/dev/null
 # shellcheck disable=SC1090
@@ -122,6 +132,26 @@ if [ -n "${BARGE_REAL_NODE:-}" ]; then
   kubectl get bj hello-real -n "$NS" -o jsonpath='  hello-real: {.status.phase} on {.status.attempts[0].nodeName}, exit code {.status.attempts[0].exitCode}{"\n"}'
   echo "  \$ barge logs hello-real -n $NS"
   "$barge" logs hello-real -n "$NS" | sed 's/^/  /' || fail "barge logs could not read the real job's output"
+  if [ -n "${BARGE_MOTO_URL:-}" ]; then
+    say "Its pod deleted, as a node scaled down takes it: the output is read back from the log archive"
+    pod=$(kubectl get bj hello-real -n "$NS" -o jsonpath='{.status.attempts[0].podName}')
+    stream=$(kubectl get bj hello-real -n "$NS" -o jsonpath='{.status.attempts[0].logStreamName}')
+    # shellcheck disable=SC1090
+    (
+      source "$api_env"
+      for _ in $(seq 1 30); do
+        [ -n "$(aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name "$stream" \
+          --limit 1 --query 'events[0].message' --output text 2>/dev/null | grep -v None)" ] && break
+        sleep 1
+      done
+      kubectl delete pod "$pod" -n "$NS" --wait=true >/dev/null
+      echo "  \$ barge logs hello-real -n $NS   # the pod is gone"
+      "$barge" logs hello-real -n "$NS" 2>&1 | head -n 4 | sed 's/^/  /'
+      echo "  \$ aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name $stream --start-from-head"
+      aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name "$stream" --start-from-head \
+        --query 'events[:3].message' --output text | tr '\t' '\n' | sed 's/^/  /'
+    ) || fail "the archived output could not be read back (see $state/logs/barge.log)"
+  fi
   total=$((total + 1)); on_real=" and the real node"
 else
   say "No real node on this cluster (see the [cluster] lines above): the demo's jobs all ran on simulated nodes"

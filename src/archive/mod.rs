@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn a_chunk_name_says_what_it_holds_and_reads_back() {
-        let c = Chunk { seq: 7, first_ms: 1_765_000_000_123, last_ms: 1_765_000_004_000, lines: 42, end: true };
+        let c =
+            Chunk { seq: 7, first_ms: 1_765_000_000_123, last_ms: 1_765_000_004_000, lines: 42, end: true };
         assert_eq!(c.name(), "0000000007-1765000000123-1765000004000-42-end");
         assert_eq!(Chunk::parse(&c.name()), Some(c.clone()));
         let open = Chunk { end: false, ..c };
@@ -334,7 +335,10 @@ mod tests {
         }
         assert!(b.full());
         let (chunk, body) = b.take(3, false);
-        assert_eq!((chunk.seq, chunk.first_ms, chunk.last_ms, chunk.lines), (3, 1, CHUNK_LINES as i64, 10_000));
+        assert_eq!(
+            (chunk.seq, chunk.first_ms, chunk.last_ms, chunk.lines),
+            (3, 1, CHUNK_LINES as i64, 10_000)
+        );
         assert_eq!(body.lines().count(), CHUNK_LINES);
         assert!(b.is_empty());
     }

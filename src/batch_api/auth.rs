@@ -121,7 +121,10 @@ pub fn verify(
     if auth.service != service {
         return Err(denied(
             "InvalidSignatureException",
-            format!("the request is signed for the service {:?}; this operation is {service}'s", auth.service),
+            format!(
+                "the request is signed for the service {:?}; this operation is {service}'s",
+                auth.service
+            ),
         ));
     }
     let date = header("x-amz-date").ok_or_else(|| {

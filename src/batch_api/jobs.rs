@@ -518,12 +518,19 @@ fn definition_of(ctx: &Context, job: &BatchJob) -> Option<(String, u32, Arc<JobD
     Some((r.name.to_string(), rev, spec))
 }
 
-fn attempt_out(a: &Attempt, ns: &str) -> AttemptOut {
+/// Where an attempt's output is archived (its status says; older statuses did not).
+fn stream_of(job: &BatchJob, a: &Attempt) -> String {
+    a.log_stream_name.clone().unwrap_or_else(|| {
+        crate::archive::stream_name(&job.log_name(), crate::archive::MAIN_CONTAINER, &a.pod_name)
+    })
+}
+
+fn attempt_out(job: &BatchJob, a: &Attempt) -> AttemptOut {
     AttemptOut {
         container: AttemptContainer {
             exit_code: a.exit_code,
             reason: a.reason.clone(),
-            log_stream_name: Some(format!("{ns}/{}", a.pod_name)),
+            log_stream_name: Some(stream_of(job, a)),
         },
         started_at: a.started_at.as_ref().map(millis),
         stopped_at: a.stopped_at.as_ref().map(millis),
@@ -603,7 +610,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
         if let Some(last) = status.attempts.last() {
             c.exit_code = last.exit_code;
             c.reason = last.reason.clone();
-            c.log_stream_name = Some(format!("{ns}/{}", last.pod_name));
+            c.log_stream_name = Some(stream_of(job, last));
         }
         c
     });
@@ -628,7 +635,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             .attempts
             .iter()
             .filter(|a| a.stopped_at.is_some())
-            .map(|a| attempt_out(a, &ns))
+            .map(|a| attempt_out(job, a))
             .collect(),
         status_reason: status.status_reason.clone(),
         created_at: job
@@ -744,7 +751,9 @@ fn node_detail(ctx: &Context, parent: &BatchJob, index: u32) -> Option<JobDetail
     let mut c = ContainerDetailOut::of(layout.container(index));
     c.exit_code = summary.and_then(|n| n.exit_code);
     if let Some(n) = summary {
-        c.log_stream_name = Some(format!("{}/{}", parent.namespace().unwrap_or_default(), n.pod_name));
+        let stream =
+            crate::archive::stream_name(&parent.log_name(), crate::archive::MAIN_CONTAINER, &n.pod_name);
+        c.log_stream_name = Some(stream);
     }
     d.container = Some(c);
     d.node_details = Some(NodeDetailsOut { node_index: index, is_main_node: main });
@@ -754,7 +763,6 @@ fn node_detail(ctx: &Context, parent: &BatchJob, index: u32) -> Option<JobDetail
 fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
     let mut d = detail(ctx, parent);
     let id = format!("{}:{index}", parent.name_any());
-    let ns = parent.namespace().unwrap_or_default();
     let phase = child_phase(parent, index);
     let failed = parent
         .status
@@ -766,14 +774,25 @@ fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
     d.job_arn = ctx.arns.of("job", &id);
     d.job_id = id;
     d.status = phase.as_str();
-    d.attempts = failed.iter().map(|a| attempt_out(a, &ns)).collect();
+    d.attempts = failed.iter().map(|a| attempt_out(parent, a)).collect();
     d.status_reason = failed.last().and_then(|a| a.reason.clone()).filter(|_| phase == JobPhase::Failed);
     d.array_properties = Some(ArrayOut { status_summary: None, size: None, index: Some(index) });
     if let Some(c) = d.container.as_mut() {
         c.exit_code =
             if phase == JobPhase::Succeeded { Some(0) } else { failed.last().and_then(|a| a.exit_code) };
         c.reason = None;
-        c.log_stream_name = None;
+        // The child's last attempt: its failed ones, then the one that ended it or runs.
+        let running = matches!(phase, JobPhase::Starting | JobPhase::Running);
+        let attempt = failed.len() as u32 + u32::from(phase == JobPhase::Succeeded || running);
+        c.log_stream_name = attempt.checked_sub(1).map(|a| {
+            let pod = crate::api::batch_job::child_pod_name(
+                &parent.name_any(),
+                &parent.uid().unwrap_or_default(),
+                index,
+                a,
+            );
+            crate::archive::stream_name(&parent.log_name(), crate::archive::MAIN_CONTAINER, &pod)
+        });
     }
     if !phase.is_finished() {
         d.stopped_at = None;

@@ -53,7 +53,9 @@ pub async fn route(ctx: &Context, who: &Principal, operation: &str, body: &[u8])
         other => Err(ApiError::new(
             hyper::StatusCode::BAD_REQUEST,
             "UnknownOperationException",
-            format!("{other} is not a CloudWatch Logs operation Barge serves (GetLogEvents, FilterLogEvents, DescribeLogStreams, DescribeLogGroups)"),
+            format!(
+                "{other} is not a CloudWatch Logs operation Barge serves (GetLogEvents, FilterLogEvents, DescribeLogStreams, DescribeLogGroups)"
+            ),
         )),
     }
 }
@@ -86,7 +88,9 @@ fn check_name(what: &str, name: &str, max: usize) -> ApiResult<()> {
         return Err(invalid(format!("{what} must be 1 to {max} characters")));
     }
     if name.contains([':', '*']) || name.contains("..") || name.chars().any(char::is_control) {
-        return Err(invalid(format!("{what} {name:?} holds a character or sequence it may not (':', '*', '..')")));
+        return Err(invalid(format!(
+            "{what} {name:?} holds a character or sequence it may not (':', '*', '..')"
+        )));
     }
     Ok(())
 }
@@ -182,14 +186,12 @@ impl Indexed {
 
 /// Whether a chunk can hold events in `[start, end)` (milliseconds).
 fn in_range(c: &Listed, start: Option<i64>, end: Option<i64>) -> bool {
-    c.chunk.lines > 0 && start.is_none_or(|s| c.chunk.last_ms >= s) && end.is_none_or(|e| c.chunk.first_ms < e)
+    c.chunk.lines > 0
+        && start.is_none_or(|s| c.chunk.last_ms >= s)
+        && end.is_none_or(|e| c.chunk.first_ms < e)
 }
 
-async fn get_log_events(
-    bucket: &Bucket,
-    ns: &str,
-    i: GetLogEventsInput,
-) -> ApiResult<GetLogEventsOutput> {
+async fn get_log_events(bucket: &Bucket, ns: &str, i: GetLogEventsInput) -> ApiResult<GetLogEventsOutput> {
     let group = group_name(i.log_group_name, i.log_group_identifier)?;
     check_name("logStreamName", &i.log_stream_name, 512)?;
     let limit = check_limit(i.limit, MAX_EVENTS)?;
@@ -197,14 +199,16 @@ async fn get_log_events(
         Some(t) => Some(Token::parse(t).ok_or_else(|| invalid("The specified nextToken is invalid."))?),
         None => None,
     };
-    let stream = StreamId { namespace: ns.to_string(), group: group.clone(), name: i.log_stream_name.clone() };
+    let stream =
+        StreamId { namespace: ns.to_string(), group: group.clone(), name: i.log_stream_name.clone() };
     let chunks = bucket.chunks(&stream).await.map_err(|e| ApiError::server(e.to_string()))?;
     if chunks.is_empty() {
         return Err(not_found("The specified log stream does not exist."));
     }
     let stream = Indexed::of(chunks);
     let (start, end) = (i.start_time, i.end_time);
-    let token = token.unwrap_or(if i.start_from_head { Token::Forward(0) } else { Token::Backward(stream.total) });
+    let token =
+        token.unwrap_or(if i.start_from_head { Token::Forward(0) } else { Token::Backward(stream.total) });
     let mut out: Vec<(u64, OutputEvent)> = Vec::new();
     let mut bytes = 0;
     match token {
@@ -265,7 +269,11 @@ async fn get_log_events(
 }
 
 fn event(ms: i64, message: &str, c: &Listed) -> OutputEvent {
-    OutputEvent { timestamp: ms, message: message.to_string(), ingestion_time: c.written.timestamp_millis().max(ms) }
+    OutputEvent {
+        timestamp: ms,
+        message: message.to_string(),
+        ingestion_time: c.written.timestamp_millis().max(ms),
+    }
 }
 
 /// A FilterLogEvents pattern of plain terms: every bare term must appear, at least one `?`
@@ -401,7 +409,11 @@ struct Head {
     written_ms: i64,
 }
 
-async fn filter_log_events(bucket: &Bucket, ns: &str, i: FilterLogEventsInput) -> ApiResult<FilterLogEventsOutput> {
+async fn filter_log_events(
+    bucket: &Bucket,
+    ns: &str,
+    i: FilterLogEventsInput,
+) -> ApiResult<FilterLogEventsOutput> {
     let group = group_name(i.log_group_name, i.log_group_identifier)?;
     let limit = check_limit(i.limit, MAX_EVENTS)?;
     if !i.log_stream_names.is_empty() && i.log_stream_name_prefix.is_some() {
@@ -422,9 +434,13 @@ async fn filter_log_events(bucket: &Bucket, ns: &str, i: FilterLogEventsInput) -
         None => None,
     };
     let prefix = i.log_stream_name_prefix.clone().unwrap_or_default();
-    let (streams, _) =
-        bucket.streams(ns, &group, &prefix, None, usize::MAX).await.map_err(|e| ApiError::server(e.to_string()))?;
-    if streams.is_empty() && bucket.groups(ns).await.map_err(|e| ApiError::server(e.to_string()))?.iter().all(|g| *g != group) {
+    let (streams, _) = bucket
+        .streams(ns, &group, &prefix, None, usize::MAX)
+        .await
+        .map_err(|e| ApiError::server(e.to_string()))?;
+    if streams.is_empty()
+        && bucket.groups(ns).await.map_err(|e| ApiError::server(e.to_string()))?.iter().all(|g| *g != group)
+    {
         return Err(not_found("The specified log group does not exist."));
     }
     let streams: Vec<StreamListing> = streams
@@ -508,7 +524,8 @@ async fn load(bucket: &Bucket, h: &mut Head, start: Option<i64>, end: Option<i64
         }
         let body = bucket.read(&c.key).await.map_err(|e| ApiError::server(e.to_string()))?;
         h.written_ms = c.written.timestamp_millis();
-        h.loaded = events(&body).enumerate().map(|(k, (t, m))| (t, first + k as u64, m.to_string())).collect();
+        h.loaded =
+            events(&body).enumerate().map(|(k, (t, m))| (t, first + k as u64, m.to_string())).collect();
         return Ok(body.len());
     }
     Ok(0)
@@ -579,7 +596,8 @@ async fn describe_log_streams(
         if let Some(t) = &i.next_token {
             check_name("nextToken", t, 1024).map_err(|_| invalid("The specified nextToken is invalid."))?;
         }
-        let (streams, more) = bucket.streams(ns, &group, &prefix, i.next_token.as_deref(), limit).await.map_err(server)?;
+        let (streams, more) =
+            bucket.streams(ns, &group, &prefix, i.next_token.as_deref(), limit).await.map_err(server)?;
         let next = more.then(|| streams.last().map(|s| s.name.clone())).flatten();
         (streams, next)
     } else {
@@ -712,7 +730,8 @@ mod tests {
             assert_eq!(Token::parse(&t.text()), Some(t));
             assert_eq!(t.text().len(), 58);
         }
-        for bad in ["", "f/12", "x/00000000000000000000000000000000000000000000000000000000", "f/..", "f/-1"] {
+        for bad in ["", "f/12", "x/00000000000000000000000000000000000000000000000000000000", "f/..", "f/-1"]
+        {
             assert_eq!(Token::parse(bad), None, "{bad}");
         }
     }
@@ -726,7 +745,10 @@ mod tests {
         assert!(!p.matches("error on node-1: disk full"), "case matters");
         assert!(Pattern::parse("").unwrap().matches("anything"));
         assert_eq!(Pattern::parse("{ $.level = \"x\" }").unwrap_err().code, "InvalidParameterException");
-        assert_eq!(Pattern::parse(&"x".repeat(MAX_PATTERN + 1)).unwrap_err().code, "InvalidParameterException");
+        assert_eq!(
+            Pattern::parse(&"x".repeat(MAX_PATTERN + 1)).unwrap_err().code,
+            "InvalidParameterException"
+        );
         assert_eq!(Pattern::parse("\"open").unwrap_err().code, "InvalidParameterException");
     }
 

@@ -263,11 +263,13 @@ async fn answer(ctx: &Context, req: Request<Incoming>, request_id: &str) -> Resp
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error_response(&ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "ClientException",
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes, the most Barge accepts"),
-            ));
+            let message =
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes, the most Barge accepts");
+            // In each service's own words: CloudWatch Logs refuses a too-large input as a parameter.
+            return error_response(&match logs_operation(&parts) {
+                Some(_) => ApiError::new(StatusCode::BAD_REQUEST, "InvalidParameterException", message),
+                None => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "ClientException", message),
+            });
         }
     };
     let outcome = match ctx.stores.ready() {

@@ -3,9 +3,10 @@
 //!
 //! Which pod is decided from the job and its pods alone ([`choose`], no I/O): a child of
 //! an array job by `--index`, a node of a multi-node job by `--node` (the main node unless
-//! told), an attempt by `--attempt` (the last one unless told). What cannot be shown says
-//! why in one line: a job that has not started, an attempt whose pod is gone, a pod on a
-//! simulated node, where nothing ran.
+//! told), an attempt by `--attempt` (the last one unless told). An attempt whose pod is gone
+//! is read from the log archive (`--logs-s3-bucket`, as the operator's), and `-f` goes on
+//! there when the pod it follows goes. What cannot be shown says why in one line: a job that
+//! has not started, a pod gone with no archive, a pod on a simulated node, where nothing ran.
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use kube::{Client, ResourceExt};
 use super::Common;
 use crate::api::batch_job::JobPhase;
 use crate::api::{BatchJob, LABEL_ATTEMPT, LABEL_JOB_UID, LABEL_NODE_INDEX};
+use crate::archive::s3::Bucket;
+use crate::archive::{Cursor, DEFAULT_GROUP, StreamId, parse_line};
 use crate::controller::pod::LABEL_ARRAY_INDEX;
 use crate::provider::local::KWOK_ANNOTATION;
 
@@ -39,12 +42,15 @@ pub struct LogsArgs {
     follow: bool,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    archive: super::ArchiveArgs,
 }
 
 /// What `choose` needs of the job.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct JobFacts {
     pub name: String,
+    pub uid: String,
     pub phase: JobPhase,
     pub reason: Option<String>,
     /// Array jobs: how many children.
@@ -77,6 +83,9 @@ pub(crate) enum Choice {
     Pod { name: String, attempt: u32 },
     /// The job has no pod yet: it waits (the line says for what).
     NotStarted(String),
+    /// The attempt's pod is gone: its output is in the log archive, if anywhere (the line
+    /// says which attempt).
+    Gone { pod: String, attempt: u32, what: String },
 }
 
 /// The pod to read, or why there is none, in words for the user.
@@ -128,9 +137,7 @@ pub(crate) fn choose(job: &JobFacts, pods: &[PodFacts], want: Want) -> Result<Ch
         Some(0) => Err("attempts are counted from 1".into()),
         Some(k) => match mine.iter().find(|p| p.attempt == k) {
             Some(p) => Ok(Choice::Pod { name: p.name.clone(), attempt: k }),
-            None if k <= had => Err(format!(
-                "the pod of attempt {k} of {what} is gone (deleted, or its node was): its output went with it"
-            )),
+            None if k <= had => Ok(gone(job, index, node, k, format!("the pod of attempt {k} of {what}"))),
             None if !job.phase.is_finished() && k == had + 1 => {
                 Ok(Choice::NotStarted(format!("attempt {k} of {what} has not started yet")))
             }
@@ -147,11 +154,21 @@ pub(crate) fn choose(job: &JobFacts, pods: &[PodFacts], want: Want) -> Result<Ch
             None if job.attempts == 0 && index.is_none() && node.is_none() => {
                 Err(format!("{what} ended without running: {}", job.reason.clone().unwrap_or_default()))
             }
-            None => Err(format!(
-                "the pod of the last attempt of {what} is gone (deleted, or its node was): its output went with it"
-            )),
+            None => Ok(gone(job, index, node, had.max(1), format!("the pod of the last attempt of {what}"))),
         },
     }
+}
+
+/// An attempt whose pod is gone, by the name its pod had.
+fn gone(job: &JobFacts, index: Option<u32>, node: Option<u32>, attempt: u32, what: String) -> Choice {
+    use crate::api::batch_job::{child_pod_name, node_pod_name, pod_name};
+    let a = attempt - 1;
+    let pod = match (index, node) {
+        (Some(i), _) => child_pod_name(&job.name, &job.uid, i, a),
+        (_, Some(n)) => node_pod_name(&job.name, &job.uid, n, a),
+        _ => pod_name(&job.name, &job.uid, a),
+    };
+    Choice::Gone { pod, attempt, what }
 }
 
 fn not_started(job: &JobFacts) -> String {
@@ -166,6 +183,7 @@ fn job_facts(job: &BatchJob) -> JobFacts {
     let s = job.status.clone().unwrap_or_default();
     JobFacts {
         name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
         phase: s.phase,
         reason: s.status_reason.clone(),
         array_size: job.spec.array.as_ref().map(|a| a.size),
@@ -223,6 +241,12 @@ async fn container(client: &Client, pod: &Pod) -> Container {
     }
 }
 
+/// What is read: a pod through the kubelet, or an attempt from the log archive.
+enum Source {
+    Pod(Box<Pod>, u32),
+    Archive { pod: String, what: String },
+}
+
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = super::commands::client().await?;
     let jobs = super::commands::jobs_api(&client, &args.common);
@@ -230,7 +254,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let want = Want { index: args.index, node: args.node, attempt: args.attempt };
     let mut said = None;
-    let (pod, attempt) = loop {
+    let (job, source) = loop {
         let job = super::commands::get_job(&jobs, &args.job).await?;
         let uid = job.uid().context("the job has no uid")?;
         let list = pods.list(&ListParams::default().labels(&format!("{LABEL_JOB_UID}={uid}"))).await?;
@@ -240,7 +264,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
                 let pod =
                     list.items.iter().find(|p| p.name_any() == name).cloned().expect("chosen from the list");
                 match container(&client, &pod).await {
-                    Container::Started => break (pod, attempt),
+                    Container::Started => break (job, Source::Pod(Box::new(pod), attempt)),
                     Container::Simulated(node) => {
                         eprintln!(
                             "attempt {attempt} of {} ran on {node}, a simulated (kwok) node: no container ran, so there is no output",
@@ -251,6 +275,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
                     Container::NotYet(why) => format!("attempt {attempt} of {}: {why}", args.job),
                 }
             }
+            Choice::Gone { pod, what, .. } => break (job, Source::Archive { pod, what }),
             Choice::NotStarted(why) => why,
         };
         if !args.follow {
@@ -262,20 +287,107 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let params = LogParams {
-        follow: args.follow,
-        container: pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
-        ..LogParams::default()
+    // What was printed, so that the archive goes on after it.
+    let mut cursor = Cursor::default();
+    let (pod, what) = match source {
+        Source::Archive { pod, what } => (pod, format!("{what} is gone")),
+        Source::Pod(pod, attempt) => {
+            let params = LogParams {
+                follow: args.follow,
+                timestamps: true,
+                container: pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()),
+                ..LogParams::default()
+            };
+            let stream = pods
+                .log_stream(&pod.name_any(), &params)
+                .await
+                .with_context(|| format!("reading the output of attempt {attempt} of {}", args.job))?;
+            let mut lines = stream.lines();
+            while let Some(line) = lines.next().await {
+                let line = line?;
+                match parse_line(&line) {
+                    Some((ns, message)) => {
+                        cursor.admit(ns);
+                        println!("{message}");
+                    }
+                    None => println!("{line}"),
+                }
+            }
+            // The stream ended with its container, or with its pod: then the archive has the rest.
+            if !args.follow || pods.get_opt(&pod.name_any()).await?.is_some() {
+                return Ok(());
+            }
+            (pod.name_any(), format!("the pod of attempt {attempt} of {} went", args.job))
+        }
     };
-    let stream = pods
-        .log_stream(&pod.name_any(), &params)
-        .await
-        .with_context(|| format!("reading the output of attempt {attempt} of {}", args.job))?;
-    let mut lines = stream.lines();
-    while let Some(line) = lines.next().await {
-        println!("{}", line?);
+    let Some(bucket) = args.archive.bucket().await else {
+        bail!(
+            "{what} (deleted, or its node was), and no log archive is set (--logs-s3-bucket or BARGE_LOGS_S3_BUCKET, as the operator's): its output went with it"
+        );
+    };
+    eprintln!("{what}: reading its output from the log archive (s3://{})", bucket.name());
+    print_archived(&bucket, &ns, &job.log_name(), &pod, &mut cursor, args.follow).await
+}
+
+/// How long `-f` waits for the archive to close a stream the archiver is still writing.
+const ARCHIVE_FOLLOW: Duration = Duration::from_secs(120);
+
+/// Prints an attempt's archived output after what `cursor` says was printed; with `follow`,
+/// until its stream is closed.
+async fn print_archived(
+    bucket: &Bucket,
+    ns: &str,
+    log_name: &str,
+    pod: &str,
+    cursor: &mut Cursor,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let name = crate::archive::stream_name(log_name, crate::archive::MAIN_CONTAINER, pod);
+    let mut stream = StreamId { namespace: ns.to_string(), group: DEFAULT_GROUP.to_string(), name };
+    let mut chunks = bucket.chunks(&stream).await?;
+    if chunks.is_empty() {
+        // A definition that names its own log group.
+        for group in bucket.groups(ns).await? {
+            let other = StreamId { group, ..stream.clone() };
+            let found = bucket.chunks(&other).await?;
+            if !found.is_empty() {
+                (stream, chunks) = (other, found);
+                break;
+            }
+        }
     }
-    Ok(())
+    let started = std::time::Instant::now();
+    let mut printed = 0;
+    cursor.begin_read();
+    loop {
+        let from = printed;
+        for c in chunks.iter().filter(|c| c.chunk.seq >= from) {
+            if c.chunk.lines > 0 {
+                let body = bucket.read(&c.key).await?;
+                for (ns_time, message) in crate::archive::events(&body) {
+                    if cursor.admit(ns_time) {
+                        println!("{message}");
+                    }
+                }
+            }
+            printed = c.chunk.seq + 1;
+        }
+        let ended = chunks.iter().any(|c| c.chunk.end);
+        if ended || !follow {
+            if chunks.is_empty() {
+                bail!("the log archive holds no output of {} (stream {})", pod, stream.name);
+            }
+            if !ended {
+                eprintln!("(the archive is still being written: -f waits for the rest)");
+            }
+            return Ok(());
+        }
+        if started.elapsed() > ARCHIVE_FOLLOW {
+            bail!("the log archive did not close stream {} within {ARCHIVE_FOLLOW:?}", stream.name);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        chunks = bucket.chunks(&stream).await?;
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +395,7 @@ mod tests {
     use super::*;
 
     fn job(phase: JobPhase, attempts: u32) -> JobFacts {
-        JobFacts { name: "j".into(), phase, attempts, ..Default::default() }
+        JobFacts { name: "j".into(), uid: "abcdef01-2345".into(), phase, attempts, ..Default::default() }
     }
     fn pod(attempt: u32) -> PodFacts {
         PodFacts { name: format!("j-1234-{attempt}"), attempt, ..Default::default() }
@@ -301,12 +413,24 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_whose_pod_is_gone_says_so() {
+    fn an_attempt_whose_pod_is_gone_is_read_from_the_archive_by_its_pods_name() {
         let j = job(JobPhase::Failed, 2);
-        let e = choose(&j, &[pod(2)], Want { attempt: Some(1), ..Want::default() }).unwrap_err();
-        assert!(e.contains("attempt 1 of j is gone"), "{e}");
-        let e = choose(&j, &[], Want::default()).unwrap_err();
-        assert!(e.contains("last attempt of j is gone"), "{e}");
+        assert_eq!(
+            choose(&j, &[pod(2)], Want { attempt: Some(1), ..Want::default() }),
+            Ok(Choice::Gone {
+                pod: "j-abcdef01-1".into(),
+                attempt: 1,
+                what: "the pod of attempt 1 of j".into()
+            })
+        );
+        assert_eq!(
+            choose(&j, &[], Want::default()),
+            Ok(Choice::Gone {
+                pod: "j-abcdef01-2".into(),
+                attempt: 2,
+                what: "the pod of the last attempt of j".into()
+            })
+        );
         let e = choose(&j, &[pod(1), pod(2)], Want { attempt: Some(3), ..Want::default() }).unwrap_err();
         assert!(e.contains("had 2 attempts: there is no attempt 3"), "{e}");
         let e = choose(&j, &[pod(1)], Want { attempt: Some(0), ..Want::default() }).unwrap_err();

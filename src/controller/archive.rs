@@ -37,6 +37,9 @@ const BUSY_CHECKPOINT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often output past its retention is looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often a followed container's output is written while it prints (a follow can last a
+/// pod's whole grace period).
+const FOLLOW_FLUSH: Duration = Duration::from_secs(5);
 /// How long a stop waits for the follow read of the pod it stops to open.
 const FOLLOW_OPEN: Duration = Duration::from_secs(3);
 
@@ -89,7 +92,14 @@ pub enum Running {
 }
 
 /// Whether and how a container is read now. Pure.
-pub fn due(state: Running, deleting: bool, busy: bool, ended: bool, next_read: Instant, now: Instant) -> Option<Read> {
+pub fn due(
+    state: Running,
+    deleting: bool,
+    busy: bool,
+    ended: bool,
+    next_read: Instant,
+    now: Instant,
+) -> Option<Read> {
     if busy || ended {
         return None;
     }
@@ -159,7 +169,8 @@ impl Archiver {
             let mut tracks = lock(&self.tracks);
             let closed = lock(&self.closed);
             for pod in pods.state() {
-                let (Some(uid), Some(node)) = (pod.uid(), pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+                let (Some(uid), Some(node)) =
+                    (pod.uid(), pod.spec.as_ref().and_then(|s| s.node_name.clone()))
                 else {
                     continue;
                 };
@@ -184,7 +195,8 @@ impl Archiver {
                     if state == Running::NotYet {
                         continue;
                     }
-                    let Some(stream) = container_stream(&namespace, &pod.name_any(), pod.annotations(), &c.name)
+                    let Some(stream) =
+                        container_stream(&namespace, &pod.name_any(), pod.annotations(), &c.name)
                     else {
                         continue;
                     };
@@ -368,14 +380,16 @@ impl Archiver {
         let mut committed = cursor.clone();
         let mut lines = match api.log_stream(pod, &params).await {
             Ok(s) => s,
-            Err(e) => return Err(Failed { cursor: Some(committed), error: format!("reading pod {pod}: {e}") }),
+            Err(e) => {
+                return Err(Failed { cursor: Some(committed), error: format!("reading pod {pod}: {e}") });
+            }
         };
         if let Some(tx) = opened {
             let _ = tx.send(());
         }
         cursor.begin_read();
         let mut builder = ChunkBuilder::default();
-        let (mut bytes, mut buf) = (0, Vec::new());
+        let (mut bytes, mut buf, mut last_put) = (0, Vec::new(), Instant::now());
         loop {
             buf.clear();
             let n = match lines.read_until(b'\n', &mut buf).await {
@@ -385,7 +399,9 @@ impl Archiver {
                     debug!(%pod, error = %e, "the followed output ended");
                     0
                 }
-                Err(e) => return Err(Failed { cursor: Some(committed), error: format!("reading pod {pod}: {e}") }),
+                Err(e) => {
+                    return Err(Failed { cursor: Some(committed), error: format!("reading pod {pod}: {e}") });
+                }
             };
             if n == 0 {
                 break;
@@ -398,10 +414,11 @@ impl Archiver {
                 continue;
             }
             builder.push(ns, line);
-            if builder.full() {
+            if builder.full() || (read == Read::Follow && last_put.elapsed() >= FOLLOW_FLUSH) {
                 let lines_in = self.put(stream, &mut builder, &mut cursor, false).await;
                 lines_in.map_err(|e| Failed { cursor: Some(committed.clone()), error: e })?;
                 committed = cursor.clone();
+                last_put = Instant::now();
             }
         }
         let end = read == Read::Final;

@@ -347,7 +347,10 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         steps: steps::StepWrites::new(options.tunables.step_writes.into()),
         failures: backoff::Failures::default(),
         tunables: options.tunables.clone(),
-        archive: options.archive.clone().map(|(bucket, settings)| archive::Archiver::new(client.clone(), bucket, settings)),
+        archive: options
+            .archive
+            .clone()
+            .map(|(bucket, settings)| archive::Archiver::new(client.clone(), bucket, settings)),
         ready: options.synced.clone(),
     });
     let (capacity_tx, capacity_rx) = mpsc::unbounded::<ObjectRef<ComputeEnvironment>>();
