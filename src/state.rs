@@ -74,14 +74,15 @@ struct Cluster {
     lost_hosts: HashMap<String, (String, Instant)>,
     /// Per node: when its kubelet last refused a pod Barge placed on it.
     refused: HashMap<String, Instant>,
-    /// Nodes with a container whose output is not archived yet (kept from scale-down).
-    unarchived: HashSet<String>,
 }
 
 /// The capacity view: what the capacity pass and the provider sync know of nodes beyond
 /// the node store. Keyed by node or environment, and pruned when those go.
+/// The nodes with a container whose output is not archived yet (kept from scale-down) have
+/// a lock of their own: the archiver writes them, and the capacity pass reads them while it
+/// walks nodes under the cluster's.
 #[derive(Default)]
-pub struct ClusterState(Mutex<Cluster>);
+pub struct ClusterState(Mutex<Cluster>, Mutex<HashSet<String>>);
 
 impl ClusterState {
     /// Counts a node as coming to `ce` until it joins.
@@ -146,12 +147,12 @@ impl ClusterState {
 
     /// The nodes whose pods' output the archiver has yet to read (the last list it gave).
     pub fn set_unarchived(&self, nodes: HashSet<String>) {
-        lock(&self.0).unarchived = nodes;
+        *lock(&self.1) = nodes;
     }
 
     /// Whether `node` holds output not archived yet: not idle, whatever its pods.
     pub fn unarchived(&self, node: &str) -> bool {
-        lock(&self.0).unarchived.contains(node)
+        lock(&self.1).contains(node)
     }
 
     /// Records why a node's host went away, for its pods' attempts.
@@ -360,6 +361,16 @@ impl HandOff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unarchived_nodes_can_be_asked_while_the_idle_clocks_are_read() {
+        let cluster = ClusterState::default();
+        cluster.set_unarchived(HashSet::from(["a".to_string()]));
+        let now = Instant::now();
+        // The capacity pass's question, asked from inside the walk that holds the clocks.
+        let idle = cluster.idle_seconds(["a", "b"].into_iter().map(|n| (n, cluster.unarchived(n))), now);
+        assert_eq!(idle, [None, Some(0)]);
+    }
 
     #[test]
     fn a_job_keeps_the_first_verdict_of_a_pass_and_a_repeat_is_no_change() {

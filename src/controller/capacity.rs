@@ -121,14 +121,16 @@ fn cooled_reasons(cooled: &[(&'static str, String)]) -> String {
 
 /// Each node's vCPUs and how long it has been idle (the scale-down clocks).
 fn node_use(ctx: &Shared, nodes: &[Arc<Node>], busy: &HashMap<String, f64>) -> Vec<NodeUse> {
-    let idle = ctx.cluster.idle_seconds(
-        nodes.iter().map(|n| {
+    // A node whose pods' output is not archived yet is not idle: it would go with it. (Asked
+    // before `idle_seconds`, which holds the cluster state's lock while it reads its input.)
+    let in_use: Vec<(&str, bool)> = nodes
+        .iter()
+        .map(|n| {
             let name = n.metadata.name.as_deref().unwrap_or_default();
-            // A node whose pods' output is not archived yet is not idle: it would go with it.
             (name, busy.contains_key(name) || ctx.cluster.unarchived(name))
-        }),
-        Instant::now(),
-    );
+        })
+        .collect();
+    let idle = ctx.cluster.idle_seconds(in_use, Instant::now());
     nodes
         .iter()
         .zip(idle)
