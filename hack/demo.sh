@@ -146,7 +146,7 @@ if [ -n "${BARGE_REAL_NODE:-}" ]; then
       done
       kubectl delete pod "$pod" -n "$NS" --wait=true >/dev/null
       echo "  \$ barge logs hello-real -n $NS   # the pod is gone"
-      "$barge" logs hello-real -n "$NS" 2>&1 | head -n 4 | sed 's/^/  /'
+      "$barge" logs hello-real -n "$NS" 2>&1 | sed -n '1,4s/^/  /p'
       echo "  \$ aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name $stream --start-from-head"
       aws logs get-log-events --log-group-name /aws/batch/job --log-stream-name "$stream" --start-from-head \
         --query 'events[:3].message' --output text | tr '\t' '\n' | sed 's/^/  /'
