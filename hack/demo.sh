@@ -44,10 +44,12 @@ api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 
 # Job output outlives its pod: the operator archives it in a bucket of moto's S3.
 archive_env=()
 if [ -n "${BARGE_MOTO_URL:-}" ]; then
-  "$BARGE_AWS_CLIENTS_BIN/aws" --endpoint-url "$BARGE_MOTO_URL" --region us-east-1 s3 mb s3://barge-demo-logs \
-    >/dev/null 2>&1 || true
   archive_env=(BARGE_LOGS_S3_BUCKET=barge-demo-logs "BARGE_LOGS_S3_ENDPOINT=$BARGE_MOTO_URL"
     AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1)
+  s3=(env "${archive_env[@]}" "$BARGE_AWS_CLIENTS_BIN/aws" --endpoint-url "$BARGE_MOTO_URL" s3api)
+  "${s3[@]}" head-bucket --bucket barge-demo-logs >/dev/null 2>&1 \
+    || "${s3[@]}" create-bucket --bucket barge-demo-logs >/dev/null \
+    || fail "could not make the log archive's bucket in moto's S3"
 fi
 env "${archive_env[@]}" BARGE_BATCH_API_ADDR=127.0.0.1:$api_port BARGE_CREDENTIALS_NAMESPACE=$KEYS_NS \
   RUST_LOG=info "$barge" run >"$state/logs/barge.log" 2>&1 &
