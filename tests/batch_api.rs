@@ -14,7 +14,7 @@ use aws_sigv4::sign::v4;
 use barge::api::BatchJob;
 use barge::api::batch_job::JobPhase;
 use bytes::Bytes;
-use common::batch::{Key, free_port};
+use common::batch::{Key, clients_bin, free_port};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -59,11 +59,6 @@ fn create_key_with(h: &Harness, namespace: &str, queues: &[&str], admin: bool) -
     common::batch::create_key(&h.credentials_ns, namespace, queues, admin)
 }
 
-fn clients_bin() -> String {
-    std::env::var("BARGE_AWS_CLIENTS_BIN")
-        .expect("BARGE_AWS_CLIENTS_BIN is not set: run these tests with `make test` (hack/cluster.sh builds the aws-cli and boto3 venv)")
-}
-
 /// A command of the AWS clients' venv with only the endpoint, the key and a region set.
 fn aws_tool(h: &Harness, key: &Key, program: &str) -> Command {
     tool_in(h, key, &clients_bin(), program)
@@ -71,17 +66,7 @@ fn aws_tool(h: &Harness, key: &Key, program: &str) -> Command {
 
 /// A program of the venv whose `bin` is `bin`, with only the endpoint, the key and a region set.
 fn tool_in(h: &Harness, key: &Key, bin: &str, program: &str) -> Command {
-    let mut cmd = Command::new(format!("{bin}/{program}"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::temp_dir())
-        .env("AWS_ENDPOINT_URL_BATCH", format!("http://127.0.0.1:{}", h.port))
-        .env("AWS_ACCESS_KEY_ID", &key.id)
-        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    cmd
+    common::batch::venv_tool(bin, program, h.port, key)
 }
 
 fn aws(h: &Harness, key: &Key, args: &[&str]) -> Result<Value, String> {

@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 
 const CE: &str = "log-tests";
 const QUEUE: &str = "log-tests";
-const IMAGE: &str = "busybox:1.35";
+const IMAGE: &str = REAL_NODE_IMAGE;
 const BUCKET: &str = "barge-log-tests";
 const GROUP: &str = "/aws/batch/job";
 const RUN_WAIT: Duration = Duration::from_secs(180);
@@ -89,25 +89,7 @@ async fn harness(what: &str) -> Option<&'static Harness> {
                 let _ = child.wait();
             });
             up.recv().unwrap();
-            free_real_node(&client, &node, CE).await;
-            let ces: Api<barge::api::ComputeEnvironment> = Api::all(client.clone());
-            apply(&ces, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
-                "metadata": {"name": CE},
-                "spec": {"provider": "unmanaged", "maxvCpus": 2,
-                         "nodeSelector": {"matchLabels": {"barge.dev/real-node": "true"}},
-                         "nodeTaints": [{"key": "barge.dev/real-node", "value": "true", "effect": "NoSchedule"}]}}))
-            .await
-            .unwrap();
-            let queues: Api<barge::api::JobQueue> = Api::all(client.clone());
-            apply(&queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue",
-                "metadata": {"name": QUEUE},
-                "spec": {"priority": 1, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": CE}]}}))
-            .await
-            .unwrap();
-            eventually("the real node in the environment", WAIT, || async {
-                (ces.get(CE).await.ok()?.status?.nodes == 1).then_some(())
-            })
-            .await;
+            real_node_environment(&client, &node, CE, QUEUE).await;
             Harness { port, credentials_ns, moto, restart }
         })
         .await,
@@ -133,32 +115,6 @@ async fn closed(h: &Harness, ns: &str, stream: &str) -> bool {
     out.contents().iter().any(|o| o.key().is_some_and(|k| k.ends_with("-end")))
 }
 
-async fn submit(client: &Client, ns: &str, name: &str, spec: Value) -> Api<BatchJob> {
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let mut full = json!({"jobQueue": QUEUE});
-    full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
-    apply(
-        &jobs,
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
-        "metadata": {"name": name}, "spec": full}),
-    )
-    .await
-    .unwrap();
-    jobs
-}
-
-fn container(script: &str) -> Value {
-    json!({"image": IMAGE, "command": ["sh", "-c", script], "resources": {"vcpus": 0.25, "memory": "64Mi"}})
-}
-
-async fn finished(jobs: &Api<BatchJob>, name: &str, phase: JobPhase) -> BatchJob {
-    eventually(&format!("{name} {phase:?}"), RUN_WAIT, || async {
-        let j = jobs.get(name).await.ok()?;
-        (j.status.as_ref()?.phase == phase).then_some(j)
-    })
-    .await
-}
-
 /// The attempt's stream, once the archive has closed it.
 async fn archived(h: &Harness, ns: &str, job: &BatchJob, attempt: usize) -> String {
     let stream =
@@ -172,23 +128,9 @@ async fn archived(h: &Harness, ns: &str, job: &BatchJob, attempt: usize) -> Stri
 
 /// A program of the AWS clients' venv with only the endpoints, the key and a region set.
 fn tool(h: &Harness, key: &Key, program: &str) -> Command {
-    let bin = std::env::var("BARGE_AWS_CLIENTS_BIN").expect("BARGE_AWS_CLIENTS_BIN: run with `make test`");
-    let endpoint = format!("http://127.0.0.1:{}", h.port);
-    let mut cmd = Command::new(format!("{bin}/{program}"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::temp_dir())
-        .env("AWS_ENDPOINT_URL_BATCH", &endpoint)
-        .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", &key.id)
-        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    cmd
+    common::batch::venv_tool(&common::batch::clients_bin(), program, h.port, key)
 }
 
-/// `aws logs <args>`: its JSON answer, or its error text.
 /// The restart test stops the operator, endpoint and all, for a moment: a call that could not
 /// connect is made again.
 fn aws_logs(h: &Harness, key: &Key, args: &[&str]) -> Result<Value, String> {
@@ -256,8 +198,15 @@ async fn fifty_thousand_lines_outlive_their_pod_once_and_in_order() {
     let key = create_key(&h.credentials_ns, &ns, &[], false);
     // The pause: the local node's containerd (1.6) drops what is still in a container's
     // stdout pipe when its process exits (the kubelet's own file then ends early).
-    let jobs = submit(&client, &ns, "numbers", json!({"container": container("seq 1 50000; sleep 1")})).await;
-    let job = finished(&jobs, "numbers", JobPhase::Succeeded).await;
+    let jobs = submit_job(
+        &client,
+        &ns,
+        QUEUE,
+        "numbers",
+        json!({"container": real_container("seq 1 50000; sleep 1")}),
+    )
+    .await;
+    let job = job_in_phase(&jobs, "numbers", JobPhase::Succeeded, RUN_WAIT).await;
     let pod = job.status.as_ref().unwrap().attempts[0].pod_name.clone();
     let stream = archived(h, &ns, &job, 0).await;
     assert_eq!(stream, format!("numbers/default/{pod}"), "AWS Batch's <definition or job>/default/<task>");
@@ -327,21 +276,22 @@ async fn a_stopped_attempt_keeps_what_its_trap_printed() {
     let ns = namespace(&client, "logs-stop").await;
     let key = create_key(&h.credentials_ns, &ns, &[], false);
     let script = r#"trap 'echo "got SIGTERM"; exit 0' TERM; echo started; while :; do sleep 1; done"#;
-    let jobs = submit(
+    let jobs = submit_job(
         &client,
         &ns,
+        QUEUE,
         "stopped",
         json!({"podTemplate": {"spec": {"terminationGracePeriodSeconds": 5, "containers": [{
                    "name": "main", "image": IMAGE, "command": ["sh", "-c", script],
                    "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]}}}),
     )
     .await;
-    finished(&jobs, "stopped", JobPhase::Running).await;
+    job_in_phase(&jobs, "stopped", JobPhase::Running, RUN_WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // TerminateJob, as `aws batch terminate-job` sends it.
     let stop = json!({"spec": {"terminate": {"reason": "enough"}}});
     jobs.patch("stopped", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&stop)).await.unwrap();
-    let job = finished(&jobs, "stopped", JobPhase::Failed).await;
+    let job = job_in_phase(&jobs, "stopped", JobPhase::Failed, RUN_WAIT).await;
     let stream = archived(h, &ns, &job, 0).await;
     // Barge deleted the pod when the timeout stopped it: what it printed is archived.
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
@@ -367,7 +317,14 @@ async fn an_operator_killed_three_times_loses_and_doubles_no_line() {
     let mut jobs = None;
     for k in 0..5 {
         jobs = Some(
-            submit(&client, &ns, &format!("printer-{k}"), json!({"container": container(script)})).await,
+            submit_job(
+                &client,
+                &ns,
+                QUEUE,
+                &format!("printer-{k}"),
+                json!({"container": real_container(script)}),
+            )
+            .await,
         );
     }
     let jobs = jobs.unwrap();
@@ -388,7 +345,7 @@ async fn an_operator_killed_three_times_loses_and_doubles_no_line() {
     }
     let want: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
     for k in 0..5 {
-        let job = finished(&jobs, &format!("printer-{k}"), JobPhase::Succeeded).await;
+        let job = job_in_phase(&jobs, &format!("printer-{k}"), JobPhase::Succeeded, RUN_WAIT).await;
         let stream = archived(h, &ns, &job, 0).await;
         let page = get_events(h, &key, &stream, &["--start-from-head"]);
         assert_eq!(messages(&page), want, "printer-{k}: every line once, in order");
@@ -403,9 +360,15 @@ async fn filter_log_events_finds_a_term_across_an_arrays_children() {
     let ns = namespace(&client, "logs-filter").await;
     let key = create_key(&h.credentials_ns, &ns, &[], false);
     let script = "echo \"child $AWS_BATCH_JOB_ARRAY_INDEX says needle-7\"; echo haystack";
-    let jobs =
-        submit(&client, &ns, "sweep", json!({"array": {"size": 3}, "container": container(script)})).await;
-    let job = finished(&jobs, "sweep", JobPhase::Succeeded).await;
+    let jobs = submit_job(
+        &client,
+        &ns,
+        QUEUE,
+        "sweep",
+        json!({"array": {"size": 3}, "container": real_container(script)}),
+    )
+    .await;
+    let job = job_in_phase(&jobs, "sweep", JobPhase::Succeeded, RUN_WAIT).await;
     let uid = kube::ResourceExt::uid(&job).unwrap();
     let streams: Vec<String> = (0..3)
         .map(|i| format!("sweep/default/{}", barge::api::batch_job::child_pod_name("sweep", &uid, i, 0)))
@@ -464,8 +427,9 @@ async fn another_namespaces_key_and_bad_input_get_cloudwatch_logs_errors() {
     let client = client().await;
     let ns = namespace(&client, "logs-own").await;
     let key = create_key(&h.credentials_ns, &ns, &[], false);
-    let jobs = submit(&client, &ns, "hello", json!({"container": container("echo hello")})).await;
-    let job = finished(&jobs, "hello", JobPhase::Succeeded).await;
+    let jobs =
+        submit_job(&client, &ns, QUEUE, "hello", json!({"container": real_container("echo hello")})).await;
+    let job = job_in_phase(&jobs, "hello", JobPhase::Succeeded, RUN_WAIT).await;
     let stream = archived(h, &ns, &job, 0).await;
     assert_eq!(messages(&get_events(h, &key, &stream, &["--start-from-head"])), ["hello"]);
 

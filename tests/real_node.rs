@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use barge::api::BatchJob;
 use barge::api::batch_job::JobPhase;
-use barge::api::{BatchJob, ComputeEnvironment, JobQueue};
 use common::*;
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
@@ -23,8 +23,7 @@ use tokio::sync::OnceCell;
 
 const CE: &str = "real-tests";
 const QUEUE: &str = "real-tests";
-/// The image the real node has (built locally; nothing is pulled).
-const IMAGE: &str = "busybox:1.35";
+const IMAGE: &str = REAL_NODE_IMAGE;
 /// A real container starts in a second or two; the timeout test needs its 60 s and more.
 const RUN_WAIT: Duration = Duration::from_secs(120);
 
@@ -37,57 +36,22 @@ async fn real(what: &str) -> Option<Client> {
     READY
         .get_or_init(|| async {
             shared_operator(&client).await;
-            let ces: Api<ComputeEnvironment> = Api::all(client.clone());
-            // The gallery's example environment may still hold the node: its operator
-            // ended with its test. Ours finishes that deletion and releases the node.
-            free_real_node(&client, &node, CE).await;
-            apply(&ces, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
-                "metadata": {"name": CE},
-                "spec": {"provider": "unmanaged", "maxvCpus": 2,
-                         "nodeSelector": {"matchLabels": {"barge.dev/real-node": "true"}},
-                         "nodeTaints": [{"key": "barge.dev/real-node", "value": "true", "effect": "NoSchedule"}]}}))
-            .await
-            .unwrap();
-            let queues: Api<JobQueue> = Api::all(client.clone());
-            apply(&queues, json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue",
-                "metadata": {"name": QUEUE},
-                "spec": {"priority": 1, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": CE}]}}))
-            .await
-            .unwrap();
-            eventually("the real node in the environment", WAIT, || async {
-                let ce = ces.get(CE).await.ok()?;
-                (ce.status?.nodes == 1).then_some(())
-            })
-            .await;
+            real_node_environment(&client, &node, CE, QUEUE).await;
         })
         .await;
     Some(client)
 }
 
 async fn submit(client: &Client, ns: &str, name: &str, spec: Value) -> Api<BatchJob> {
-    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), ns);
-    let mut full = json!({"jobQueue": QUEUE});
-    full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
-    apply(
-        &jobs,
-        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
-        "metadata": {"name": name}, "spec": full}),
-    )
-    .await
-    .unwrap();
-    jobs
+    submit_job(client, ns, QUEUE, name, spec).await
 }
 
 fn container(script: &str) -> Value {
-    json!({"image": IMAGE, "command": ["sh", "-c", script], "resources": {"vcpus": 0.25, "memory": "64Mi"}})
+    real_container(script)
 }
 
 async fn wait_phase(jobs: &Api<BatchJob>, name: &str, phase: JobPhase) -> BatchJob {
-    eventually(&format!("{name} {phase:?}"), RUN_WAIT, || async {
-        let j = jobs.get(name).await.ok()?;
-        (j.status.as_ref()?.phase == phase).then_some(j)
-    })
-    .await
+    job_in_phase(jobs, name, phase, RUN_WAIT).await
 }
 
 /// `barge logs <args>` in `ns`: (exit status success, stdout, stderr).

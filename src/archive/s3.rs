@@ -4,7 +4,9 @@
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::Object;
 use chrono::{DateTime, Utc};
 
 use super::{Chunk, StreamId, decode, group_prefix, namespace_prefix};
@@ -126,7 +128,7 @@ impl Bucket {
 
     /// A stream's chunks, in order (none if it does not exist).
     pub async fn chunks(&self, stream: &StreamId) -> Result<Vec<Listed>, Error> {
-        let mut out = self.list(&stream.prefix(&self.root), None).await?;
+        let mut out = self.list(&stream.prefix(&self.root)).await?;
         out.sort_by_key(|(_, l)| l.chunk.seq);
         Ok(out.into_iter().map(|(_, l)| l).collect())
     }
@@ -163,18 +165,10 @@ impl Bucket {
         let start_after = after.map(|a| format!("{base}{}/\u{10FFFF}", super::encode(a)));
         let mut streams: Vec<StreamListing> = Vec::new();
         let mut token: Option<String> = None;
+        let prefix = format!("{base}{}", super::encode(prefix));
         loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(format!("{base}{}", super::encode(prefix)))
-                .set_start_after(if token.is_none() { start_after.clone() } else { None })
-                .set_continuation_token(token.clone())
-                .max_keys(LIST_PAGE)
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectsV2", e.into_service_error()))?;
+            let after = if token.is_none() { start_after.clone() } else { None };
+            let out = self.page(&prefix, None, after, token.clone()).await?;
             for o in out.contents() {
                 let Some(key) = o.key() else { continue };
                 let Some((stream, chunk)) = key[base.len()..].split_once('/') else { continue };
@@ -186,12 +180,7 @@ impl Bucket {
                     }
                     streams.push(StreamListing { name, chunks: Vec::new() });
                 }
-                streams.last_mut().expect("pushed").chunks.push(Listed {
-                    chunk,
-                    key: key.to_string(),
-                    written: written(o.last_modified()),
-                    bytes: o.size().unwrap_or(0),
-                });
+                streams.last_mut().expect("pushed").chunks.push(listed(o, chunk));
             }
             token = out.next_continuation_token().map(str::to_string);
             if token.is_none() {
@@ -210,16 +199,7 @@ impl Bucket {
         let mut groups = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&base)
-                .delimiter("/")
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectsV2", e.into_service_error()))?;
+            let out = self.page(&base, Some("/"), None, token.clone()).await?;
             for p in out.common_prefixes() {
                 if let Some(level) = p.prefix().and_then(|p| p.strip_prefix(&base)) {
                     groups.push(decode(level.trim_end_matches('/')));
@@ -236,7 +216,7 @@ impl Bucket {
     /// Removes every chunk written before `before`; how many went.
     pub async fn sweep(&self, before: DateTime<Utc>) -> Result<usize, Error> {
         let old: Vec<String> = self
-            .list(&self.root, None)
+            .list(&self.root)
             .await?
             .into_iter()
             .filter(|(_, l)| l.written < before)
@@ -255,33 +235,15 @@ impl Bucket {
     }
 
     /// Every chunk under `prefix`, with its key.
-    async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Vec<(String, Listed)>, Error> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Listed)>, Error> {
         let mut out_keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_delimiter(delimiter.map(str::to_string))
-                .set_continuation_token(token.clone())
-                .max_keys(LIST_PAGE)
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectsV2", e.into_service_error()))?;
+            let out = self.page(prefix, None, None, token.clone()).await?;
             for o in out.contents() {
                 let Some(key) = o.key() else { continue };
                 let Some(chunk) = key.rsplit('/').next().and_then(Chunk::parse) else { continue };
-                out_keys.push((
-                    key.to_string(),
-                    Listed {
-                        chunk,
-                        key: key.to_string(),
-                        written: written(o.last_modified()),
-                        bytes: o.size().unwrap_or(0),
-                    },
-                ));
+                out_keys.push((key.to_string(), listed(o, chunk)));
             }
             token = out.next_continuation_token().map(str::to_string);
             if token.is_none() {
@@ -290,8 +252,36 @@ impl Bucket {
         }
         Ok(out_keys)
     }
+
+    /// One page of a listing under `prefix`: keys, or with a delimiter the levels below it.
+    async fn page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<String>,
+        token: Option<String>,
+    ) -> Result<ListObjectsV2Output, Error> {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_start_after(start_after)
+            .set_continuation_token(token)
+            .max_keys(LIST_PAGE)
+            .send()
+            .await
+            .map_err(|e| self.error("ListObjectsV2", e.into_service_error()))
+    }
 }
 
-fn written(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
-    t.and_then(|t| DateTime::from_timestamp_millis(t.to_millis().ok()?)).unwrap_or_default()
+/// A listed object that is a chunk.
+fn listed(o: &Object, chunk: Chunk) -> Listed {
+    let written = o.last_modified().and_then(|t| DateTime::from_timestamp_millis(t.to_millis().ok()?));
+    Listed {
+        chunk,
+        key: o.key().unwrap_or_default().to_string(),
+        written: written.unwrap_or_default(),
+        bytes: o.size().unwrap_or(0),
+    }
 }

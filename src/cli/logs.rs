@@ -313,8 +313,9 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
                     None => println!("{line}"),
                 }
             }
-            // The stream ended with its container, or with its pod: then the archive has the rest.
-            if !args.follow || pods.get_opt(&pod.name_any()).await?.is_some() {
+            // The stream ended with its container, or with its pod: then the archive has the
+            // rest, if there is one (without, all that could be read was printed).
+            if !args.follow || !args.archive.is_set() || pods.get_opt(&pod.name_any()).await?.is_some() {
                 return Ok(());
             }
             (pod.name_any(), format!("the pod of attempt {attempt} of {} went", args.job))

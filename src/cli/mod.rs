@@ -71,9 +71,13 @@ pub struct ArchiveArgs {
 }
 
 impl ArchiveArgs {
+    pub fn is_set(&self) -> bool {
+        self.bucket.as_deref().is_some_and(|b| !b.is_empty())
+    }
+
     /// The bucket, when one is set.
     pub async fn bucket(&self) -> Option<crate::archive::s3::Bucket> {
-        let bucket = self.bucket.clone().filter(|b| !b.is_empty())?;
+        let bucket = self.bucket.clone().filter(|_| self.is_set())?;
         let settings = crate::archive::s3::Settings {
             bucket,
             prefix: self.prefix.clone(),

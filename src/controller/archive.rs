@@ -7,6 +7,7 @@
 //! are kept. Where a read resumes is kept in the archive itself (the chunks' names and the
 //! last chunk's last line), so a restarted operator goes on where the last one left off.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -68,6 +69,22 @@ struct Track {
     busy: bool,
     /// Its next checkpoint (or retry).
     next_read: Instant,
+}
+
+impl Track {
+    /// A container of `pod` before any read of it (none for a pod Barge did not mark).
+    fn of(pod: &Pod, container: &str, next_read: Instant) -> Option<Track> {
+        let namespace = pod.namespace().unwrap_or_default();
+        Some(Track {
+            stream: container_stream(&namespace, &pod.name_any(), pod.annotations(), container)?,
+            pod: pod.name_any(),
+            namespace,
+            container: container.to_string(),
+            cursor: None,
+            busy: false,
+            next_read,
+        })
+    }
 }
 
 /// Why a container is read.
@@ -177,7 +194,6 @@ impl Archiver {
                 if !self.reads_node(nodes, &node) {
                     continue;
                 }
-                let namespace = pod.namespace().unwrap_or_default();
                 let deleting = pod.metadata.deletion_timestamp.is_some();
                 let status = pod.status.as_ref();
                 let containers = status
@@ -195,23 +211,16 @@ impl Archiver {
                     if state == Running::NotYet {
                         continue;
                     }
-                    let Some(stream) =
-                        container_stream(&namespace, &pod.name_any(), pod.annotations(), &c.name)
-                    else {
-                        continue;
+                    let t = match tracks.entry(key.clone()) {
+                        Entry::Occupied(t) => t.into_mut(),
+                        Entry::Vacant(v) => match Track::of(&pod, &c.name, now + self.settings.checkpoint) {
+                            Some(t) => v.insert(t),
+                            None => continue, // not marked by Barge
+                        },
                     };
                     if state == Running::Ended {
                         unarchived.insert(node.clone());
                     }
-                    let t = tracks.entry(key.clone()).or_insert_with(|| Track {
-                        stream,
-                        pod: pod.name_any(),
-                        namespace: namespace.clone(),
-                        container: c.name.clone(),
-                        cursor: None,
-                        busy: false,
-                        next_read: now + self.settings.checkpoint,
-                    });
                     let ended = t.cursor.as_ref().is_some_and(|c| c.end);
                     if let Some(read) = due(state, deleting, t.busy, ended, t.next_read, now) {
                         t.busy = true;
@@ -244,26 +253,19 @@ impl Archiver {
         if !self.reads_node(nodes, &node) {
             return;
         }
-        let namespace = pod.namespace().unwrap_or_default();
         let mut opened = Vec::new();
         {
             let mut tracks = lock(&self.tracks);
             let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
             for c in statuses.into_iter().flatten().filter(|c| container_state(c) == Running::Runs) {
-                let Some(stream) = container_stream(&namespace, &pod.name_any(), pod.annotations(), &c.name)
-                else {
-                    continue;
-                };
                 let key = (uid.clone(), c.name.clone());
-                let t = tracks.entry(key.clone()).or_insert_with(|| Track {
-                    stream,
-                    pod: pod.name_any(),
-                    namespace: namespace.clone(),
-                    container: c.name.clone(),
-                    cursor: None,
-                    busy: false,
-                    next_read: Instant::now(),
-                });
+                let t = match tracks.entry(key.clone()) {
+                    Entry::Occupied(t) => t.into_mut(),
+                    Entry::Vacant(v) => match Track::of(pod, &c.name, Instant::now()) {
+                        Some(t) => v.insert(t),
+                        None => continue,
+                    },
+                };
                 if t.busy {
                     continue; // a checkpoint runs; the scan follows the pod once it is deleting
                 }

@@ -34,3 +34,27 @@ pub fn create_key(credentials_ns: &str, namespace: &str, queues: &[&str], admin:
         secret: v["SecretAccessKey"].as_str().unwrap().into(),
     }
 }
+
+/// A program of the venv whose `bin` is `bin` (aws-cli, boto3, a workflow engine), with only
+/// Barge's endpoint (for AWS Batch and CloudWatch Logs), the key and a region set.
+pub fn venv_tool(bin: &str, program: &str, port: u16, key: &Key) -> Command {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(format!("{bin}/{program}"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ENDPOINT_URL_BATCH", &endpoint)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", &key.id)
+        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    cmd
+}
+
+/// The aws-cli and boto3 venv's `bin` (hack/cluster.sh builds it).
+pub fn clients_bin() -> String {
+    std::env::var("BARGE_AWS_CLIENTS_BIN")
+        .expect("BARGE_AWS_CLIENTS_BIN is not set: run these tests with `make test` (hack/cluster.sh builds the aws-cli and boto3 venv)")
+}

@@ -213,3 +213,79 @@ where
     let name = obj["metadata"]["name"].as_str().unwrap().to_string();
     api.patch(&name, &PatchParams::apply("barge-tests").force(), &Patch::Apply(&obj)).await
 }
+
+/// The image the real node has (built locally; nothing is pulled).
+pub const REAL_NODE_IMAGE: &str = "busybox:1.35";
+
+/// A container of the real node's image running `script`, a quarter of a vCPU.
+pub fn real_container(script: &str) -> serde_json::Value {
+    json!({"image": REAL_NODE_IMAGE, "command": ["sh", "-c", script], "resources": {"vcpus": 0.25, "memory": "64Mi"}})
+}
+
+/// Applies BatchJob `name` to `queue` in `ns` with the rest of its spec.
+pub async fn submit_job(
+    client: &Client,
+    ns: &str,
+    queue: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Api<barge::api::BatchJob> {
+    let jobs: Api<barge::api::BatchJob> = Api::namespaced(client.clone(), ns);
+    let mut full = json!({"jobQueue": queue});
+    full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+    apply(
+        &jobs,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "BatchJob",
+        "metadata": {"name": name}, "spec": full}),
+    )
+    .await
+    .unwrap();
+    jobs
+}
+
+/// The job once it is in `phase` (within `timeout`).
+pub async fn job_in_phase(
+    jobs: &Api<barge::api::BatchJob>,
+    name: &str,
+    phase: barge::api::batch_job::JobPhase,
+    timeout: Duration,
+) -> barge::api::BatchJob {
+    eventually(&format!("{name} {phase:?}"), timeout, || async {
+        let j = jobs.get(name).await.ok()?;
+        (j.status.as_ref()?.phase == phase).then_some(j)
+    })
+    .await
+}
+
+/// The real node as unmanaged compute environment `ce` and queue `queue` of their own,
+/// once the environments other tests made of it let it go.
+pub async fn real_node_environment(client: &Client, node: &str, ce: &str, queue: &str) {
+    use barge::api::{ComputeEnvironment, JobQueue};
+    let ces: Api<ComputeEnvironment> = Api::all(client.clone());
+    // The gallery's example environment may still hold the node: its operator ended with
+    // its test. Ours finishes that deletion and releases the node.
+    free_real_node(client, node, ce).await;
+    apply(
+        &ces,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
+        "metadata": {"name": ce},
+        "spec": {"provider": "unmanaged", "maxvCpus": 2,
+                 "nodeSelector": {"matchLabels": {"barge.dev/real-node": "true"}},
+                 "nodeTaints": [{"key": "barge.dev/real-node", "value": "true", "effect": "NoSchedule"}]}}),
+    )
+    .await
+    .unwrap();
+    let queues: Api<JobQueue> = Api::all(client.clone());
+    apply(
+        &queues,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobQueue",
+        "metadata": {"name": queue},
+        "spec": {"priority": 1, "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": ce}]}}),
+    )
+    .await
+    .unwrap();
+    eventually("the real node in the environment", WAIT, || async {
+        (ces.get(ce).await.ok()?.status?.nodes == 1).then_some(())
+    })
+    .await;
+}
