@@ -20,7 +20,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto containerd kubelet barge)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok moto containerd kubelet moto-node barge)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 # shellcheck source=cluster/real-node.sh
@@ -187,6 +187,8 @@ up() {
   echo "AWS_CLIENTS_BIN=$AWS_CLIENTS_VENV/bin" >>"$state/ports.env"
   echo "MOTO_VENV=$MOTO_VENV" >>"$state/ports.env"
   echo "SNAKEMAKE_VENV=$SNAKEMAKE_VENV" >>"$state/ports.env"
+  echo "METAFLOW_VENV=$METAFLOW_VENV" >>"$state/ports.env"
+  echo "AIRFLOW_VENV=$AIRFLOW_VENV" >>"$state/ports.env"
   gen_certs
   local pki="$state/pki"
   write_kubeconfig admin "$state/kubeconfig"
@@ -283,8 +285,13 @@ env_lines() {
   [ -z "${MOTO_VENV:-}" ] || echo "export BARGE_MOTO_VENV=$MOTO_VENV"
   # Snakemake with its AWS Batch executor, for the workflow test of the Batch API.
   [ -z "${SNAKEMAKE_VENV:-}" ] || echo "export BARGE_SNAKEMAKE_VENV=$SNAKEMAKE_VENV"
+  # Metaflow and Airflow, for the workflow engines' tests on the real node (tests/engines.rs).
+  [ -z "${METAFLOW_VENV:-}" ] || echo "export BARGE_METAFLOW_VENV=$METAFLOW_VENV"
+  [ -z "${AIRFLOW_VENV:-}" ] || echo "export BARGE_AIRFLOW_VENV=$AIRFLOW_VENV"
   # The real node's name, for its tests and the demo's last job (hack/cluster/real-node.sh).
   if [ -n "${REAL_NODE:-}" ] && alive kubelet; then echo "export BARGE_REAL_NODE=$REAL_NODE"; fi
+  # moto where the real node's pods reach it (hack/cluster/real-node.sh).
+  if alive moto-node; then echo "export BARGE_MOTO_NODE_URL=http://$REAL_NODE_IP:$MOTO_PORT"; fi
   if alive moto; then
     echo "export AWS_ENDPOINT_URL_EC2=http://127.0.0.1:$MOTO_PORT"
     echo "export BARGE_MOTO_URL=http://127.0.0.1:$MOTO_PORT"

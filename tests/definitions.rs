@@ -171,7 +171,7 @@ async fn revisions_parameters_overrides_and_the_aws_batch_environment_reach_the_
     assert_eq!(c.command.clone().unwrap(), ["render", "--frame", "42", "--codec=h264", "Ref::unset"]);
     let vars = env(&c);
     assert_eq!(vars["QUALITY"], "draft");
-    assert_eq!(vars["AWS_BATCH_JOB_ID"], latest.uid().unwrap());
+    assert_eq!(vars["AWS_BATCH_JOB_ID"], latest.name_any(), "the id the Batch API gives the job");
     assert_eq!(vars["AWS_BATCH_JOB_ATTEMPT"], "1");
     assert_eq!(vars["AWS_BATCH_JQ_NAME"], s.tag);
     assert_eq!(vars["AWS_BATCH_CE_NAME"], s.tag);
@@ -209,7 +209,7 @@ async fn revisions_parameters_overrides_and_the_aws_batch_environment_reach_the_
     let children = s.ends("children", JobPhase::Succeeded).await;
     let (c, _) = s.container(&children, Some(2)).await;
     let vars = env(&c);
-    assert_eq!(vars["AWS_BATCH_JOB_ID"], format!("{}:2", children.uid().unwrap()));
+    assert_eq!(vars["AWS_BATCH_JOB_ID"], format!("{}:2", children.name_any()));
     assert_eq!(vars["AWS_BATCH_JOB_ARRAY_INDEX"], "2");
     assert_eq!(vars["AWS_BATCH_JOB_ARRAY_SIZE"], "3");
     assert_eq!(c.image.as_deref(), Some("busybox:1.37"));

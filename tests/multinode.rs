@@ -152,7 +152,7 @@ async fn the_main_node_starts_first_the_others_get_its_address_and_its_exit_deci
         assert_eq!(vars["AWS_BATCH_JOB_NUM_NODES"], "4");
         assert_eq!(vars["AWS_BATCH_JOB_NODE_INDEX"], i.to_string());
         assert_eq!(vars["AWS_BATCH_JOB_MAIN_NODE_INDEX"], "0");
-        assert_eq!(vars["AWS_BATCH_JOB_ID"], format!("{uid}#{i}"));
+        assert_eq!(vars["AWS_BATCH_JOB_ID"], format!("mpi#{i}"));
         let image = pod.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
         assert_eq!(image, if *i == 0 { "mpi-main:1" } else { "mpi-worker:1" });
         assert_eq!(pod.spec.as_ref().unwrap().hostname.as_deref(), Some(format!("node-{i}").as_str()));

@@ -89,9 +89,8 @@ async fn a_failing_container_gives_its_exit_code_and_prints_the_documented_envir
     let (ok, out, err) = barge_logs(&ns, &["print-env"]);
     assert!(ok, "barge logs failed: {err}");
     let env = env_lines(&out);
-    let uid = job.uid().unwrap();
     // The table of "The AWS Batch job environment" in the README, and Barge's own.
-    assert_eq!(env.get("AWS_BATCH_JOB_ID"), Some(&uid), "{out}");
+    assert_eq!(env.get("AWS_BATCH_JOB_ID"), Some(&job.name_any()), "{out}");
     assert_eq!(env.get("AWS_BATCH_JOB_ATTEMPT").map(String::as_str), Some("1"), "{out}");
     assert_eq!(env.get("AWS_BATCH_JQ_NAME").map(String::as_str), Some(QUEUE), "{out}");
     assert_eq!(env.get("AWS_BATCH_CE_NAME").map(String::as_str), Some(CE), "{out}");

@@ -19,12 +19,15 @@ kwok_bin="$cache/kwok-$KWOK_VERSION"
 moto_venv="$cache/moto-$MOTO_VERSION"
 clients_venv="$cache/aws-clients-$AWSCLI_VERSION"
 snakemake_venv="$cache/snakemake-$SNAKEMAKE_VERSION-$SNAKEMAKE_AWS_BATCH_VERSION"
+metaflow_venv="$cache/metaflow-$METAFLOW_VERSION"
+airflow_venv="$cache/airflow-$AIRFLOW_VERSION-$AIRFLOW_AMAZON_VERSION"
 # "-2": built with the Kubernetes version ldflags (an earlier build without them assumed v1.20).
 helm_bin="$cache/helm-$HELM_VERSION-2"
 kueue_bin="$cache/kueue-$KUEUE_VERSION"
 karpenter_bin="$cache/karpenter-$KARPENTER_VERSION"
 kubelet_bin="$cache/kubelet-$K8S_VERSION"
 node_images="$cache/node-images-$K8S_VERSION-$BUSYBOX_TAG"
+python_image="$cache/python-image-$PYTHON_TAG-$PYTHON_IMAGE_REVISION"
 
 log() { printf '[build] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -111,8 +114,54 @@ node_images() {
     --file /bin/busybox:/bin/busybox "${links[@]}" --dir /tmp --dir /etc --dir /root --cmd sh
 }
 
+# The Python image, tagged as Docker's python:$PYTHON_TAG: Debian's python3 with requests,
+# Pillow and pip, bash and busybox, unpacked from the packages apt resolves for them from
+# nothing (an empty dpkg status), and boto3 from PyPI: Debian 12's (1.26) predates
+# AWS_ENDPOINT_URL_<SERVICE>, with which a job names its endpoints. No maintainer script
+# runs, so what they would do is done here: /bin/sh, the CA bundle, the modules' bytecode
+# (checked by hash, since every file in the layer has time 0). Debian's marker that keeps
+# pip off its system Python is left out, as in Docker's image, whose one Python is the user's.
+python_image_packages=(python3 python-is-python3 python3-pip python3-requests python3-pil
+  python3-jmespath python3-dateutil python3-urllib3 bash coreutils tar gzip busybox-static
+  ca-certificates)
+python_image() {
+  local work=$1/work root=$1/work/root
+  mkdir -p "$work/debs" "$root"
+  : >"$work/status"
+  if ! apt-cache show python3-boto3 >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "the Python image needs Debian's package lists (apt-get update, as root)"
+    apt-get update -qq
+  fi
+  apt-get install -s -qq --no-install-recommends -o Dir::State::status="$work/status" \
+    "${python_image_packages[@]}" | awk '/^Inst /{print $2}' >"$work/packages"
+  # shellcheck disable=SC2046
+  (cd "$work/debs" && apt-get download -qq -o APT::Sandbox::User=root $(cat ../packages))
+  local deb
+  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  rm -rf "$root"/usr/share/{doc,man,info,locale,lintian} "$root"/usr/lib/python3.*/EXTERNALLY-MANAGED
+  ln -sf bash "$root/bin/sh"
+  cat "$root"/usr/share/ca-certificates/*/*.crt >"$root/etc/ssl/certs/ca-certificates.crt"
+  local version; version=$(basename "$root"/usr/lib/python3.[0-9]*)
+  # Pure Python: any pip installs them for the image's Python.
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
+    --target "$root/usr/local/lib/$version/dist-packages" \
+    "boto3==$PYTHON_IMAGE_BOTO3" "botocore==$PYTHON_IMAGE_BOTO3" "s3transfer==$PYTHON_IMAGE_S3TRANSFER"
+  if [ "$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" = "$version" ]; then
+    python3 -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$root" -p / \
+      "$root/usr/lib/$version" "$root/usr/lib/python3/dist-packages" "$root/usr/local/lib/$version" >/dev/null
+  else
+    log "no $version here to compile the image's modules with: they compile in each container"
+  fi
+  python3 "$here/oci-image.py" "$1/python.tar" "docker.io/library/python:$PYTHON_TAG" --tree "$root" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 --cmd python3
+  printf '%s\n' "$(wc -l <"$work/packages") Debian packages, $(du -sm "$root" | cut -f1) MiB unpacked" >"$1/python.txt"
+  rm -rf "$work"
+  printf '#!/bin/sh\n# the check ensure runs: the image is there\ntest -s python.tar\n' >"$1/verify"
+  chmod +x "$1/verify"
+}
+
 # What the real node needs from Debian's packages; installed only as root.
-real_node_packages=(containerd runc containernetworking-plugins busybox-static iproute2)
+real_node_packages=(containerd runc containernetworking-plugins busybox-static iproute2 socat)
 node_packages() {
   local missing=() p
   for p in "${real_node_packages[@]}"; do
@@ -204,6 +253,11 @@ build_snakemake() {
     "snakemake==$SNAKEMAKE_VERSION" "snakemake-executor-plugin-aws-batch==$SNAKEMAKE_AWS_BATCH_VERSION" \
     "snakemake-storage-plugin-s3==$SNAKEMAKE_S3_VERSION"
 }
+build_metaflow() { venv metaflow "$metaflow_venv" 'import metaflow, boto3' "metaflow==$METAFLOW_VERSION" boto3; }
+build_airflow() {
+  venv airflow "$airflow_venv" 'import airflow, airflow.providers.amazon.aws.operators.batch' \
+    "apache-airflow==$AIRFLOW_VERSION" "apache-airflow-providers-amazon==$AIRFLOW_AMAZON_VERSION"
+}
 build_aws_clients() { venv aws-clients "$clients_venv" 'import boto3, awscli' "awscli==$AWSCLI_VERSION" boto3; }
 
 build_etcd() { ensure "etcd-$ETCD_VERSION" "$etcd_bin" 2 go_etcd "etcd --version"; }
@@ -217,6 +271,7 @@ build_real_node() {
   node_packages
   ensure "kubelet-$K8S_VERSION" "$kubelet_bin" 2 go_kubelet "kubelet --version"
   ensure "node-images-$K8S_VERSION-$BUSYBOX_TAG" "$node_images" 1 node_images "pause -v"
+  ensure "python-image-$PYTHON_TAG-$PYTHON_IMAGE_REVISION" "$python_image" 1 python_image verify
 }
 build_karpenter() { ensure "karpenter-$KARPENTER_VERSION" "$karpenter_bin" 10 go_karpenter "karpenter --help"; }
 build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --help"; }
@@ -224,19 +279,22 @@ build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --
 all() {
   local start=$SECONDS
   runs "$k8s_bin" "kube-apiserver --version" || log "the first build of the control plane takes about 15 min on 2 cores (etcd, kwok, Kubernetes, moto, helm; ~2 GB of Go modules); later runs reuse $cache"
-  build_etcd; build_kwok; build_k8s; build_moto; build_aws_clients; build_snakemake; build_helm
+  build_etcd; build_kwok; build_k8s; build_moto; build_aws_clients; build_snakemake; build_metaflow; build_airflow; build_helm
   [ $((SECONDS - start)) -lt 5 ] || log "test bed ready in $((SECONDS - start)) s"
 }
 
 case "${1:-all}" in
   all) all ;;
-  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;; helm) build_helm ;;
+  k8s) build_k8s ;; etcd) build_etcd ;; kwok) build_kwok ;; moto) build_moto ;; aws-clients) build_aws_clients ;; snakemake) build_snakemake ;;
+  metaflow) build_metaflow ;; airflow) build_airflow ;; helm) build_helm ;;
   kueue) build_kueue ;;
   real-node) build_real_node ;;
   karpenter) build_karpenter ;;
   paths) echo "K8S_BIN=$k8s_bin"; echo "ETCD_BIN=$etcd_bin"; echo "KWOK_BIN=$kwok_bin"; echo "MOTO_VENV=$moto_venv"
          echo "AWS_CLIENTS_VENV=$clients_venv"; echo "SNAKEMAKE_VENV=$snakemake_venv"
+         echo "METAFLOW_VENV=$metaflow_venv"; echo "AIRFLOW_VENV=$airflow_venv"
          echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin"
-         echo "KARPENTER_BIN=$karpenter_bin"; echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images" ;;
-  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|helm|kueue|karpenter|real-node|paths]" >&2; exit 2 ;;
+         echo "KARPENTER_BIN=$karpenter_bin"; echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images"
+         echo "PYTHON_IMAGE=$python_image/python.tar" ;;
+  *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|metaflow|airflow|helm|kueue|karpenter|real-node|paths]" >&2; exit 2 ;;
 esac

@@ -3,10 +3,13 @@
 
 No registry is reachable here, so the real node's images are made from files on this
 machine: the pause image from a static binary, a busybox image from busybox-static with a
-link for each applet.
+link for each applet, the Python image from a tree of Debian's packages unpacked.
 
-  oci-image.py OUT.tar NAME --file SRC:DEST[:MODE] ... [--link DEST:TARGET ...]
+  oci-image.py OUT.tar NAME [--tree DIR] [--file SRC:DEST[:MODE] ...] [--link DEST:TARGET ...]
                [--dir DEST ...] [--entrypoint ARG ...] [--cmd ARG ...] [--env K=V ...]
+
+--tree adds every file, directory and symbolic link under DIR as the image's root, with its
+mode (hard links become copies).
 
 The archive is reproducible: every entry has mtime 0 and root ownership.
 """
@@ -15,6 +18,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import stat
 import tarfile
 
 
@@ -25,11 +30,33 @@ def entry(name, kind=tarfile.REGTYPE, mode=0o755, size=0, linkname=""):
     return info
 
 
-def layer(files, links, dirs):
+def tree(tar, root, made):
+    """Adds what is under root, sorted, as the layer's root."""
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(top, root)
+        for name in sorted(dirs + names):
+            path = os.path.join(top, name)
+            dest = name if rel == "." else f"{rel}/{name}"
+            st = os.lstat(path)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                tar.addfile(entry(dest, tarfile.SYMTYPE, 0o777, linkname=os.readlink(path)))
+            elif stat.S_ISDIR(st.st_mode):
+                made.add(dest)
+                tar.addfile(entry(dest, tarfile.DIRTYPE, mode))
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    tar.addfile(entry(dest, mode=mode, size=st.st_size), f)
+
+
+def layer(files, links, dirs, root=None):
     """The layer as an uncompressed tar, entries in a stable order."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         made = set()
+        if root:
+            tree(tar, root, made)
 
         def parents(path):
             parts = path.split("/")[:-1]
@@ -61,6 +88,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("name", help="full reference, e.g. docker.io/library/busybox:1.35")
+    p.add_argument("--tree")
     p.add_argument("--file", action="append", default=[])
     p.add_argument("--link", action="append", default=[])
     p.add_argument("--dir", action="append", default=[])
@@ -76,7 +104,7 @@ def main():
     links = [tuple(part.lstrip("/") if i == 0 else part for i, part in enumerate(l.split(":", 1))) for l in a.link]
     dirs = [d.strip("/") for d in a.dir]
 
-    raw = layer(files, links, dirs)
+    raw = layer(files, links, dirs, a.tree)
     gz = io.BytesIO()
     with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as z:
         z.write(raw)

@@ -4,20 +4,25 @@
 #
 # Everything stays on this machine: the node's address is a /32 on the loopback device
 # (TEST-NET-2, RFC 5737, routed nowhere), and pods get addresses on a bridge of their own
-# (TEST-NET-3) with no default route and no masquerade, so they reach each other and the
-# node only. IP forwarding is not turned on.
+# (198.18.0.0/24, RFC 2544's benchmarking range: machines like this one reach their package
+# registries through the TEST-NET ranges) with no default route and no masquerade, so they
+# reach each other and the node only (a route to the node's address through the bridge). IP forwarding is not turned
+# on. moto, which listens on 127.0.0.1, is also on the node's address (socat forwards to it),
+# so a job reaches the test bed's S3 and SQS at http://$REAL_NODE_IP:<moto's port>, the
+# endpoint it is given like any other setting.
 #
 # The node is labelled and tainted `barge.dev/real-node=true` (NoSchedule): only pods that
 # tolerate it land there, such as those of an unmanaged compute environment that selects it
 # (examples/real-node.yaml). Its only images are busybox:$BUSYBOX_TAG and the pause image,
-# made by hack/cluster/build.sh real-node: nothing is pulled.
+# made by hack/cluster/build.sh real-node: nothing is pulled. Beside them, python:$PYTHON_TAG
+# (Debian's python3 with boto3, requests, Pillow and pip) for jobs that run Python.
 #
 # Needs: cluster.sh's log, die, start, alive, wait_for; $state, $pki; versions.env.
 
 REAL_NODE=real-0
 REAL_NODE_IP=198.51.100.10
-REAL_POD_SUBNET=203.0.113.0/24
-REAL_POD_GATEWAY=203.0.113.1
+REAL_POD_SUBNET=198.18.0.0/24
+REAL_POD_GATEWAY=198.18.0.1
 REAL_BRIDGE=barge0
 REAL_NODE_LABEL=barge.dev/real-node
 
@@ -36,6 +41,9 @@ real_node_unable() {
   local eff; eff=$((16#$(awk '/^CapEff/ {print $2}' /proc/self/status)))
   (( (eff >> 12) & 1 && (eff >> 21) & 1 )) \
     || { echo "no CAP_NET_ADMIN and CAP_SYS_ADMIN (a container without privileges?)"; return 1; }
+  local routed
+  routed=$(ip -4 route show to match "$REAL_POD_GATEWAY" | grep -v "^default\|dev $REAL_BRIDGE " | head -1 || true)
+  [ -z "$routed" ] || { echo "the pods' range $REAL_POD_SUBNET is this machine's already ($routed)"; return 1; }
   if real_node_running /; then
     [ -d "$(real_dir)" ] || { echo "another cluster's real node runs on this machine"; return 1; }
   elif [ -n "$(real_node_leftovers)" ]; then
@@ -113,7 +121,8 @@ real_node_up() {
     "type": "bridge", "bridge": "$REAL_BRIDGE", "isGateway": false, "ipMasq": false,
     "hairpinMode": true,
     "ipam": {"type": "host-local", "dataDir": "$real/cni/ipam",
-             "ranges": [[{"subnet": "$REAL_POD_SUBNET", "rangeStart": "${REAL_POD_SUBNET%.*}.10"}]]}
+             "ranges": [[{"subnet": "$REAL_POD_SUBNET", "rangeStart": "${REAL_POD_SUBNET%.*}.10"}]],
+             "routes": [{"dst": "$REAL_NODE_IP/32", "gw": "$REAL_POD_GATEWAY"}]}
   }]
 }
 JSON
@@ -152,6 +161,13 @@ TOML
   wait_for containerd 30 real_ctr version
   real_ctr images import "$NODE_IMAGES/pause.tar" >/dev/null
   real_ctr images import "$NODE_IMAGES/busybox.tar" >/dev/null
+  real_ctr images import "$PYTHON_IMAGE" >/dev/null
+  if alive moto; then
+    # shellcheck disable=SC1091
+    source "$state/ports.env"
+    start moto-node socat "TCP-LISTEN:$MOTO_PORT,bind=$REAL_NODE_IP,fork,reuseaddr" "TCP:127.0.0.1:$MOTO_PORT"
+    wait_for "moto on $REAL_NODE_IP" 10 curl -sf "http://$REAL_NODE_IP:$MOTO_PORT/moto-api/"
+  fi
 
   real_node_certs
   write_kubeconfig kubelet "$state/kubelet.kubeconfig"
@@ -195,7 +211,7 @@ YAML
 real_node_down() {
   local real pid c; real=$(real_dir)
   [ -d "$real" ] || return 0  # not this cluster's: another checkout's may be running
-  for c in kubelet; do
+  for c in kubelet moto-node; do
     [ -f "$state/pids/$c" ] || continue
     pid=$(cat "$state/pids/$c"); kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -225,6 +241,8 @@ real_node_down() {
 # the address and the directory.
 real_node_clean() {
   local real=$1 pid
+  # A forwarder to moto on the node's address that outlived its cluster.
+  pkill -f "^socat TCP-LISTEN:[0-9]+,bind=$REAL_NODE_IP," 2>/dev/null || true
   # Shims (and what runs under them) that outlived containerd.
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $real/containerd/containerd.sock" 2>/dev/null || true); do
     kill -9 "$pid" 2>/dev/null || true
@@ -277,7 +295,7 @@ real_node_leftovers() {
   local c p
   [ ! -e /sys/class/net/$REAL_BRIDGE ] || echo "the bridge $REAL_BRIDGE"
   ! real_node_address_on_lo || echo "the address $REAL_NODE_IP on lo"
-  pgrep -af "containerd-shim-runc-v2|containerd --config .*/real/containerd|kubelet --config .*/real/kubelet" \
+  pgrep -af "containerd-shim-runc-v2|containerd --config .*/real/containerd|kubelet --config .*/real/kubelet|^socat TCP-LISTEN:[0-9]+,bind=$REAL_NODE_IP," \
     | sed 's/^/process /' || true
   awk '$2 ~ /\/real\/(containerd|kubelet)(\/|$)/ {print "mount " $2}' /proc/self/mounts
   find /sys/fs/cgroup -maxdepth 2 -name kubepods 2>/dev/null | sed 's/^/cgroup /'

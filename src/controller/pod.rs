@@ -42,6 +42,9 @@ const SIM_DURATION: &str = "sim.barge.dev/duration";
 const SIM_MAIN_DURATION: &str = "sim.barge.dev/main-duration";
 
 /// The resources one attempt of the job requests.
+/// `AWS_EXECUTION_ENV` as AWS Batch sets it in a job's container on EC2 compute.
+pub const EXECUTION_ENV: &str = "AWS_ECS_EC2";
+
 pub fn job_request(work: &Work<'_>) -> Result<Res> {
     if let Some(c) = &work.container {
         let millicpu = (c.resources.vcpus * 1000.0).ceil() as u64;
@@ -157,10 +160,12 @@ pub fn build_pod(
             ..Default::default()
         });
     }
-    // Barge's own variables, and AWS Batch's with its names and meanings.
+    // Barge's own variables, and AWS Batch's with its names and meanings. The job's id is
+    // the one AWS Batch's API gives it (its name): what SubmitJob returned, DescribeJobs takes
+    // and Metaflow records from inside the container.
     let job_id = match index {
-        Some(i) => format!("{uid}:{i}"),
-        None => uid.clone(),
+        Some(i) => format!("{name}:{i}"),
+        None => name.clone(),
     };
     let mut env = vec![
         env_var("BARGE_JOB_NAME", &name),
@@ -171,6 +176,9 @@ pub fn build_pod(
         env_var("AWS_BATCH_JOB_ATTEMPT", &number),
         env_var("AWS_BATCH_JQ_NAME", &job.spec.job_queue),
         env_var("AWS_BATCH_CE_NAME", &ce.name_any()),
+        // What an AWS Batch job on EC2 is told it runs in: SDKs put it in their user agent,
+        // and Metaflow's @batch steps read it (a KeyError without it).
+        env_var("AWS_EXECUTION_ENV", EXECUTION_ENV),
     ];
     if let Some(d) = job.status.as_ref().and_then(|s| s.job_definition.as_deref()) {
         env.push(env_var("BARGE_JOB_DEFINITION", d));
@@ -354,7 +362,7 @@ pub fn build_node_pod(
     if let Some(env) = spec.containers.first_mut().and_then(|c| c.env.as_mut()) {
         // A node's job id is the job's with `#N`, as AWS Batch names node jobs.
         if let Some(id) = env.iter_mut().find(|e| e.name == "AWS_BATCH_JOB_ID") {
-            id.value = Some(format!("{uid}#{}", place.index));
+            id.value = Some(format!("{name}#{}", place.index));
         }
         let at = env.iter().position(|e| e.name == "AWS_BATCH_CE_NAME").map_or(0, |i| i + 1);
         env.splice(at..at, vars);
@@ -442,6 +450,27 @@ mod tests {
     }
 
     #[test]
+    fn the_container_is_told_what_metaflows_batch_steps_read() {
+        // Metaflow's @batch task_pre_step reads AWS_BATCH_JOB_ATTEMPT, _CE_NAME, _JQ_NAME and
+        // AWS_EXECUTION_ENV unguarded once AWS_BATCH_JOB_ID is set.
+        let j = job();
+        let pod = build_pod(&j, &work(&j.spec, None).unwrap(), &ce(), 0, None, &PodInputs::none()).unwrap();
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        for name in [
+            "AWS_BATCH_JOB_ID",
+            "AWS_BATCH_JOB_ATTEMPT",
+            "AWS_BATCH_CE_NAME",
+            "AWS_BATCH_JQ_NAME",
+            "AWS_EXECUTION_ENV",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        let exec = env.iter().find(|e| e.name == "AWS_EXECUTION_ENV").unwrap();
+        assert_eq!(exec.value.as_deref(), Some("AWS_ECS_EC2"));
+    }
+
+    #[test]
     fn the_pod_is_pinned_owned_and_named_for_its_attempt_counted_from_one() {
         // The third attempt (index 2) is attempt 3 wherever a user reads it.
         let j = job();
@@ -460,7 +489,7 @@ mod tests {
         for name in ["BARGE_JOB_ATTEMPT", "AWS_BATCH_JOB_ATTEMPT"] {
             assert_eq!(var(name).as_deref(), Some("3"), "{name}");
         }
-        assert_eq!(var("AWS_BATCH_JOB_ID").as_deref(), Some("abcdef12-3456"));
+        assert_eq!(var("AWS_BATCH_JOB_ID").as_deref(), Some("etl"), "the id the Batch API gives the job");
         assert_eq!(var("AWS_BATCH_JQ_NAME").as_deref(), Some("q"));
         assert_eq!(var("AWS_BATCH_CE_NAME").as_deref(), Some("ce-a"));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
