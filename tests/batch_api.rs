@@ -220,46 +220,6 @@ async fn boto3_registers_submits_follows_and_stops_jobs() {
 }
 
 #[tokio::test]
-async fn snakemakes_aws_batch_executor_runs_a_workflow() {
-    let h = harness().await;
-    let c = corner("api-smk").await;
-    let key = create_key(h, &c.env.ns, &[]);
-    until_answered(h, &key).await;
-    // Snakemake's definitions carry its `--aws-batch-job-role`: a role the namespace binds.
-    bind_role(h, &key, &c.env.ns, "arn:aws:iam::123456789012:role/snakemake-jobs").await;
-    let venv = std::env::var("BARGE_SNAKEMAKE_VENV")
-        .expect("BARGE_SNAKEMAKE_VENV is not set: run these tests with `make test` (hack/cluster.sh builds Snakemake's venv)");
-    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snakemake-{}", suffix()));
-    let out = tool_in(h, &key, &format!("{venv}/bin"), "python")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/batch_api/snakemake_workflow.py"))
-        .env("KUBECONFIG", std::env::var("KUBECONFIG").unwrap_or_default())
-        .env("BARGE_QUEUE", &c.queue)
-        .env("BARGE_NAMESPACE", &c.env.ns)
-        .env("BARGE_WORKDIR", &work)
-        .env("BARGE_S3_URL", common::ec2::moto_url())
-        .env("BARGE_BUCKET", format!("snakemake-{}", suffix()))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the Snakemake workflow failed:\n{stderr}");
-    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
-    assert_eq!(seen["played"], json!(["greet", "count"]), "{seen}");
-
-    // Each step was a BatchJob that ran privileged, as Snakemake's definitions ask, and ended.
-    for step in ["greet", "count"] {
-        let job = c.env.jobs.get(seen["jobs"][step].as_str().unwrap()).await.unwrap();
-        assert_eq!(job.status.as_ref().unwrap().phase, JobPhase::Succeeded, "{step}");
-        assert!(job.annotations()["barge.dev/aws-name"].starts_with(&format!("snakejob-{step}-")));
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client().await, &c.env.ns);
-        let lp = ListParams::default().labels(&format!("barge.dev/job-name={}", job.name_any()));
-        let pod = pods.list(&lp).await.unwrap().items.pop().expect("the step's pod is kept");
-        let sc = pod.spec.unwrap().containers[0].security_context.clone().unwrap_or_default();
-        assert_eq!(sc.privileged, Some(true), "{step}");
-    }
-    c.cleanup().await;
-}
-
-#[tokio::test]
 async fn aws_cli_sees_kubectl_jobs_and_submits_its_own() {
     let h = harness().await;
     let c = corner("api-cli").await;

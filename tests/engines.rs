@@ -1,7 +1,8 @@
 //! Workflow engines drive Barge's AWS Batch API unchanged, and their steps run in real
 //! containers on the local cluster's real node: Metaflow's `@batch` (artifacts through moto's
-//! S3, a foreach, a join, a `@retry`) and Airflow's `BatchOperator` and `BatchSensor` (with
-//! the container's lines read back through CloudWatch Logs).
+//! S3, a foreach, a join, a `@retry`), Airflow's `BatchOperator` and `BatchSensor` (with the
+//! container's lines read back through CloudWatch Logs), and Snakemake's AWS Batch executor
+//! (each step's own `snakemake` in its container, reading and writing moto's S3).
 //!
 //! Each engine is pinned in a venv of its own (hack/cluster/build.sh); only endpoint URLs,
 //! credentials and the engines' documented settings differ from an AWS setup. One operator
@@ -33,6 +34,7 @@ const METAFLOW_QUEUE: &str = "engine-metaflow";
 const METAFLOW_FIRST_CE: &str = "engine-spot";
 const LOG_BUCKET: &str = "barge-engine-logs";
 const ROLE: &str = "arn:aws:iam::123456789012:role/metaflow-steps";
+const SNAKEMAKE_ROLE: &str = "arn:aws:iam::123456789012:role/snakemake-jobs";
 
 struct Harness {
     port: u16,
@@ -145,6 +147,29 @@ async fn jobs_by_aws_name(client: &Client, ns: &str) -> Vec<(String, BatchJob)> 
     all
 }
 
+/// Binds `role` to a ServiceAccount of `ns` (IRSA's annotation), and waits until the
+/// endpoint sees it: a definition naming the role registers.
+async fn bind_role(h: &Harness, key: &Key, ns: &str, role: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client().await, ns);
+    apply(
+        &accounts,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": format!("role-{}", suffix()), "annotations": {"eks.amazonaws.com/role-arn": role}}}),
+    )
+    .await
+    .unwrap();
+    let probe = json!({"image": REAL_NODE_IMAGE, "jobRoleArn": role}).to_string();
+    eventually("the endpoint sees the role's ServiceAccount", std::time::Duration::from_secs(10), || async {
+        let out = venv_tool(&common::batch::clients_bin(), "aws", h.port, key)
+            .args(["batch", "register-job-definition", "--job-definition-name", "role-probe"])
+            .args(["--type", "container", "--container-properties", &probe])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
+}
+
 fn phase(job: &BatchJob) -> Option<JobPhase> {
     job.status.as_ref().map(|s| s.phase)
 }
@@ -175,16 +200,9 @@ async fn metaflow_runs_a_flow_of_batch_steps_in_real_containers() {
     let Some(h) = harness("the Metaflow test").await else { return };
     let client = client().await;
     let ns = namespace(&client, "metaflow").await;
-    // The job role Metaflow registers its definitions with, bound in the namespace (IRSA).
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    apply(
-        &accounts,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "metaflow-steps", "annotations": {"eks.amazonaws.com/role-arn": ROLE}}}),
-    )
-    .await
-    .unwrap();
     let key = create_key(&h.credentials_ns, &ns, &[], false);
+    // The job role Metaflow registers its definitions with, bound in the namespace (IRSA).
+    bind_role(h, &key, &ns, ROLE).await;
     let bucket = format!("barge-metaflow-{}", suffix());
     create_bucket(&h.moto, &bucket);
     let work = workdir("metaflow");
@@ -342,4 +360,45 @@ async fn airflows_batch_operator_and_sensor_wait_for_real_jobs() {
         log.contains("'statusReason': 'Essential container in task exited with code 3 (Error)'"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn snakemakes_aws_batch_executor_runs_each_step_in_its_own_container() {
+    let Some(h) = harness("the Snakemake test").await else { return };
+    let client = client().await;
+    let ns = namespace(&client, "snakemake").await;
+    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    // Snakemake's definitions carry its `--aws-batch-job-role`: a role the namespace binds.
+    bind_role(h, &key, &ns, SNAKEMAKE_ROLE).await;
+    let bin = format!("{}/bin", venv("BARGE_SNAKEMAKE_VENV"));
+    let out = venv_tool(&bin, "python", h.port, &key)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/engines/snakemake_workflow.py"))
+        .env("BARGE_QUEUE", QUEUE)
+        .env("BARGE_WORKDIR", workdir("snakemake"))
+        .env("BARGE_S3_URL", &h.moto_for_pods)
+        .env("BARGE_BUCKET", format!("barge-snakemake-{}", suffix()))
+        .env("BARGE_ROLE", SNAKEMAKE_ROLE)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the Snakemake workflow failed:\n{}", text(&out));
+    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+
+    // Each step was a BatchJob that ran privileged on the real node, as Snakemake's
+    // definitions ask, in the image Snakemake names by default.
+    let jobs: Api<BatchJob> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    for step in ["greet", "count"] {
+        let job = jobs.get(seen["jobs"][step].as_str().unwrap()).await.unwrap();
+        let s = job.status.as_ref().unwrap();
+        assert_eq!((s.phase, s.node_name.as_deref()), (JobPhase::Succeeded, Some("real-0")), "{step}");
+        let pod = pods.get(&s.attempts[0].pod_name).await.expect("the step's pod is kept");
+        let container = &pod.spec.unwrap().containers[0];
+        let privileged = container.security_context.as_ref().and_then(|c| c.privileged);
+        assert_eq!(privileged, Some(true), "{step}");
+        assert!(container.image.as_deref().unwrap().starts_with("snakemake/snakemake:v"), "{step}");
+    }
+    // greet's container wrote its own pod's name.
+    let greet = jobs.get(seen["jobs"]["greet"].as_str().unwrap()).await.unwrap();
+    let pod = &greet.status.as_ref().unwrap().attempts[0].pod_name;
+    assert_eq!(seen["hello"], format!("hello from Barge on {pod}"), "{seen}");
 }

@@ -27,7 +27,7 @@ kueue_bin="$cache/kueue-$KUEUE_VERSION"
 karpenter_bin="$cache/karpenter-$KARPENTER_VERSION"
 kubelet_bin="$cache/kubelet-$K8S_VERSION"
 node_images="$cache/node-images-$K8S_VERSION-$BUSYBOX_TAG"
-python_image="$cache/python-image-$PYTHON_TAG-$PYTHON_IMAGE_REVISION"
+python_image="$cache/python-images-$PYTHON_TAG-$PYTHON_IMAGE_REVISION-snakemake-$SNAKEMAKE_VERSION"
 
 log() { printf '[build] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -123,7 +123,7 @@ node_images() {
 # pip off its system Python is left out, as in Docker's image, whose one Python is the user's.
 python_image_packages=(python3 python-is-python3 python3-pip python3-requests python3-pil
   python3-jmespath python3-dateutil python3-urllib3 bash coreutils tar gzip busybox-static
-  ca-certificates)
+  ca-certificates base-passwd)
 python_image() {
   local work=$1/work root=$1/work/root
   mkdir -p "$work/debs" "$root"
@@ -140,24 +140,69 @@ python_image() {
   for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
   rm -rf "$root"/usr/share/{doc,man,info,locale,lintian} "$root"/usr/lib/python3.*/EXTERNALLY-MANAGED
   ln -sf bash "$root/bin/sh"
+  # busybox's applets where Debian's packages left a command out (hostname, ps, wget, …).
+  local applet
+  for applet in $("$root/bin/busybox" --list); do
+    [ -e "$root/bin/$applet" ] || [ -e "$root/usr/bin/$applet" ] || [ -e "$root/sbin/$applet" ] \
+      || [ -e "$root/usr/sbin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  # base-passwd's files (its maintainer script makes them): root's name, which getpass asks for.
+  cp "$root/usr/share/base-passwd/passwd.master" "$root/etc/passwd"
+  cp "$root/usr/share/base-passwd/group.master" "$root/etc/group"
   cat "$root"/usr/share/ca-certificates/*/*.crt >"$root/etc/ssl/certs/ca-certificates.crt"
   local version; version=$(basename "$root"/usr/lib/python3.[0-9]*)
   # Pure Python: any pip installs them for the image's Python.
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
     --target "$root/usr/local/lib/$version/dist-packages" \
     "boto3==$PYTHON_IMAGE_BOTO3" "botocore==$PYTHON_IMAGE_BOTO3" "s3transfer==$PYTHON_IMAGE_S3TRANSFER"
-  if [ "$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" = "$version" ]; then
-    python3 -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$root" -p / \
-      "$root/usr/lib/$version" "$root/usr/lib/python3/dist-packages" "$root/usr/local/lib/$version" >/dev/null
-  else
-    log "no $version here to compile the image's modules with: they compile in each container"
-  fi
+  cp -a "$root" "$work/snakemake"
+  compile_modules "$root" "$version"
   python3 "$here/oci-image.py" "$1/python.tar" "docker.io/library/python:$PYTHON_TAG" --tree "$root" \
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 --cmd python3
   printf '%s\n' "$(wc -l <"$work/packages") Debian packages, $(du -sm "$root" | cut -f1) MiB unpacked" >"$1/python.txt"
+
+  # Snakemake's image, under the name its AWS Batch executor uses by default
+  # (snakemake/snakemake:v<version>): the Python image with Snakemake and its S3 storage plugin
+  # from PyPI, for the `snakemake` each step's job runs. Wheels for CPython 3.11 on glibc,
+  # which the image's Python is; the scripts pip makes name this machine's Python, so they are
+  # pointed at the image's.
+  root=$work/snakemake
+  # (pip's complaints about this machine's own packages go to a log, shown if it fails.)
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile --upgrade \
+    --target "$root/usr/local/lib/$version/dist-packages" "snakemake==$SNAKEMAKE_VERSION" \
+    "snakemake-storage-plugin-s3==$SNAKEMAKE_S3_VERSION" \
+    "boto3==$PYTHON_IMAGE_BOTO3" "botocore==$PYTHON_IMAGE_BOTO3" "s3transfer==$PYTHON_IMAGE_S3TRANSFER" \
+    2>"$work/pip.log" || { cat "$work/pip.log" >&2; die "pip could not install Snakemake into its image"; }
+  # Snakemake's AWS Batch executor has each job `pip install` the storage plugin before it runs
+  # (auto_deploy_default_storage_provider, fixed by the plugin). The real node's pods reach no
+  # index, so the image's pip is an offline one: it finds the plugin and its dependencies in
+  # wheels kept in the image (/etc/pip.conf), as an image built for a closed network would.
+  # The same versions as those installed, so that what a job deploys agrees with Snakemake.
+  python3 -m pip freeze --path "$root/usr/local/lib/$version/dist-packages" >"$work/installed.txt"
+  python3 -m pip download --quiet --disable-pip-version-check --dest "$root/usr/local/share/wheels" \
+    --constraint "$work/installed.txt" "snakemake-storage-plugin-s3==$SNAKEMAKE_S3_VERSION"
+  printf '[global]\nno-index = true\nfind-links = /usr/local/share/wheels\n' >"$root/etc/pip.conf"
+  mkdir -p "$root/usr/local/bin"
+  mv "$root/usr/local/lib/$version/dist-packages/bin/"* "$root/usr/local/bin/"
+  rmdir "$root/usr/local/lib/$version/dist-packages/bin"
+  sed -i '1s|^#!.*python.*$|#!/usr/bin/python3|' "$root"/usr/local/bin/*
+  compile_modules "$root" "$version"
+  python3 "$here/oci-image.py" "$1/snakemake.tar" "docker.io/snakemake/snakemake:v$SNAKEMAKE_VERSION" --tree "$root" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 --cmd bash
   rm -rf "$work"
-  printf '#!/bin/sh\n# the check ensure runs: the image is there\ntest -s python.tar\n' >"$1/verify"
+  printf '#!/bin/sh\n# the check ensure runs: the images are there\ntest -s python.tar && test -s snakemake.tar\n' >"$1/verify"
   chmod +x "$1/verify"
+}
+
+# compile_modules <root> <pythonX.Y>: the image's modules' bytecode, checked by hash (every
+# file in the layer has time 0), when this machine has the same Python version.
+compile_modules() {
+  if [ "$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" = "$2" ]; then
+    python3 -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$1" -p / \
+      "$1/usr/lib/$2" "$1/usr/lib/python3/dist-packages" "$1/usr/local/lib/$2" >/dev/null
+  else
+    log "no $2 here to compile the image's modules with: they compile in each container"
+  fi
 }
 
 # What the real node needs from Debian's packages; installed only as root.
@@ -271,7 +316,7 @@ build_real_node() {
   node_packages
   ensure "kubelet-$K8S_VERSION" "$kubelet_bin" 2 go_kubelet "kubelet --version"
   ensure "node-images-$K8S_VERSION-$BUSYBOX_TAG" "$node_images" 1 node_images "pause -v"
-  ensure "python-image-$PYTHON_TAG-$PYTHON_IMAGE_REVISION" "$python_image" 1 python_image verify
+  ensure "python-images-$PYTHON_TAG-$PYTHON_IMAGE_REVISION-snakemake-$SNAKEMAKE_VERSION" "$python_image" 2 python_image verify
 }
 build_karpenter() { ensure "karpenter-$KARPENTER_VERSION" "$karpenter_bin" 10 go_karpenter "karpenter --help"; }
 build_kueue() { ensure "kueue-$KUEUE_VERSION" "$kueue_bin" 10 go_kueue "kueue --help"; }
@@ -295,6 +340,6 @@ case "${1:-all}" in
          echo "METAFLOW_VENV=$metaflow_venv"; echo "AIRFLOW_VENV=$airflow_venv"
          echo "HELM_BIN=$helm_bin"; echo "KUEUE_BIN=$kueue_bin"
          echo "KARPENTER_BIN=$karpenter_bin"; echo "KUBELET_BIN=$kubelet_bin"; echo "NODE_IMAGES=$node_images"
-         echo "PYTHON_IMAGE=$python_image/python.tar" ;;
+         echo "PYTHON_IMAGES=$python_image" ;;
   *) echo "usage: $0 [all|k8s|etcd|kwok|moto|aws-clients|snakemake|metaflow|airflow|helm|kueue|karpenter|real-node|paths]" >&2; exit 2 ;;
 esac

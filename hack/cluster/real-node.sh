@@ -15,7 +15,8 @@
 # tolerate it land there, such as those of an unmanaged compute environment that selects it
 # (examples/real-node.yaml). Its only images are busybox:$BUSYBOX_TAG and the pause image,
 # made by hack/cluster/build.sh real-node: nothing is pulled. Beside them, python:$PYTHON_TAG
-# (Debian's python3 with boto3, requests, Pillow and pip) for jobs that run Python.
+# (Debian's python3 with boto3, requests, Pillow and pip) for jobs that run Python, and
+# snakemake/snakemake:v$SNAKEMAKE_VERSION (that and Snakemake) for Snakemake's steps.
 #
 # Needs: cluster.sh's log, die, start, alive, wait_for; $state, $pki; versions.env.
 
@@ -161,7 +162,8 @@ TOML
   wait_for containerd 30 real_ctr version
   real_ctr images import "$NODE_IMAGES/pause.tar" >/dev/null
   real_ctr images import "$NODE_IMAGES/busybox.tar" >/dev/null
-  real_ctr images import "$PYTHON_IMAGE" >/dev/null
+  real_ctr images import "$PYTHON_IMAGES/python.tar" >/dev/null
+  real_ctr images import "$PYTHON_IMAGES/snakemake.tar" >/dev/null
   if alive moto; then
     # shellcheck disable=SC1091
     source "$state/ports.env"
