@@ -240,8 +240,16 @@ async fn invalid_manifests_are_refused_or_marked_with_a_clear_message() {
         ),
     ] {
         let got = err(apply(&e.ces, ec2_ce(extra)).await.map(|_| ()));
-        assert!(got.contains(message), "{got}");
+        // The rule's own words, not a CEL evaluation error about a missing field.
+        assert!(got.contains(message) && !got.contains("no such key"), "{got}");
     }
+    let no_types = json!({"apiVersion": "barge.dev/v1alpha1", "kind": "ComputeEnvironment",
+        "metadata": {"name": format!("{}-notypes", e.tag)}, "spec": {"provider": "local", "maxvCpus": 8}});
+    let got = err(apply(&e.ces, no_types).await.map(|_| ()));
+    assert!(
+        got.contains("instanceTypes needs at least one type or family") && !got.contains("no such key"),
+        "{got}"
+    );
 
     // An unknown queue is not an error at submission (GitOps may create it later) but says so.
     let ghost = format!("{}-ghost", e.tag);

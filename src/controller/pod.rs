@@ -489,7 +489,11 @@ mod tests {
         for name in ["BARGE_JOB_ATTEMPT", "AWS_BATCH_JOB_ATTEMPT"] {
             assert_eq!(var(name).as_deref(), Some("3"), "{name}");
         }
-        assert_eq!(var("AWS_BATCH_JOB_ID").as_deref(), Some("etl"), "the id the Batch API gives the job");
+        assert_eq!(
+            var("AWS_BATCH_JOB_ID").as_deref(),
+            Some("etl"),
+            "the id the Batch API gives the job, which Metaflow records"
+        );
         assert_eq!(var("AWS_BATCH_JQ_NAME").as_deref(), Some("q"));
         assert_eq!(var("AWS_BATCH_CE_NAME").as_deref(), Some("ce-a"));
         assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "BatchJob");
