@@ -57,18 +57,8 @@ async fn harness(what: &str) -> Option<&'static Harness> {
             create_bucket(&moto, LOG_BUCKET);
             let credentials_ns = namespace(&client, "engine-keys").await;
             let port = free_port();
-            let env = [
-                ("BARGE_BATCH_API_ADDR", format!("127.0.0.1:{port}")),
-                ("BARGE_CREDENTIALS_NAMESPACE", credentials_ns.clone()),
-                ("BARGE_BATCH_API_REGION", "us-east-1".into()),
-                ("BARGE_LOGS_S3_BUCKET", LOG_BUCKET.into()),
-                ("BARGE_LOGS_S3_ENDPOINT", moto.clone()),
-                ("BARGE_LOGS_CHECKPOINT_SECONDS", "2".into()),
-                ("AWS_ACCESS_KEY_ID", "testing".into()),
-                ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-                ("AWS_REGION", "us-east-1".into()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let env = common::batch::archive_operator_env(port, &credentials_ns, LOG_BUCKET, &moto);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             spawn_operator_for_process("engines", &env);
             real_node_environment(&client, &node, CE, QUEUE).await;
             metaflow_queue(&client).await;
@@ -76,6 +66,14 @@ async fn harness(what: &str) -> Option<&'static Harness> {
         })
         .await,
     )
+}
+
+/// A namespace of the test's own and a key for it.
+async fn tenant(h: &Harness, prefix: &str) -> (Client, String, Key) {
+    let client = client().await;
+    let ns = namespace(&client, prefix).await;
+    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    (client, ns, key)
 }
 
 /// The DISABLED managed environment and the queue that lists it before the real node's.
@@ -177,30 +175,34 @@ fn phase(job: &BatchJob) -> Option<JobPhase> {
 /// Metaflow's CLI in the flow's directory, configured as its documentation says for AWS
 /// Batch with an S3 datastore: only the endpoints and the key differ from an AWS setup.
 fn metaflow(h: &Harness, key: &Key, work: &Path, bucket: &str, args: &[&str]) -> Command {
+    let mut cmd = metaflow_python(h, key, work, bucket);
+    cmd.arg("flow.py")
+        .arg("--no-pylint")
+        .args(args)
+        .env("METAFLOW_BATCH_JOB_QUEUE", METAFLOW_QUEUE)
+        .env("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE);
+    cmd
+}
+
+/// Python of Metaflow's venv in the flow's directory, with the S3 datastore.
+fn metaflow_python(h: &Harness, key: &Key, work: &Path, bucket: &str) -> Command {
     let bin = format!("{}/bin", venv("BARGE_METAFLOW_VENV"));
     let mut cmd = venv_tool(&bin, "python", h.port, key);
     cmd.current_dir(work)
-        .arg("flow.py")
-        .arg("--no-pylint")
-        .args(args)
         .env("HOME", work)
         .env("USER", "tester")
         .env("METAFLOW_DEFAULT_DATASTORE", "s3")
         .env("METAFLOW_DATASTORE_SYSROOT_S3", format!("s3://{bucket}/metaflow"))
         .env("METAFLOW_DEFAULT_METADATA", "local")
         // The containers read the datastore too: moto where the real node's pods reach it.
-        .env("METAFLOW_S3_ENDPOINT_URL", &h.moto_for_pods)
-        .env("METAFLOW_BATCH_JOB_QUEUE", METAFLOW_QUEUE)
-        .env("METAFLOW_ECS_S3_ACCESS_IAM_ROLE", ROLE);
+        .env("METAFLOW_S3_ENDPOINT_URL", &h.moto_for_pods);
     cmd
 }
 
 #[tokio::test]
 async fn metaflow_runs_a_flow_of_batch_steps_in_real_containers() {
     let Some(h) = harness("the Metaflow test").await else { return };
-    let client = client().await;
-    let ns = namespace(&client, "metaflow").await;
-    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    let (client, ns, key) = tenant(h, "metaflow").await;
     // The job role Metaflow registers its definitions with, bound in the namespace (IRSA).
     bind_role(h, &key, &ns, ROLE).await;
     let bucket = format!("barge-metaflow-{}", suffix());
@@ -268,18 +270,7 @@ fn metaflow_artifact(h: &Harness, key: &Key, work: &Path, bucket: &str, run_id: 
         "import json; from metaflow import Run, namespace; namespace(None); \
          print(json.dumps(Run('BargeFlow/{run_id}')['join'].task.data.jobs))"
     );
-    let bin = format!("{}/bin", venv("BARGE_METAFLOW_VENV"));
-    let out = venv_tool(&bin, "python", h.port, key)
-        .current_dir(work)
-        .args(["-c", &script])
-        .env("HOME", work)
-        .env("USER", "tester")
-        .env("METAFLOW_DEFAULT_DATASTORE", "s3")
-        .env("METAFLOW_DATASTORE_SYSROOT_S3", format!("s3://{bucket}/metaflow"))
-        .env("METAFLOW_DEFAULT_METADATA", "local")
-        .env("METAFLOW_S3_ENDPOINT_URL", &h.moto_for_pods)
-        .output()
-        .unwrap();
+    let out = metaflow_python(h, key, work, bucket).args(["-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
@@ -308,9 +299,7 @@ fn states(out: &Output) -> Value {
 #[tokio::test]
 async fn airflows_batch_operator_and_sensor_wait_for_real_jobs() {
     let Some(h) = harness("the Airflow test").await else { return };
-    let client = client().await;
-    let ns = namespace(&client, "airflow").await;
-    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    let (client, ns, key) = tenant(h, "airflow").await;
     let home = workdir("airflow");
     std::fs::create_dir_all(home.join("dags")).unwrap();
     let dag = home.join("dags/airflow_dag.py");
@@ -365,9 +354,7 @@ async fn airflows_batch_operator_and_sensor_wait_for_real_jobs() {
 #[tokio::test]
 async fn snakemakes_aws_batch_executor_runs_each_step_in_its_own_container() {
     let Some(h) = harness("the Snakemake test").await else { return };
-    let client = client().await;
-    let ns = namespace(&client, "snakemake").await;
-    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    let (client, ns, key) = tenant(h, "snakemake").await;
     // Snakemake's definitions carry its `--aws-batch-job-role`: a role the namespace binds.
     bind_role(h, &key, &ns, SNAKEMAKE_ROLE).await;
     let bin = format!("{}/bin", venv("BARGE_SNAKEMAKE_VENV"));

@@ -41,25 +41,6 @@ struct Harness {
     restart: mpsc::Sender<mpsc::Sender<()>>,
 }
 
-/// The operator's environment: the archive in moto's S3, read every 2 s while a container
-/// runs, and the AWS endpoints.
-fn operator_env(port: u16, credentials_ns: &str, moto: &str) -> Vec<(String, String)> {
-    [
-        ("BARGE_BATCH_API_ADDR", format!("127.0.0.1:{port}")),
-        ("BARGE_CREDENTIALS_NAMESPACE", credentials_ns.to_string()),
-        ("BARGE_BATCH_API_REGION", "us-east-1".into()),
-        ("BARGE_LOGS_S3_BUCKET", BUCKET.into()),
-        ("BARGE_LOGS_S3_ENDPOINT", moto.to_string()),
-        ("BARGE_LOGS_CHECKPOINT_SECONDS", "2".into()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 async fn harness(what: &str) -> Option<&'static Harness> {
     let node = real_node(what)?;
     static H: OnceCell<Harness> = OnceCell::const_new();
@@ -71,7 +52,7 @@ async fn harness(what: &str) -> Option<&'static Harness> {
             s3(&moto).await.create_bucket().bucket(BUCKET).send().await.unwrap();
             let credentials_ns = namespace(&client, "log-keys").await;
             let port = free_port();
-            let env = operator_env(port, &credentials_ns, &moto);
+            let env = common::batch::archive_operator_env(port, &credentials_ns, BUCKET, &moto);
             // The operator lives on a thread of its own (it dies with the thread that
             // started it), which also restarts it when asked.
             let (restart, asks) = mpsc::channel::<mpsc::Sender<()>>();

@@ -58,3 +58,28 @@ pub fn clients_bin() -> String {
     std::env::var("BARGE_AWS_CLIENTS_BIN")
         .expect("BARGE_AWS_CLIENTS_BIN is not set: run these tests with `make test` (hack/cluster.sh builds the aws-cli and boto3 venv)")
 }
+
+/// The environment of an operator with the AWS Batch API on `port` (keys kept in
+/// `credentials_ns`) and the log archive in `bucket` of moto's S3 at `moto`, read every 2 s
+/// while a container runs.
+pub fn archive_operator_env(
+    port: u16,
+    credentials_ns: &str,
+    bucket: &str,
+    moto: &str,
+) -> Vec<(String, String)> {
+    [
+        ("BARGE_BATCH_API_ADDR", format!("127.0.0.1:{port}")),
+        ("BARGE_CREDENTIALS_NAMESPACE", credentials_ns.to_string()),
+        ("BARGE_BATCH_API_REGION", "us-east-1".into()),
+        ("BARGE_LOGS_S3_BUCKET", bucket.to_string()),
+        ("BARGE_LOGS_S3_ENDPOINT", moto.to_string()),
+        ("BARGE_LOGS_CHECKPOINT_SECONDS", "2".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
