@@ -18,6 +18,7 @@ pub mod resources;
 pub mod scheduler;
 pub mod state;
 pub mod throttle;
+pub mod trigger;
 
 /// The field manager Barge writes every object and status under (server-side apply).
 pub const FIELD_MANAGER: &str = "barge";

@@ -64,6 +64,15 @@ pub struct NoticeKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerOutcome {
+    /// `NAMESPACE/NAME` of the JobTrigger.
+    pub trigger: String,
+    /// received (messages), job_created, duplicate (objects), rejected, retried, test_event
+    /// (messages).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
     pub version: String,
 }
@@ -100,6 +109,7 @@ pub struct Metrics {
     pub log_lines_archived: Counter,
     pub log_archive_errors: Counter,
     pub job_step_line: Gauge,
+    pub trigger_messages: Family<TriggerOutcome, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +136,7 @@ impl Metrics {
         let log_lines_archived = Counter::default();
         let log_archive_errors = Counter::default();
         let job_step_line = Gauge::default();
+        let trigger_messages = Family::<TriggerOutcome, Counter>::default();
         // The registry holds clones: the struct keeps handles to the same metrics.
         let r = &mut registry;
         r.register("jobs", "BatchJobs per queue and phase", jobs.clone());
@@ -192,6 +203,11 @@ impl Metrics {
             "Jobs waiting for the step-write budget to write the step they are in",
             job_step_line.clone(),
         );
+        r.register(
+            "trigger_messages",
+            "What JobTriggers made of the SQS messages they read, by trigger and outcome",
+            trigger_messages.clone(),
+        );
         let build: Family<BuildInfo, Gauge> = Family::default();
         build.get_or_create(&BuildInfo { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "Barge's version", build);
@@ -217,6 +233,7 @@ impl Metrics {
             log_lines_archived,
             log_archive_errors,
             job_step_line,
+            trigger_messages,
         }
     }
 

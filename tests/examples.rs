@@ -13,7 +13,8 @@
 //! A path is dotted; `conditions[Ready]` picks a condition by type, `attempts[0]` an item.
 //! A file with a `# needs: real-node` line runs only where the cluster has its real node.
 //! The ec2 example runs against moto, with moto's subnets and AMI in place of its
-//! `*-0example*` placeholders, and a node bridge playing each instance's kubelet.
+//! `*-0example*` placeholders, and a node bridge playing each instance's kubelet. The S3
+//! trigger's example reads an SQS queue `uploads` made in moto, its AWS endpoints moto's.
 
 mod common;
 
@@ -128,9 +129,10 @@ fn holds(check: &Check, value: Option<&Value>) -> bool {
 }
 
 fn resource(kind: &str) -> (ApiResource, bool) {
-    use barge::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue};
+    use barge::api::{BatchJob, ComputeEnvironment, JobDefinition, JobQueue, JobTrigger};
     match kind {
         "BatchJob" => (ApiResource::erase::<BatchJob>(&()), true),
+        "JobTrigger" => (ApiResource::erase::<JobTrigger>(&()), true),
         "JobDefinition" => (ApiResource::erase::<JobDefinition>(&()), true),
         "JobQueue" => (ApiResource::erase::<JobQueue>(&()), false),
         "ComputeEnvironment" => (ApiResource::erase::<ComputeEnvironment>(&()), false),
@@ -213,6 +215,9 @@ fn example_files() -> Vec<(String, String)> {
 struct MotoAccount {
     subnets: Vec<String>,
     image: String,
+    /// moto, where the operator reaches it and where the real node's pods do.
+    url: String,
+    url_for_pods: String,
 }
 
 async fn moto_account() -> MotoAccount {
@@ -229,7 +234,11 @@ async fn moto_account() -> MotoAccount {
             .await
             .unwrap();
     }
-    MotoAccount { subnets, image }
+    let sqs = common::ec2::sqs().await;
+    sqs.create_queue().queue_name("uploads").send().await.unwrap();
+    let url = moto_url();
+    let url_for_pods = std::env::var("BARGE_MOTO_NODE_URL").unwrap_or_else(|_| url.clone());
+    MotoAccount { subnets, image, url, url_for_pods }
 }
 
 /// The file as applied here: the ec2 example's placeholders become moto's ids.
@@ -237,6 +246,8 @@ fn localise(text: &str, aws: &MotoAccount) -> String {
     text.replace("subnet-0example0000000a", &aws.subnets[0])
         .replace("subnet-0example0000000b", aws.subnets.get(1).unwrap_or(&aws.subnets[0]))
         .replace("ami-0example000000000", &aws.image)
+        .replace("https://sqs.us-east-1.amazonaws.com", &aws.url)
+        .replace("https://s3.us-east-1.amazonaws.com", &aws.url_for_pods)
 }
 
 fn kubectl_apply(file: &str, ns: &str, text: &str) {
@@ -299,6 +310,7 @@ async fn every_example_applies_and_reaches_what_its_comment_promises() {
             ("BARGE_EC2_PROVIDER", "true"),
             ("BARGE_CLUSTER_NAME", cluster.as_str()),
             ("AWS_ENDPOINT_URL_EC2", moto.as_str()),
+            ("AWS_ENDPOINT_URL_SQS", moto.as_str()),
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_REGION", "us-east-1"),

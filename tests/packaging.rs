@@ -257,8 +257,14 @@ fn operator_as_with(
 }
 
 fn can(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
+    can_in("default", ns, sa, verb, resource)
+}
+
+/// Whether ServiceAccount `ns`/`sa` may `verb` `resource` in namespace `target`.
+fn can_in(target: &str, ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
+    let as_user = format!("system:serviceaccount:{ns}:{sa}");
     let out = Command::new("kubectl")
-        .args(["auth", "can-i", verb, resource, "--as", &format!("system:serviceaccount:{ns}:{sa}")])
+        .args(["auth", "can-i", verb, resource, "-n", target, "--as", &as_user])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
@@ -302,6 +308,24 @@ async fn helm_install_runs_a_job_under_the_charts_rbac_and_uninstall_leaves_only
     assert!(can(&ns, "barge", "create", "nodes"), "the local provider may create nodes");
     assert!(!can(&ns, "barge", "create", "deployments"), "nothing beyond what Barge uses");
     assert!(!can(&ns, "barge", "get", "secrets"));
+    // A namespace whose JobTriggers name a credentials Secret lets Barge read its Secrets,
+    // and no other namespace's, by binding the chart's ClusterRole there.
+    let tenant = common::namespace(&client, "trigger-tenant").await;
+    run(
+        "kubectl",
+        &[
+            "create",
+            "rolebinding",
+            "barge-trigger-keys",
+            "-n",
+            &tenant,
+            "--clusterrole=barge-trigger-credentials",
+            &format!("--serviceaccount={ns}:barge"),
+        ],
+    );
+    assert!(can_in(&tenant, &ns, "barge", "get", "secrets"));
+    assert!(!can_in(&tenant, &ns, "barge", "list", "secrets"), "one named Secret at a time, never a list");
+    assert!(!can(&ns, "barge", "get", "secrets"), "only where a namespace binds it");
     let mut operator = operator_as(&ns, "barge", "helm", true);
     let e = Env::new(client.clone(), "helm-job").await;
     a_job_runs(&e, json!({"instanceTypes": ["m6i"], "maxvCpus": 8, "scaleDownDelaySeconds": 600})).await;

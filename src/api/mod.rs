@@ -1,4 +1,4 @@
-//! The four custom resources of `barge.dev/v1alpha1`, one file each, and the shared
+//! The five custom resources of `barge.dev/v1alpha1`, one file each, and the shared
 //! condition type their statuses carry.
 
 pub mod batch_job;
@@ -6,6 +6,7 @@ pub mod compute_environment;
 pub mod container;
 pub mod job_definition;
 pub mod job_queue;
+pub mod job_trigger;
 pub mod overrides;
 pub mod string_map;
 pub mod task;
@@ -14,6 +15,7 @@ pub use batch_job::{BatchJob, BatchJobSpec, BatchJobStatus, JobPhase};
 pub use compute_environment::{ComputeEnvironment, ComputeEnvironmentSpec, ComputeEnvironmentStatus};
 pub use job_definition::{JobDefinition, JobDefinitionSpec, JobDefinitionStatus};
 pub use job_queue::{JobQueue, JobQueueSpec, JobQueueStatus};
+pub use job_trigger::{JobTrigger, JobTriggerSpec, JobTriggerStatus};
 pub use string_map::StringMap;
 
 use chrono::{DateTime, Utc};
@@ -194,7 +196,9 @@ fn drop_unsigned_formats(v: &mut serde_json::Value) {
 /// The CRDs as one YAML stream, as `barge crd` prints and `crds/` holds.
 pub fn crds_yaml() -> String {
     let mut out = String::new();
-    for crd in [ComputeEnvironment::crd(), JobQueue::crd(), JobDefinition::crd(), BatchJob::crd()] {
+    for crd in
+        [ComputeEnvironment::crd(), JobQueue::crd(), JobDefinition::crd(), BatchJob::crd(), JobTrigger::crd()]
+    {
         let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
         drop_unsigned_formats(&mut value);
         out.push_str("---\n");

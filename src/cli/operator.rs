@@ -16,7 +16,7 @@ use crate::metrics::{self, metrics};
 use crate::provider::Providers;
 use crate::provider::ec2::{Ec2Provider, Ec2Settings};
 use crate::provider::local::LocalProvider;
-use crate::provider::sqs::NoticeQueue;
+use crate::provider::sqs::SqsQueue;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
@@ -122,6 +122,11 @@ pub struct RunArgs {
     /// Days archived output is kept (0: for ever, or as the bucket's lifecycle rule says).
     #[arg(long, env = "BARGE_LOGS_RETENTION_DAYS", default_value_t = 0)]
     logs_retention_days: u32,
+    /// Let a JobTrigger that names no credentials Secret read its SQS queue with the
+    /// operator's own AWS credentials (any namespace's trigger could then read any queue
+    /// the operator may).
+    #[arg(long, env = "BARGE_TRIGGER_OPERATOR_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    trigger_operator_credentials: bool,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -213,7 +218,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut notice_queues = Vec::new();
     for url in args.interruption_queue_urls.iter().filter(|u| !u.is_empty()) {
-        notice_queues.push(Arc::new(NoticeQueue::new(url.clone()).await));
+        notice_queues.push(Arc::new(SqsQueue::new(url.clone()).await));
     }
     let options = Options {
         instance: args.instance.clone(),
@@ -221,6 +226,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tunables,
         notice_queues,
         notice_wait: Duration::from_secs(args.interruption_queue_wait_seconds),
+        trigger_operator_credentials: args.trigger_operator_credentials,
         // EFS volumes are reached in the cluster's region: the AWS chain's, else the one
         // the AWS Batch API answers for.
         region: std::env::var("AWS_REGION")

@@ -25,7 +25,7 @@ use crate::k8s::{
 };
 use crate::metrics::metrics;
 use crate::provider::notices::{self, Notice};
-use crate::provider::sqs::NoticeQueue;
+use crate::provider::sqs::SqsQueue;
 
 /// The first and the longest wait after SQS fails: long enough not to spin on a queue that
 /// is gone, short enough that two minutes of warning are not lost to the wait.
@@ -37,12 +37,12 @@ const MAX_GRACE_SECONDS: i64 = 100;
 
 /// Polls every queue until the operator stops. `wait` is each receive's long poll. Never
 /// returns, also without queues: the operator stops when any of its loops ends.
-pub(super) async fn run(ctx: Arc<Shared>, queues: Vec<Arc<NoticeQueue>>, wait: Duration) {
+pub(super) async fn run(ctx: Arc<Shared>, queues: Vec<Arc<SqsQueue>>, wait: Duration) {
     join_all(queues.into_iter().map(|q| poll(ctx.clone(), q, wait))).await;
     futures::future::pending::<()>().await
 }
 
-async fn poll(ctx: Arc<Shared>, queue: Arc<NoticeQueue>, wait: Duration) {
+async fn poll(ctx: Arc<Shared>, queue: Arc<SqsQueue>, wait: Duration) {
     let key = format!("sqs/{}", queue.url);
     info!(queue = %queue.url, "reading EC2 instance notices");
     loop {

@@ -25,6 +25,7 @@ pub mod revisions;
 pub mod scheduling;
 pub mod steps;
 pub mod tally;
+pub mod triggers;
 pub mod unmanaged;
 pub mod usage;
 mod watch;
@@ -48,7 +49,9 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::api::{BatchJob, ComputeEnvironment, Interruption, JobDefinition, JobQueue, LABEL_JOB_UID};
+use crate::api::{
+    BatchJob, ComputeEnvironment, Interruption, JobDefinition, JobQueue, JobTrigger, LABEL_JOB_UID,
+};
 use crate::k8s::{lost_host_reason, node_compute_environment, node_instance_id, node_interruption};
 use crate::provider::Providers;
 use crate::state::{ClusterState, HandOff};
@@ -74,12 +77,15 @@ pub struct Options {
     pub tunables: Tunables,
     /// SQS queues EC2's instance notices arrive on (Spot interruptions, rebalance
     /// recommendations, state changes), and how long each receive waits for one.
-    pub notice_queues: Vec<Arc<crate::provider::sqs::NoticeQueue>>,
+    pub notice_queues: Vec<Arc<crate::provider::sqs::SqsQueue>>,
     pub notice_wait: std::time::Duration,
     /// The AWS region EFS volumes are reached in (`AWS_REGION`).
     pub region: String,
     /// Where containers' output is archived, and how often a running one is read.
     pub archive: Option<(crate::archive::s3::Bucket, archive::Settings)>,
+    /// Whether a JobTrigger naming no credentials Secret reads its queue with the operator's
+    /// own AWS credentials.
+    pub trigger_operator_credentials: bool,
 }
 
 type Drive = BoxFuture<'static, ()>;
@@ -322,6 +328,16 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         .for_each(|_| ready(()));
     drives.push(drive.boxed());
     let service_accounts = watch_role_accounts(&client, &feeds, &mut drives);
+    let triggers_changed = Arc::new(Notify::new());
+    let (triggers, drive) = plain_watch(
+        Api::<JobTrigger>::all(client.clone()),
+        watcher::Config::default(),
+        triggers_changed.clone(),
+        |_| {},
+        |_, _| {},
+        |_| {},
+    );
+    drives.push(drive.boxed());
 
     let reporter = Reporter { controller: "barge".into(), instance: Some(options.instance.clone()) };
     let shared = Arc::new(Shared {
@@ -399,6 +415,8 @@ pub async fn run(client: Client, providers: Providers, options: Options) -> crat
         nodes::provider_sync(shared.clone(), feeds.joined.clone()).boxed(),
         interruptions::run(shared.clone(), options.notice_queues, options.notice_wait).boxed(),
         archive::run(shared.clone()).boxed(),
+        triggers::run(shared.clone(), triggers, triggers_changed, options.trigger_operator_credentials)
+            .boxed(),
         {
             let (s, tx) = (shared.clone(), feeds.jobs.clone());
             async move { s.steps.serve(tx).await }.boxed()

@@ -133,7 +133,10 @@ pub fn real_node(what: &str) -> Option<String> {
 pub async fn free_real_node(client: &Client, node: &str, ce: &str) {
     use barge::api::{ComputeEnvironment, LABEL_COMPUTE_ENVIRONMENT};
     let ces: Api<ComputeEnvironment> = Api::all(client.clone());
-    for other in ["real-node", "real-tests", "log-tests", "engine-tests"].into_iter().filter(|o| *o != ce) {
+    for other in ["real-node", "real-tests", "log-tests", "engine-tests", "trigger-tests"]
+        .into_iter()
+        .filter(|o| *o != ce)
+    {
         let _ = ces.delete(other, &DeleteParams::default()).await;
     }
     let nodes: Api<Node> = Api::all(client.clone());
