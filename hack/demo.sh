@@ -32,7 +32,7 @@ state=${BARGE_CLUSTER_DIR:-$repo/.barge/cluster}
 say "Installing the CRDs"
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/batchjobs.barge.dev crd/jobqueues.barge.dev \
-  crd/computeenvironments.barge.dev >/dev/null
+  crd/computeenvironments.barge.dev crd/jobtriggers.barge.dev >/dev/null
 
 say "Starting the operator (local provider, and the AWS Batch API); log: $state/logs/barge.log"
 if [ -f "$state/pids/barge" ] && kill -0 "$(cat "$state/pids/barge")" 2>/dev/null; then
@@ -44,8 +44,9 @@ api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 
 # Job output outlives its pod: the operator archives it in a bucket of moto's S3.
 archive_env=()
 if [ -n "${BARGE_MOTO_URL:-}" ]; then
+  # JobTriggers read their SQS queues in moto too.
   archive_env=(BARGE_LOGS_S3_BUCKET=barge-demo-logs "BARGE_LOGS_S3_ENDPOINT=$BARGE_MOTO_URL"
-    AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1)
+    "AWS_ENDPOINT_URL_SQS=$BARGE_MOTO_URL" AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1)
   s3=(env "${archive_env[@]}" "$BARGE_AWS_CLIENTS_BIN/aws" --endpoint-url "$BARGE_MOTO_URL" s3api)
   "${s3[@]}" head-bucket --bucket barge-demo-logs >/dev/null 2>&1 \
     || "${s3[@]}" create-bucket --bucket barge-demo-logs >/dev/null \
@@ -58,7 +59,7 @@ echo $! >"$state/pids/barge"
 say "Applying examples/: a compute environment (max 64 vCPUs), queues 'urgent' and 'bulk'"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -f examples/compute-environment.yaml -f examples/job-queues.yaml
-kubectl delete batchjobs --all -n "$NS" --wait=false >/dev/null 2>&1 || true
+kubectl delete batchjobs,jobtriggers --all -n "$NS" --wait=false >/dev/null 2>&1 || true
 
 say "Submitting $JOBS jobs of mixed size and duration, and one that can never fit"
 {
@@ -124,6 +125,49 @@ while :; do
   sleep 3
 done
 
+# The seed's pipeline (examples/s3-trigger.yaml): PNGs uploaded to a bucket in moto's S3
+# notify an SQS queue; the JobTrigger makes one job per image on the real node, each writing
+# a thumbnail under processed/.
+s3_trigger() {
+  local bucket=barge-demo-photos images=20
+  local aws=(env AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_DEFAULT_REGION=us-east-1 AWS_CONFIG_FILE=/dev/null
+    "$BARGE_AWS_CLIENTS_BIN/aws" --endpoint-url "$BARGE_MOTO_URL")
+  say "From S3 upload to job: $images PNGs uploaded to s3://$bucket/incoming/, one job each (examples/s3-trigger.yaml)"
+  "${aws[@]}" sqs create-queue --queue-name uploads >/dev/null
+  "${aws[@]}" s3api head-bucket --bucket "$bucket" >/dev/null 2>&1 || "${aws[@]}" s3api create-bucket --bucket "$bucket" >/dev/null
+  "${aws[@]}" s3api put-bucket-notification-configuration --bucket "$bucket" --notification-configuration \
+    '{"QueueConfigurations": [{"Id": "uploads", "QueueArn": "arn:aws:sqs:us-east-1:123456789012:uploads",
+      "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "incoming/"}]}}}]}'
+  echo "  bucket $bucket notifies SQS queue uploads of uploads under incoming/"
+  # The example names AWS's endpoints; here they are moto's (the pods reach it on the node's address).
+  sed -e "s|https://sqs.us-east-1.amazonaws.com|$BARGE_MOTO_URL|" -e "s|https://s3.us-east-1.amazonaws.com|$BARGE_MOTO_NODE_URL|" \
+    -e "s|AKIAEXAMPLEUPLOADS01|demo|; s|example-secret-access-key-for-uploads|demo|" examples/s3-trigger.yaml \
+    | kubectl apply -n "$NS" -f - >/dev/null
+  python3 hack/make-pngs.py "$images" "$state/pngs"
+  "${aws[@]}" s3 cp --recursive --quiet "$state/pngs" "s3://$bucket/incoming/"
+  echo "  \$ aws s3 cp --recursive pngs/ s3://$bucket/incoming/   # $images files"
+  local started=$SECONDS done=0
+  while :; do
+    line=$(kubectl get bj -n "$NS" -l barge.dev/trigger=thumbnails -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' \
+      | sed 's/^$/SUBMITTED/' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}')
+    printf '  [%3ss] %s\n' $((SECONDS - started)) "${line:-no jobs yet}"
+    done=$(kubectl get bj -n "$NS" -l barge.dev/trigger=thumbnails -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cE 'SUCCEEDED|FAILED' || true)
+    [ "$done" -ge "$images" ] && break
+    [ $((SECONDS - started)) -gt 300 ] && fail "$((images - done)) of $images image jobs not finished after 300 s"
+    sleep 3
+  done
+  kubectl wait jt thumbnails -n "$NS" --for=jsonpath='{.status.activeJobs}'=0 --timeout=15s >/dev/null || true
+  kubectl get jt thumbnails -n "$NS"
+  local listing
+  listing=$("${aws[@]}" s3 ls "s3://$bucket/processed/")
+  echo "  \$ aws s3 ls s3://$bucket/processed/   # $(wc -l <<<"$listing") thumbnails"
+  head -n 3 <<<"$listing" | sed 's/^/  /'
+  first=$(kubectl get bj -n "$NS" -l barge.dev/trigger=thumbnails -o jsonpath='{.items[0].metadata.name}')
+  echo "  \$ barge logs $first -n $NS"
+  "$barge" logs "$first" -n "$NS" | sed 's/^/  /'
+  total=$((total + images))
+}
+
 if [ -n "${BARGE_REAL_NODE:-}" ]; then
   say "One job that really runs, on the real node $BARGE_REAL_NODE (examples/real-node.yaml), and its output"
   kubectl apply -n "$NS" -f examples/real-node.yaml >/dev/null
@@ -155,6 +199,7 @@ if [ -n "${BARGE_REAL_NODE:-}" ]; then
     ) || fail "the archived output could not be read back (see $state/logs/barge.log)"
   fi
   total=$((total + 1)); on_real=" and the real node"
+  [ -z "${BARGE_MOTO_URL:-}" ] || s3_trigger
 else
   say "No real node on this cluster (see the [cluster] lines above): the demo's jobs all ran on simulated nodes"
 fi

@@ -37,6 +37,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 /// The first and the longest wait after SQS or the API server fails.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The longest receive while the trigger has unfinished jobs (its status counts them).
+const ACTIVE_POLL: Duration = Duration::from_secs(5);
 /// How often a trigger at its limit looks again for a finished job.
 const FULL_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Keys of a credentials Secret.
@@ -196,6 +198,8 @@ impl Reader {
                 continue;
             }
             let room = usize::try_from(max - active).unwrap_or(usize::MAX);
+            // While jobs run, a shorter poll keeps status.activeJobs current.
+            let wait = if active > 0 { wait.min(ACTIVE_POLL) } else { wait };
             let messages = match queue.receive_some(wait, room, Some(visibility)).await {
                 Ok(m) => m,
                 Err(e) => {
