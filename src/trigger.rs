@@ -278,17 +278,43 @@ pub fn parameters(
         .collect()
 }
 
-/// The name of the job for `event`'s object: `PREFIX-` and 16 hex digits of a hash of the
-/// bucket, key and version (`message_id` stands in for a version the event does not give).
+/// The id of `event`'s object version: 16 hex digits of a hash of the bucket, key and
+/// version (`message_id` stands in for a version the event does not give).
+pub fn object_id(event: &ObjectEvent, message_id: &str) -> String {
+    hash16([event.bucket.as_str(), event.key.as_str(), event.version.as_deref().unwrap_or(message_id)])
+}
+
+/// The name of the job for `event`'s object: `PREFIX-` and its object id.
 pub fn job_name(prefix: &str, event: &ObjectEvent, message_id: &str) -> String {
+    named(prefix, &object_id(event, message_id))
+}
+
+/// The hash that names the array job of a batch of objects, whatever their order.
+pub fn batch_id(object_ids: &[String]) -> String {
+    let mut ids: Vec<&str> = object_ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    hash16(ids)
+}
+
+/// A batch index's line for one object.
+pub fn index_line(event: &ObjectEvent, parameters: &BTreeMap<String, String>) -> String {
+    json!({"bucket": event.bucket, "key": event.key, "version": event.version, "parameters": parameters})
+        .to_string()
+}
+
+/// `PREFIX-HASH`, the prefix cut to 40 characters.
+pub fn named(prefix: &str, hash: &str) -> String {
+    let prefix: String = prefix.chars().take(40).collect();
+    format!("{}-{hash}", prefix.trim_end_matches('-'))
+}
+
+fn hash16<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
     let mut h = Sha256::new();
-    for part in [event.bucket.as_str(), event.key.as_str(), event.version.as_deref().unwrap_or(message_id)] {
+    for part in parts {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    let hash: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let prefix: String = prefix.chars().take(40).collect();
-    format!("{}-{hash}", prefix.trim_end_matches('-'))
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -438,5 +464,18 @@ mod tests {
         let name = job_name(&"x".repeat(80), &a, "m");
         assert_eq!(name.len(), 40 + 1 + 16);
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+
+    #[test]
+    fn a_batch_is_named_by_its_objects_in_any_order() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(batch_id(&ids(&["a", "b", "c"])), batch_id(&ids(&["c", "a", "b"])));
+        assert_ne!(batch_id(&ids(&["a", "b"])), batch_id(&ids(&["a", "b", "c"])));
+        let event = one(parse(&s3_notification("incoming/a b.png", "e1")).unwrap());
+        let params: BTreeMap<String, String> = [("key".to_string(), event.key.clone())].into();
+        let line: Value = serde_json::from_str(&index_line(&event, &params)).unwrap();
+        assert_eq!(line["key"], "incoming/a b.png");
+        assert_eq!(line["parameters"]["key"], "incoming/a b.png");
+        assert_eq!(line["version"], "0055AED6DCD90281E5");
     }
 }

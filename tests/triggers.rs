@@ -55,13 +55,37 @@ fn moto_s3(moto: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// The operator, as a child this test kills and starts again; it reaches SQS through `sqs`.
-fn operator(sqs: &str) -> Child {
+/// The operator, as a child this test kills and starts again; it reaches SQS through `sqs`
+/// and writes batch indexes to moto's S3 at `s3`.
+fn operator(sqs: &str, s3: &str) -> Child {
     spawn_operator_with(
         "triggers",
-        &[("AWS_ENDPOINT_URL_SQS", sqs), ("AWS_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")],
+        &[
+            ("AWS_ENDPOINT_URL_SQS", sqs),
+            ("AWS_ENDPOINT_URL_S3", s3),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
     )
 }
+
+/// The batched definition's script: child AWS_BATCH_JOB_ARRAY_INDEX reads its line of the
+/// index (line 0 in a batch of one) and filters that image.
+const BATCH_SCRIPT: &str = r#"
+import io, json, os, sys
+import boto3
+from PIL import Image, ImageFilter, ImageOps
+bucket, key = sys.argv[1][len("s3://"):].split("/", 1)
+s3 = boto3.client("s3")
+lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+entry = json.loads(lines[int(os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "0"))])
+image = Image.open(io.BytesIO(s3.get_object(Bucket=entry["bucket"], Key=entry["key"])["Body"].read()))
+buffer = io.BytesIO()
+ImageOps.grayscale(image).filter(ImageFilter.CONTOUR).save(buffer, "PNG")
+target = "processed-batch/" + entry["key"].split("/", 1)[-1]
+s3.put_object(Bucket=entry["bucket"], Key=target, Body=buffer.getvalue())
+print(entry["key"], "->", target)
+"#;
 
 /// moto's SQS behind a proxy that, once armed, holds the next DeleteMessageBatch, says so,
 /// and after a while answers it with a 500 without passing it on: the delete an operator
@@ -270,7 +294,7 @@ async fn uploads_become_processed_images_once_each() {
     let moto_for_pods =
         std::env::var("BARGE_MOTO_NODE_URL").expect("BARGE_MOTO_NODE_URL: run with `make test`");
     let proxy = LostDelete::start(moto.clone()).await;
-    let mut op = operator(&proxy.url);
+    let mut op = operator(&proxy.url, &moto);
     real_node_environment(&client, &node, CE, QUEUE).await;
     apply(
         &Api::<JobQueue>::all(client.clone()),
@@ -416,6 +440,67 @@ async fn uploads_become_processed_images_once_each() {
     .await;
     assert_eq!(trigger_jobs(&client, &ns, "thumbnails").await.len(), IMAGES, "no job for a redelivery");
 
+    // Batched: 12 of the images in arrays of at most 5, each child reading its line of the
+    // index Barge wrote; the same 12 notifications again make nothing.
+    let mut batch_definition = doc(&docs, "JobDefinition");
+    batch_definition["metadata"] = json!({"name": "thumbnail-batch"});
+    batch_definition["spec"]["container"]["command"] = json!(["python3", "-c", BATCH_SCRIPT, "Ref::index"]);
+    batch_definition["spec"].as_object_mut().unwrap().remove("parameters");
+    apply_dynamic(&client, &ns, &batch_definition).await;
+    let batched_queue = queue_url(&sqs, &format!("batched-{run}")).await;
+    let mut batched = trigger(
+        &docs,
+        "batched",
+        &batched_queue,
+        QUEUE,
+        json!({
+        "batch": {"size": 5, "windowSeconds": 3, "indexLocation": format!("s3://{bucket}/barge-index/")}}),
+    );
+    batched["spec"]["jobTemplate"]["jobDefinition"] = "thumbnail-batch".into();
+    apply_dynamic(&client, &ns, &batched).await;
+    let twelve: Vec<String> =
+        again.iter().filter(|b| b.starts_with(r#"{"Records""#)).take(12).cloned().collect();
+    send_all(&sqs, &batched_queue, &twelve).await;
+    let jobs = eventually("12 objects in finished batches", Duration::from_secs(240), || async {
+        let jobs = trigger_jobs(&client, &ns, "batched").await;
+        let objects: usize = jobs.iter().map(|j| j.spec.array.as_ref().map_or(1, |a| a.size as usize)).sum();
+        (objects >= 12 && jobs.iter().all(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())))
+            .then_some(jobs)
+    })
+    .await;
+    for job in &jobs {
+        let s = job.status.as_ref().unwrap();
+        assert_eq!(s.phase, JobPhase::Succeeded, "{}: {:?}", job.name_any(), s.status_reason);
+        assert!(job.spec.array.as_ref().is_none_or(|a| a.size <= 5), "at most batch.size children");
+        let index = &job.annotations()[ANNOTATION_TRIGGER_OBJECT];
+        assert_eq!(job.spec.parameters.get("index"), Some(index));
+        assert!(index.starts_with(&format!("s3://{bucket}/barge-index/{ns}/batched/")), "{index}");
+    }
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.spec.array.as_ref().map_or(1, |a| a.size as usize)).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 12);
+    eprintln!("batched: 12 objects in {} jobs of {sizes:?}", jobs.len());
+    for name in inputs.keys().take(12) {
+        let out = s3.get_object().bucket(&bucket).key(format!("processed-batch/{name}")).send().await;
+        let out = out
+            .unwrap_or_else(|e| panic!("processed-batch/{name} is missing: {e:?}"))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert!(
+            out.starts_with(b"\x89PNG\r\n\x1a\n") && out[..] != inputs[name][..],
+            "processed-batch/{name}"
+        );
+    }
+    send_all(&sqs, &batched_queue, &twelve).await;
+    eventually("the batched redeliveries counted as duplicates", WAIT, || async {
+        let s = status_of(&client, &ns, "batched").await;
+        (s.duplicates_suppressed >= 12 && in_queue(&sqs, &batched_queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(trigger_jobs(&client, &ns, "batched").await.len(), jobs.len(), "no batch for a redelivery");
+
     // Five malformed messages: each rejected with its reason to the dead-letter queue, and
     // deleted (not delivered again and again).
     let malformed = [
@@ -538,7 +623,7 @@ async fn uploads_become_processed_images_once_each() {
     op.kill().unwrap();
     op.wait().unwrap();
     let jobs_before_kill = trigger_jobs(&client, &ns, "burst").await.len();
-    op = operator(&proxy.url);
+    op = operator(&proxy.url, &moto);
     sender.await.unwrap();
     let jobs = eventually("200 jobs and the queue drained", Duration::from_secs(120), || async {
         let jobs = trigger_jobs(&client, &ns, "burst").await;

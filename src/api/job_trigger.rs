@@ -19,6 +19,10 @@ use super::{Condition, State};
 pub const LABEL_TRIGGER: &str = "barge.dev/trigger";
 /// Annotation on a trigger's job: the object it was made for, `s3://BUCKET/KEY`.
 pub const ANNOTATION_TRIGGER_OBJECT: &str = "barge.dev/trigger-object";
+/// Annotation on a batched trigger's array job: the ids of its objects (see
+/// `crate::trigger::object_id`), comma-separated, by which a redelivered message finds its
+/// object already in a batch.
+pub const ANNOTATION_TRIGGER_OBJECTS: &str = "barge.dev/trigger-objects";
 /// Annotation on a trigger's job: the object's version (its version id, else the event's
 /// sequencer, else its ETag), the other half of what the job's name is derived from.
 pub const ANNOTATION_TRIGGER_VERSION: &str = "barge.dev/trigger-object-version";
@@ -67,9 +71,44 @@ pub struct JobTriggerSpec {
     /// one such a message is deleted once reported (an Event, the status, the metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetter>,
+    /// Gather objects into array jobs instead of one job each: each batch's children read
+    /// their object from an index file, one line per child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<ArrayBatch>,
     /// DISABLED triggers read nothing; their messages wait in SQS.
     #[serde(default)]
     pub state: State,
+}
+
+/// N objects → one array job of N children. Barge writes the batch's index to S3, one JSON line
+/// per child in index order — `{"bucket", "key", "version", "parameters"}`, the parameters
+/// taken by the trigger's paths — and passes its `s3://` URI in the parameter
+/// `indexParameter`; child `AWS_BATCH_JOB_ARRAY_INDEX` reads line that number (from 0).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrayBatch {
+    /// Objects per array job, at most.
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 1000").message("batch.size must be between 2 and 1000"))]
+    pub size: u32,
+    /// The longest an object waits for its batch to fill (its message is kept hidden in SQS
+    /// meanwhile).
+    #[serde(default = "default_window")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 300").message("batch.windowSeconds must be between 1 and 300"))]
+    pub window_seconds: u32,
+    /// Where indexes are written: `s3://BUCKET/PREFIX<namespace>/<trigger>/<job>.jsonl`.
+    #[x_kube(validation = Rule::new("self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')").message("batch.indexLocation is s3://BUCKET/PREFIX"))]
+    pub index_location: String,
+    /// The job parameter the index's `s3://` URI is passed in.
+    #[serde(default = "default_index_parameter")]
+    pub index_parameter: String,
+}
+
+fn default_window() -> u32 {
+    30
+}
+
+fn default_index_parameter() -> String {
+    "index".into()
 }
 
 fn default_max_active_jobs() -> u32 {

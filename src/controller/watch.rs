@@ -88,7 +88,8 @@ pub fn prune_object<K: Resource>(obj: &mut K) {
 }
 
 /// What the job store keeps of a job: of its labels only the trigger that made it (its
-/// trigger counts its active jobs), and of its annotations only those copied to its pods. A job's labels and annotations are maps of their own, which
+/// trigger counts its active jobs), and of its annotations those copied to its pods and a
+/// batched trigger's list of the job's objects (its trigger finds a redelivered object there). A job's labels and annotations are maps of their own, which
 /// over 100,000 held jobs is a fifth of the operator's memory.
 pub fn prune_job(job: &mut BatchJob) {
     if let Some(l) = job.metadata.labels.as_mut() {
@@ -98,7 +99,10 @@ pub fn prune_job(job: &mut BatchJob) {
         }
     }
     if let Some(a) = job.metadata.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(pod::COPIED_ANNOTATION_PREFIX));
+        a.retain(|k, _| {
+            k.starts_with(pod::COPIED_ANNOTATION_PREFIX)
+                || k == crate::api::job_trigger::ANNOTATION_TRIGGER_OBJECTS
+        });
         if a.is_empty() {
             job.metadata.annotations = None;
         }

@@ -5,6 +5,7 @@
 pub mod ec2;
 pub mod local;
 pub mod notices;
+pub mod objects;
 pub mod sqs;
 
 use std::sync::Arc;

@@ -24,11 +24,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+mod batch;
+
 use super::context::Shared;
 use crate::api::job_trigger::{ANNOTATION_TRIGGER_OBJECT, ANNOTATION_TRIGGER_VERSION, LABEL_TRIGGER};
 use crate::api::{BatchJob, Condition, ConditionType, JobTrigger, JobTriggerStatus, State, set_condition};
 use crate::k8s::apply_status;
 use crate::metrics::{TriggerOutcome, metrics};
+use crate::provider::objects::ObjectWriter;
 use crate::provider::sqs::{Message, SqsQueue};
 use crate::trigger::{self, ObjectEvent};
 
@@ -124,6 +127,18 @@ enum Done {
     Retry(String),
 }
 
+/// The trigger's queue, its dead-letter queue, and the credentials both are read with (the
+/// chain's when `None`).
+type Connected = (SqsQueue, Option<SqsQueue>, Option<aws_credential_types::Credentials>);
+
+/// An object of a message that passes the filter.
+struct Accepted {
+    /// Its id (`trigger::object_id`).
+    object: String,
+    event: ObjectEvent,
+    parameters: BTreeMap<String, String>,
+}
+
 /// What creating one object's job came to.
 enum Made {
     Created,
@@ -175,13 +190,20 @@ impl Reader {
 
     async fn run(mut self, lend_credentials: bool) {
         let spec = self.trigger.spec.clone();
-        let (queue, dead_letter) = loop {
+        let (queue, dead_letter, credentials) = loop {
             match self.connect(lend_credentials).await {
                 Ok(q) => break q,
                 Err((reason, message)) => self.failed(reason, message).await,
             }
         };
-        info!(trigger = %self.id, queue = %queue.url, "reading S3 events");
+        let mut batcher = match &spec.batch {
+            Some(b) => {
+                let writer = ObjectWriter::new(spec.source.sqs.region.clone(), credentials).await;
+                Some(batch::Batcher::new(b, writer))
+            }
+            None => None,
+        };
+        info!(trigger = %self.id, queue = %queue.url, batch = ?spec.batch.as_ref().map(|b| b.size), "reading S3 events");
         let visibility = Duration::from_secs(spec.source.sqs.visibility_timeout_seconds.into());
         let wait = Duration::from_secs(spec.source.sqs.wait_time_seconds.into());
         let max = u64::from(spec.max_active_jobs);
@@ -193,13 +215,20 @@ impl Reader {
                     "reading {}; {active} jobs are not finished, the most maxActiveJobs allows: new messages wait in SQS",
                     queue.url
                 ));
+                if let Some(b) = batcher.as_mut() {
+                    self.keep_hidden(b, &queue, visibility).await;
+                }
                 self.write_status().await;
                 tokio::time::sleep(FULL_LOOK_EVERY).await;
                 continue;
             }
             let room = usize::try_from(max - active).unwrap_or(usize::MAX);
-            // While jobs run, a shorter poll keeps status.activeJobs current.
-            let wait = if active > 0 { wait.min(ACTIVE_POLL) } else { wait };
+            // While jobs run, a shorter poll keeps status.activeJobs current; a waiting batch
+            // is made when it is due.
+            let mut wait = if active > 0 { wait.min(ACTIVE_POLL) } else { wait };
+            if let Some(b) = &batcher {
+                wait = wait.min(b.until_due(visibility));
+            }
             let messages = match queue.receive_some(wait, room, Some(visibility)).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -215,12 +244,21 @@ impl Reader {
                 self.status.messages_received += messages.len() as u64;
                 self.status.last_message_time = Some(Utc::now());
                 self.count("received", messages.len());
-                let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
-                let done = {
-                    let work = self.handle_all(&messages);
-                    with_heartbeat(&queue, &receipts, visibility, work).await
-                };
-                self.settle(&queue, dead_letter.as_ref(), &messages, done).await;
+                match batcher.as_mut() {
+                    Some(b) => self.gather(b, messages, &queue, dead_letter.as_ref()).await,
+                    None => {
+                        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+                        let done = {
+                            let work = self.handle_all(&messages);
+                            with_heartbeat(&queue, &receipts, visibility, work).await
+                        };
+                        self.settle(&queue, dead_letter.as_ref(), &messages, done).await;
+                    }
+                }
+            }
+            if let Some(b) = batcher.as_mut() {
+                self.flush(b, &queue, dead_letter.as_ref()).await;
+                self.keep_hidden(b, &queue, visibility).await;
             }
             self.status.active_jobs = self.active();
             self.write_status().await;
@@ -228,7 +266,7 @@ impl Reader {
     }
 
     /// The trigger's queue and dead-letter queue, with the credentials its Secret holds.
-    async fn connect(&mut self, lend: bool) -> Result<(SqsQueue, Option<SqsQueue>), (&'static str, String)> {
+    async fn connect(&mut self, lend: bool) -> Result<Connected, (&'static str, String)> {
         let sqs = &self.trigger.spec.source.sqs;
         let credentials = match &sqs.credentials_secret {
             Some(name) => Some(self.credentials(name).await?),
@@ -244,10 +282,12 @@ impl Reader {
         };
         let queue = SqsQueue::with(sqs.queue_url.clone(), sqs.region.clone(), credentials.clone()).await;
         let dead_letter = match &self.trigger.spec.dead_letter {
-            Some(d) => Some(SqsQueue::with(d.queue_url.clone(), sqs.region.clone(), credentials).await),
+            Some(d) => {
+                Some(SqsQueue::with(d.queue_url.clone(), sqs.region.clone(), credentials.clone()).await)
+            }
             None => None,
         };
-        Ok((queue, dead_letter))
+        Ok((queue, dead_letter, credentials))
     }
 
     /// The keys in Secret `name` of the trigger's namespace (never another namespace's).
@@ -303,70 +343,108 @@ impl Reader {
         done
     }
 
-    async fn handle(&mut self, m: &Message) -> Done {
+    /// The objects of a message that pass the filter, with their parameters; or what to do
+    /// with a message that has none.
+    fn accept(&mut self, m: &Message) -> Result<Vec<Accepted>, Done> {
         let events = match trigger::parse(&m.body) {
             Ok(trigger::Message::Events(events)) => events,
             Ok(trigger::Message::Test) => {
                 self.count("test_event", 1);
-                return Done::Handled;
+                return Err(Done::Handled);
             }
-            Err(why) => return Done::Rejected(format!("message {}: {why}", m.id)),
+            Err(why) => return Err(Done::Rejected(format!("message {}: {why}", m.id))),
         };
-        let mut made = 0;
+        let spec = &self.trigger.spec;
+        let mut accepted = Vec::with_capacity(events.len());
         let mut refused = None;
-        for event in &events {
-            if let Some(why) = trigger::rejected_by(&self.trigger.spec.filter, event) {
+        for event in events {
+            if let Some(why) = trigger::rejected_by(&spec.filter, &event) {
                 refused = Some(why);
                 continue;
             }
-            let job = match self.job_for(event, &m.id) {
+            let parameters = trigger::parameters(&spec.parameters, &event)
+                .map_err(|why| Done::Rejected(format!("message {}: {why}", m.id)))?;
+            accepted.push(Accepted { object: trigger::object_id(&event, &m.id), event, parameters });
+        }
+        match (accepted.is_empty(), refused) {
+            (true, Some(why)) => {
+                Err(Done::Rejected(format!("message {}: no object passes the filter: {why}", m.id)))
+            }
+            _ => Ok(accepted),
+        }
+    }
+
+    /// One job per object.
+    async fn handle(&mut self, m: &Message) -> Done {
+        let accepted = match self.accept(m) {
+            Ok(a) => a,
+            Err(done) => return done,
+        };
+        for a in accepted {
+            let mut annotations = BTreeMap::from([(
+                ANNOTATION_TRIGGER_OBJECT.to_string(),
+                format!("s3://{}/{}", a.event.bucket, a.event.key),
+            )]);
+            if let Some(v) = &a.event.version {
+                annotations.insert(ANNOTATION_TRIGGER_VERSION.to_string(), v.clone());
+            }
+            let job = match self.job_for(&a.object, a.parameters, None, annotations) {
                 Ok(job) => job,
                 Err(why) => return Done::Rejected(format!("message {}: {why}", m.id)),
             };
             match self.create(job).await {
-                Ok(Made::Created) => {
-                    self.status.jobs_created += 1;
-                    self.count("job_created", 1);
-                }
-                Ok(Made::Existed) => {
-                    self.status.duplicates_suppressed += 1;
-                    self.count("duplicate", 1);
-                }
+                Ok(made) => self.made(made),
                 Err(Ok(why)) => return Done::Rejected(format!("message {}: {why}", m.id)),
                 Err(Err(why)) => return Done::Retry(why),
             }
-            made += 1;
         }
-        match (made, refused) {
-            (0, Some(why)) => Done::Rejected(format!("message {}: no object passes the filter: {why}", m.id)),
-            _ => Done::Handled,
+        Done::Handled
+    }
+
+    fn made(&mut self, made: Made) {
+        match made {
+            Made::Created => {
+                self.status.jobs_created += 1;
+                self.count("job_created", 1);
+            }
+            Made::Existed => {
+                self.status.duplicates_suppressed += 1;
+                self.count("duplicate", 1);
+            }
         }
     }
 
-    /// The job for one object.
-    fn job_for(&self, event: &ObjectEvent, message_id: &str) -> Result<BatchJob, String> {
+    /// The job named `PREFIX-<hash>` from the template, with `parameters` over its own, an
+    /// array of `array` children if given.
+    fn job_for(
+        &self,
+        hash: &str,
+        parameters: BTreeMap<String, String>,
+        array: Option<usize>,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<BatchJob, String> {
         let spec = &self.trigger.spec;
-        let mut parameters: BTreeMap<String, String> =
+        let mut all: BTreeMap<String, String> =
             spec.job_template.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        parameters.extend(trigger::parameters(&spec.parameters, event)?);
+        all.extend(parameters);
         let mut template = serde_json::to_value(&spec.job_template).map_err(|e| e.to_string())?;
         let fields = template.as_object_mut().ok_or("the job template is not an object")?;
         fields.remove("jobNamePrefix");
-        fields.insert("parameters".into(), serde_json::to_value(parameters).map_err(|e| e.to_string())?);
+        fields.insert("parameters".into(), serde_json::to_value(all).map_err(|e| e.to_string())?);
+        if let Some(size) = array {
+            fields.insert("array".into(), serde_json::json!({"size": size}));
+        }
         let job_spec = serde_json::from_value(template).map_err(|e| format!("the job template: {e}"))?;
-        let prefix = spec.job_template.job_name_prefix.clone().unwrap_or_else(|| self.trigger.name_any());
-        let mut job = BatchJob::new(&trigger::job_name(&prefix, event, message_id), job_spec);
+        let mut job = BatchJob::new(&trigger::named(&self.prefix(), hash), job_spec);
         job.metadata.namespace = Some(self.ns.clone());
         job.metadata.labels = Some([(LABEL_TRIGGER.to_string(), self.label.clone())].into());
-        let mut annotations = BTreeMap::from([(
-            ANNOTATION_TRIGGER_OBJECT.to_string(),
-            format!("s3://{}/{}", event.bucket, event.key),
-        )]);
-        if let Some(v) = &event.version {
-            annotations.insert(ANNOTATION_TRIGGER_VERSION.to_string(), v.clone());
-        }
         job.metadata.annotations = Some(annotations);
         Ok(job)
+    }
+
+    /// The first part of its jobs' names.
+    fn prefix(&self) -> String {
+        self.trigger.spec.job_template.job_name_prefix.clone().unwrap_or_else(|| self.trigger.name_any())
     }
 
     /// Creates the job, or finds it made. `Err(Ok(why))`: the API server refuses it (the
