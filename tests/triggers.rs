@@ -476,7 +476,8 @@ async fn uploads_become_processed_images_once_each() {
         assert_eq!(job.spec.parameters.get("index"), Some(index));
         assert!(index.starts_with(&format!("s3://{bucket}/barge-index/{ns}/batched/")), "{index}");
     }
-    let sizes: Vec<usize> = jobs.iter().map(|j| j.spec.array.as_ref().map_or(1, |a| a.size as usize)).collect();
+    let sizes: Vec<usize> =
+        jobs.iter().map(|j| j.spec.array.as_ref().map_or(1, |a| a.size as usize)).collect();
     assert_eq!(sizes.iter().sum::<usize>(), 12);
     eprintln!("batched: 12 objects in {} jobs of {sizes:?}", jobs.len());
     for name in inputs.keys().take(12) {
@@ -673,6 +674,29 @@ async fn uploads_become_processed_images_once_each() {
         })
         .await;
     }
+
+    // A Secret without its keys, mended: the trigger reads it again and starts.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let half = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rotated-keys"},
+                      "stringData": {"AWS_ACCESS_KEY_ID": "testing"}});
+    apply(&secrets, half).await.unwrap();
+    let mut rotated = trigger(&docs, "rotated", &uploads, HELD_QUEUE, json!({}));
+    rotated["spec"]["source"]["sqs"]["credentialsSecret"] = "rotated-keys".into();
+    apply_dynamic(&client, &ns, &rotated).await;
+    eventually("rotated: NoCredentials while its Secret lacks a key", WAIT, || async {
+        let s = status_of(&client, &ns, "rotated").await;
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (c.reason == "NoCredentials" && c.message.contains("AWS_SECRET_ACCESS_KEY")).then_some(())
+    })
+    .await;
+    let whole = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rotated-keys"},
+                       "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}});
+    apply(&secrets, whole).await.unwrap();
+    eventually("rotated: Ready once the Secret has its keys", WAIT, || async {
+        let s = status_of(&client, &ns, "rotated").await;
+        s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await;
 
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())

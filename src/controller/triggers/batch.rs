@@ -38,7 +38,8 @@ pub(super) struct Batcher {
     bucket: String,
     prefix: String,
     index_parameter: String,
-    writer: ObjectWriter,
+    /// Writes the indexes, with the trigger's credentials.
+    pub(super) writer: ObjectWriter,
     pending: VecDeque<Pending>,
     held: HashMap<String, Held>,
     /// Objects this reader put in a job (the job store may not show it yet).

@@ -190,12 +190,7 @@ impl Reader {
 
     async fn run(mut self, lend_credentials: bool) {
         let spec = self.trigger.spec.clone();
-        let (queue, dead_letter, credentials) = loop {
-            match self.connect(lend_credentials).await {
-                Ok(q) => break q,
-                Err((reason, message)) => self.failed(reason, message).await,
-            }
-        };
+        let (mut queue, mut dead_letter, credentials) = self.connected(lend_credentials).await;
         let mut batcher = match &spec.batch {
             Some(b) => {
                 let writer = ObjectWriter::new(spec.source.sqs.region.clone(), credentials).await;
@@ -233,6 +228,12 @@ impl Reader {
                 Ok(m) => m,
                 Err(e) => {
                     self.failed("QueueUnreadable", format!("cannot read {}: {e}", queue.url)).await;
+                    // The Secret may have been rotated since: read it again.
+                    let credentials;
+                    (queue, dead_letter, credentials) = self.connected(lend_credentials).await;
+                    if let Some(b) = batcher.as_mut() {
+                        b.writer = ObjectWriter::new(spec.source.sqs.region.clone(), credentials).await;
+                    }
                     continue;
                 }
             };
@@ -262,6 +263,16 @@ impl Reader {
             }
             self.status.active_jobs = self.active();
             self.write_status().await;
+        }
+    }
+
+    /// Connects, reporting each failure and trying again until it works.
+    async fn connected(&mut self, lend: bool) -> Connected {
+        loop {
+            match self.connect(lend).await {
+                Ok(c) => return c,
+                Err((reason, message)) => self.failed(reason, message).await,
+            }
         }
     }
 
