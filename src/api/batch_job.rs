@@ -430,6 +430,26 @@ pub struct Attempt {
     /// `<definition or job>/default/<pod>` in the job definition's log group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_stream_name: Option<String>,
+    /// How each container of a pod of several ended (an ECS task's, a pod template's): the
+    /// main containers in order, then the init containers and sidecars. Empty for a pod of
+    /// one container, whose end is `exitCode` and `reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerExit>,
+}
+
+/// How one container of an attempt's pod ended.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerExit {
+    pub name: String,
+    /// An init container or sidecar (AWS Batch on EKS lists them apart).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// None while it had not ended (a sidecar the pod's end did not wait for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

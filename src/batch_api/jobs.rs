@@ -410,6 +410,9 @@ pub struct AttemptContainer {
 #[serde(rename_all = "camelCase")]
 pub struct AttemptOut {
     container: AttemptContainer,
+    /// An ECS task's attempt: each container's end (`attempts[].taskProperties`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_properties: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     started_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -525,8 +528,32 @@ fn stream_of(job: &BatchJob, a: &Attempt) -> String {
     })
 }
 
-fn attempt_out(job: &BatchJob, a: &Attempt) -> AttemptOut {
+/// How the containers of an attempt's pod ended, as AWS Batch lists them: the main ones, or
+/// (`init`) the init containers and sidecars.
+fn exits(a: &Attempt, init: bool) -> Vec<Value> {
+    a.containers
+        .iter()
+        .filter(|c| c.init == init)
+        .map(|c| serde_json::json!({"name": c.name, "exitCode": c.exit_code, "reason": c.reason}))
+        .collect()
+}
+
+/// Writes each container's `exitCode` and `reason` from `a` into `containers` (a JSON list of
+/// containers with names), when `a` knows them.
+fn set_exits(containers: &mut Value, a: &Attempt, init: bool) {
+    for c in containers.as_array_mut().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        if let Some(e) = a.containers.iter().find(|e| e.init == init && e.name == name) {
+            c["exitCode"] = e.exit_code.into();
+            c["reason"] = e.reason.clone().into();
+        }
+    }
+}
+
+fn attempt_out(job: &BatchJob, a: &Attempt, task: bool) -> AttemptOut {
+    let all: Vec<Value> = exits(a, false).into_iter().chain(exits(a, true)).collect();
     AttemptOut {
+        task_properties: (task && !all.is_empty()).then(|| vec![serde_json::json!({"containers": all})]),
         container: AttemptContainer {
             exit_code: a.exit_code,
             reason: a.reason.clone(),
@@ -567,9 +594,14 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             if let Some(n) = &last.node_name {
                 pod["nodeName"] = n.clone().into();
             }
-            if let Some(c) = pod["containers"].get_mut(0) {
-                c["exitCode"] = last.exit_code.into();
-                c["reason"] = last.reason.clone().into();
+            if last.containers.is_empty() {
+                if let Some(c) = pod["containers"].get_mut(0) {
+                    c["exitCode"] = last.exit_code.into();
+                    c["reason"] = last.reason.clone().into();
+                }
+            } else {
+                set_exits(&mut pod["containers"], last, false);
+                set_exits(&mut pod["initContainers"], last, true);
             }
         }
         serde_json::json!({"podProperties": pod})
@@ -586,6 +618,10 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
                     "containers": [{"name": first, "exitCode": a.exit_code, "reason": a.reason}],
                     "statusReason": a.reason,
                 });
+                if !a.containers.is_empty() {
+                    v["containers"] = exits(a, false).into();
+                    v["initContainers"] = exits(a, true).into();
+                }
                 if let Some(n) = &a.node_name {
                     v["nodeName"] = n.clone().into();
                 }
@@ -599,7 +635,15 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             })
             .collect()
     });
-    let ecs_properties = work.as_ref().and_then(|w| w.task.as_deref()).map(definitions::task_out);
+    let ecs_properties = work.as_ref().and_then(|w| w.task.as_deref()).map(|t| {
+        let mut out = definitions::task_out(t);
+        if let Some(last) = status.attempts.last() {
+            set_exits(&mut out["taskProperties"][0]["containers"], last, false);
+            set_exits(&mut out["taskProperties"][0]["containers"], last, true);
+        }
+        out
+    });
+    let is_task = work.as_ref().is_some_and(|w| w.task.is_some());
     let container = work.as_ref().and_then(|w| match (&w.container, &w.pod_template) {
         _ if w.task.is_some() => None,
         (Some(c), _) => Some(ContainerDetailOut::of(c)),
@@ -635,7 +679,7 @@ fn detail(ctx: &Context, job: &BatchJob) -> JobDetail {
             .attempts
             .iter()
             .filter(|a| a.stopped_at.is_some())
-            .map(|a| attempt_out(job, a))
+            .map(|a| attempt_out(job, a, is_task))
             .collect(),
         status_reason: status.status_reason.clone(),
         created_at: job
@@ -774,7 +818,7 @@ fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
     d.job_arn = ctx.arns.of("job", &id);
     d.job_id = id;
     d.status = phase.as_str();
-    d.attempts = failed.iter().map(|a| attempt_out(parent, a)).collect();
+    d.attempts = failed.iter().map(|a| attempt_out(parent, a, false)).collect();
     d.status_reason = failed.last().and_then(|a| a.reason.clone()).filter(|_| phase == JobPhase::Failed);
     d.array_properties = Some(ArrayOut { status_summary: None, size: None, index: Some(index) });
     if let Some(c) = d.container.as_mut() {
@@ -1087,4 +1131,61 @@ pub async fn stop(ctx: &Context, who: &Principal, how: Stop, input: StopInput) -
     let (key, generation) = (ObjectRef::from_obj(&patched), patched.metadata.generation);
     ctx.stores.caught_up(|s| s.jobs.get(&key).is_some_and(|j| j.metadata.generation >= generation)).await;
     Ok(Empty {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::batch_job::ContainerExit;
+
+    fn attempt() -> Attempt {
+        let exit = |name: &str, init: bool, code: Option<i32>, reason: Option<&str>| ContainerExit {
+            name: name.into(),
+            init,
+            exit_code: code,
+            reason: reason.map(str::to_string),
+        };
+        Attempt {
+            pod_name: "p".into(),
+            exit_code: Some(0),
+            containers: vec![
+                exit("app", false, Some(0), Some("Completed")),
+                exit("setup", true, Some(0), Some("Completed")),
+                exit("proxy", true, Some(143), Some("Error")),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_container_of_a_task_or_pod_gets_its_own_exit_code() {
+        let a = attempt();
+        let mut task =
+            serde_json::json!([{"name": "app"}, {"name": "setup"}, {"name": "proxy"}, {"name": "unknown"}]);
+        set_exits(&mut task, &a, false);
+        set_exits(&mut task, &a, true);
+        assert_eq!(task[0]["exitCode"], 0);
+        assert_eq!((task[2]["exitCode"].as_i64(), task[2]["reason"].as_str()), (Some(143), Some("Error")));
+        assert!(task[3].get("exitCode").is_none(), "a container the attempt does not name is left as it is");
+        assert_eq!(
+            exits(&a, false),
+            vec![serde_json::json!({"name": "app", "exitCode": 0, "reason": "Completed"})]
+        );
+        assert_eq!(exits(&a, true).len(), 2);
+        let job = BatchJob::new(
+            "j",
+            serde_json::from_value(serde_json::json!({"jobQueue": "q", "container": {"image": "i"}}))
+                .unwrap(),
+        );
+        let out = serde_json::to_value(attempt_out(&job, &a, true)).unwrap();
+        let listed = &out["taskProperties"][0]["containers"];
+        assert_eq!(listed.as_array().map(Vec::len), Some(3), "{out}");
+        assert_eq!(listed[2]["name"], "proxy");
+        let plain =
+            serde_json::to_value(attempt_out(&job, &Attempt { containers: vec![], ..a }, true)).unwrap();
+        assert!(
+            plain.get("taskProperties").is_none(),
+            "a pod of one container has its exit code on `container`"
+        );
+    }
 }

@@ -179,6 +179,7 @@ fn roll_children(
                 stopped_at: Some(now),
                 exit_code: exit,
                 reason: Some(reason.clone()),
+                ..Default::default()
             });
             c.started.remove(&i);
             let done = history.len() as u32;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::api::batch_job::{BatchJobStatus, JobPhase, RetryStrategy, Timeout};
+use crate::api::batch_job::{BatchJobStatus, ContainerExit, JobPhase, RetryStrategy, Timeout};
 use crate::api::job_definition::Work;
 
 /// Reason recorded when an attempt outlives `timeout.attemptDurationSeconds`.
@@ -30,6 +30,8 @@ pub struct PodFacts {
     /// Why a container of the placed pod cannot start (a Secret it reads is missing, an
     /// image that cannot be pulled), as the kubelet says it.
     pub blocked: Option<Blocked>,
+    /// How each container ended, for a pod of several (see `Attempt::containers`).
+    pub containers: Vec<ContainerExit>,
 }
 
 /// A container the kubelet cannot start.
@@ -91,6 +93,7 @@ impl PodFacts {
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
             .and_then(|c| c.message.clone());
         PodFacts {
+            containers: container_exits(pod),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             compute_environment: pod.labels().get(crate::api::LABEL_COMPUTE_ENVIRONMENT).cloned(),
             phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
@@ -104,6 +107,37 @@ impl PodFacts {
             blocked,
         }
     }
+}
+
+/// How each container of a pod of several ended: the main containers in order, then the init
+/// containers (sidecars among them); none for a pod of one container.
+fn container_exits(pod: &Pod) -> Vec<ContainerExit> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    if spec.containers.len() + inits.len() < 2 {
+        return Vec::new();
+    }
+    let status = pod.status.as_ref();
+    let ended = |statuses: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>, name: &str| {
+        let st = statuses?.iter().find(|s| s.name == name)?;
+        st.state.as_ref()?.terminated.clone()
+    };
+    let mains = spec
+        .containers
+        .iter()
+        .map(|c| (c, false, ended(status.and_then(|s| s.container_statuses.as_ref()), &c.name)));
+    let inits = inits
+        .iter()
+        .map(|c| (c, true, ended(status.and_then(|s| s.init_container_statuses.as_ref()), &c.name)));
+    mains
+        .chain(inits)
+        .map(|(c, init, term)| ContainerExit {
+            name: c.name.clone(),
+            init,
+            exit_code: term.as_ref().map(|t| t.exit_code),
+            reason: term.and_then(|t| t.reason),
+        })
+        .collect()
 }
 
 /// Why the node's kubelet refused the pod at admission, before any container ran: it had
@@ -203,6 +237,33 @@ pub fn failure_reason(exit_code: Option<i32>, container_reason: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_container_of_a_pod_of_several_ends_on_its_own() {
+        let ended = |name: &str, code: i32, reason: &str| {
+            serde_json::json!({"name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                               "state": {"terminated": {"exitCode": code, "reason": reason}}})
+        };
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app"}],
+                     "initContainers": [{"name": "setup"}, {"name": "proxy", "restartPolicy": "Always"}]},
+            "status": {"phase": "Succeeded",
+                       "containerStatuses": [ended("app", 0, "Completed")],
+                       "initContainerStatuses": [ended("setup", 0, "Completed"), ended("proxy", 143, "Error")]}
+        }))
+        .unwrap();
+        let exits = PodFacts::of(&pod).containers;
+        let names: Vec<(&str, bool, Option<i32>)> =
+            exits.iter().map(|c| (c.name.as_str(), c.init, c.exit_code)).collect();
+        assert_eq!(names, [("app", false, Some(0)), ("setup", true, Some(0)), ("proxy", true, Some(143))]);
+        let single: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Succeeded", "containerStatuses": [ended("app", 0, "Completed")]}
+        }))
+        .unwrap();
+        assert!(PodFacts::of(&single).containers.is_empty(), "one container: its end is the attempt's");
+    }
 
     fn failed(message: &str, container: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({

@@ -316,6 +316,7 @@ fn with_pod(
         ("Succeeded", _) => {
             let a = ensure_attempt(&mut s, attempt, pod_name, pod);
             a.exit_code = Some(pod.exit_code.unwrap_or(0));
+            a.containers = pod.containers.clone();
             a.reason = pod.reason.clone();
             a.stopped_at = Some(pod.finished_at.unwrap_or(now));
             a.started_at = a.started_at.or(pod.started_at);
@@ -325,7 +326,7 @@ fn with_pod(
             s.status_reason = Some("Essential container in task exited".into());
         }
         ("Failed", _) => {
-            ensure_attempt(&mut s, attempt, pod_name, pod);
+            ensure_attempt(&mut s, attempt, pod_name, pod).containers = pod.containers.clone();
             let code = pod.exit_code;
             let why = failure_reason(code, pod.reason.as_deref());
             let stopped = pod.finished_at.unwrap_or(now);
@@ -881,6 +882,7 @@ mod tests {
             created_at: Some(at(0)),
             refused: None,
             blocked: None,
+            containers: Vec::new(),
         }
     }
 
