@@ -91,7 +91,11 @@ async fn s3(moto: &str) -> aws_sdk_s3::Client {
 
 /// Whether the archive has closed a stream (its last chunk is marked `-end`).
 async fn closed(h: &Harness, ns: &str, stream: &str) -> bool {
-    let prefix = format!("{ns}/{}/{}/", barge::archive::encode(GROUP), barge::archive::encode(stream));
+    closed_in(h, ns, GROUP, stream).await
+}
+
+async fn closed_in(h: &Harness, ns: &str, group: &str, stream: &str) -> bool {
+    let prefix = format!("{ns}/{}/{}/", barge::archive::encode(group), barge::archive::encode(stream));
     let out = s3(&h.moto).await.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await.unwrap();
     out.contents().iter().any(|o| o.key().is_some_and(|k| k.ends_with("-end")))
 }
@@ -247,6 +251,52 @@ async fn fifty_thousand_lines_outlive_their_pod_once_and_in_order() {
         out.lines().map(str::to_string).eq(want.iter().cloned()),
         "barge logs: every line once, in order"
     );
+}
+
+#[tokio::test]
+async fn awslogs_group_and_stream_prefix_name_where_the_output_goes() {
+    let _shared = EXCLUSIVE.read().await;
+    let Some(h) = harness("the awslogs options' test").await else { return };
+    let client = client().await;
+    let ns = namespace(&client, "logs-prefix").await;
+    let key = create_key(&h.credentials_ns, &ns, &[], false);
+    let jobs = submit_job(
+        &client,
+        &ns,
+        QUEUE,
+        "etl",
+        json!({"container": {"image": IMAGE, "command": ["sh", "-c", "echo extract; echo load"],
+                             "resources": {"vcpus": 0.25, "memory": "64Mi"},
+                             "logConfiguration": {"logDriver": "awslogs",
+                                 "options": {"awslogs-group": "/batch/etl", "awslogs-stream-prefix": "nightly"}}}}),
+    )
+    .await;
+    let job = job_in_phase(&jobs, "etl", JobPhase::Succeeded, RUN_WAIT).await;
+    let attempt = &job.status.as_ref().unwrap().attempts[0];
+    let stream = attempt.log_stream_name.clone().unwrap();
+    assert_eq!(stream, format!("nightly/default/{}", attempt.pod_name), "AWS's <prefix>/<container>/<task>");
+    eventually("the stream archived in /batch/etl", RUN_WAIT, || async {
+        closed_in(h, &ns, "/batch/etl", &stream).await.then_some(())
+    })
+    .await;
+    let page = aws_logs(
+        h,
+        &key,
+        &[
+            "get-log-events",
+            "--log-group-name",
+            "/batch/etl",
+            "--log-stream-name",
+            &stream,
+            "--start-from-head",
+        ],
+    )
+    .unwrap();
+    assert_eq!(messages(&page), ["extract", "load"]);
+    delete_pod(&client, &ns, &attempt.pod_name).await;
+    let (ok, out, err) = barge_logs(h, &ns, &["etl"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["extract", "load"], "{err}");
 }
 
 #[tokio::test]

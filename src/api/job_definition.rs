@@ -288,6 +288,19 @@ pub fn parse_range(target: &str, num_nodes: u32) -> Result<(u32, u32), String> {
 }
 
 impl<'a> Work<'a> {
+    /// The stream prefix its container's `logConfiguration` names (`awslogs-stream-prefix`).
+    pub fn log_prefix(&self) -> Option<&str> {
+        let container =
+            self.container.as_deref().or_else(|| self.nodes.as_ref().map(|n| n.container(n.main_node)));
+        crate::archive::configured_stream_prefix(container?.extra().log_configuration.as_ref())
+    }
+
+    /// The first part of its attempts' log stream names: the stream prefix its container's
+    /// `logConfiguration` names, else the job definition's name (the job's own without one).
+    pub fn log_name(&self, job: &super::BatchJob) -> String {
+        self.log_prefix().map_or_else(|| job.log_name(), str::to_string)
+    }
+
     /// The IAM roles its containers act as (`jobRoleArn`).
     pub fn roles(&self) -> impl Iterator<Item = &str> {
         let single = self.container.as_deref();

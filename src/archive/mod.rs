@@ -98,6 +98,13 @@ pub fn configured_group(log: Option<&crate::api::container::LogConfiguration>) -
     log.options.get("awslogs-group").map(String::as_str).filter(|g| !g.is_empty())
 }
 
+/// The first part of a container's stream names its `logConfiguration` asks for
+/// (`awslogs-stream-prefix` of the `awslogs` driver: `<prefix>/<container>/<task>`), if any.
+pub fn configured_stream_prefix(log: Option<&crate::api::container::LogConfiguration>) -> Option<&str> {
+    let log = log.filter(|l| l.log_driver == "awslogs")?;
+    log.options.get("awslogs-stream-prefix").map(String::as_str).filter(|p| !p.is_empty())
+}
+
 /// One level of the bucket's listing for a name that may hold `/`.
 pub fn encode(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")

@@ -795,8 +795,10 @@ fn node_detail(ctx: &Context, parent: &BatchJob, index: u32) -> Option<JobDetail
     let mut c = ContainerDetailOut::of(layout.container(index));
     c.exit_code = summary.and_then(|n| n.exit_code);
     if let Some(n) = summary {
-        let stream =
-            crate::archive::stream_name(&parent.log_name(), crate::archive::MAIN_CONTAINER, &n.pod_name);
+        let configured = layout.container(index).extra().log_configuration.as_ref();
+        let name = crate::archive::configured_stream_prefix(configured)
+            .map_or_else(|| parent.log_name(), str::to_string);
+        let stream = crate::archive::stream_name(&name, crate::archive::MAIN_CONTAINER, &n.pod_name);
         c.log_stream_name = Some(stream);
     }
     d.container = Some(c);
@@ -821,6 +823,9 @@ fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
     d.attempts = failed.iter().map(|a| attempt_out(parent, a, false)).collect();
     d.status_reason = failed.last().and_then(|a| a.reason.clone()).filter(|_| phase == JobPhase::Failed);
     d.array_properties = Some(ArrayOut { status_summary: None, size: None, index: Some(index) });
+    let def = definition_of(ctx, parent);
+    let log_name = crate::api::job_definition::work(&parent.spec, def.as_ref().map(|(_, _, s)| &**s))
+        .map_or_else(|_| parent.log_name(), |w| w.log_name(parent));
     if let Some(c) = d.container.as_mut() {
         c.exit_code =
             if phase == JobPhase::Succeeded { Some(0) } else { failed.last().and_then(|a| a.exit_code) };
@@ -835,7 +840,7 @@ fn child_detail(ctx: &Context, parent: &BatchJob, index: u32) -> JobDetail {
                 index,
                 a,
             );
-            crate::archive::stream_name(&parent.log_name(), crate::archive::MAIN_CONTAINER, &pod)
+            crate::archive::stream_name(&log_name, crate::archive::MAIN_CONTAINER, &pod)
         });
     }
     if !phase.is_finished() {

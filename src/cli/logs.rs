@@ -327,7 +327,12 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         );
     };
     eprintln!("{what}: reading its output from the log archive (s3://{})", bucket.name());
-    print_archived(&bucket, &ns, &job.log_name(), &pod, &mut cursor, args.follow).await
+    // The stream its attempt names (a definition's awslogs-stream-prefix changes it).
+    let recorded = job.status.iter().flat_map(|s| &s.attempts).find(|a| a.pod_name == pod);
+    let stream = recorded.and_then(|a| a.log_stream_name.clone()).unwrap_or_else(|| {
+        crate::archive::stream_name(&job.log_name(), crate::archive::MAIN_CONTAINER, &pod)
+    });
+    print_archived(&bucket, &ns, &stream, &mut cursor, args.follow).await
 }
 
 /// How long `-f` waits for the archive to close a stream the archiver is still writing.
@@ -338,12 +343,11 @@ const ARCHIVE_FOLLOW: Duration = Duration::from_secs(120);
 async fn print_archived(
     bucket: &Bucket,
     ns: &str,
-    log_name: &str,
-    pod: &str,
+    name: &str,
     cursor: &mut Cursor,
     follow: bool,
 ) -> anyhow::Result<()> {
-    let name = crate::archive::stream_name(log_name, crate::archive::MAIN_CONTAINER, pod);
+    let name = name.to_string();
     let mut stream = StreamId { namespace: ns.to_string(), group: DEFAULT_GROUP.to_string(), name };
     let mut chunks = bucket.chunks(&stream).await?;
     if chunks.is_empty() {
@@ -376,7 +380,7 @@ async fn print_archived(
         let ended = chunks.iter().any(|c| c.chunk.end);
         if ended || !follow {
             if chunks.is_empty() {
-                bail!("the log archive holds no output of {} (stream {})", pod, stream.name);
+                bail!("the log archive holds no output of stream {}", stream.name);
             }
             if !ended {
                 eprintln!("(the archive is still being written: -f waits for the rest)");

@@ -148,7 +148,7 @@ fn roll_children(
     let timeout = limits.timeout.map(|t| t.attempt_duration_seconds as i64);
     let name = job.name_any();
     let uid = job.uid().unwrap_or_default();
-    let log_name = job.log_name();
+    let log_name = limits.log_prefix.map_or_else(|| job.log_name(), str::to_string);
     let stopping = job.spec.terminate.as_ref().map(|t| format!("Terminated: {}", t.reason));
     let cancelling = job.spec.cancel.as_ref().map(|t| format!("Cancelled: {}", t.reason));
     let (mut runnable, mut pending, mut starting, mut running) = (0, 0, 0, 0);

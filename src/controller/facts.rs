@@ -210,6 +210,9 @@ pub struct Limits<'a> {
     pub timeout: Option<&'a Timeout>,
     /// A multi-node job's main node: its pod is the attempt's.
     pub main_node: Option<u32>,
+    /// The first part of its attempts' log stream names when its container's
+    /// `logConfiguration` sets `awslogs-stream-prefix` (else the job's `log_name`).
+    pub log_prefix: Option<&'a str>,
 }
 
 impl<'a> Limits<'a> {
@@ -220,6 +223,7 @@ impl<'a> Limits<'a> {
             retry: work.map_or(&NO_RETRY, |w| &*w.retry_strategy),
             timeout: work.and_then(|w| w.timeout),
             main_node: work.and_then(|w| w.nodes.as_ref()).map(|n| n.main_node),
+            log_prefix: work.and_then(Work::log_prefix),
         }
     }
 }

@@ -142,7 +142,7 @@ pub fn next_status(
     let mut s = advance(job, limits, deps, pod, verdict, now);
     // Each attempt says where its output is archived, as AWS Batch's do.
     if s.attempts.iter().any(|a| a.log_stream_name.is_none()) {
-        let name = job.log_name();
+        let name = limits.log_prefix.map_or_else(|| job.log_name(), str::to_string);
         for a in s.attempts.iter_mut().filter(|a| a.log_stream_name.is_none()) {
             a.log_stream_name =
                 Some(crate::archive::stream_name(&name, crate::archive::MAIN_CONTAINER, &a.pod_name));

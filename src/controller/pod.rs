@@ -135,7 +135,7 @@ pub fn build_pod(
         }
     }
     // Where the archiver writes what its containers print.
-    annotations.insert(crate::archive::ANNOTATION_NAME.into(), job.log_name());
+    annotations.insert(crate::archive::ANNOTATION_NAME.into(), work.log_name(job));
     let configured = work.container.as_ref().and_then(|c| c.extra().log_configuration.as_ref());
     if let Some(group) = crate::archive::configured_group(configured) {
         annotations.insert(crate::archive::ANNOTATION_GROUP.into(), group.to_string());
