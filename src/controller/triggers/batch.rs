@@ -179,6 +179,7 @@ impl Reader {
                 Ok(made) => {
                     self.made(made);
                     b.made.extend(objects);
+                    self.write_status().await;
                     None
                 }
                 Err(Ok(why)) => Some(Done::Rejected(format!("batch {name}: {why}"))),

@@ -253,6 +253,9 @@ impl Reader {
                             let work = self.handle_all(&messages);
                             with_heartbeat(&queue, &receipts, visibility, work).await
                         };
+                        // Counted before the messages go: a stop between the two leaves
+                        // them to come back as duplicates, never a job made and not counted.
+                        self.write_status().await;
                         self.settle(&queue, dead_letter.as_ref(), &messages, done).await;
                     }
                 }
