@@ -640,6 +640,7 @@ async fn uploads_become_processed_images_once_each() {
         s.duplicates_suppressed >= 1,
         "the messages whose delete was lost came back and found their jobs"
     );
+    assert_eq!(s.jobs_created, KILL_NOTIFICATIONS as u64, "each job counted once, the kill's too");
     eprintln!(
         "burst: {jobs_before_kill} jobs before the SIGKILL; after it {} jobs, {} created and {} duplicates counted",
         jobs.len(),
