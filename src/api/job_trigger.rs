@@ -19,9 +19,9 @@ use super::{Condition, State};
 pub const LABEL_TRIGGER: &str = "barge.dev/trigger";
 /// Annotation on a trigger's job: the object it was made for, `s3://BUCKET/KEY`.
 pub const ANNOTATION_TRIGGER_OBJECT: &str = "barge.dev/trigger-object";
-/// Annotation on a batched trigger's array job: the ids of its objects (see
-/// `crate::trigger::object_id`), comma-separated, by which a redelivered message finds its
-/// object already in a batch.
+/// Annotation on a batched trigger's array job: the ids of its objects (16 hex digits that
+/// name an object version), comma-separated, by which a redelivered message finds its object
+/// already in a batch.
 pub const ANNOTATION_TRIGGER_OBJECTS: &str = "barge.dev/trigger-objects";
 /// Annotation on a trigger's job: the object's version (its version id, else the event's
 /// sequencer, else its ETag), the other half of what the job's name is derived from.
