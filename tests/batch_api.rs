@@ -560,6 +560,116 @@ async fn aws_cli_runs_a_multinode_job_and_describes_its_nodes() {
 }
 
 #[tokio::test]
+async fn aws_cli_runs_a_multinode_job_of_eks_pods() {
+    let h = harness().await;
+    let c = corner("api-mnp-eks").await;
+    let key = create_key(h, &c.env.ns, &[]);
+    until_answered(h, &key).await;
+    // AWS Batch on EKS's multi-node definition: each range a pod, the main one of two containers.
+    let nodes = r#"{"numNodes": 3, "mainNode": 0, "nodeRangeProperties": [
+        {"targetNodes": "0", "eksProperties": {"podProperties": {"containers": [
+            {"name": "main", "image": "mpi-main:1", "command": ["main", "Ref::steps"],
+             "resources": {"limits": {"cpu": "1", "memory": "1024Mi"}}},
+            {"name": "log", "image": "fluent-bit:3", "resources": {"limits": {"cpu": "250m", "memory": "128Mi"}}}]}}},
+        {"targetNodes": "1:", "eksProperties": {"podProperties": {"containers": [
+            {"name": "worker", "image": "mpi-worker:1", "resources": {"limits": {"cpu": "1", "memory": "1024Mi"}}}]}}}]}"#;
+    let reg = aws(
+        h,
+        &key,
+        &[
+            "register-job-definition",
+            "--job-definition-name",
+            "mpi-eks",
+            "--type",
+            "multinode",
+            "--node-properties",
+            nodes,
+            "--parameters",
+            "steps=10",
+        ],
+    )
+    .unwrap();
+    assert_eq!(reg["revision"], 1, "{reg}");
+    let described = aws(h, &key, &["describe-job-definitions", "--job-definition-name", "mpi-eks"]).unwrap();
+    let ranges = &described["jobDefinitions"][0]["nodeProperties"]["nodeRangeProperties"];
+    assert_eq!(ranges[0]["eksProperties"]["podProperties"]["containers"][1]["name"], "log", "{described}");
+    assert!(ranges[0].get("container").is_none(), "an EKS range is described as a pod: {described}");
+
+    // Node 2 runs another image (the range's eksPropertiesOverride, by container name).
+    let overrides = r#"{"nodePropertyOverrides": [{"targetNodes": "2", "eksPropertiesOverride": {"podProperties": {"containers": [{"name": "worker", "image": "mpi-worker:2"}]}}}]}"#;
+    let sub = aws(
+        h,
+        &key,
+        &[
+            "submit-job",
+            "--job-name",
+            "ring-eks",
+            "--job-queue",
+            &c.queue,
+            "--job-definition",
+            "mpi-eks",
+            "--node-overrides",
+            overrides,
+            "--tags",
+            "sim.barge.dev/main-duration=3s",
+        ],
+    )
+    .unwrap();
+    let id = sub["jobId"].as_str().unwrap().to_string();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.env.client.clone(), &c.env.ns);
+    let by_node = eventually("the gang's three pods", WAIT, || async {
+        let list =
+            pods.list(&ListParams::default().labels(&format!("barge.dev/job-name={id}"))).await.ok()?;
+        let mut by_node = std::collections::BTreeMap::new();
+        for p in list.items {
+            let index = p.labels().get("barge.dev/node-index")?.clone();
+            by_node.insert(index, p);
+        }
+        (by_node.len() == 3).then_some(by_node)
+    })
+    .await;
+    let containers = |i: &str| by_node[i].spec.as_ref().unwrap().containers.clone();
+    let main = containers("0");
+    assert_eq!(main.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["main", "log"]);
+    assert_eq!(main[0].command.as_deref().unwrap(), ["main", "10"], "parameters reach the range's pod");
+    let env = |c: &k8s_openapi::api::core::v1::Container, name: &str| {
+        c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
+    };
+    assert_eq!(env(&main[0], "AWS_BATCH_JOB_NODE_INDEX").as_deref(), Some("0"));
+    assert_eq!(env(&main[0], "AWS_BATCH_JOB_NUM_NODES").as_deref(), Some("3"));
+    assert_eq!(env(&containers("1")[0], "AWS_BATCH_JOB_NODE_INDEX").as_deref(), Some("1"));
+    assert_eq!(containers("1")[0].image.as_deref(), Some("mpi-worker:1"));
+    assert_eq!(containers("2")[0].image.as_deref(), Some("mpi-worker:2"), "the override reached node 2 only");
+    eventually("the EKS multinode job succeeds", WAIT, || async {
+        let d = aws(h, &key, &["describe-jobs", "--jobs", &id]).ok()?;
+        (d["jobs"][0]["status"] == "SUCCEEDED").then_some(())
+    })
+    .await;
+    let node = aws(h, &key, &["describe-jobs", "--jobs", &format!("{id}#2")]).unwrap();
+    assert_eq!(node["jobs"][0]["container"]["image"], "mpi-worker:2", "{node}");
+
+    // A range is a container or a pod, not both, and an eksPropertiesOverride needs a pod's range.
+    let both = r#"{"numNodes": 1, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0", "container": {"image": "a"},
+        "eksProperties": {"podProperties": {"containers": [{"image": "b"}]}}}]}"#;
+    let refused = aws(
+        h,
+        &key,
+        &[
+            "register-job-definition",
+            "--job-definition-name",
+            "both",
+            "--type",
+            "multinode",
+            "--node-properties",
+            both,
+        ],
+    )
+    .unwrap_err();
+    assert!(refused.contains("one of container or eksProperties"), "{refused}");
+    c.cleanup().await;
+}
+
+#[tokio::test]
 async fn refusals_are_aws_errors_and_create_nothing() {
     let h = harness().await;
     let c = corner("api-refuse").await;

@@ -416,6 +416,17 @@ async fn the_api_server_refuses_what_a_pod_cannot_honour_and_a_role_waits_for_it
     .unwrap_err()
     .to_string();
     assert!(refused.contains("at least one essential container"), "{refused}");
+    // A multi-node range runs a container or a pod (AWS Batch on EKS's ranges), not both.
+    let both = json!({"nodeProperties": {"numNodes": 1, "nodeRangeProperties": [{"targetNodes": "0",
+        "container": {"image": "i"}, "podTemplate": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}]}});
+    let refused = apply(
+        &s.defs,
+        json!({"apiVersion": "barge.dev/v1alpha1", "kind": "JobDefinition", "metadata": {"name": "refused"}, "spec": both}),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("exactly one of container or podTemplate"), "{refused}");
     assert!(s.defs.get_opt("refused").await.unwrap().is_none());
 
     // A role no ServiceAccount of the namespace is bound to: the job waits, saying what to

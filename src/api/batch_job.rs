@@ -172,12 +172,20 @@ pub struct NodeProperties {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.container) != has(self.podTemplate)").message("each nodeRangeProperties entry sets exactly one of container or podTemplate"))]
 pub struct NodeRangeProperty {
     /// The nodes this container runs on: `N`, `N:`, `:M` or `N:M`.
     #[schemars(length(max = 9))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{0,4}(:[0-9]{0,4})?$') && self != ''").message("targetNodes is a node index or a range such as 0, 1:, :3 or 0:3"))]
     pub target_nodes: String,
-    pub container: ContainerSpec,
+    /// The container these nodes run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// Or the pod each of these nodes runs (AWS Batch on EKS's range `eksProperties`); the
+    /// node's variables go to its first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: Option<Box<PodTemplateSpec>>,
 }
 
 /// A job's changes to its definition's `nodeProperties` (AWS's `nodeOverrides`).
@@ -201,7 +209,12 @@ pub struct NodePropertyOverride {
     #[schemars(length(max = 9))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{0,4}(:[0-9]{0,4})?$') && self != ''").message("targetNodes is a node index or a range such as 0, 1:, :3 or 0:3"))]
     pub target_nodes: String,
+    #[serde(default)]
     pub container_overrides: ContainerOverrides,
+    /// What differs for a range of pods, by container name (AWS's range
+    /// `eksPropertiesOverride`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_overrides: Option<Box<super::overrides::PodOverrides>>,
 }
 
 /// A multi-node job's nodes in its current attempt.

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Condition;
 use super::batch_job::{
-    BatchJobSpec, ContainerOverrides, ContainerSpec, NodeOverrides, NodeProperties, RetryStrategy, Timeout,
+    BatchJobSpec, ContainerOverrides, ContainerSpec, NodeOverrides, NodeProperties, NodePropertyOverride,
+    RetryStrategy, Timeout,
 };
 use super::task::TaskSpec;
 
@@ -110,7 +111,12 @@ impl JobDefinitionSpec {
                     parse_range(&r.target_nodes, n.num_nodes)
                         .is_ok_and(|(a, b)| (a..=b).contains(&n.main_node))
                 });
-                main.or(n.node_range_properties.first()).map(|r| r.container.image.as_str())
+                let r = main.or(n.node_range_properties.first())?;
+                match (&r.container, &r.pod_template) {
+                    (Some(c), _) => Some(c.image.as_str()),
+                    (None, Some(t)) => t.spec.as_ref()?.containers.first()?.image.as_deref(),
+                    (None, None) => None,
+                }
             }
             _ => None,
         }
@@ -195,8 +201,42 @@ pub struct Work<'a> {
 pub struct NodeLayout {
     pub num_nodes: u32,
     pub main_node: u32,
-    /// Consecutive ranges `(first, last, container)` that cover nodes 0 to `num_nodes - 1`.
-    pub ranges: Vec<(u32, u32, ContainerSpec)>,
+    /// Consecutive ranges `(first, last, what they run)` that cover nodes 0 to `num_nodes - 1`.
+    pub ranges: Vec<(u32, u32, NodeRun)>,
+}
+
+/// What the nodes of one range run: a container, or a whole pod (AWS Batch on EKS's ranges).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeRun {
+    Container(ContainerSpec),
+    Pod(Box<PodTemplateSpec>),
+}
+
+impl NodeRun {
+    pub fn container(&self) -> Option<&ContainerSpec> {
+        match self {
+            NodeRun::Container(c) => Some(c),
+            NodeRun::Pod(_) => None,
+        }
+    }
+
+    /// The variable names its containers set.
+    fn env_names(&self) -> Vec<&str> {
+        match self {
+            NodeRun::Container(c) => c.env.iter().map(|e| e.name.as_str()).collect(),
+            NodeRun::Pod(t) => template_env_names(t),
+        }
+    }
+}
+
+/// The variable names a pod template's containers set.
+fn template_env_names(t: &PodTemplateSpec) -> Vec<&str> {
+    t.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .map(|e| e.name.as_str())
+        .collect()
 }
 
 impl NodeLayout {
@@ -212,7 +252,17 @@ impl NodeLayout {
             // An open-ended range follows numNodes; a range past an overridden count is cut.
             let (a, b) = parse_range(&r.target_nodes, n.max(props.num_nodes))?;
             if a < n {
-                ranges.push((a, b.min(n - 1), r.container.clone()));
+                let run = match (&r.container, &r.pod_template) {
+                    (Some(c), None) => NodeRun::Container(c.clone()),
+                    (None, Some(t)) => NodeRun::Pod(t.clone()),
+                    _ => {
+                        return Err(format!(
+                            "nodeRangeProperties {} sets exactly one of container or podTemplate",
+                            r.target_nodes
+                        ));
+                    }
+                };
+                ranges.push((a, b.min(n - 1), run));
             }
         }
         ranges.sort_by_key(|r| r.0);
@@ -233,15 +283,21 @@ impl NodeLayout {
         Ok(NodeLayout { num_nodes: n, main_node: props.main_node, ranges })
     }
 
-    /// The container node `node` runs.
-    pub fn container(&self, node: u32) -> &ContainerSpec {
+    /// What node `node` runs.
+    pub fn run(&self, node: u32) -> &NodeRun {
         let at = self.ranges.partition_point(|r| r.1 < node).min(self.ranges.len() - 1);
         &self.ranges[at].2
     }
 
-    /// Applies a job's `containerOverrides` to the nodes of `target`, splitting ranges where
-    /// it begins and ends.
-    fn apply(&mut self, target: &str, o: &ContainerOverrides) -> Result<(), String> {
+    /// The container node `node` runs, unless it runs a pod.
+    pub fn container(&self, node: u32) -> Option<&ContainerSpec> {
+        self.run(node).container()
+    }
+
+    /// Applies a job's overrides of the nodes of `target` (`containerOverrides`, and a range of
+    /// pods' `podOverrides`), splitting ranges where it begins and ends.
+    fn apply(&mut self, o: &NodePropertyOverride) -> Result<(), String> {
+        let target = o.target_nodes.as_str();
         let (a, b) = parse_range(target, self.num_nodes)?;
         if b >= self.num_nodes {
             return Err(format!(
@@ -251,9 +307,28 @@ impl NodeLayout {
         }
         self.split_before(a);
         self.split_before(b + 1);
-        for (first, last, c) in &mut self.ranges {
-            if *first >= a && *last <= b {
-                apply_overrides(c, o);
+        for (first, last, run) in &mut self.ranges {
+            if *first < a || *last > b {
+                continue;
+            }
+            match run {
+                NodeRun::Container(c) => {
+                    if o.pod_overrides.is_some() {
+                        return Err(format!(
+                            "nodeOverrides podOverrides of nodes {target} apply to a range of pods (podTemplate); \
+                             nodes {first} to {last} run a container: use containerOverrides"
+                        ));
+                    }
+                    apply_overrides(c, &o.container_overrides);
+                }
+                NodeRun::Pod(t) => {
+                    if o.container_overrides != ContainerOverrides::default() {
+                        apply_template_overrides(t, &o.container_overrides)?;
+                    }
+                    if let Some(p) = o.pod_overrides.as_deref() {
+                        super::overrides::apply_to_template(t, p)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -291,7 +366,7 @@ impl<'a> Work<'a> {
     /// The stream prefix its container's `logConfiguration` names (`awslogs-stream-prefix`).
     pub fn log_prefix(&self) -> Option<&str> {
         let container =
-            self.container.as_deref().or_else(|| self.nodes.as_ref().map(|n| n.container(n.main_node)));
+            self.container.as_deref().or_else(|| self.nodes.as_ref().and_then(|n| n.container(n.main_node)));
         crate::archive::configured_stream_prefix(container?.extra().log_configuration.as_ref())
     }
 
@@ -304,7 +379,7 @@ impl<'a> Work<'a> {
     /// The IAM roles its containers act as (`jobRoleArn`).
     pub fn roles(&self) -> impl Iterator<Item = &str> {
         let single = self.container.as_deref();
-        let ranges = self.nodes.iter().flat_map(|l| l.ranges.iter().map(|(_, _, c)| c));
+        let ranges = self.nodes.iter().flat_map(|l| l.ranges.iter().filter_map(|(_, _, r)| r.container()));
         single.into_iter().chain(ranges).filter_map(|c| c.extra.as_deref()?.job_role_arn.as_deref())
     }
 
@@ -313,8 +388,11 @@ impl<'a> Work<'a> {
         match &self.nodes {
             None => self.clone(),
             Some(layout) => Work {
-                container: Some(Cow::Borrowed(layout.container(node))),
-                pod_template: None,
+                container: layout.container(node).map(Cow::Borrowed),
+                pod_template: match layout.run(node) {
+                    NodeRun::Pod(t) => Some(Cow::Borrowed(&**t)),
+                    NodeRun::Container(_) => None,
+                },
                 task: None,
                 retry_strategy: Cow::Borrowed(&*self.retry_strategy),
                 timeout: self.timeout,
@@ -447,11 +525,25 @@ fn node_layout<'p>(
     params: &impl Fn(&str) -> Option<&'p String>,
 ) -> Result<NodeLayout, String> {
     let mut layout = NodeLayout::of(props, overrides.and_then(|o| o.num_nodes))?;
-    for (_, _, c) in &mut layout.ranges {
-        c.command.iter_mut().chain(c.args.iter_mut()).for_each(|a| substitute_in_place(a, params));
+    for (_, _, run) in &mut layout.ranges {
+        match run {
+            NodeRun::Container(c) => {
+                c.command.iter_mut().chain(c.args.iter_mut()).for_each(|a| substitute_in_place(a, params))
+            }
+            // As a pod template's: the first container's command and args.
+            NodeRun::Pod(t) => {
+                if let Some(c) = t.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+                    c.command
+                        .iter_mut()
+                        .chain(c.args.iter_mut())
+                        .flatten()
+                        .for_each(|a| substitute_in_place(a, params));
+                }
+            }
+        }
     }
     for o in overrides.map(|o| o.node_property_overrides.as_slice()).unwrap_or_default() {
-        layout.apply(&o.target_nodes, &o.container_overrides)?;
+        layout.apply(o)?;
     }
     Ok(layout)
 }
@@ -563,26 +655,16 @@ pub fn substitute<'s, 'p>(arg: &'s str, params: &impl Fn(&str) -> Option<&'p Str
 /// AWS Batch sets the `AWS_BATCH_*` variables itself and refuses them from users; and a
 /// container's AWS fields must be ones a pod can honour (see `container::check`).
 fn check_env(work: &Work<'_>) -> Result<(), String> {
-    let ranges = work.nodes.iter().flat_map(|l| l.ranges.iter().map(|(_, _, c)| c));
+    let ranges = work.nodes.iter().flat_map(|l| l.ranges.iter().filter_map(|(_, _, r)| r.container()));
     for c in work.container.as_deref().into_iter().chain(ranges) {
         super::container::check(c, "")?;
     }
     let names: Vec<&str> = match (&work.container, &work.pod_template) {
         (Some(c), _) => c.env.iter().map(|e| e.name.as_str()).collect(),
-        _ if work.nodes.is_some() => work
-            .nodes
-            .iter()
-            .flat_map(|l| &l.ranges)
-            .flat_map(|(_, _, c)| &c.env)
-            .map(|e| e.name.as_str())
-            .collect(),
-        (None, Some(t)) => t
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .flat_map(|c| c.env.iter().flatten())
-            .map(|e| e.name.as_str())
-            .collect(),
+        _ if work.nodes.is_some() => {
+            work.nodes.iter().flat_map(|l| &l.ranges).flat_map(|(_, _, r)| r.env_names()).collect()
+        }
+        (None, Some(t)) => template_env_names(t),
         _ => Vec::new(),
     };
     match names.into_iter().find(|n| n.starts_with(RESERVED_ENV_PREFIX)) {
@@ -783,6 +865,42 @@ mod tests {
     }
 
     #[test]
+    fn eks_ranges_run_pods_with_their_parameters_and_overrides() {
+        let d: JobDefinitionSpec = serde_json::from_value(serde_json::json!({
+            "nodeProperties": {"numNodes": 3, "mainNode": 0, "nodeRangeProperties": [
+                {"targetNodes": "0", "podTemplate": {"spec": {"containers": [
+                    {"name": "main", "image": "mpi:1", "command": ["main", "Ref::steps"]},
+                    {"name": "log", "image": "fluent:1"}]}}},
+                {"targetNodes": "1:", "podTemplate": {"spec": {"containers": [{"name": "worker", "image": "mpi:1"}]}}}
+            ]},
+            "parameters": {"steps": "10"}
+        }))
+        .unwrap();
+        assert_eq!(d.image(), Some("mpi:1"));
+        let j = job(serde_json::json!({"nodeOverrides": {"nodePropertyOverrides": [
+            {"targetNodes": "2", "podOverrides": {"containers": [{"name": "worker", "image": "mpi:2"}]}}]}}));
+        let w = work(&j, Some(&d)).unwrap();
+        let main = w.for_node(0);
+        assert!(main.container.is_none());
+        let spec = main.pod_template.as_ref().unwrap().spec.as_ref().unwrap();
+        assert_eq!(spec.containers.len(), 2);
+        assert_eq!(spec.containers[0].command.as_deref().unwrap(), ["main", "10"]);
+        let image = |n: u32| {
+            let node = w.for_node(n);
+            node.pod_template.as_ref().unwrap().spec.as_ref().unwrap().containers[0].image.clone().unwrap()
+        };
+        assert_eq!(
+            (image(1), image(2)),
+            ("mpi:1".to_string(), "mpi:2".to_string()),
+            "only node 2 overridden"
+        );
+        let wrong = job(serde_json::json!({"nodeOverrides": {"nodePropertyOverrides": [
+            {"targetNodes": "0", "podOverrides": {"containers": [{"name": "main", "image": "x"}]}}]}}));
+        let containers = multi_node_def();
+        assert!(work(&wrong, Some(&containers)).unwrap_err().contains("apply to a range of pods"));
+    }
+
+    #[test]
     fn node_overrides_change_the_count_and_the_nodes_they_target() {
         let d = multi_node_def();
         let j = job(serde_json::json!({"nodeOverrides": {
@@ -792,7 +910,7 @@ mod tests {
         let w = work(&j, Some(&d)).unwrap();
         let nodes = w.nodes.as_ref().unwrap();
         assert_eq!(nodes.num_nodes, 6);
-        let vcpus: Vec<f64> = (0..6).map(|i| nodes.container(i).resources.vcpus).collect();
+        let vcpus: Vec<f64> = (0..6).map(|i| nodes.container(i).unwrap().resources.vcpus).collect();
         assert_eq!(vcpus, [1.0, 2.0, 4.0, 4.0, 2.0, 2.0]);
     }
 

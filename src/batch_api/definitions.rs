@@ -19,7 +19,8 @@ use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Pr
 use crate::api::JobDefinition;
 use crate::api::batch_job::{ContainerSpec, NodeProperties, NodeRangeProperty, Resources};
 use crate::api::container::ContainerExtra;
-use crate::api::job_definition::{DefinitionState, JobDefinitionSpec, NodeLayout};
+use crate::api::job_definition::{DefinitionState, JobDefinitionSpec, NodeLayout, NodeRun};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 /// How long RegisterJobDefinition waits for Barge's controller to number the new revision.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(15);
@@ -72,6 +73,8 @@ pub struct NodePropertiesIn {
 pub struct NodeRangeIn {
     target_nodes: Option<String>,
     container: Option<ContainerProperties>,
+    /// AWS Batch on EKS's range: `{"podProperties": ...}`.
+    eks_properties: Option<EksPropertiesIn>,
     #[serde(flatten)]
     other: Unknown,
 }
@@ -335,7 +338,7 @@ fn definition_spec(input: &RegisterInput, ns: &str) -> ApiResult<JobDefinitionSp
             .node_properties
             .as_ref()
             .ok_or_else(|| ApiError::client("nodeProperties is required for a multinode job definition"))?;
-        (None, Some(Box::new(node_properties(nodes)?)))
+        (None, Some(Box::new(node_properties(nodes, ns)?)))
     } else {
         if input.node_properties.is_some() {
             return Err(ApiError::client("nodeProperties needs type multinode"));
@@ -447,7 +450,7 @@ fn task_spec(ecs: &EcsPropertiesIn) -> ApiResult<crate::api::task::TaskSpec> {
 }
 
 /// A `multinode` definition's nodes, checked as the API server's rules check them.
-fn node_properties(n: &NodePropertiesIn) -> ApiResult<NodeProperties> {
+fn node_properties(n: &NodePropertiesIn, ns: &str) -> ApiResult<NodeProperties> {
     refuse_unknown(&n.other, "nodeProperties.")?;
     let num_nodes = n.num_nodes.ok_or_else(|| ApiError::client("nodeProperties.numNodes is required"))?;
     if !(1..=1000).contains(&num_nodes) {
@@ -461,11 +464,20 @@ fn node_properties(n: &NodePropertiesIn) -> ApiResult<NodeProperties> {
         refuse_unknown(&r.other, &at)?;
         let target_nodes =
             r.target_nodes.clone().ok_or_else(|| ApiError::client(format!("{at}targetNodes is required")))?;
-        let c = r.container.as_ref().ok_or_else(|| ApiError::client(format!("{at}container is required")))?;
-        ranges.push(NodeRangeProperty {
-            target_nodes,
-            container: container_spec(c, &format!("{at}container."))?,
-        });
+        let (container, pod_template) = match (&r.container, &r.eks_properties) {
+            (Some(c), None) => (Some(container_spec(c, &format!("{at}container."))?), None),
+            (None, Some(eks)) => {
+                refuse_unknown(&eks.other, &format!("{at}eksProperties."))?;
+                let pod = eks.pod_properties.as_ref().ok_or_else(|| {
+                    ApiError::client(format!("{at}eksProperties.podProperties is required"))
+                })?;
+                let template =
+                    super::eks::pod_template(pod, ns, &format!("{at}eksProperties.podProperties."))?;
+                (None, Some(Box::new(template)))
+            }
+            _ => return Err(ApiError::client(format!("{at}give one of container or eksProperties"))),
+        };
+        ranges.push(NodeRangeProperty { target_nodes, container, pod_template });
     }
     let props =
         NodeProperties { num_nodes, main_node: n.main_node.unwrap_or(0), node_range_properties: ranges };
@@ -514,7 +526,9 @@ fn container_spec(props: &ContainerProperties, at: &str) -> ApiResult<ContainerS
 /// its namespace.
 fn check_roles(ctx: &Context, ns: &str, spec: &JobDefinitionSpec) -> ApiResult<()> {
     let containers = spec.container.as_deref().into_iter().chain(
-        spec.node_properties.iter().flat_map(|n| n.node_range_properties.iter().map(|r| &r.container)),
+        spec.node_properties
+            .iter()
+            .flat_map(|n| n.node_range_properties.iter().filter_map(|r| r.container.as_ref())),
     );
     for role in containers.filter_map(|c| c.extra.as_deref()?.job_role_arn.as_deref()) {
         let accounts = ctx.stores.service_accounts.state();
@@ -645,7 +659,20 @@ pub struct NodePropertiesOut {
 #[serde(rename_all = "camelCase")]
 pub struct NodeRangeOut {
     target_nodes: String,
-    container: ContainerDetailOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerDetailOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eks_properties: Option<serde_json::Value>,
+}
+
+impl NodeRangeOut {
+    fn of(target_nodes: String, container: Option<&ContainerSpec>, pod: Option<&PodTemplateSpec>) -> Self {
+        NodeRangeOut {
+            target_nodes,
+            container: container.map(ContainerDetailOut::of),
+            eks_properties: pod.map(|t| serde_json::json!({"podProperties": super::eks::pod_properties(t)})),
+        }
+    }
 }
 
 impl NodePropertiesOut {
@@ -656,9 +683,8 @@ impl NodePropertiesOut {
             node_range_properties: n
                 .node_range_properties
                 .iter()
-                .map(|r| NodeRangeOut {
-                    target_nodes: r.target_nodes.clone(),
-                    container: ContainerDetailOut::of(&r.container),
+                .map(|r| {
+                    NodeRangeOut::of(r.target_nodes.clone(), r.container.as_ref(), r.pod_template.as_deref())
                 })
                 .collect(),
         }
@@ -672,9 +698,13 @@ impl NodePropertiesOut {
             node_range_properties: l
                 .ranges
                 .iter()
-                .map(|(a, b, c)| NodeRangeOut {
-                    target_nodes: if a == b { a.to_string() } else { format!("{a}:{b}") },
-                    container: ContainerDetailOut::of(c),
+                .map(|(a, b, run)| {
+                    let target = if a == b { a.to_string() } else { format!("{a}:{b}") };
+                    let pod = match run {
+                        NodeRun::Pod(t) => Some(&**t),
+                        NodeRun::Container(_) => None,
+                    };
+                    NodeRangeOut::of(target, run.container(), pod)
                 })
                 .collect(),
         }

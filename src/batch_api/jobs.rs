@@ -23,7 +23,7 @@ use super::shapes::{
 use super::{ANNOTATION_AWS_NAME, ApiError, ApiResult, Context, FIELD_MANAGER, Principal, millis};
 use crate::api::batch_job::{ArrayStatus, Attempt, Dependency, DependencyType};
 use crate::api::batch_job::{ContainerOverrides, NodeOverrides, NodePropertyOverride};
-use crate::api::job_definition::{DefinitionRef, JobDefinitionSpec};
+use crate::api::job_definition::{DefinitionRef, JobDefinitionSpec, NodeRun};
 use crate::api::{BatchJob, BatchJobSpec, JobPhase};
 use crate::scheduler::ranges;
 
@@ -101,6 +101,8 @@ pub struct NodeOverridesIn {
 pub struct NodePropertyOverrideIn {
     target_nodes: Option<String>,
     container_overrides: Option<OverridesIn>,
+    /// A range of pods' changes (AWS Batch on EKS).
+    eks_properties_override: Option<serde_json::Value>,
     #[serde(flatten)]
     other: Unknown,
 }
@@ -201,7 +203,12 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
         job_definition: Some(format!("{object}:{revision}")),
         parameters: input.parameters.clone().into(),
         container_overrides: input.container_overrides.as_ref().map(overrides).transpose()?.map(Box::new),
-        node_overrides: input.node_overrides.as_ref().map(node_overrides).transpose()?.map(Box::new),
+        node_overrides: input
+            .node_overrides
+            .as_ref()
+            .map(|o| node_overrides(o, &who.namespace))
+            .transpose()?
+            .map(Box::new),
         tags: input.tags.clone().into(),
         propagate_tags: input.propagate_tags,
         scheduling_priority: input.scheduling_priority_override,
@@ -234,7 +241,7 @@ pub async fn submit(ctx: &Context, who: &Principal, input: SubmitInput) -> ApiRe
     Ok(SubmitOutput { job_arn: ctx.arns.of("job", &id), job_name, job_id: id })
 }
 
-fn node_overrides(o: &NodeOverridesIn) -> ApiResult<NodeOverrides> {
+fn node_overrides(o: &NodeOverridesIn, ns: &str) -> ApiResult<NodeOverrides> {
     refuse_unknown(&o.other, "nodeOverrides.")?;
     if let Some(n) = o.num_nodes
         && !(1..=1000).contains(&n)
@@ -251,7 +258,13 @@ fn node_overrides(o: &NodeOverridesIn) -> ApiResult<NodeOverrides> {
             .map_err(|e| ApiError::client(format!("{at}{e}")))?;
         let container_overrides =
             p.container_overrides.as_ref().map(overrides).transpose()?.unwrap_or_default();
-        out.push(NodePropertyOverride { target_nodes, container_overrides });
+        let pod_overrides = p
+            .eks_properties_override
+            .as_ref()
+            .map(|e| super::eks::pod_overrides(e, ns))
+            .transpose()?
+            .map(Box::new);
+        out.push(NodePropertyOverride { target_nodes, container_overrides, pod_overrides });
     }
     Ok(NodeOverrides { num_nodes: o.num_nodes, node_property_overrides: out })
 }
@@ -792,10 +805,13 @@ fn node_detail(ctx: &Context, parent: &BatchJob, index: u32) -> Option<JobDetail
         d.attempts.clear();
         d.status_reason = None;
     }
-    let mut c = ContainerDetailOut::of(layout.container(index));
+    let mut c = match layout.run(index) {
+        NodeRun::Container(c) => ContainerDetailOut::of(c),
+        NodeRun::Pod(t) => ContainerDetailOut::of_template(t),
+    };
     c.exit_code = summary.and_then(|n| n.exit_code);
     if let Some(n) = summary {
-        let configured = layout.container(index).extra().log_configuration.as_ref();
+        let configured = layout.container(index).and_then(|c| c.extra().log_configuration.as_ref());
         let name = crate::archive::configured_stream_prefix(configured)
             .map_or_else(|| parent.log_name(), str::to_string);
         let stream = crate::archive::stream_name(&name, crate::archive::MAIN_CONTAINER, &n.pod_name);
